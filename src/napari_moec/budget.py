@@ -1,0 +1,83 @@
+"""From a target ratio to a network: the byte budget and the widest model that fits it.
+
+The budget is ``floor(original bytes / ratio)`` bytes of *file*, header and checksum included.
+Parameters are sized for the precision they will be stored in, so an entropy-coded int8 network
+is ~4x wider in parameters than an fp32 one at the same ratio. The estimate of coded bits per
+weight (``BITS_ESTIMATE``) was measured on trained networks (docs/format.md); the rate
+controller in ``api`` then picks the quantization step that fills the real budget exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .format import Header, fixed_overhead, int_side_bytes, parameter_shapes
+
+__all__ = ["BITS_ESTIMATE", "budget_nbytes", "count_parameters", "predict_nbytes", "size_model"]
+
+#: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
+BITS_ESTIMATE = {"int8": 7.2, "int6": 5.3, "int4": 3.4}
+#: Placeholder training summary whose JSON is as long as a real one, for sizing the header.
+SUMMARY_PLACEHOLDER = {"device": "cuda", "psnr": 99.99, "seconds": 9999.9, "steps": 99999}
+
+
+def budget_nbytes(original_nbytes: int, ratio: float) -> int:
+    if not isinstance(ratio, int | float) or not math.isfinite(ratio) or ratio < 1:
+        raise ConfigError(f"ratio must be a finite number >= 1, got {ratio!r}")
+    return int(original_nbytes // ratio)
+
+
+def count_parameters(model: ModelConfig) -> int:
+    return sum(math.prod(shape) for _, shape in parameter_shapes(model))
+
+
+def predict_nbytes(header: Header) -> int:
+    """Predicted file size: exact for fp32/fp16, an estimate for coded integers."""
+    params = count_parameters(header.model)
+    quant = header.quant
+    if quant.is_float:
+        payload = params * quant.bits // 8
+    else:
+        bits = BITS_ESTIMATE[quant.precision] if quant.entropy else math.log2(2**quant.bits - 1)
+        # + 8: the ANS coder's 32-bit state and the final partial word.
+        payload = int_side_bytes(header.model, quant) + math.ceil(params * bits / 8) + 8
+    return fixed_overhead(header) + payload
+
+
+def _gate_width(hidden: int) -> int:
+    return max(2, hidden // 2)
+
+
+def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelConfig:
+    """The widest ``hidden_features`` (router width = hidden // 2) whose file fits ``budget``.
+
+    ``header.model`` supplies everything else (experts, top-k, depth, w0). Raises ConfigError
+    naming the smallest ratio that fits when even width 1 does not.
+    """
+    header = replace(header, train=SUMMARY_PLACEHOLDER)
+
+    def size(hidden: int) -> int:
+        model = replace(header.model, hidden_features=hidden, gate_hidden=_gate_width(hidden))
+        return predict_nbytes(replace(header, model=model))
+
+    smallest = size(1)
+    if smallest > budget:
+        original = math.prod(header.shape) * _itemsize(header.dtype)
+        raise ConfigError(
+            f"no network fits {budget} bytes: the smallest needs {smallest} bytes, "
+            f"so the highest possible ratio is {original / smallest:.0f}x"
+        )
+    lo, hi = 1, max_hidden
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid - 1)
+    return replace(header.model, hidden_features=lo, gate_hidden=_gate_width(lo))
+
+
+def _itemsize(dtype: str) -> int:
+    return {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}[dtype]
+
+

@@ -1,0 +1,351 @@
+"""The ``.moec`` container, version 1.0. This docstring is the byte-level specification.
+
+Layout (all integers little-endian)::
+
+    offset  size  field
+    0       8     magic  b"\\x89MoE\\r\\n\\x1a\\n"  (PNG-style: catches 7-bit and newline mangling)
+    8       1     u8  format major version (1)
+    9       1     u8  format minor version (0)
+    10      2     u16 H, length of the compressed header, 1 <= H <= MAX_HEADER_SIZE
+    12      H     header: raw DEFLATE (RFC 1951) of compact UTF-8 JSON, compressed with the
+                  preset dictionary ``HEADER_DICT`` of this version
+    12+H    P     payload: the network weights (below)
+    end-4   4     u32 CRC-32 (zlib.crc32) of every byte before it
+
+No padding: at 6000x a whole 256^3 16-bit file is ~5.5 KB, so every byte is budget.
+
+Header JSON (sorted keys; required unless marked optional):
+
+    "s"   shape, list of 3 or 4 ints >= 1
+    "a"   axes, str of len(shape) distinct letters from "TCZYX"
+    "d"   dtype: "uint8" | "uint16" | "int16" | "float32"
+    "r"   [min, max] intensities of the original, finite, min < max
+    "n"   [lo, hi] training range the intensities were mapped to, lo < hi
+    "m"   model: [in_features, hidden_features, num_experts, top_k, expert_layers,
+          gate_hidden, out_features, w0, w0_first] (see ModelConfig)
+    "q"   [precision, per_channel 0|1, entropy 0|1] (see QuantConfig)
+    "sp"  optional: voxel spacing, list of len(shape) positive floats
+    "u"   optional: spacing unit, str
+    "t"   optional: training summary {"steps": int, "psnr": float, "seconds": float,
+          "device": str}
+
+Payload. Tensors come in ``MoESiren.named_parameters()`` order; their shapes follow from "m".
+
+* ``fp32``/``fp16``: the tensors' values, concatenated, raw little-endian floats.
+* ``intN``: (1) float16 scales, per tensor in order: 1 value, or with per_channel one per row
+  along dim 1 (``prod(shape) / shape[1]`` values) for tensors of 2+ dims; (2) one model byte per
+  tensor (see ``entropy``); (3) u16 radius R, every integer is in [-R, R]; (4) the ANS stream
+  of all integers (u32 words) to the end of the payload, which it must consume exactly.
+  A weight is ``integer * scale``.
+
+Reading checks, in order: size, magic, version (unknown major -> UnsupportedVersionError;
+a newer minor of a known major is read, unknown optional keys are then ignored), CRC, header
+length, header inflate with an output bound, JSON shape and types, value ranges, then the
+payload length against the sizes the model implies. Nothing is allocated from a size that has
+not been checked. Every failure raises MoecFormatError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import entropy
+from .config import ModelConfig, QuantConfig
+from .errors import ConfigError, MoecFormatError, UnsupportedVersionError
+from .nn.moe import MoESiren
+from .quantize import MAX_LEVEL, dequantize, quantize
+from .sampling import SUPPORTED_DTYPES
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "Header",
+    "fixed_overhead",
+    "pack",
+    "parameter_shapes",
+    "unpack",
+]
+
+MAGIC = b"\x89MoE\r\n\x1a\n"
+VERSION = (1, 0)
+MAX_HEADER_SIZE = 4096
+MAX_HEADER_JSON = 16384
+MAX_PARAMETERS = 1 << 26
+_PREFIX = struct.Struct("<8sBBH")
+_CRC = struct.Struct("<I")
+#: Preset dictionary of version 1: typical header text, so a header costs ~40-70 bytes.
+HEADER_DICT = (
+    b'"device":"cuda","psnr":"seconds":"steps":},"u":"mm","um"'
+    b'"float32","int16","uint8","uint16","q":["int8",0,1],"r":[0,"s":[64,"sp":[1.0,"t":'
+    b'{"device":"cpu","psnr":3{"a":"ZYX","d":"uint16","m":[3,32,2,1,3,16,1,30,30],"n":[-1,1],'
+)
+_REQUIRED = {"s", "a", "d", "r", "n", "m", "q"}
+_KNOWN = _REQUIRED | {"sp", "u", "t"}
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a ``.moec`` file says besides the weights."""
+
+    shape: tuple[int, ...]
+    axes: str
+    dtype: str
+    vmin: float
+    vmax: float
+    model: ModelConfig
+    quant: QuantConfig
+    norm: tuple[float, float] = (-1.0, 1.0)
+    spacing: tuple[float, ...] | None = None
+    unit: str | None = None
+    train: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        m = self.model
+        doc = {
+            "s": list(self.shape),
+            "a": self.axes,
+            "d": self.dtype,
+            "r": [_num(self.vmin), _num(self.vmax)],
+            "n": [_num(self.norm[0]), _num(self.norm[1])],
+            "m": [m.in_features, m.hidden_features, m.num_experts, m.top_k, m.expert_layers,
+                  m.gate_hidden, m.out_features, _num(m.w0), _num(m.w0_first)],
+            "q": [self.quant.precision, int(self.quant.per_channel), int(self.quant.entropy)],
+        }
+        if self.spacing is not None:
+            doc["sp"] = [_num(s) for s in self.spacing]
+        if self.unit:
+            doc["u"] = self.unit
+        if self.train:
+            doc["t"] = self.train
+        return doc
+
+
+def _num(x: float) -> float | int:
+    # 30.0 -> 30: shorter JSON, same value.
+    x = float(x)
+    return int(x) if x.is_integer() and abs(x) < 2**53 else x
+
+
+def parameter_shapes(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the stored tensors, in file order (no memory allocated)."""
+    with torch.device("meta"):
+        net = MoESiren(model)
+    return [(name, tuple(p.shape)) for name, p in net.named_parameters()]
+
+
+def _scale_count(shape: tuple[int, ...], per_channel: bool) -> int:
+    return math.prod(shape) // shape[1] if per_channel and len(shape) >= 2 else 1
+
+
+def _encode_header(header: Header) -> bytes:
+    text = json.dumps(header.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_DICT)
+    return comp.compress(text.encode()) + comp.flush()
+
+
+def fixed_overhead(header: Header) -> int:
+    """Bytes of a file besides the payload (prefix, header, CRC) for this header."""
+    return _PREFIX.size + len(_encode_header(header)) + _CRC.size
+
+
+def int_side_bytes(model: ModelConfig, quant: QuantConfig) -> int:
+    """Payload bytes of an ``intN`` file besides the coded stream: scales, models, radius."""
+    shapes = [s for _, s in parameter_shapes(model)]
+    return sum(2 * _scale_count(s, quant.per_channel) + 1 for s in shapes) + 2
+
+
+def pack(header: Header, state: dict[str, torch.Tensor], step: float = 1.0) -> bytes:
+    """Serialise a header and the network's float weights (quantized with ``step``)."""
+    shapes = parameter_shapes(header.model)
+    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in shapes]
+    quant = header.quant
+    if quant.is_float:
+        dtype = "<f4" if quant.precision == "fp32" else "<f2"
+        payload = b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
+    else:
+        ints, scales = zip(*(quantize(t, quant.bits, quant.per_channel, step) for t in tensors),
+                           strict=True)
+        q = [i.numpy() for i in ints]
+        radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))
+        if quant.entropy:
+            models = [entropy.choose_model(a, radius) for a in q]
+        else:
+            models = [0] * len(q)
+        payload = b"".join(
+            [s.numpy().astype("<f2").tobytes() for s in scales]
+            + [bytes(models), struct.pack("<H", radius), entropy.encode(q, models, radius)]
+        )
+    head = _encode_header(header)
+    if len(head) > MAX_HEADER_SIZE:
+        raise ConfigError(f"header too large: {len(head)} bytes > {MAX_HEADER_SIZE}")
+    body = _PREFIX.pack(MAGIC, *VERSION, len(head)) + head + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | None]:
+    """Parse and validate a whole file; return its header and float32 weights.
+
+    With ``decode_weights=False`` the payload is only length-checked (``moec info``).
+    """
+    data = bytes(data)
+    if len(data) < _PREFIX.size + _CRC.size:
+        raise MoecFormatError(f"file too short for a .moec file: {len(data)} bytes")
+    magic, major, minor, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise MoecFormatError("not a .moec file (bad magic)")
+    if major != VERSION[0]:
+        raise UnsupportedVersionError(
+            f"format version {major}.{minor} is not supported (this reader reads {VERSION[0]}.x)"
+        )
+    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(data[: -_CRC.size]) != crc:
+        raise MoecFormatError("checksum mismatch: the file is corrupted or truncated")
+    if not 1 <= hlen <= MAX_HEADER_SIZE or _PREFIX.size + hlen > len(data) - _CRC.size:
+        raise MoecFormatError(f"bad header length {hlen=} for a {len(data)}-byte file")
+    header = _decode_header(data[_PREFIX.size : _PREFIX.size + hlen], minor)
+    payload = data[_PREFIX.size + hlen : -_CRC.size]
+    weights = _decode_payload(header, payload, decode_weights)
+    return header, weights
+
+
+def _decode_header(raw: bytes, minor: int) -> Header:
+    try:
+        inflate = zlib.decompressobj(-15, HEADER_DICT)
+        text = inflate.decompress(raw, MAX_HEADER_JSON)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise MoecFormatError("header does not inflate to a bounded JSON document")
+        doc = json.loads(text.decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MoecFormatError(f"unreadable header: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MoecFormatError("header is not a JSON object")
+    keys = set(doc)
+    if not keys >= _REQUIRED:
+        raise MoecFormatError(f"header misses keys {sorted(_REQUIRED - keys)}")
+    if minor <= VERSION[1] and not keys <= _KNOWN:
+        raise MoecFormatError(f"header has unknown keys {sorted(keys - _KNOWN)}")
+    try:
+        return _header_from_json(doc)
+    except ConfigError as exc:
+        raise MoecFormatError(f"invalid model or quantization in header: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MoecFormatError(f"invalid header field: {exc}") from None
+
+
+def _ints(value, n_min, n_max, lo, hi, what) -> tuple[int, ...]:
+    if not isinstance(value, list) or not n_min <= len(value) <= n_max:
+        raise MoecFormatError(f"{what} must be a list of {n_min}-{n_max} items")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise MoecFormatError(f"{what} has an invalid entry {v!r}")
+    return tuple(value)
+
+
+def _floats(value, n, what, positive=False) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) != n:
+        raise MoecFormatError(f"{what} must be a list of {n} numbers")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise MoecFormatError(f"{what} has an invalid entry {v!r}")
+        if positive and not v > 0:
+            raise MoecFormatError(f"{what} must be positive, got {v!r}")
+    return tuple(float(v) for v in value)
+
+
+def _header_from_json(doc: dict) -> Header:
+    shape = _ints(doc["s"], 3, 4, 1, 1 << 24, "shape")
+    if math.prod(shape) > 1 << 40:
+        raise MoecFormatError(f"shape {shape} is too large")
+    axes = doc["a"]
+    if (not isinstance(axes, str) or len(axes) != len(shape) or len(set(axes)) != len(axes)
+            or not set(axes) <= set("TCZYX")):
+        raise MoecFormatError(f"invalid axes {axes!r} for shape {shape}")
+    if doc["d"] not in SUPPORTED_DTYPES:
+        raise MoecFormatError(f"unsupported dtype {doc['d']!r}")
+    vmin, vmax = _floats(doc["r"], 2, "range")
+    lo, hi = _floats(doc["n"], 2, "normalisation range")
+    if not (vmin < vmax and lo < hi):
+        raise MoecFormatError("empty intensity or normalisation range")
+    m = doc["m"]
+    if not isinstance(m, list) or len(m) != 9:
+        raise MoecFormatError("model must be a list of 9 numbers")
+    dims = _ints(m[:7], 7, 7, 0, 4096, "model")
+    w0, w0_first = _floats(m[7:], 2, "model frequencies")
+    model = ModelConfig(*dims, w0=w0, w0_first=w0_first)
+    if model.in_features != len(shape):
+        raise MoecFormatError(f"model has {model.in_features} inputs for a {len(shape)}D volume")
+    q = doc["q"]
+    if (not isinstance(q, list) or len(q) != 3 or not isinstance(q[0], str)
+            or q[1] not in (0, 1) or q[2] not in (0, 1) or isinstance(q[1], bool)):
+        raise MoecFormatError(f"invalid quantization {q!r}")
+    quant = QuantConfig(q[0], bool(q[1]), bool(q[2]))
+    spacing = None if doc.get("sp") is None else _floats(doc["sp"], len(shape), "spacing", True)
+    unit = doc.get("u")
+    if unit is not None and (not isinstance(unit, str) or len(unit) > 16):
+        raise MoecFormatError(f"invalid spacing unit {unit!r}")
+    train = doc.get("t", {})
+    if not isinstance(train, dict):
+        raise MoecFormatError("training summary must be an object")
+    return Header(shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train)
+
+
+def _decode_payload(header: Header, payload: bytes, decode_weights: bool) -> dict | None:
+    shapes = parameter_shapes(header.model)
+    counts = [math.prod(s) for _, s in shapes]
+    if sum(counts) > MAX_PARAMETERS:
+        raise MoecFormatError(f"model has {sum(counts)} parameters > {MAX_PARAMETERS}")
+    quant = header.quant
+    if quant.is_float:
+        itemsize = quant.bits // 8
+        if len(payload) != sum(counts) * itemsize:
+            raise MoecFormatError(
+                f"payload is {len(payload)} bytes, the model needs {sum(counts) * itemsize}"
+            )
+        if not decode_weights:
+            return None
+        flat = np.frombuffer(payload, dtype="<f4" if itemsize == 4 else "<f2")
+        values = np.split(flat.astype(np.float32), np.cumsum(counts)[:-1])
+    else:
+        n_scales = [_scale_count(s, quant.per_channel) for _, s in shapes]
+        side = 2 * sum(n_scales) + len(shapes) + 2
+        if len(payload) < side or (len(payload) - side) % 4:
+            raise MoecFormatError(f"payload of {len(payload)} bytes does not fit the model")
+        if not decode_weights:
+            return None
+        scales = np.frombuffer(payload, "<f2", sum(n_scales)).astype(np.float32)
+        if not (np.isfinite(scales).all() and (scales > 0).all()):
+            raise MoecFormatError("invalid quantization scale in payload")
+        pos = 2 * sum(n_scales)
+        models = list(payload[pos : pos + len(shapes)])
+        (radius,) = struct.unpack_from("<H", payload, pos + len(shapes))
+        if not 1 <= radius <= MAX_LEVEL:
+            raise MoecFormatError(f"invalid quantization radius {radius}")
+        try:
+            ints = entropy.decode(payload[side:], counts, models, radius)
+        except (ValueError, RuntimeError, OverflowError) as exc:
+            raise MoecFormatError(f"corrupted weight stream: {exc}") from None
+        scale_parts = np.split(scales, np.cumsum(n_scales)[:-1])
+        values = [
+            _dequantize_flat(i, sc, s, quant.per_channel)
+            for i, sc, (_, s) in zip(ints, scale_parts, shapes, strict=True)
+        ]
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(v).reshape(shape))
+        for (name, shape), v in zip(shapes, values, strict=True)
+    }
+
+
+def _dequantize_flat(ints: np.ndarray, scales: np.ndarray, shape, per_channel: bool) -> np.ndarray:
+    q = torch.from_numpy(ints.reshape(shape))
+    if per_channel and len(shape) >= 2:
+        scale_shape = (shape[0], 1, *shape[2:])
+    else:
+        scale_shape = (1,) * len(shape)
+    return dequantize(q, torch.from_numpy(scales.reshape(scale_shape))).numpy()
