@@ -79,5 +79,3 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
 
 def _itemsize(dtype: str) -> int:
     return {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}[dtype]
-
-

@@ -94,8 +94,9 @@ class Compressed:
 
     def expert_labels(self, roi=None, stride=1, *, device=None) -> np.ndarray:
         """Top-1 expert (argmax of the router) of each voxel, uint8: the learned partition."""
-        return evaluate(self._on(device), self.header.shape, roi, stride, labels=True,
-                        device=device)
+        return evaluate(
+            self._on(device), self.header.shape, roi, stride, labels=True, device=device
+        )
 
     def _on(self, device) -> MoESiren:
         if device is not None:

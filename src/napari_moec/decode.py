@@ -86,8 +86,7 @@ def evaluate(
     slices = parse_roi(roi, shape)
     strides = _strides(stride, len(shape))
     axes = [
-        axis_coords(n, s.start, s.stop, st)
-        for n, s, st in zip(shape, slices, strides, strict=True)
+        axis_coords(n, s.start, s.stop, st) for n, s, st in zip(shape, slices, strides, strict=True)
     ]
     out_shape = tuple(len(a) for a in axes)
     total = math.prod(out_shape)
@@ -104,10 +103,7 @@ def evaluate(
                 coords.append(a[flat % size])
                 flat = torch.div(flat, size, rounding_mode="floor")
             x = torch.stack(coords[::-1], dim=1)
-            if labels:
-                y = model.expert_labels(x).to(torch.uint8)
-            else:
-                y = model(x).value[:, 0]
+            y = model.expert_labels(x).to(torch.uint8) if labels else model(x).value[:, 0]
             out[begin : begin + len(y)] = y.cpu().numpy()
     finally:
         model.train(was_training)

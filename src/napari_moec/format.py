@@ -114,8 +114,17 @@ class Header:
             "d": self.dtype,
             "r": [_num(self.vmin), _num(self.vmax)],
             "n": [_num(self.norm[0]), _num(self.norm[1])],
-            "m": [m.in_features, m.hidden_features, m.num_experts, m.top_k, m.expert_layers,
-                  m.gate_hidden, m.out_features, _num(m.w0), _num(m.w0_first)],
+            "m": [
+                m.in_features,
+                m.hidden_features,
+                m.num_experts,
+                m.top_k,
+                m.expert_layers,
+                m.gate_hidden,
+                m.out_features,
+                _num(m.w0),
+                _num(m.w0_first),
+            ],
             "q": [self.quant.precision, int(self.quant.per_channel), int(self.quant.entropy)],
         }
         if self.spacing is not None:
@@ -170,14 +179,12 @@ def pack(header: Header, state: dict[str, torch.Tensor], step: float = 1.0) -> b
         dtype = "<f4" if quant.precision == "fp32" else "<f2"
         payload = b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
     else:
-        ints, scales = zip(*(quantize(t, quant.bits, quant.per_channel, step) for t in tensors),
-                           strict=True)
+        ints, scales = zip(
+            *(quantize(t, quant.bits, quant.per_channel, step) for t in tensors), strict=True
+        )
         q = [i.numpy() for i in ints]
         radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))
-        if quant.entropy:
-            models = [entropy.choose_model(a, radius) for a in q]
-        else:
-            models = [0] * len(q)
+        models = [entropy.choose_model(a, radius) for a in q] if quant.entropy else [0] * len(q)
         payload = b"".join(
             [s.numpy().astype("<f2").tobytes() for s in scales]
             + [bytes(models), struct.pack("<H", radius), entropy.encode(q, models, radius)]
@@ -264,8 +271,12 @@ def _header_from_json(doc: dict) -> Header:
     if math.prod(shape) > 1 << 40:
         raise MoecFormatError(f"shape {shape} is too large")
     axes = doc["a"]
-    if (not isinstance(axes, str) or len(axes) != len(shape) or len(set(axes)) != len(axes)
-            or not set(axes) <= set("TCZYX")):
+    if (
+        not isinstance(axes, str)
+        or len(axes) != len(shape)
+        or len(set(axes)) != len(axes)
+        or not set(axes) <= set("TCZYX")
+    ):
         raise MoecFormatError(f"invalid axes {axes!r} for shape {shape}")
     if doc["d"] not in SUPPORTED_DTYPES:
         raise MoecFormatError(f"unsupported dtype {doc['d']!r}")
@@ -282,8 +293,14 @@ def _header_from_json(doc: dict) -> Header:
     if model.in_features != len(shape):
         raise MoecFormatError(f"model has {model.in_features} inputs for a {len(shape)}D volume")
     q = doc["q"]
-    if (not isinstance(q, list) or len(q) != 3 or not isinstance(q[0], str)
-            or q[1] not in (0, 1) or q[2] not in (0, 1) or isinstance(q[1], bool)):
+    if (
+        not isinstance(q, list)
+        or len(q) != 3
+        or not isinstance(q[0], str)
+        or q[1] not in (0, 1)
+        or q[2] not in (0, 1)
+        or isinstance(q[1], bool)
+    ):
         raise MoecFormatError(f"invalid quantization {q!r}")
     quant = QuantConfig(q[0], bool(q[1]), bool(q[2]))
     spacing = None if doc.get("sp") is None else _floats(doc["sp"], len(shape), "spacing", True)

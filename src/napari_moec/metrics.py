@@ -39,7 +39,11 @@ def psnr(reference: np.ndarray, test: np.ndarray, data_range=None) -> float:
 def ssim(reference: np.ndarray, test: np.ndarray, data_range=None, win_size: int = 7) -> float:
     """Mean structural similarity over 3D windows (see module docstring)."""
     if reference.ndim == 4:
-        return float(np.mean([ssim(r, t, data_range, win_size) for r, t in zip(reference, test)]))
+        return float(
+            np.mean(
+                [ssim(r, t, data_range, win_size) for r, t in zip(reference, test, strict=True)]
+            )
+        )
     if min(reference.shape) < win_size:
         raise ValueError(f"volume {reference.shape} is smaller than the SSIM window {win_size}")
     L = _data_range(reference, data_range)

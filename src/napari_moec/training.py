@@ -101,8 +101,10 @@ class Compressor:
         quant = quant or QuantConfig()
         self.device = resolve_device(device)
         axes = axes or ("ZYX" if volume.ndim == 3 else "TZYX")
-        if len(axes) != volume.ndim or len(set(axes)) != volume.ndim or not set(axes) <= set(
-            "TCZYX"
+        if (
+            len(axes) != volume.ndim
+            or len(set(axes)) != volume.ndim
+            or not set(axes) <= set("TCZYX")
         ):
             raise ConfigError(f"axes {axes!r} do not fit a {volume.ndim}D volume (letters TCZYX)")
         if spacing is not None:
@@ -134,8 +136,11 @@ class Compressor:
         if hidden_features is None:
             model = size_model(base, self.budget)
         else:
-            model = replace(base.model, hidden_features=hidden_features,
-                            gate_hidden=max(2, hidden_features // 2))
+            model = replace(
+                base.model,
+                hidden_features=hidden_features,
+                gate_hidden=max(2, hidden_features // 2),
+            )
         self.header = replace(base, model=model)
         self.predicted_nbytes = predict_nbytes(replace(self.header, train=SUMMARY_PLACEHOLDER))
         if quant.is_float and self.predicted_nbytes > self.budget:
@@ -187,8 +192,15 @@ class Compressor:
         batch = min(cfg.batch_size, n_voxels)
         span = (self.header.norm[1] - self.header.norm[0]) ** 2
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        yield Started(cfg.steps, cfg.time_limit, self.num_parameters, self.predicted_nbytes,
-                      self.budget, str(device), mcfg)
+        yield Started(
+            cfg.steps,
+            cfg.time_limit,
+            self.num_parameters,
+            self.predicted_nbytes,
+            self.budget,
+            str(device),
+            mcfg,
+        )
 
         step, active = 0, 0.0
         frozen = mcfg.num_experts == 1
@@ -249,8 +261,7 @@ class Compressor:
                 loss_value = float(acc_mse) / acc_n  # the one host sync per report
                 if not math.isfinite(loss_value):
                     raise TrainingError(
-                        f"loss became {loss_value} at step {step}; try a lower lr "
-                        f"(now {cfg.lr:g})"
+                        f"loss became {loss_value} at step {step}; try a lower lr (now {cfg.lr:g})"
                     )
                 psnr_value = 10 * math.log10(span / max(loss_value, 1e-30))
                 load_value = (acc_load / acc_n).cpu().numpy()
@@ -266,8 +277,18 @@ class Compressor:
             if cfg.time_limit:
                 eta = min(eta, max(0.0, cfg.time_limit - active))
             phase = "qat" if qat else ("frozen" if frozen and mcfg.num_experts > 1 else "train")
-            yield Progress(step, cfg.steps, loss_value, psnr_value, load_value, drop_value, lr,
-                           active, eta, phase)
+            yield Progress(
+                step,
+                cfg.steps,
+                loss_value,
+                psnr_value,
+                load_value,
+                drop_value,
+                lr,
+                active,
+                eta,
+                phase,
+            )
             if next_preview is not None and active >= next_preview:
                 next_preview = active + self.preview_every
                 yield self._preview(model, step, device)

@@ -62,7 +62,9 @@ class MoESiren(nn.Module):
         hidden = config.hidden_features
         self.encoder = SineLayer(config.in_features, hidden, config.w0_first, is_first=True)
         self.gate = Gate(hidden, config.gate_hidden, config.num_experts)
-        self.experts = BatchedSineExperts(config.num_experts, hidden, config.expert_layers, config.w0)
+        self.experts = BatchedSineExperts(
+            config.num_experts, hidden, config.expert_layers, config.w0
+        )
         self.decoder = nn.Linear(hidden, config.out_features)
 
     def forward(self, coords: torch.Tensor, capacity_factor: float | None = None) -> MoEOutput:
