@@ -2,7 +2,9 @@
 
 An INR is random access: the coordinates of voxels ``roi[::stride]`` are the same ones the full
 grid would use (see ``sampling``), so a region or a coarse preview costs only its own voxels and
-equals the matching slice of the full decode.
+equals the matching slice of the full decode, up to float rounding: BLAS kernels sum in an
+order that depends on the batch size, so a value can differ in its last bit (~1e-7 of the
+range), which after rounding to an integer dtype moves a rare voxel by one level.
 """
 
 from __future__ import annotations

@@ -1,0 +1,57 @@
+from dataclasses import replace
+
+import pytest
+
+from napari_moec.budget import budget_nbytes, count_parameters, predict_nbytes, size_model
+from napari_moec.config import ModelConfig, QuantConfig
+from napari_moec.errors import ConfigError
+from napari_moec.format import Header
+from napari_moec.nn.moe import MoESiren
+
+
+def header(precision="int8", shape=(64, 64, 64)):
+    return Header(shape, "ZYX", "uint16", 0.0, 1.0, ModelConfig(), QuantConfig(precision))
+
+
+def test_count_parameters_matches_module():
+    cfg = ModelConfig(hidden_features=12, num_experts=3, expert_layers=2, gate_hidden=5)
+    assert count_parameters(cfg) == sum(p.numel() for p in MoESiren(cfg).parameters())
+
+
+def test_budget_is_floor_of_bytes_over_ratio():
+    assert budget_nbytes(524288, 64) == 8192
+    assert budget_nbytes(761856, 3000) == 253
+    for bad in (0.5, float("nan"), float("inf"), "64"):
+        with pytest.raises(ConfigError):
+            budget_nbytes(1000, bad)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_size_model_is_widest_that_fits(precision):
+    h = header(precision)
+    model = size_model(h, 8192)
+    assert predict_nbytes(replace(h, model=model)) <= 8192
+    wider = replace(
+        model,
+        hidden_features=model.hidden_features + 1,
+        gate_hidden=(model.hidden_features + 1) // 2,
+    )
+    assert predict_nbytes(replace(h, model=wider)) > 8192
+
+
+def test_fp32_file_size_prediction_is_exact():
+    from napari_moec.format import pack
+
+    h = replace(header("fp32"), model=ModelConfig(hidden_features=10, gate_hidden=5))
+    state = MoESiren(h.model).state_dict()
+    assert len(pack(h, state)) == predict_nbytes(h)
+
+
+def test_stored_precision_buys_parameters():
+    widths = {p: size_model(header(p), 8192).hidden_features for p in ("fp32", "fp16", "int8")}
+    assert widths["fp32"] < widths["fp16"] < widths["int8"]
+
+
+def test_impossible_budget_names_the_highest_ratio():
+    with pytest.raises(ConfigError, match=r"highest possible ratio is \d+x"):
+        size_model(header(), 50)

@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+
+import napari_moec as nm
+from napari_moec import Compressor, QuantConfig, TrainConfig
+from napari_moec.errors import ConfigError, TrainingError
+from napari_moec.events import Finalizing, Preview, Progress, Started
+
+from .conftest import smooth_volume
+
+FAST = TrainConfig(steps=40, batch_size=2048, report_every=5)
+
+
+def drain(run):
+    events = []
+    while True:
+        try:
+            events.append(next(run))
+        except StopIteration as done:
+            return events, done.value
+
+
+def test_event_order_and_return_value(volume16):
+    comp = Compressor(volume16, 16, train=FAST, preview_every=0.0)
+    events, result = drain(comp.run())
+    assert isinstance(events[0], Started)
+    assert isinstance(events[-1], Finalizing)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [e.step for e in progress] == list(range(1, 41))  # a yield per optimiser step
+    assert any(isinstance(e, Preview) for e in events)
+    assert isinstance(result, nm.Compressed)
+    assert result.report["steps"] == 40 and not result.report["stopped_early"]
+    assert progress[-1].expert_load.shape == (2,)
+    assert progress[-1].phase == "qat"
+
+
+def test_loss_drops(volume16):
+    train = TrainConfig(steps=150, batch_size=2048, report_every=10)
+    events, _ = drain(Compressor(volume16, 8, train=train).run())
+    losses = [e.loss for e in events if isinstance(e, Progress) and e.step % 10 == 0]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_same_seed_same_file(volume16):
+    a = nm.compress(volume16, 16, train=FAST)
+    b = nm.compress(volume16, 16, train=FAST)
+    c = nm.compress(volume16, 16, train=TrainConfig(steps=40, batch_size=2048, seed=1))
+    # The summary holds wall-clock seconds: compare everything else.
+    assert a.header.model == b.header.model
+    np.testing.assert_array_equal(a.decode(), b.decode())
+    assert not np.array_equal(a.decode(), c.decode())
+
+
+def test_stop_keeps_best_model_and_still_returns(volume16):
+    comp = Compressor(volume16, 16, train=TrainConfig(steps=10_000, batch_size=1024))
+    run = comp.run()
+    for event in run:
+        if isinstance(event, Progress) and event.step == 30:
+            comp.stop()
+            break
+    events, result = drain(run)
+    assert isinstance(events[0], Finalizing) and events[0].stopped
+    assert result.report["stopped_early"] and result.report["steps"] == 30
+    assert result.nbytes <= result.report["budget_bytes"]
+
+
+def test_time_limit_ends_training(volume16):
+    train = TrainConfig(steps=10**8, time_limit=1.0, batch_size=1024)
+    result = nm.compress(volume16, 16, train=train)
+    assert result.report["steps"] < 10**8
+    assert 1.0 <= result.report["seconds"] < 5.0
+
+
+def test_router_freezes(volume16):
+    comp = Compressor(
+        volume16, 16, train=TrainConfig(steps=20, batch_size=512, freeze_router_at=0.5)
+    )
+    run = comp.run()
+    phases = [e.phase for e in run if isinstance(e, Progress)]
+    assert phases[:10] == ["train"] * 10
+    assert set(phases[10:]) <= {"frozen", "qat"}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_dtype_round_trip(dtype):
+    vol = smooth_volume((12, 12, 12), dtype=np.dtype(dtype))
+    result = nm.compress(vol, 4, train=FAST)
+    out = result.decode()
+    assert out.dtype == vol.dtype and out.shape == vol.shape
+    assert out.min() >= vol.min() and out.max() <= vol.max()
+
+
+def test_4d_volume(tmp_path):
+    vol = smooth_volume((3, 8, 10, 12))
+    result = nm.compress(vol, 8, train=FAST)
+    assert result.header.axes == "TZYX" and result.model.config.in_features == 4
+    path = result.save(tmp_path / "v.moec")
+    np.testing.assert_array_equal(nm.load(path).decode(), result.decode())
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((8, 8)), "3D"),
+        (np.zeros((1, 8, 8), np.uint16), "3D"),
+        (np.zeros((8, 8, 3), np.uint8), "RGB"),
+        (np.zeros((8, 8, 8), np.float64), "dtype"),
+        (np.full((8, 8, 8), 7, np.uint16), "constant"),
+        (np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(8, 0).astype(np.float32), "NaN"),
+    ],
+)
+def test_bad_volumes_raise_clear_errors(array, match):
+    with pytest.raises(ConfigError, match=match):
+        Compressor(array, 4)
+
+
+def test_bad_ratio(volume16):
+    with pytest.raises(ConfigError, match="ratio"):
+        Compressor(volume16, 0.5)
+    with pytest.raises(ConfigError, match="highest possible ratio"):
+        Compressor(volume16, 10_000)
+
+
+def test_nan_loss_raises_training_error(volume16, monkeypatch):
+    from napari_moec.sampling import Normalization
+
+    def poisoned(self, array):
+        return np.full(array.shape, np.nan, np.float32)
+
+    monkeypatch.setattr(Normalization, "apply", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 5"):
+        nm.compress(volume16, 4, train=TrainConfig(steps=50, report_every=5))
+
+
+def test_float_precisions_meet_budget(volume16):
+    for precision in ("fp32", "fp16"):
+        r = nm.compress(volume16, 8, train=FAST, quant=QuantConfig(precision))
+        assert r.nbytes <= r.report["budget_bytes"]
+        assert r.header.quant.precision == precision
