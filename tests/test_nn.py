@@ -71,7 +71,7 @@ def test_dispatch_capacity_drops_overflow_and_prioritises_first_choices():
 
 def test_dispatch_dropless_when_capacity_is_none():
     index = torch.tensor([[0], [0], [0], [1]])
-    slot, keep, cap = dispatch_slots(index, 2, capacity=None)
+    _, keep, cap = dispatch_slots(index, 2, capacity=None)
     assert cap == 3 and keep.all()
 
 
