@@ -53,6 +53,35 @@ def dispatch_slots(
     return flat * capacity + position, keep, capacity
 
 
+class _GatherRows(torch.autograd.Function):
+    """``src[index]`` whose backward is also a gather.
+
+    Dispatch and combine move rows by a partial permutation whose inverse we know: source row
+    ``s`` is the output rows ``inverse[:, s]`` (J, S), where ``M`` (the output length) means
+    none. So the gradient is ``sum_j cat([grad, 0])[inverse[j]]``: gathers again, never the
+    scatter-add autograd would use for ``src[index]``, which was the slowest op of a CPU
+    training step. Output rows not listed in ``inverse`` get no gradient: callers use them
+    only for padding whose values are discarded.
+    """
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor):
+        ctx.save_for_backward(inverse)
+        return src.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        padded = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
+        out = padded.index_select(0, inverse[0])
+        for j in range(1, inverse.shape[0]):
+            out = out + padded.index_select(0, inverse[j])
+        return out, None, None
+
+
+gather_rows = _GatherRows.apply
+
+
 class MoESiren(nn.Module):
     """Mixture-of-experts SIREN mapping coordinates in [-1, 1] to normalised intensities."""
 
@@ -82,18 +111,26 @@ class MoESiren(nn.Module):
             capacity = max(1, math.ceil(capacity_factor * cfg.top_k * batch / cfg.num_experts))
         slot, keep, capacity = dispatch_slots(routing.expert_index, cfg.num_experts, capacity)
 
-        token = torch.arange(batch, device=coords.device).repeat(cfg.top_k)[keep]
-        slot = slot[keep]
-        weight = routing.weight.t().reshape(-1)[keep]
+        # Dispatch: buffer slot <- its token; empty slots read token 0 (padding: computed,
+        # never combined, no gradient). Combine: token <- its k slots, weighted, with weight 0
+        # for dropped assignments. Both are gathers (see _GatherRows); no boolean masks, so no
+        # host sync.
+        k, n, slots = cfg.top_k, cfg.num_experts, cfg.num_experts * capacity
+        device = coords.device
+        position = torch.arange(k * batch, device=device)
+        kept_slot = torch.where(keep, slot, slots)  # (k*B,) choice-major; `slots` = dropped
+        slot_position = torch.full((slots + 1,), k * batch, device=device)
+        slot_position[kept_slot] = position  # dropped ones all land in the discarded last entry
+        slot_position = slot_position[:slots]
+        slot_token = torch.where(slot_position < k * batch, slot_position % batch, 0)
 
-        buffer = features.new_zeros(cfg.num_experts * capacity, cfg.hidden_features)
-        buffer[slot] = features[token]
-        expert_out = self.experts(buffer.view(cfg.num_experts, capacity, -1))
-        weighted = expert_out.reshape(cfg.num_experts * capacity, -1)[slot] * weight[:, None]
-        combined = weighted.new_zeros(batch, cfg.hidden_features).index_add_(0, token, weighted)
+        buffer = gather_rows(features, slot_token, kept_slot.view(k, batch))
+        expert_out = self.experts(buffer.view(n, capacity, -1)).reshape(slots, -1)
+        picked = gather_rows(expert_out, torch.where(keep, slot, 0), slot_position[None])
+        weight = routing.weight.t() * keep.view(k, batch)
+        combined = (picked.view(k, batch, -1) * weight[..., None]).sum(dim=0)
 
-        kept = torch.zeros(batch, dtype=torch.bool, device=coords.device)
-        kept[token] = True
+        kept = keep.view(k, batch).any(dim=0)
         top1 = routing.expert_index[:, 0]
         load = torch.bincount(top1, minlength=cfg.num_experts).float() / batch
         return MoEOutput(self.decoder(combined), routing.aux_loss, kept, load)

@@ -51,7 +51,10 @@ class SineLayer(nn.Module):
         _bias_init_(self.linear.bias, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * self.linear(x))
+        # w0 scales the (small) weights rather than the (batch-sized) pre-activations: the
+        # same function with half the elementwise work, forward and backward.
+        w0 = self.w0
+        return torch.sin(torch.addmm(self.linear.bias * w0, x, self.linear.weight.t() * w0))
 
 
 class BatchedSineExperts(nn.Module):
@@ -76,6 +79,7 @@ class BatchedSineExperts(nn.Module):
             self.biases.append(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w0 = self.w0
         for weight, bias in zip(self.weights, self.biases, strict=True):
-            x = torch.sin(self.w0 * torch.baddbmm(bias, x, weight))
+            x = torch.sin(torch.baddbmm(bias * w0, x, weight * w0))
         return x
