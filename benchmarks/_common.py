@@ -1,0 +1,146 @@
+"""Shared helpers of the benchmark scripts: the volumes, provenance (commit, machine) and JSON.
+
+The scripts run as ``python benchmarks/<name>.py`` from the repository root. The classical
+codecs live in ``benchmarks/codecs.py``, whose name shadows the standard library's ``codecs``
+module, so it is loaded by path (:func:`load_codecs`) rather than imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+#: ``../shared/data`` next to the repository, or ``$MOEC_DATA``.
+DATA = Path(os.environ.get("MOEC_DATA", ROOT.parent / "shared" / "data"))
+OUT = ROOT / "benchmarks" / "out"
+
+VOLUMES = {
+    "hipct": "hipct_brain_sci_64.tif",
+    "ct_head": "ct_head_vtk_headsq.tif",
+    "mri4d": "mri_4d_epi_nibabel_afni_example4d.tif",
+    "macaque": "mri_t1_macaque_inia19_mricron.tif",
+}
+#: Voxel spacing (Z, Y, X) or (T, Z, Y, X) as the data README states it; None when unknown.
+SPACING = {
+    "hipct": None,
+    "ct_head": (1.5, 3.2, 3.2),
+    "mri4d": (3.0, 3.0, 3.0, 3.0),
+    "macaque": (0.5, 0.5, 0.5),
+}
+
+
+def load_volume(name: str, data: Path = DATA) -> np.ndarray:
+    import tifffile
+
+    if name not in VOLUMES:
+        raise SystemExit(f"unknown volume {name!r}: choose from {', '.join(VOLUMES)}")
+    path = Path(data) / VOLUMES[name]
+    if not path.exists():
+        raise SystemExit(f"{path} not found: set MOEC_DATA to the folder of the shared volumes")
+    return np.ascontiguousarray(tifffile.imread(path))
+
+
+def load_codecs() -> ModuleType:
+    name = "moec_benchmark_codecs"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "codecs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def git_commit() -> dict:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "src", "benchmarks")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(dirty)}
+
+
+def machine(device: str | None = None) -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        # other processes on the machine slow every timing: the 1-minute load at the end
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:
+        pass
+    if device is not None:
+        info["device"] = device
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+    return info
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def provenance(device: str | None = None) -> dict:
+    return {
+        "command": command(),
+        **git_commit(),
+        "machine": machine(device),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean(record), indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def quality(reference: np.ndarray, test: np.ndarray) -> dict:
+    """PSNR over the reference's data range (max - min) and 3D SSIM (napari_moec.metrics)."""
+    from napari_moec.metrics import psnr, ssim
+
+    return {
+        "psnr": round(psnr(reference, test), 3),
+        "ssim": round(ssim(reference, test), 4),
+        "psnr_dtype": round(psnr(reference, test, "dtype"), 3),
+    }

@@ -1,0 +1,133 @@
+"""Paper ablations on one volume at one ratio, every variant at the same byte budget.
+
+Variants (paper §4): the number of experts (1 = a plain SIREN of the same bytes: one expert,
+its router has a single output and always weighs it 1), top-1 vs top-2 routing, the balance
+loss on/off, the router freeze on/off. Each variant's width is sized by the library to the
+same budget, so the comparison is at equal file bytes; the file is saved, reloaded and decoded
+from disk as in ``rd.py``. One JSON per variant; existing ones are skipped unless ``--force``.
+
+    python benchmarks/ablations.py --volume hipct --ratio 256 --steps 2000 \\
+        --out benchmarks/out/ablations
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import OUT, SPACING, load_volume, provenance, quality, write_json
+
+#: name -> (num_experts, top_k, balance_weight or None = default, freeze_router_at or None)
+VARIANTS = {
+    "experts1": (1, 1, None, None),
+    "experts2": (2, 1, None, None),
+    "experts3": (3, 1, None, None),
+    "experts4": (4, 1, None, None),
+    "experts8": (8, 1, None, None),
+    "experts2_top2": (2, 2, None, None),
+    "experts4_top2": (4, 2, None, None),
+    "experts2_no_balance": (2, 1, 0.0, None),
+    "experts2_no_freeze": (2, 1, None, 1.0),
+}
+
+
+def run_variant(name: str, vol, args) -> dict:
+    import napari_moec
+    from napari_moec import ConfigError, QuantConfig, TrainConfig
+
+    experts, top_k, balance, freeze = VARIANTS[name]
+    defaults = TrainConfig()
+    train = TrainConfig(
+        steps=args.steps,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        balance_weight=defaults.balance_weight if balance is None else balance,
+        freeze_router_at=defaults.freeze_router_at if freeze is None else freeze,
+    )
+    record = {
+        "variant": name,
+        "order": list(VARIANTS).index(name),
+        "volume": args.volume,
+        "shape": list(vol.shape),
+        "original_bytes": int(vol.nbytes),
+        "target_ratio": args.ratio,
+        "budget_bytes": int(vol.nbytes // args.ratio),
+        "options": {
+            "num_experts": experts,
+            "top_k": top_k,
+            "balance_weight": train.balance_weight,
+            "freeze_router_at": train.freeze_router_at,
+            "steps": args.steps,
+            "time_limit": args.time_limit,
+            "seed": args.seed,
+            "precision": args.precision,
+        },
+    }
+    t0 = time.perf_counter()
+    try:
+        compressed = napari_moec.compress(
+            vol,
+            ratio=args.ratio,
+            num_experts=experts,
+            top_k=top_k,
+            train=train,
+            quant=QuantConfig(precision=args.precision),
+            device=args.device,
+            spacing=SPACING[args.volume],
+        )
+    except ConfigError as exc:
+        record.update(status="no network fits", reason=str(exc), seconds=time.perf_counter() - t0)
+        return record
+    record["seconds"] = time.perf_counter() - t0
+    path = args.moec_dir / f"ablation_{args.volume}_{args.ratio:g}x_{name}.moec"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compressed.save(path)
+    nbytes = path.stat().st_size
+    decoded = napari_moec.load(path).decode(device=args.device)
+    record.update(
+        status="ok",
+        bytes=nbytes,
+        ratio=vol.nbytes / nbytes,
+        report=dict(compressed.report),
+        **quality(vol, decoded),
+    )
+    return record
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--volume", default="hipct")
+    parser.add_argument("--ratio", type=float, default=256)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--time-limit", type=float, default=None)
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", type=Path, default=OUT / "ablations")
+    parser.add_argument("--moec-dir", type=Path, default=OUT / "moec-files")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    vol = load_volume(args.volume)
+    for name in args.variants:
+        path = args.out / f"ablation_{args.volume}_{args.ratio:g}x_{name}.json"
+        if path.exists() and not args.force:
+            print(f"skip {path} (exists; --force to rerun)")
+            continue
+        record = run_variant(name, vol, args)
+        device = record.get("report", {}).get("device", args.device)
+        record.update(provenance(device))
+        write_json(path, record)
+        text = (
+            f"{record['psnr']:.2f} dB / {record['ssim']:.3f} ({record['bytes']} B, "
+            f"width {record['report']['hidden_features']})"
+            if record["status"] == "ok"
+            else record["status"]
+        )
+        print(f"{name:22s} {text}  [{record['seconds']:.0f} s]", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
