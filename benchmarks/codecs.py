@@ -50,6 +50,7 @@ __all__ = [
     "METHODS",
     "REPRODUCTION",
     "decimate",
+    "decimate_grids",
     "ffmpeg_version",
     "h264",
     "h264_gray_decode",
@@ -350,34 +351,41 @@ def _zstd(array: np.ndarray) -> bytes:
     return zstandard.ZstdCompressor(level=19).compress(np.ascontiguousarray(array).tobytes())
 
 
+def decimate_grids(spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every distinct grid ``round(n * s)`` (at least 1) of one scale ``s`` in (0, 1], for the
+    Z, Y, X sizes ``spatial``, smallest first: the candidates of :func:`decimate`."""
+    scales = {1.0}
+    for n in spatial:
+        scales.update((m - 0.5) / n for m in range(2, n + 1))  # where round(n * s) steps up
+    grids = {tuple(max(1, min(n, math.floor(n * s + 0.5))) for n in spatial) for s in scales}
+    return sorted(grids, key=lambda g: (math.prod(g), g))
+
+
 def decimate(vol: np.ndarray, budget_bytes: int) -> Result:
     """Largest uniformly scaled Z, Y, X grid whose zstd-19 bytes fit; cubic upsampling."""
-    spatial = vol.shape[-3:]
-    longest = max(spatial)
+    spatial = tuple(vol.shape[-3:])
+    grids = decimate_grids(spatial)
     cache: dict[int, tuple[int, np.ndarray]] = {}
 
-    def grid(k: int) -> tuple[int, ...]:
-        return tuple(max(1, round(n * k / longest)) for n in spatial)
+    def encode(i: int) -> tuple[int, np.ndarray]:
+        if i not in cache:
+            small = vol if grids[i] == spatial else downsample(vol, grids[i])
+            cache[i] = (len(_zstd(small)), small)
+        return cache[i]
 
-    def encode(k: int) -> tuple[int, np.ndarray]:
-        if k not in cache:
-            small = downsample(vol, grid(k)) if k < longest else vol
-            cache[k] = (len(_zstd(small)), small)
-        return cache[k]
+    def fits(inverted: int) -> bool:  # a larger grid = more bytes
+        return encode(len(grids) - inverted)[0] <= budget_bytes
 
-    def fits(inverted: int) -> bool:  # larger k = more bytes
-        return encode(longest + 1 - inverted)[0] <= budget_bytes
-
-    inverted = _bisect(1, longest, fits, steps=16)
+    inverted = _bisect(1, len(grids), fits, steps=32)
     if inverted is None:
         return None
-    k = longest + 1 - inverted
+    i = len(grids) - inverted
     # zstd bytes are not strictly monotone in the grid: try a few larger grids as well
-    for bigger in range(k + 1, min(longest, k + 3) + 1):
+    for bigger in range(i + 1, min(len(grids), i + 4)):
         if encode(bigger)[0] <= budget_bytes:
-            k = bigger
-    nbytes, small = encode(k)
-    return nbytes, (vol.copy() if k == longest else upsample(small, vol))
+            i = bigger
+    nbytes, small = encode(i)
+    return nbytes, (vol.copy() if grids[i] == spatial else upsample(small, vol))
 
 
 def hevc_ds2(vol: np.ndarray, budget_bytes: int, *, lean: bool = False, refine: int = 4) -> Result:
