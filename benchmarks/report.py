@@ -229,8 +229,9 @@ def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     lines = [
-        "| run | device | width / experts / k | matmul peak GFLOP/s (layer-shape) | train "
-        "points/s | train GFLOP/s useful (executed) | % of peak | ms/step | decode voxels/s | "
+        "| run | device (threads, load) | width / experts / k | matmul peak GFLOP/s "
+        "(layer-shape) | train points/s | train GFLOP/s useful (executed) | % of peak | "
+        "ms/step | decode voxels/s | "
         "decode GFLOP/s | % of peak | peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -240,14 +241,18 @@ def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
         model = r["model"]
         machine = r.get("machine", {})
         device = r["device"] + (f" ({machine['gpu']})" if "gpu" in machine else "")
+        threads = f"{r.get('torch_threads', '?')} threads"
+        if "load_average_1min" in machine:
+            threads += f", load {machine['load_average_1min']}"
         memory = f"{mem['max_rss_mib']:.0f} MiB RSS" + (
             f", {mem['cuda_max_allocated_mib']:.0f} MiB CUDA"
             if "cuda_max_allocated_mib" in mem
             else ""
         )
         lines.append(
-            f"| {r['volume']} {r['ratio']:g}x | {device} | {model['hidden_features']} / "
-            f"{model['num_experts']} / {model['top_k']} | {m['peak_flops_per_s'] / 1e9:.1f} "
+            f"| {r['volume']} {r['ratio']:g}x | {device} ({threads}) | "
+            f"{model['hidden_features']} / {model['num_experts']} / {model['top_k']} | "
+            f"{m['peak_flops_per_s'] / 1e9:.1f} "
             f"({m['layer_flops_per_s'] / 1e9:.1f}) | {t['points_per_s']:,.0f} | "
             f"{t['flops_per_s_useful'] / 1e9:.2f} ({t['flops_per_s_executed'] / 1e9:.2f}) | "
             f"{t['fraction_of_peak_useful']:.1%} | {t['seconds_per_step'] * 1e3:.0f} | "
@@ -256,7 +261,8 @@ def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
         )
         curve = [(p["seconds"], p["psnr"]) for p in r["time_to_psnr"] if _finite(p["psnr"])]
         if curve:
-            ax.plot(*zip(*curve, strict=True), label=f"{r['volume']} {r['ratio']:g}x, {device}")
+            label = f"{r['volume']} {r['ratio']:g}x, {device}, {threads}"
+            ax.plot(*zip(*curve, strict=True), label=label)
     ax.set_xlabel("training seconds")
     ax.set_ylabel("training-batch PSNR (dB, data range)")
     ax.set_title("time to PSNR")

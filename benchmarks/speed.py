@@ -252,8 +252,11 @@ def profile(args, device: torch.device) -> str:
     vol = load_volume(args.volume)
     load_before = f"{os.getloadavg()[0]:.2f}"
     warm, steps = args.warmup, args.profile_steps
-    comp = _compressor(args, vol, device, steps=warm + steps + 1)
+    # A long schedule that we stop early: the profiled steps stay in the main "train" phase
+    # (the router freezes at 60% of the schedule, quantization-aware training starts at 90%).
+    comp = _compressor(args, vol, device, steps=max(args.steps, 20 * (warm + steps)))
     run = comp.run()
+    phases = set()
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -265,8 +268,10 @@ def profile(args, device: torch.device) -> str:
     t0 = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         while stepped < warm + steps:
-            if isinstance(next(run), Progress):
+            event = next(run)
+            if isinstance(event, Progress):
                 stepped += 1
+                phases.add(event.phase)
         sync(device)
     wall = time.perf_counter() - t0
     comp.stop()
@@ -287,7 +292,8 @@ def profile(args, device: torch.device) -> str:
         f"L={model.expert_layers}, batch={min(args.batch, vol.size)}) on {device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average before/after {load_before} / {os.getloadavg()[0]:.2f} "
-        f"on {os.cpu_count()} CPUs (other processes share them).",
+        f"on {os.cpu_count()} CPUs (other processes share them); training phase(s) "
+        f"profiled: {', '.join(sorted(phases))}.",
         "",
         f"Wall time of the profiled steps: {wall:.3f} s ({wall / steps * 1e3:.1f} ms/step, "
         "profiler overhead included).",
