@@ -320,17 +320,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     found = load(args.inputs)
     doc_dir = args.doc.parent
-    lines = [INTRO, "## Rate–distortion", ""]
+    lines = [INTRO]
+    notes = doc_dir / "benchmarks" / "notes.md"
+    if notes.exists():  # hand-written findings, kept across regenerations
+        lines += [notes.read_text().strip(), ""]
+    lines += ["## Rate–distortion", ""]
     lines += rd_section(found["rd"], args.images, doc_dir)
     lines += ["Runs:", "", *_provenance(list(found["rd"].values())), ""]
     lines += ["## Ablations", ""]
     lines += ablation_section(found["ablation"]) or ["Not run yet (`benchmarks/ablations.py`).", ""]
     lines += ["## Speed", ""]
     lines += speed_section(found["speed"], args.images, doc_dir) or ["Not run yet.", ""]
-    profile = doc_dir / "benchmarks" / "profile-cpu.txt"
-    if profile.exists():
-        lines += [f"CPU profile of the training loop: [{_rel(profile, doc_dir)}]"
-                  f"({_rel(profile, doc_dir)}).", ""]  # fmt: skip
+    profiles = sorted((doc_dir / "benchmarks").glob("profile-*.txt"))
+    if profiles:
+        links = ", ".join(f"[{p.name}]({_rel(p, doc_dir)})" for p in profiles)
+        lines += [f"Profiles of the training loop (`speed.py --profile`): {links}.", ""]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.doc} ({sum(len(v) for v in found.values())} runs)")
