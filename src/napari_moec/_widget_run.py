@@ -1,0 +1,97 @@
+"""What runs off the GUI thread, and how its failures are worded for the user.
+
+The dock widget hands these functions to napari workers. Anything that can take more than a few
+milliseconds (training, the final full-resolution decode, SSIM) happens here, so the napari event
+loop keeps drawing while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._layers import difference
+from .compressed import Compressed
+from .errors import MoecError, TrainingError
+from .events import TrainEvent
+from .metrics import psnr, ssim
+from .training import Compressor
+
+__all__ = ["Comparison", "Outcome", "WorkerFailure", "compress", "describe_error", "measure"]
+
+
+class WorkerFailure(Exception):
+    """Carries an exception out of the worker thread; the original is ``__cause__``.
+
+    superqt's GeneratorWorker treats any RuntimeError raised by the generator as "the worker
+    was deleted" and replaces it with a generic warning; TrainingError and torch's
+    OutOfMemoryError are RuntimeErrors, so they are wrapped in this plain Exception first.
+    """
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run: the file-backed result and its full-resolution decode."""
+
+    compressed: Compressed
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Original vs decompressed: PSNR over the original's range, 3D SSIM (None when the volume
+    is thinner than SSIM's 7-voxel window) and the signed difference volume."""
+
+    psnr: float
+    ssim: float | None
+    difference: np.ndarray
+
+
+def compress(compressor: Compressor) -> Generator[TrainEvent, None, Outcome]:
+    """Drive ``compressor.run()`` and decode its result at full resolution.
+
+    A real generator function, so napari builds a GeneratorWorker (with ``yielded``, pause and
+    quit between yields). The decode runs here, not in the ``returned`` slot, because decoding a
+    256³ volume takes seconds on a CPU.
+    """
+    try:
+        compressed = yield from compressor.run()
+        device = compressor.device
+        image = compressed.decode(device=device)
+        labels = compressed.expert_labels(device=device)
+    except Exception as exc:
+        raise WorkerFailure(str(exc)) from exc
+    return Outcome(compressed, image, labels)
+
+
+def measure(original: np.ndarray, decoded: np.ndarray) -> Comparison:
+    """PSNR, SSIM and difference of two same-shape volumes (runs in a worker: SSIM is slow)."""
+    thick = min(original.shape[-3:]) >= 7
+    return Comparison(
+        psnr(original, decoded),
+        ssim(original, decoded) if thick else None,
+        difference(original, decoded),
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One sentence saying what went wrong and what to change."""
+    if isinstance(exc, WorkerFailure) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    oom = isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+    if oom:
+        return (
+            f"MoEC ran out of memory ({type(exc).__name__}). Lower the batch size or the "
+            "number of experts, or choose the CPU device."
+        )
+    if isinstance(exc, TrainingError):
+        return f"MoEC training failed: {exc}"
+    if isinstance(exc, MoecError):
+        return f"MoEC: {exc}"
+    return f"MoEC: unexpected {type(exc).__name__}: {exc}"

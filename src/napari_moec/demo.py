@@ -1,0 +1,95 @@
+"""Open napari with the bundled head CT loaded and the MoEC widget docked.
+
+Run ``python -m napari_moec.demo`` (add ``--autostart`` to start compressing at once). The
+screenshot options drive the documentation images headlessly, e.g. under ``xvfb-run``::
+
+    python -m napari_moec.demo --autostart --screenshot docs/images/widget-training.png \\
+        --quit-after 20
+    python -m napari_moec.demo --autostart --steps 400 \\
+        --compare-screenshot docs/images/widget-compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m napari_moec.demo", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--autostart", action="store_true", help="press Start once the window is up")
+    p.add_argument("--ratio", type=float, default=64.0, help="target ratio (default 64)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--experts", type=int, default=2, help="number of experts (default 2)")
+    p.add_argument("--screenshot", type=Path, help="save a window screenshot here, then quit")
+    p.add_argument(
+        "--quit-after", type=float, help="seconds before the --screenshot is taken and napari quits"
+    )
+    p.add_argument(
+        "--compare-screenshot",
+        type=Path,
+        help="when training ends, press Compare, save a window screenshot here and quit",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the demo; returns napari's exit status (0)."""
+    args = _parser().parse_args(argv)
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.Viewer(title="napari-moec demo")
+    viewer.window.resize(1400, 860)
+    viewer.open_sample("napari-moec", "ct_head")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
+    widget.settings.set_values(ratio=args.ratio, steps=args.steps, experts=args.experts)
+    widget.update_estimate()
+
+    def shoot(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        print(f"saved {path}", flush=True)
+
+    def quit_viewer() -> None:
+        viewer.close()  # the widget stops its worker when the window closes
+
+    if args.autostart:
+        QTimer.singleShot(500, widget.start)
+    if args.quit_after is not None:
+
+        def timed() -> None:
+            if args.screenshot is not None:
+                shoot(args.screenshot)
+            quit_viewer()
+
+        QTimer.singleShot(int(args.quit_after * 1000), timed)
+    if args.compare_screenshot is not None:
+        state = {"compared": False, "since": time.perf_counter()}
+        poll = QTimer()
+
+        def step() -> None:
+            training = widget.worker is not None or time.perf_counter() - state["since"] < 2
+            if training or widget.compare_worker is not None:
+                return
+            if not state["compared"] and widget.result is not None:
+                state["compared"] = True
+                widget.compare()
+            elif state["compared"]:
+                poll.stop()
+                QTimer.singleShot(1500, lambda: (shoot(args.compare_screenshot), quit_viewer()))
+
+        poll.timeout.connect(step)
+        poll.start(200)
+    napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
