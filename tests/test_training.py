@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 import napari_moec as nm
 from napari_moec import Compressor, QuantConfig, TrainConfig
@@ -75,8 +76,20 @@ def test_router_freezes(volume16):
     comp = Compressor(
         volume16, 16, train=TrainConfig(steps=20, batch_size=512, freeze_router_at=0.5)
     )
-    run = comp.run()
-    phases = [e.phase for e in run if isinstance(e, Progress)]
+    phases, snapshot = [], None
+    for event in comp.run():
+        if not isinstance(event, Progress):
+            continue
+        phases.append(event.phase)
+        gate = [p.detach().clone() for p in comp.model.gate.parameters()]
+        if event.step == 11:
+            snapshot = gate
+        elif event.step > 11:
+            for before, now in zip(snapshot, gate, strict=True):
+                torch.testing.assert_close(before, now, rtol=0, atol=0)
+        elif event.step > 1:  # before the freeze the router learns
+            assert any(not torch.equal(a, b) for a, b in zip(previous, gate, strict=True))
+        previous = gate
     assert phases[:10] == ["train"] * 10
     assert set(phases[10:]) <= {"frozen", "qat"}
 
@@ -101,7 +114,7 @@ def test_4d_volume(tmp_path):
 @pytest.mark.parametrize(
     ("array", "match"),
     [
-        (np.zeros((8, 8)), "3D"),
+        (np.zeros((8, 8), np.uint16), "3D"),
         (np.zeros((1, 8, 8), np.uint16), "3D"),
         (np.zeros((8, 8, 3), np.uint8), "RGB"),
         (np.zeros((8, 8, 8), np.float64), "dtype"),

@@ -152,6 +152,9 @@ class Compressor:
         self.preview_every = preview_every
         self.preview_voxels = preview_voxels
         self._stop = threading.Event()
+        #: The network being trained (None before ``run`` starts). Read it only between
+        #: events, from the thread that drives ``run`` (e.g. to decode a plane for a preview).
+        self.model: MoESiren | None = None
 
     @property
     def model_config(self) -> ModelConfig:
@@ -186,6 +189,7 @@ class Compressor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = MoESiren(mcfg).to(device)
+        self.model = model
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         target = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1)).to(device)
         n_voxels = target.numel()
