@@ -124,6 +124,7 @@ class LiveLayers:
         self.scale = np.asarray(source.scale, dtype=float)
         self.translate = np.asarray(source.translate, dtype=float)
         self.contrast_limits = tuple(source.contrast_limits)
+        self.units = tuple(source.units)  # same units as the source, or napari warns
         self.image_layer = None
         self.labels_layer = None
 
@@ -172,6 +173,7 @@ class LiveLayers:
                 name=self.image_name,
                 scale=scale,
                 translate=tuple(self.translate),
+                units=self.units,
                 contrast_limits=self.contrast_limits,
                 colormap="gray",
             )
@@ -184,6 +186,7 @@ class LiveLayers:
                 name=self.labels_name,
                 scale=scale,
                 translate=tuple(self.translate),
+                units=self.units,
                 opacity=0.4,
             )
         else:

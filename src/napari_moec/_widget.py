@@ -7,6 +7,7 @@ generator runs in a napari worker (``_widget_run``) and its events become layer 
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -287,8 +288,9 @@ class MoecWidget(ResultsMixin, QWidget):
             self.progress.setValue(event.step)
             self.progress.setFormat(f"%p%  ·  ETA {event.eta:.0f} s")
             self.readouts["step"].setText(f"{event.step} / {event.total_steps} ({event.phase})")
-            self.readouts["loss"].setText(f"{event.loss:.3g}")
-            self.readouts["psnr"].setText(f"{event.psnr:.2f} dB (training estimate)")
+            if math.isfinite(event.loss):  # NaN until the first report_every steps are done
+                self.readouts["loss"].setText(f"{event.loss:.3g}")
+                self.readouts["psnr"].setText(f"{event.psnr:.2f} dB (training estimate)")
             load = "  ".join(f"E{i} {v:.0%}" for i, v in enumerate(event.expert_load))
             self.readouts["load"].setText(load)
         elif isinstance(event, Preview):

@@ -138,7 +138,11 @@ class ResultsMixin:
         name = getattr(self, "_result_name", original.name)
         decoded_name, diff_name = f"{name} MoEC", f"{name} difference"
         layers = {layer.name: layer for layer in self.viewer.layers}
-        common = {"scale": tuple(original.scale), "translate": tuple(original.translate)}
+        common = {
+            "scale": tuple(original.scale),
+            "translate": tuple(original.translate),
+            "units": tuple(original.units),
+        }
         if decoded_name not in layers:
             self.viewer.add_image(
                 self.result.image,

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=64.0, help="target ratio (default 64)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--experts", type=int, default=2, help="number of experts (default 2)")
+    p.add_argument("--batch-size", type=int, default=16384, help="points per step (default 16384)")
     p.add_argument("--screenshot", type=Path, help="save a window screenshot here, then quit")
     p.add_argument(
         "--quit-after", type=float, help="seconds before the --screenshot is taken and napari quits"
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.resize(1400, 860)
     viewer.open_sample("napari-moec", "ct_head")
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
-    widget.settings.set_values(ratio=args.ratio, steps=args.steps, experts=args.experts)
+    widget.settings.set_values(
+        ratio=args.ratio, steps=args.steps, experts=args.experts, batch_size=args.batch_size
+    )
     widget.update_estimate()
 
     def shoot(path: Path) -> None:
