@@ -13,6 +13,7 @@ the rate–distortion tables use. Writes ``--out`` (JSON) and ``--markdown``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -65,70 +66,111 @@ def _fmt(cell) -> str:
     return "cannot" if cell is None else f"{cell[0]:.2f} / {cell[1]:.3f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--volumes", nargs="+", default=list(PUBLISHED))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/baselines-check.json"))
-    parser.add_argument("--markdown", type=Path, default=None)
-    args = parser.parse_args(argv)
-    codecs = load_codecs()
-    t_start = time.perf_counter()
-    rows = []
-    lines = []
-    for name in args.volumes:
-        vol = load_volume(name)
-        nbytes, _ = codecs.zstd_lossless(vol)
-        zstd = vol.nbytes / nbytes
+def _row_line(row: dict) -> str:
+    published, ours = row["published"], row["ours"]
+    if ours is None:
+        text, delta = "cannot", ""
+    else:
+        text = f"{_fmt(ours)} ({row['bytes']})"
+        delta = f"{ours[0] - published[0]:+.2f}" if published else "n/a"
+    return f"| {row['ratio']}x | {row['method']} | {text} | {_fmt(published)} | {delta} |"
+
+
+def render(record: dict, ffmpeg: str) -> str:
+    lines = [
+        "# Reproduction of ../shared/BASELINES.md",
+        "",
+        f"Command: `{record['command']}`  ",
+        f"Commit: `{record['commit']}`{' (dirty tree)' if record['dirty'] else ''}, "
+        f"machine: {record['machine'].get('cpu_model', '')}"
+        f" ({record['machine']['cpu_count']} CPUs), {ffmpeg}, "
+        f"wall time {record['wall_seconds']:.0f} s.",
+    ]
+    for update in record.get("updates", []):
+        lines.append(
+            f"Rows {', '.join(update['only'])} rerun by `{update['command']}` at commit "
+            f"`{update['commit']}`."
+        )
+    lines += [
+        "",
+        "Rows marked `rd.py` are the settings of the rate–distortion tables (stronger or "
+        "corrected); the others follow BASELINES.md's method.",
+    ]
+    order = list(methods(load_codecs()))
+    for name, zstd in record["zstd"].items():
         lines += [
             f"\n### {name}: zstd-19 lossless {zstd:.2f}x (BASELINES.md {ZSTD[name]:.2f}x)\n",
             "| ratio | method | ours PSNR / SSIM (bytes) | BASELINES.md | ΔPSNR |",
             "|---|---|---|---|---|",
         ]
+        rows = [r for r in record["rows"] if r["volume"] == name]
+        rows.sort(key=lambda r: (r["ratio"], order.index(r["method"])))
+        lines += [_row_line(r) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--volumes", nargs="+", default=list(PUBLISHED))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/baselines-check.json"))
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="rerun only these method labels and merge them into the existing --out JSON",
+    )
+    args = parser.parse_args(argv)
+    codecs = load_codecs()
+    table = methods(codecs)
+    if args.only:
+        unknown = set(args.only) - set(table)
+        if unknown:
+            raise SystemExit(f"unknown labels {sorted(unknown)}; choose from {list(table)}")
+        table = {k: v for k, v in table.items() if k in args.only}
+    t_start = time.perf_counter()
+    rows, zstd = [], {}
+    for name in args.volumes:
+        vol = load_volume(name)
+        nbytes, _ = codecs.zstd_lossless(vol)
+        zstd[name] = vol.nbytes / nbytes
         for i, ratio in enumerate(RATIOS):
             budget = vol.nbytes // ratio
-            for label, (fn, column) in methods(codecs).items():
+            for label, (fn, column) in table.items():
                 t0 = time.perf_counter()
                 result = fn(vol, budget)
-                seconds = time.perf_counter() - t0
-                published = PUBLISHED[name][column][i]
                 row = {
                     "volume": name,
                     "ratio": ratio,
                     "budget_bytes": budget,
                     "method": label,
-                    "published": published,
-                    "seconds": seconds,
+                    "published": PUBLISHED[name][column][i],
+                    "seconds": time.perf_counter() - t0,
+                    "ours": None,
                 }
-                if result is None:
-                    ours, delta, text = None, "", "cannot"
-                else:
+                if result is not None:
                     q = quality(vol, result[1])
-                    ours = (q["psnr"], q["ssim"])
-                    row.update(bytes=result[0], **q)
-                    text = f"{_fmt(ours)} ({result[0]})"
-                    delta = f"{ours[0] - published[0]:+.2f}" if published else "n/a"
-                row["ours"] = ours
+                    row.update(bytes=result[0], ours=(q["psnr"], q["ssim"]), **q)
                 rows.append(row)
-                line = f"| {ratio}x | {label} | {text} | {_fmt(published)} | {delta} |"
-                lines.append(line)
-                print(line, f"[{seconds:.1f} s]", flush=True)
-    record = {"rows": rows, "wall_seconds": time.perf_counter() - t_start, **provenance("cpu")}
+                print(_row_line(row), f"[{row['seconds']:.1f} s]", flush=True)
+    wall = time.perf_counter() - t_start
+    if args.only:
+        record = json.loads(args.out.read_text())
+        record["zstd"] = {**record.get("zstd", {}), **zstd}
+        fresh = {(r["volume"], r["ratio"], r["method"]) for r in rows}
+        record["rows"] = [
+            r for r in record["rows"] if (r["volume"], r["ratio"], r["method"]) not in fresh
+        ] + rows
+        update = provenance("cpu")
+        record.setdefault("updates", []).append(
+            {"only": args.only, "command": update["command"], "commit": update["commit"]}
+        )
+    else:
+        record = {"rows": rows, "zstd": zstd, "wall_seconds": wall, **provenance("cpu")}
     write_json(args.out, record)
     if args.markdown:
-        head = [
-            "# Reproduction of ../shared/BASELINES.md",
-            "",
-            f"Command: `{record['command']}`  ",
-            f"Commit: `{record['commit']}`{' (dirty tree)' if record['dirty'] else ''}, "
-            f"machine: {record['machine'].get('cpu_model', '')}"
-            f" ({record['machine']['cpu_count']} CPUs), {codecs.ffmpeg_version()}, "
-            f"wall time {record['wall_seconds']:.0f} s.",
-            "",
-            "Rows marked `rd.py` are the settings of the rate–distortion tables (stronger or "
-            "corrected); the others follow BASELINES.md's method.",
-        ]
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text("\n".join(head + lines) + "\n")
+        args.markdown.write_text(render(record, codecs.ffmpeg_version()))
     return 0
 
 
