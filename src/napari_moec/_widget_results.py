@@ -165,7 +165,10 @@ class ResultsMixin:
         keep = {original.name, decoded_name, diff_name}
         for layer in self.viewer.layers:
             layer.visible = layer.name in keep
-        grid_of(self.viewer).enabled = True
+        grid = grid_of(self.viewer)
+        grid.shape = (1, -1)  # one row: original | decompressed | difference
+        grid.enabled = True
+        self.viewer.reset_view()  # fit each viewbox to its volume
         ssim = "n/a (volume thinner than 7 voxels)" if cmp.ssim is None else f"{cmp.ssim:.4f}"
         text = f"PSNR {cmp.psnr:.2f} dB, SSIM {ssim}, max |error| {bound:g}"
         self.readouts["result"].setText(text)
