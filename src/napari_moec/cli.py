@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--per-channel", action="store_true", help="one scale per output channel")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all cores; fewer can be faster on a busy machine)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     d = sub.add_parser("decompress", help="decode a .moec file to TIFF/.npy")
@@ -116,6 +122,7 @@ def _compress(args) -> int:
         train=train,
         quant=QuantConfig(args.precision, per_channel=args.per_channel),
         device=args.device,
+        threads=args.threads,
     )
     bar = _ProgressBar(enabled=not args.quiet)
     run = compressor.run()

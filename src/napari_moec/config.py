@@ -72,7 +72,7 @@ class TrainConfig:
     The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
     learning rate decays exponentially from ``lr`` to ``lr * lr_final`` over that schedule, the
     router freezes at ``freeze_router_at`` of it and the last ``qat_fraction`` of it trains with
-    the stored quantization in the loop.
+    the stored quantization in the loop (quantization-aware training, off by default).
     """
 
     steps: int = 2000
@@ -83,7 +83,10 @@ class TrainConfig:
     balance_weight: float = 0.01
     capacity_factor: float = 1.25
     freeze_router_at: float = 0.6
-    qat_fraction: float = 0.1
+    #: Off by default: measured on hipct 64x (1500 steps), QAT in the last 10% gave 30.83 dB
+    #: against 31.31 dB for post-training quantization, because the rate controller then
+    #: stores the weights on a finer grid than the nominal one QAT trained for.
+    qat_fraction: float = 0.0
     report_every: int = 10
     seed: int = 0
 

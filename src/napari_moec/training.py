@@ -67,6 +67,10 @@ class Compressor:
         Seconds of training between :class:`Preview` events; None for none.
     preview_voxels
         Upper bound on a preview's voxels (the stride is chosen to respect it).
+    threads
+        CPU threads for training (default: the cores this process may use). On a machine
+        busy with other jobs, fewer threads can be much faster: every small op waits at a
+        barrier for descheduled threads (docs/benchmarks.md).
 
     Examples
     --------
@@ -94,6 +98,7 @@ class Compressor:
         device: str | torch.device | None = None,
         preview_every: float | None = None,
         preview_voxels: int = 1 << 16,
+        threads: int | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume
@@ -151,6 +156,12 @@ class Compressor:
         self.num_parameters = count_parameters(model)
         self.preview_every = preview_every
         self.preview_voxels = preview_voxels
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            threads = threads or os.cpu_count() or 1
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads
         self._stop = threading.Event()
         #: The network being trained (None before ``run`` starts). Read it only between
         #: events, from the thread that drives ``run`` (e.g. to decode a plane for a preview).
@@ -171,7 +182,7 @@ class Compressor:
         threads = torch.get_num_threads()
         if device.type == "cpu":
             # set_num_threads is per thread here: a worker thread starts with its own default.
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(self.threads)
         try:
             model, steps, seconds, stopped = yield from self._train(device)
             yield Finalizing(step=steps, stopped=stopped)
