@@ -11,10 +11,9 @@ import math
 import time
 
 import numpy as np
-from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -27,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import LiveLayers
+from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
 from ._widget_run import Outcome, compress, describe_error
 from ._widget_settings import SettingsPanel
@@ -37,13 +37,7 @@ from .training import Compressor
 __all__ = ["MoecWidget"]
 
 
-def _is_volume(layer) -> bool:
-    return (
-        isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim in (3, 4)
-    )
-
-
-class MoecWidget(ResultsMixin, QWidget):
+class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     """Dock widget that compresses an Image layer into a ``.moec`` file, live.
 
     Parameters
@@ -137,7 +131,7 @@ class MoecWidget(ResultsMixin, QWidget):
         """Keep the picker equal to the viewer's 3D/4D Image layers, keeping the selection."""
         for layer in self.viewer.layers:
             layer.events.name.connect(self.refresh_sources)  # renames; connecting twice is a no-op
-        names = [layer.name for layer in self.viewer.layers if _is_volume(layer)]
+        names = [layer.name for layer in self.viewer.layers if is_volume(layer)]
         current = self.source.currentText()
         self.source.blockSignals(True)
         self.source.clear()
@@ -156,25 +150,15 @@ class MoecWidget(ResultsMixin, QWidget):
         """The Image layer chosen in Source, or None."""
         name = self.source.currentText()
         for layer in self.viewer.layers:
-            if layer.name == name and _is_volume(layer):
+            if layer.name == name and is_volume(layer):
                 return layer
         return None
-
-    def _no_source_message(self) -> str:
-        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-        if not images:
-            return "MoEC: no image layer. Open a 3D or 4D volume (File › Open Sample › CT head)."
-        why = []
-        for layer in images:
-            kind = "RGB" if layer.rgb else "multiscale" if layer.multiscale else f"{layer.ndim}D"
-            why.append(f"'{layer.name}' is {kind} (shape {tuple(layer.data.shape)})")
-        return "MoEC compresses 3D (ZYX) or 4D volumes, but " + "; ".join(why) + "."
 
     def _make_compressor(self) -> Compressor:
         """A Compressor for the current source and settings; raises ConfigError if impossible."""
         layer = self.source_layer()
         if layer is None:
-            raise ConfigError(self._no_source_message().removeprefix("MoEC: "))
+            raise ConfigError(no_source_message(self.viewer.layers).removeprefix("MoEC: "))
         units = {format(u, "~") for u in layer.units}
         unit = units.pop() if len(units) == 1 and "px" not in units else None
         return Compressor(
@@ -256,14 +240,6 @@ class MoecWidget(ResultsMixin, QWidget):
         self.stop_button.setEnabled(False)
         self.status.setText("Stopping: keeping the best model so far…")
 
-    def shutdown(self) -> None:
-        """Stop the worker without finishing the file: the widget or the viewer is closing."""
-        if self.worker is not None:
-            self._closing = True  # queued previews must not touch a closing viewer
-            if self._compressor is not None:
-                self._compressor.stop()
-            self.worker.quit()  # acts at the next yield, also while paused
-
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.pause_button.setEnabled(running)
@@ -330,28 +306,3 @@ class MoecWidget(ResultsMixin, QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self.result is not None else 0)
         self._set_running(False)
-
-    # -- closing -----------------------------------------------------------------------------
-    def _watch_window(self) -> None:
-        """Watch the napari main window for Close: closing the viewer must end the worker."""
-        window = self.window()
-        if window is not self and window is not self._watched:
-            if self._watched is not None:
-                self._watched.removeEventFilter(self)
-            window.installEventFilter(self)
-            self._watched = window
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        if obj is self._watched and event.type() == QEvent.Type.Close:
-            self.shutdown()
-        return super().eventFilter(obj, event)
-
-    def event(self, event: QEvent) -> bool:
-        # napari undocks a closed plugin widget with setParent(None): that is our "closed".
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.shutdown()
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:
-        self.shutdown()
-        super().closeEvent(event)

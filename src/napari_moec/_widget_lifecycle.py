@@ -1,0 +1,68 @@
+"""Lifetime of the dock widget: which layers it may compress, and stopping work on close.
+
+napari gives a plugin widget no "closing" signal: a closed dock widget is un-parented, and closing
+the viewer closes its main window. The mixin watches both so that a running worker is stopped
+(it would otherwise keep training, and post previews into a dead viewer).
+"""
+
+from __future__ import annotations
+
+from napari.layers import Image
+from qtpy.QtCore import QEvent, QObject
+
+__all__ = ["LifecycleMixin", "is_volume", "no_source_message"]
+
+
+def is_volume(layer) -> bool:
+    """A layer the compressor can take: a 3D/4D, single-scale, non-RGB Image."""
+    return (
+        isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim in (3, 4)
+    )
+
+
+def no_source_message(layers) -> str:
+    """Why no layer can be compressed: no image at all, or each image's kind and shape."""
+    images = [layer for layer in layers if isinstance(layer, Image)]
+    if not images:
+        return "MoEC: no image layer. Open a 3D or 4D volume (File › Open Sample › CT head)."
+    why = []
+    for layer in images:
+        kind = "RGB" if layer.rgb else "multiscale" if layer.multiscale else f"{layer.ndim}D"
+        why.append(f"'{layer.name}' is {kind} (shape {tuple(layer.data.shape)})")
+    return "MoEC compresses 3D (ZYX) or 4D volumes, but " + "; ".join(why) + "."
+
+
+class LifecycleMixin:
+    """Stop the worker of :class:`~napari_moec._widget.MoecWidget` when it or napari closes."""
+
+    def shutdown(self) -> None:
+        """Stop the worker without finishing the file: the widget or the viewer is closing."""
+        if self.worker is not None:
+            self._closing = True  # queued previews must not touch a closing viewer
+            if self._compressor is not None:
+                self._compressor.stop()
+            self.worker.quit()  # acts at the next yield, also while paused
+
+    def _watch_window(self) -> None:
+        """Watch the napari main window for Close: closing the viewer must end the worker."""
+        window = self.window()
+        if window is not self and window is not self._watched:
+            if self._watched is not None:
+                self._watched.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._watched = window
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self._watched and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return super().eventFilter(obj, event)
+
+    def event(self, event: QEvent) -> bool:
+        # napari undocks a closed plugin widget with setParent(None): that is our "closed".
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.shutdown()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
