@@ -43,17 +43,26 @@ from _common import OUT, SPACING, load_volume, provenance, quality, write_json
 from napari_moec import Compressor, Progress, TrainConfig
 
 
+def _has_threads_option() -> bool:
+    import inspect
+
+    return "threads" in inspect.signature(Compressor).parameters
+
+
 def limit_threads(n: int) -> None:
-    """Make ``Compressor.run`` use ``n`` intra-op threads (it sets ``os.cpu_count()``).
+    """Make ``Compressor.run`` use ``n`` intra-op threads.
 
-    A measurement knob of this script only: it replaces the ``os`` name inside
-    ``napari_moec.training`` by a shim whose ``cpu_count()`` returns ``n``.
+    Current versions take ``Compressor(threads=n)`` (passed by :func:`_compressor`); for older
+    ones, which set ``os.cpu_count()`` threads, this replaces the ``os`` name inside
+    ``napari_moec.training`` by a shim whose ``cpu_count()`` returns ``n`` (a measurement knob
+    of this script only, to profile old commits).
     """
-    import types
+    if not _has_threads_option():
+        import types
 
-    from napari_moec import training
+        from napari_moec import training
 
-    training.os = types.SimpleNamespace(cpu_count=lambda: n)
+        training.os = types.SimpleNamespace(cpu_count=lambda: n)
     torch.set_num_threads(n)
 
 
@@ -103,9 +112,11 @@ def _compressor(args, vol, device, steps, time_limit=None) -> Compressor:
     train = TrainConfig(
         steps=steps, time_limit=time_limit, batch_size=args.batch, report_every=args.report_every
     )
+    extra = {"threads": args.threads} if args.threads and _has_threads_option() else {}
     return Compressor(
         vol,
         args.ratio,
+        **extra,
         num_experts=args.experts,
         top_k=args.top_k,
         train=train,
