@@ -8,6 +8,7 @@ generator runs in a napari worker (``_widget_run``) and its events become layer 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -51,6 +52,8 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         Seconds of training between live previews (the core's ``preview_every``).
     preview_voxels : int
         Upper bound on a preview's voxels: bounds its cost (the stride follows from it).
+    threads : int
+        CPU threads for training; one core fewer than available, so the GUI stays smooth.
     worker
         The running GeneratorWorker, or None.
     """
@@ -60,6 +63,9 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         self.viewer = napari_viewer
         self.preview_every = 1.0
         self.preview_voxels = 1 << 16
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        #: Torch threads for CPU training: one core is left to napari's event loop.
+        self.threads = max(1, (cores or 1) - 1)
         self.worker = None
         self.compare_worker = None
         self.result = None  # Outcome of the last run or load
@@ -167,6 +173,7 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
             unit=unit,
             preview_every=self.preview_every,
             preview_voxels=self.preview_voxels,
+            threads=self.threads,
             **self.settings.compressor_kwargs(),
         )
 
