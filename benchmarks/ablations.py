@@ -75,6 +75,7 @@ def run_variant(name: str, vol, args) -> dict:
             quant=QuantConfig(precision=args.precision),
             device=args.device,
             spacing=SPACING[args.volume],
+            threads=args.threads,
         )
     except ConfigError as exc:
         record.update(status="no network fits", reason=str(exc), seconds=time.perf_counter() - t0)
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per run")
     parser.add_argument("--out", type=Path, default=OUT / "ablations")
     parser.add_argument("--moec-dir", type=Path, default=OUT / "moec-files")
     parser.add_argument("--force", action="store_true")

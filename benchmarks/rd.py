@@ -117,6 +117,7 @@ def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> di
         "quant": QuantConfig(precision=args.precision),
         "device": args.device,
         "spacing": SPACING[name],
+        "threads": args.threads,
     }
     record["options"] = {
         "num_experts": args.experts,
@@ -126,6 +127,7 @@ def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> di
         "seed": args.seed,
         "precision": args.precision,
         "device": args.device,
+        "threads": args.threads,
     }
     t0 = time.perf_counter()
     try:
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="moec device: cpu, cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="moec CPU threads")
     parser.add_argument("--out", type=Path, default=OUT / "rd")
     parser.add_argument("--moec-dir", type=Path, default=OUT / "moec-files")
     parser.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")

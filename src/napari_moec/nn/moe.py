@@ -90,7 +90,11 @@ class MoESiren(nn.Module):
         self.config = config
         hidden = config.hidden_features
         self.encoder = SineLayer(config.in_features, hidden, config.w0_first, is_first=True)
-        self.gate = Gate(hidden, config.gate_hidden, config.num_experts)
+        # One expert needs no router: storing one would spend bytes on weights that route
+        # nothing, so a 1-expert model is exactly a plain SIREN of the same file size.
+        self.gate = (
+            Gate(hidden, config.gate_hidden, config.num_experts) if config.num_experts > 1 else None
+        )
         self.experts = BatchedSineExperts(
             config.num_experts, hidden, config.expert_layers, config.w0
         )
@@ -105,6 +109,11 @@ class MoESiren(nn.Module):
         cfg = self.config
         batch = coords.shape[0]
         features = self.encoder(coords)
+        if self.gate is None:
+            value = self.decoder(self.experts(features[None])[0])
+            ones = torch.ones(batch, dtype=torch.bool, device=coords.device)
+            # Eq. 3 is exactly 1 for a single expert; it is a constant without gradient.
+            return MoEOutput(value, value.new_ones(()), ones, value.new_ones(1))
         routing = route(self.gate(features), cfg.top_k)
         capacity = None
         if capacity_factor is not None:
@@ -138,8 +147,10 @@ class MoESiren(nn.Module):
     @torch.no_grad()
     def expert_labels(self, coords: torch.Tensor) -> torch.Tensor:
         """Top-1 expert of each coordinate (argmax of the gate), int64 (B,)."""
+        if self.gate is None:
+            return torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
         return torch.argmax(self.gate(self.encoder(coords)), dim=-1)
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The router's parameters, frozen after ``freeze_router_at`` (paper §4.1)."""
-        return list(self.gate.parameters())
+        return [] if self.gate is None else list(self.gate.parameters())
