@@ -144,3 +144,17 @@ def quality(reference: np.ndarray, test: np.ndarray) -> dict:
         "ssim": round(ssim(reference, test), 4),
         "psnr_dtype": round(psnr(reference, test, "dtype"), 3),
     }
+
+
+#: Classical methods of rd.py, in the order tables show them.
+CLASSICAL = [
+    "hevc",
+    "hevc_lean",
+    "h264",
+    "h264_lean",
+    "jpeg2000",
+    "jpeg2000_j2k",
+    "decimate",
+    "hevc_ds2",
+    "hevc_ds2_lean",
+]

@@ -43,7 +43,7 @@ VARIANTS = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(out: Path, volumes, ratios, steps: int, seed: int) -> None:
+def run(out: Path, volumes, ratios, steps: int, seed: int, threads: int | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -62,7 +62,7 @@ def run(out: Path, volumes, ratios, steps: int, seed: int) -> None:
                     "steps": steps,
                     "seed": seed,
                     "commit": commit,
-                    "machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
+                    "machine": f"{platform.machine()} {threads or 'all'} threads, "
                     f"torch {torch.__version__}",
                 }
                 t0 = time.perf_counter()
@@ -73,6 +73,7 @@ def run(out: Path, volumes, ratios, steps: int, seed: int) -> None:
                         quant=quant,
                         train=TrainConfig(steps=steps, seed=seed, **extra),
                         device="cpu",
+                        threads=threads,
                     )
                 except ConfigError as exc:
                     record["skipped"] = str(exc)
@@ -141,11 +142,12 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "precision")
     parser.add_argument("--report", action="store_true", help="only write docs/format.md")
     args = parser.parse_args()
     if not args.report:
-        run(args.out, args.volumes, args.ratios, args.steps, args.seed)
+        run(args.out, args.volumes, args.ratios, args.steps, args.seed, args.threads)
     report(args.out, ROOT / "docs" / "format.md")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    CLASSICAL,
     OUT,
     SPACING,
     VOLUMES,
@@ -39,17 +40,6 @@ from _common import (
     write_json,
 )
 
-CLASSICAL = [
-    "hevc",
-    "hevc_lean",
-    "h264",
-    "h264_lean",
-    "jpeg2000",
-    "jpeg2000_j2k",
-    "decimate",
-    "hevc_ds2",
-    "hevc_ds2_lean",
-]
 ALL_METHODS = ["moec", *CLASSICAL, "zstd"]
 
 

@@ -18,20 +18,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from _common import OUT, ROOT, VOLUMES
+from _common import CLASSICAL, OUT, ROOT, VOLUMES
 
-METHOD_ORDER = [
-    "moec",
-    "hevc",
-    "hevc_lean",
-    "h264",
-    "h264_lean",
-    "jpeg2000",
-    "jpeg2000_j2k",
-    "decimate",
-    "hevc_ds2",
-    "hevc_ds2_lean",
-]
+METHOD_ORDER = ["moec", *CLASSICAL]
 LABELS = {
     "moec": "napari-moec",
     "hevc": "HEVC",
