@@ -37,7 +37,7 @@ VARIANTS = {
     "int8 fixed-length": (QuantConfig("int8", entropy=False), {}),
     "int8 + entropy": (QuantConfig("int8"), {}),
     "int8 per-channel + entropy": (QuantConfig("int8", per_channel=True), {}),
-    "int8 + entropy, no QAT": (QuantConfig("int8"), {"qat_fraction": 0.0}),
+    "int8 + entropy + QAT (last 10%)": (QuantConfig("int8"), {"qat_fraction": 0.1}),
     "int6 + entropy": (QuantConfig("int6"), {}),
 }
 ROOT = Path(__file__).resolve().parents[1]
