@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QApplication
 
 import napari_moec
 from napari_moec import _widget, _widget_results
+from napari_moec._layers import LiveLayers
 from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec._widget import MoecWidget
 from napari_moec._widget_results import grid_of
@@ -141,12 +142,14 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     """
     _, widget = viewer_widget
     gaps: list[float] = []
-    last = [time.perf_counter()]
+    cpu: list[float] = []  # CPU seconds the whole process got during each gap (all threads)
+    last = [time.perf_counter(), time.process_time()]
 
     def tick():
-        now = time.perf_counter()
+        now, used = time.perf_counter(), time.process_time()
         gaps.append(now - last[0])
-        last[0] = now
+        cpu.append(used - last[1])
+        last[:] = [now, used]
 
     timer = QTimer()
     timer.setInterval(10)
@@ -156,13 +159,45 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     QApplication.processEvents()  # the click's layer creation and first layout
     click = time.perf_counter() - t0
     timer.start()
-    last[0] = time.perf_counter()
+    last[:] = [time.perf_counter(), time.process_time()]
     _wait_done(qtbot, widget)
     timer.stop()
     assert len(gaps) > 50
-    slow = [(round(sum(gaps[:i]), 2), round(g * 1000)) for i, g in enumerate(gaps) if g > 0.05]
-    print(f"Start click {click * 1000:.0f} ms; gaps > 50 ms at (s, ms): {slow}")
-    assert max(gaps) < 0.100, f"event loop blocked for {max(gaps) * 1000:.0f} ms"
+    # (s, gap ms, process CPU ms): a long gap in which the process got almost no CPU means the
+    # machine did not run it (overload), not that the plugin blocked the loop.
+    slow = [
+        (round(sum(gaps[:i]), 2), round(g * 1000), round(c * 1000))
+        for i, (g, c) in enumerate(zip(gaps, cpu, strict=True))
+        if g > 0.05
+    ]
+    print(f"Start click {click * 1000:.0f} ms; gaps > 50 ms at (s, ms, CPU ms): {slow}")
+    worst = int(np.argmax(gaps))
+    assert max(gaps) < 0.100, (
+        f"event loop blocked for {gaps[worst] * 1000:.0f} ms "
+        f"(the process got {cpu[worst] * 1000:.0f} ms of CPU meanwhile)"
+    )
+
+
+def test_live_layers_swap_previews_in_place(make_napari_viewer):
+    """Same-shape previews are copied into the layers' own arrays (no napari re-setup); arrays
+    handed in are never written to; another shape is assigned."""
+    viewer = make_napari_viewer()
+    source = viewer.add_image(np.zeros((4, 6, 8), np.uint16), name="v")
+    live = LiveLayers(viewer, source)
+    live.prepare((4, 6, 8), (1, 1, 1), np.uint16)
+    image, labels = viewer.layers["v MoEC"], viewer.layers["v experts"]
+    buffers = image.data, labels.data
+    first = np.full((4, 6, 8), 7, np.uint16)
+    live.update(first, np.ones((4, 6, 8), np.int64), (1, 1, 1))
+    assert image.data is buffers[0] and labels.data is buffers[1]
+    assert (image.data == 7).all() and (labels.data == 2).all()  # expert 1 shown as label 2
+    live.update(np.full((4, 6, 8), 9, np.uint16), np.zeros((4, 6, 8), np.int64), (1, 1, 1))
+    assert (first == 7).all() and (image.data == 9).all() and (labels.data == 1).all()
+    final = np.full((8, 12, 16), 5, np.uint16)
+    live.update(final, np.zeros(final.shape, np.int64), (1, 1, 1))
+    assert image.data.shape == final.shape and (image.data == 5).all()
+    live.update(np.zeros(final.shape, np.uint16), np.zeros(final.shape, np.int64), (1, 1, 1))
+    assert (final == 5).all()
 
 
 def test_pause_resume_stop_keeps_best_model(viewer_widget, qtbot, tmp_path):

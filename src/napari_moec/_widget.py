@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from ._layers import LiveLayers
 from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
-from ._widget_run import Outcome, compress, describe_error
+from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
 from ._widget_settings import SettingsPanel
 from .errors import ConfigError
 from .events import Finalizing, Preview, Progress, Started
@@ -217,11 +217,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         worker.finished.connect(self._on_finished)
         worker.paused.connect(self._on_paused)
         worker.resumed.connect(self._on_resumed)
+        # A module function, not a method: the freeze ends even if this widget is gone by then.
+        worker.finished.connect(thaw_gc)
         self.worker = worker
         self.progress.setRange(0, compressor.train_config.steps)
         self.progress.setValue(0)
         self.status.setText("Starting…")
         self._set_running(True)
+        freeze_gc()  # after the click's own allocations (the live layers): see freeze_gc
         worker.start()
 
     def toggle_pause(self) -> None:
