@@ -7,7 +7,7 @@ from napari_moec.metrics import psnr
 
 def test_hipct_end_to_end(hipct, tmp_path):
     ratio = 64
-    result = nm.compress(hipct, ratio, train=TrainConfig(steps=400, seed=0))
+    result = nm.compress(hipct, ratio, train=TrainConfig(steps=800, seed=0))
     path = result.save(tmp_path / "hipct.moec")
     budget = hipct.nbytes // ratio
     assert path.stat().st_size == result.nbytes <= budget
@@ -17,7 +17,8 @@ def test_hipct_end_to_end(hipct, tmp_path):
     # What the file holds is what compress reported.
     quality = psnr(hipct, decoded)
     assert round(quality, 2) == loaded.header.train["psnr"] == result.report["psnr"]
-    # 400 steps on 2 CPU cores (~30 s); decimation reaches 29.50 dB at 64x (BASELINES.md).
-    assert quality > 29.5
+    # 800 steps (about a minute on 2 idle CPU cores) measured 30.9 dB; decimation reaches
+    # 29.50 dB at 64x (../shared/BASELINES.md), HEVC 32.77 dB.
+    assert quality > 30.0
     labels = loaded.expert_labels()
     assert labels.shape == hipct.shape and labels.max() < 2

@@ -132,6 +132,10 @@ def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, t
     assert not [m for kind, m in messages if kind == "error"]
 
 
+# A timing check on a 2-core machine: the OS can deschedule the process (each failure message
+# reports the CPU the process got during the gap). Every attempt asserts the same 100 ms bound;
+# a stall caused by the plugin reproduces on every attempt.
+@pytest.mark.flaky(reruns=2)
 def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     """The event loop must never stall > 100 ms because of training (measured with a timer).
 
