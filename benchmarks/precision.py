@@ -30,7 +30,11 @@ from napari_moec.errors import ConfigError
 from napari_moec.metrics import psnr, ssim
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOLUMES = {"hipct": "hipct_brain_sci_64.tif", "ct_head": "ct_head_vtk_headsq.tif"}
+VOLUMES = {
+    "hipct": "hipct_brain_sci_64.tif",
+    "ct_head": "ct_head_vtk_headsq.tif",
+    "mri4d": "mri_4d_epi_nibabel_afni_example4d.tif",
+}
 VARIANTS = {
     "fp32": (QuantConfig("fp32"), {}),
     "fp16": (QuantConfig("fp16"), {}),
