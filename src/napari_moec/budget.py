@@ -12,11 +12,20 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+
 from .config import ModelConfig
 from .errors import ConfigError
 from .format import Header, fixed_overhead, int_side_bytes, parameter_shapes
 
-__all__ = ["BITS_ESTIMATE", "budget_nbytes", "count_parameters", "predict_nbytes", "size_model"]
+__all__ = [
+    "BITS_ESTIMATE",
+    "budget_nbytes",
+    "count_parameters",
+    "gate_width",
+    "predict_nbytes",
+    "size_model",
+]
 
 #: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
 BITS_ESTIMATE = {"int8": 7.2, "int6": 5.3, "int4": 3.4}
@@ -47,7 +56,8 @@ def predict_nbytes(header: Header) -> int:
     return fixed_overhead(header) + payload
 
 
-def _gate_width(hidden: int) -> int:
+def gate_width(hidden: int) -> int:
+    """Router width for an expert width: half of it (the router is ~11% of the bytes)."""
     return max(2, hidden // 2)
 
 
@@ -60,12 +70,12 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
     header = replace(header, train=SUMMARY_PLACEHOLDER)
 
     def size(hidden: int) -> int:
-        model = replace(header.model, hidden_features=hidden, gate_hidden=_gate_width(hidden))
+        model = replace(header.model, hidden_features=hidden, gate_hidden=gate_width(hidden))
         return predict_nbytes(replace(header, model=model))
 
     smallest = size(1)
     if smallest > budget:
-        original = math.prod(header.shape) * _itemsize(header.dtype)
+        original = math.prod(header.shape) * np.dtype(header.dtype).itemsize
         raise ConfigError(
             f"no network fits {budget} bytes: the smallest needs {smallest} bytes, "
             f"so the highest possible ratio is {original / smallest:.0f}x"
@@ -74,8 +84,4 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid - 1)
-    return replace(header.model, hidden_features=lo, gate_hidden=_gate_width(lo))
-
-
-def _itemsize(dtype: str) -> int:
-    return {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}[dtype]
+    return replace(header.model, hidden_features=lo, gate_hidden=gate_width(lo))

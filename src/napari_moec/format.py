@@ -331,7 +331,7 @@ def _decode_payload(header: Header, payload: bytes, decode_weights: bool) -> dic
         values = np.split(flat.astype(np.float32), np.cumsum(counts)[:-1])
     else:
         n_scales = [_scale_count(s, quant.per_channel) for _, s in shapes]
-        side = 2 * sum(n_scales) + len(shapes) + 2
+        side = int_side_bytes(header.model, quant)
         if len(payload) < side or (len(payload) - side) % 4:
             raise MoecFormatError(f"payload of {len(payload)} bytes does not fit the model")
         if not decode_weights:

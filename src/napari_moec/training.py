@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .budget import SUMMARY_PLACEHOLDER, budget_nbytes, count_parameters, predict_nbytes, size_model
+from .budget import (
+    SUMMARY_PLACEHOLDER,
+    budget_nbytes,
+    count_parameters,
+    gate_width,
+    predict_nbytes,
+    size_model,
+)
 from .compressed import Compressed
 from .config import ModelConfig, QuantConfig, TrainConfig
 from .decode import evaluate
@@ -144,7 +151,7 @@ class Compressor:
             model = replace(
                 base.model,
                 hidden_features=hidden_features,
-                gate_hidden=max(2, hidden_features // 2),
+                gate_hidden=gate_width(hidden_features),
             )
         self.header = replace(base, model=model)
         self.predicted_nbytes = predict_nbytes(replace(self.header, train=SUMMARY_PLACEHOLDER))
