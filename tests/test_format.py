@@ -238,6 +238,52 @@ def test_entropy_coder_round_trips(tensors, use_models):
         np.testing.assert_array_equal(a, b)
 
 
+def _fewest_bits_model(q: np.ndarray, radius: int) -> tuple[int, float]:
+    """Reference: every model byte scored one by one; returns (model, bits)."""
+    symbols = q.ravel().astype(np.int64) + radius
+    counts = np.bincount(symbols, minlength=2 * radius + 1)
+    used = counts > 0
+    best = (0, float(symbols.size * np.log2(2 * radius + 1)))
+    for model in range(1, 255):
+        bits = float(-(counts[used] * np.log2(entropy.model_table(model, radius)[used])).sum())
+        if bits < best[1]:
+            best = (model, bits)
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([1, 5, 127, 2000]),
+    st.floats(0.05, 3000),
+    st.sampled_from(["laplace", "normal", "uniform"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_entropy_model_choice_is_near_the_best_of_all_models(radius, spread, kind, seed):
+    """The encoder searches a window of model bytes around the data's RMS; the window must hold
+    the best model (or one within 0.5% of its bits) for Laplace-, Gaussian- and uniform-like
+    integers at any spread."""
+    rng = np.random.default_rng(seed)
+    low = -spread if kind == "uniform" else 0.0
+    x = getattr(rng, kind)(low, spread, 400)
+    q = np.clip(np.round(x), -radius, radius).astype(np.int32)
+    chosen = entropy.choose_model(q, radius)
+    symbols = q.astype(np.int64) + radius
+    if chosen == 0:
+        chosen_bits = symbols.size * np.log2(2 * radius + 1)
+    else:
+        table = entropy.model_table(chosen, radius)
+        chosen_bits = float(-np.log2(table[symbols]).sum())
+    _, best_bits = _fewest_bits_model(q, radius)
+    assert chosen_bits <= best_bits * 1.005 + 1e-9
+
+
+def test_entropy_model_tables_are_shared_and_read_only():
+    table = entropy.model_table(40, 127)
+    assert table is entropy.model_table(40, 127)  # cached: rate control reuses it
+    with pytest.raises(ValueError):
+        table[0] = 1.0
+
+
 def test_entropy_coding_beats_fixed_length_on_peaked_weights():
     rng = np.random.default_rng(0)
     q = np.clip(np.round(rng.laplace(0, 4, 5000)), -127, 127).astype(np.int32)

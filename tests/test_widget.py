@@ -133,55 +133,43 @@ def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, t
     assert not [m for kind, m in messages if kind == "error"]
 
 
-# A timing check on a 2-core machine: the OS can deschedule the process (each failure message
-# reports the CPU the process got during the gap). Every attempt asserts the same 100 ms bound;
-# a stall caused by the plugin reproduces on every attempt.
-@pytest.mark.flaky(reruns=2)
 def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     """The event loop must never stall > 100 ms because of training (measured with a timer).
 
-    Two one-off start-up costs are measured and printed but not bounded: the Start click's own
-    UI work (it creates the two live layers; napari's first processing of a new layer takes
-    0.2-1 s under software GL) and the worker's start-up until its first optimiser step (in
-    clean-clone CI runs one gap of ~200 ms, with the process on CPU, fell there). From the
-    first training step until the worker has finished, every gap between 10 ms ticks must stay
-    under 100 ms.
+    From the end of the Start click until the worker has finished (worker start-up, training,
+    previews, rate control, the final decode) every gap between 10 ms ticks must stay under
+    100 ms. The click itself is measured and printed but not bounded: it creates the two live
+    layers, and napari's own work for a new layer (Qt controls, vispy visuals) takes 0.3-0.9 s
+    under software GL on a busy 2-core machine even after the widget's warm-up.
     """
     _, widget = viewer_widget
     gaps: list[float] = []
     cpu: list[float] = []  # CPU seconds the whole process got during each gap (all threads)
-    starts: list[float] = []  # when each gap began
     last = [time.perf_counter(), time.process_time()]
 
     def tick():
         now, used = time.perf_counter(), time.process_time()
-        starts.append(last[0])
         gaps.append(now - last[0])
         cpu.append(used - last[1])
         last[:] = [now, used]
 
-    first_step: list[float] = []
-
-    def on_event(event):
-        if isinstance(event, Progress) and not first_step:
-            first_step.append(time.perf_counter())
-
+    steps: list[int] = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
     t0 = time.perf_counter()
     widget.start()
-    widget.worker.yielded.connect(on_event)
+    widget.worker.yielded.connect(
+        lambda event: steps.append(event.step) if isinstance(event, Progress) else None
+    )
     QApplication.processEvents()  # the click's layer creation and first layout
     click = time.perf_counter() - t0
     timer.start()
     last[:] = [time.perf_counter(), time.process_time()]
     _wait_done(qtbot, widget)
     timer.stop()
-    assert first_step, "no training step was reported"
-    startup = [g for g, s in zip(gaps, starts, strict=True) if s < first_step[0]]
-    steady = [i for i, s in enumerate(starts) if s >= first_step[0]]
-    assert len(steady) > 50
+    assert steps and steps[-1] == 40, f"training did not run to the end: {steps[-3:]}"
+    assert len(gaps) > 50
     # (s, gap ms, process CPU ms): a long gap in which the process got almost no CPU means the
     # machine did not run it (overload), not that the plugin blocked the loop.
     slow = [
@@ -189,11 +177,8 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
         for i, (g, c) in enumerate(zip(gaps, cpu, strict=True))
         if g > 0.05
     ]
-    print(
-        f"Start click {click * 1000:.0f} ms; worker start-up max gap "
-        f"{max(startup, default=0) * 1000:.0f} ms; gaps > 50 ms at (s, ms, CPU ms): {slow}"
-    )
-    worst = max(steady, key=lambda i: gaps[i])
+    print(f"Start click {click * 1000:.0f} ms; gaps > 50 ms at (s, ms, CPU ms): {slow}")
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
     assert gaps[worst] < 0.100, (
         f"event loop blocked for {gaps[worst] * 1000:.0f} ms "
         f"(the process got {cpu[worst] * 1000:.0f} ms of CPU meanwhile)"

@@ -21,7 +21,36 @@ __all__ = [
     "difference",
     "moec_metadata",
     "result_layer_data",
+    "warm_up_layer_machinery",
 ]
+
+_warmed_up = False
+
+
+def warm_up_layer_machinery() -> None:
+    """Pay napari's first-layer costs now (once per process), not when the user presses Start.
+
+    Measured under Xvfb on 2 cores, the first Labels layer of a session spent 1.2-2 s in
+    one-off work on the GUI thread: pandas imported lazily for layer features (0.45 s), the
+    label colormap's colour-space code (0.24 s), the vispy overlay visuals (0.3-0.4 s). The dock
+    widget calls this while it opens, where torch is being imported anyway, by building a
+    throwaway Image and Labels layer (attached to no viewer) and importing the visuals.
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
+    from napari.layers import Image, Labels
+
+    Image(np.zeros((2, 2, 2), np.uint16))
+    Labels(np.zeros((2, 2, 2), np.uint8))
+    try:  # napari internals: a missing module only means no warm-up for it
+        import napari._vispy.layers.image
+        import napari._vispy.layers.labels
+        import napari._vispy.overlays.labels_polygon  # noqa: F401
+    except ImportError:
+        pass
+
 
 #: Added to the router's expert index so that expert 0 is not napari's transparent label 0.
 EXPERT_OFFSET = 1

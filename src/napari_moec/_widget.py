@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import LiveLayers
+from ._layers import LiveLayers, warm_up_layer_machinery
 from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
 from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
@@ -66,6 +66,7 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         #: Torch threads for CPU training: one core is left to napari's event loop.
         self.threads = max(1, (cores or 1) - 1)
+        warm_up_layer_machinery()
         self.worker = None
         self.compare_worker = None
         self.result = None  # Outcome of the last run or load

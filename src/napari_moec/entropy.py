@@ -16,6 +16,7 @@ identically everywhere, so a file decodes bit-exactly on any platform.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import constriction
 import numpy as np
@@ -30,8 +31,14 @@ def _spread(j: int) -> float:
     return math.sqrt(math.sqrt(2.0**j)) / 4.0
 
 
+@lru_cache(maxsize=1024)
 def model_table(model: int, radius: int) -> np.ndarray:
-    """Probabilities (float64, length 2R+1) of symbols -R..R under model byte ``model``."""
+    """Probabilities (float64, length 2R+1) of symbols -R..R under model byte ``model``.
+
+    Cached (read-only arrays): the rate controller packs a file ~25 times at a few radii, and
+    rebuilding the tables in Python each time held the GIL long enough to stall napari's
+    event loop while a compression finished.
+    """
     size = 2 * radius + 1
     if model == 0:
         return np.full(size, 1.0 / size)
@@ -50,27 +57,33 @@ def model_table(model: int, radius: int) -> np.ndarray:
     half = np.cumprod(steps)  # sequential products: deterministic
     weights = np.concatenate([half[:0:-1], half])
     weights = np.maximum(weights, 1e-300)
-    return weights / math.fsum(weights.tolist())
+    table = weights / math.fsum(weights.tolist())
+    table.flags.writeable = False
+    return table
 
 
-def _bits(symbols: np.ndarray, table: np.ndarray) -> float:
-    counts = np.bincount(symbols, minlength=table.size)
-    used = counts > 0
-    return float(-(counts[used] * np.log2(table[used])).sum())
+@lru_cache(maxsize=256)
+def _candidates(j0: int, radius: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """Model bytes worth trying for a tensor of RMS spread ``~2^(j0/4 - 2)`` and their log2
+    tables stacked as rows (so all candidates are scored with one matrix-vector product)."""
+    spreads = range(max(0, j0 - 6), min(_NUM_SPREADS, j0 + 7))
+    models = tuple(base + j for base in (1, 128) for j in spreads)
+    logs = np.log2(np.stack([model_table(m, radius) for m in models]))
+    logs.flags.writeable = False
+    return models, logs
 
 
 def choose_model(q: np.ndarray, radius: int) -> int:
     """The model byte that codes integers ``q`` (|q| <= radius) in the fewest bits."""
     symbols = q.ravel().astype(np.int64) + radius
-    best, best_bits = 0, symbols.size * math.log2(2 * radius + 1)
+    uniform_bits = symbols.size * math.log2(2 * radius + 1)
     spread = max(float(np.sqrt(np.mean(q.astype(np.float64) ** 2))), 0.25)
-    j0 = round(4 * math.log2(4 * spread))
-    for base in (1, 128):
-        for j in range(max(0, j0 - 6), min(_NUM_SPREADS, j0 + 7)):
-            bits = _bits(symbols, model_table(base + j, radius))
-            if bits < best_bits:
-                best, best_bits = base + j, bits
-    return best
+    models, logs = _candidates(round(4 * math.log2(4 * spread)), radius)
+    counts = np.bincount(symbols, minlength=2 * radius + 1).astype(np.float64)
+    used = np.flatnonzero(counts)
+    bits = -(logs[:, used] @ counts[used])
+    best = int(np.argmin(bits))  # the first of equals, as a sequential search would keep
+    return models[best] if bits[best] < uniform_bits else 0
 
 
 def _categorical(model: int, radius: int):

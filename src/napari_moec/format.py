@@ -52,6 +52,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -144,9 +145,15 @@ def _num(x: float) -> float | int:
 
 def parameter_shapes(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of the stored tensors, in file order (no memory allocated)."""
+    return list(_parameter_shapes(model))
+
+
+@lru_cache(maxsize=64)
+def _parameter_shapes(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Building even a meta-device network takes ~8 ms of Python; rate control asks ~25 times.
     with torch.device("meta"):
         net = MoESiren(model)
-    return [(name, tuple(p.shape)) for name, p in net.named_parameters()]
+    return tuple((name, tuple(p.shape)) for name, p in net.named_parameters())
 
 
 def _scale_count(shape: tuple[int, ...], per_channel: bool) -> int:
