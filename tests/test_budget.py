@@ -2,7 +2,14 @@ from dataclasses import replace
 
 import pytest
 
-from napari_moec.budget import budget_nbytes, count_parameters, predict_nbytes, size_model
+from napari_moec.budget import (
+    SUMMARY_PLACEHOLDER,
+    budget_nbytes,
+    count_parameters,
+    predict_nbytes,
+    size_model,
+    summary_for,
+)
 from napari_moec.config import ModelConfig, QuantConfig
 from napari_moec.errors import ConfigError
 from napari_moec.format import Header
@@ -28,7 +35,7 @@ def test_budget_is_floor_of_bytes_over_ratio():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_size_model_is_widest_that_fits(precision):
-    h = header(precision)
+    h = replace(header(precision), train=SUMMARY_PLACEHOLDER)  # 8 KB can afford it
     model = size_model(h, 8192)
     assert predict_nbytes(replace(h, model=model)) <= 8192
     wider = replace(
@@ -55,3 +62,13 @@ def test_stored_precision_buys_parameters():
 def test_impossible_budget_names_the_highest_ratio():
     with pytest.raises(ConfigError, match=r"highest possible ratio is \d+x"):
         size_model(header(), 50)
+
+
+def test_training_summary_only_where_it_costs_under_two_percent():
+    h = header()
+    assert summary_for(h, 8192) == SUMMARY_PLACEHOLDER
+    assert summary_for(h, 500) == {}
+    # Leaving it out buys width at 3000x of a 64³ volume (174 bytes).
+    tight = size_model(h, 174)
+    forced = size_model(replace(h, train=SUMMARY_PLACEHOLDER), 174 + 25)
+    assert tight.hidden_features >= forced.hidden_features - 1

@@ -6,6 +6,7 @@ import napari_moec as nm
 from napari_moec import Compressor, QuantConfig, TrainConfig
 from napari_moec.errors import ConfigError, TrainingError
 from napari_moec.events import Finalizing, Preview, Progress, Started
+from napari_moec.metrics import psnr
 
 from .conftest import smooth_volume
 
@@ -33,6 +34,16 @@ def test_event_order_and_return_value(volume16):
     assert result.report["steps"] == 40 and not result.report["stopped_early"]
     assert progress[-1].expert_load.shape == (2,)
     assert progress[-1].phase == "qat"
+
+
+def test_tight_budget_file_leaves_out_the_training_summary(volume16):
+    """At ~170 bytes the summary's ~25 header bytes go to the weights; the report keeps PSNR."""
+    tight = nm.compress(volume16, volume16.nbytes / 170, train=FAST)
+    assert tight.nbytes <= 170 and tight.header.train == {}
+    assert nm.Compressed.from_bytes(tight.data).header.train == {}
+    assert tight.report["psnr"] == pytest.approx(psnr(volume16, tight.decode()), abs=0.01)
+    roomy = nm.compress(volume16, 4, train=FAST)
+    assert roomy.header.train["psnr"] == roomy.report["psnr"]
 
 
 def test_loss_drops(volume16):

@@ -25,12 +25,29 @@ __all__ = [
     "gate_width",
     "predict_nbytes",
     "size_model",
+    "summary_for",
 ]
 
 #: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
 BITS_ESTIMATE = {"int8": 7.2, "int6": 5.3, "int4": 3.4}
 #: Placeholder training summary whose JSON is as long as a real one, for sizing the header.
 SUMMARY_PLACEHOLDER = {"device": "cuda", "psnr": 99.99, "seconds": 9999.9, "steps": 99999}
+#: Largest share of the budget the optional training summary may take (it costs ~25 bytes).
+SUMMARY_MAX_SHARE = 0.02
+
+
+def summary_for(header: Header, budget: int) -> dict:
+    """The training-summary placeholder to size with, or ``{}`` when the file cannot afford it.
+
+    The summary (steps, seconds, device, PSNR) is ~25 header bytes: nothing at 64x, but at
+    3000x of a 64³ volume (174 bytes) it would take a third of the weights' bytes. Files whose
+    budget it would cost more than ``SUMMARY_MAX_SHARE`` of leave it out; the compressor's
+    report still has every number.
+    """
+    cost = fixed_overhead(replace(header, train=SUMMARY_PLACEHOLDER)) - fixed_overhead(
+        replace(header, train={})
+    )
+    return SUMMARY_PLACEHOLDER if cost <= SUMMARY_MAX_SHARE * budget else {}
 
 
 def budget_nbytes(original_nbytes: int, ratio: float) -> int:
@@ -67,7 +84,7 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
     ``header.model`` supplies everything else (experts, top-k, depth, w0). Raises ConfigError
     naming the smallest ratio that fits when even width 1 does not.
     """
-    header = replace(header, train=SUMMARY_PLACEHOLDER)
+    header = replace(header, train=summary_for(header, budget))
 
     def size(hidden: int) -> int:
         model = replace(header.model, hidden_features=hidden, gate_hidden=gate_width(hidden))

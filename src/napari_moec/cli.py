@@ -189,10 +189,13 @@ def _info(args) -> int:
         f"{', entropy coded' if q['entropy_coded'] else ''}"
     )
     if t:
+        psnr = "not stored" if t.get("psnr") is None else f"{t['psnr']} dB (data range)"
         print(
             f"training    {t.get('steps')} steps, {t.get('seconds')} s on {t.get('device')}, "
-            f"PSNR {t.get('psnr')} dB (data range)"
+            f"PSNR {psnr}"
         )
+    else:
+        print("training    no summary stored (left out to give its ~25 bytes to the weights)")
     return 0
 
 

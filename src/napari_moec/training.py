@@ -22,12 +22,12 @@ import torch
 from torch.func import functional_call
 
 from .budget import (
-    SUMMARY_PLACEHOLDER,
     budget_nbytes,
     count_parameters,
     gate_width,
     predict_nbytes,
     size_model,
+    summary_for,
 )
 from .compressed import Compressed
 from .config import ModelConfig, QuantConfig, TrainConfig
@@ -154,7 +154,11 @@ class Compressor:
                 gate_hidden=gate_width(hidden_features),
             )
         self.header = replace(base, model=model)
-        self.predicted_nbytes = predict_nbytes(replace(self.header, train=SUMMARY_PLACEHOLDER))
+        #: Whether the file will hold the training summary (not in the tightest budgets).
+        self.stores_summary = bool(summary_for(self.header, self.budget))
+        self.predicted_nbytes = predict_nbytes(
+            replace(self.header, train=summary_for(self.header, self.budget))
+        )
         if quant.is_float and self.predicted_nbytes > self.budget:
             raise ConfigError(
                 f"a width-{model.hidden_features} network needs {self.predicted_nbytes} bytes, "
@@ -336,6 +340,13 @@ class Compressor:
     # ------------------------------------------------------------------------------------
     def _finish(self, model, steps, seconds, stopped, device) -> Compressed:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        run = {"steps": steps, "seconds": seconds, "device": str(device), "stopped_early": stopped}
+        if not self.stores_summary:
+            data, step = self._fit_budget(self.header, state)
+            compressed = Compressed.from_bytes(data)
+            decoded = compressed.decode(device=device)
+            psnr_value = round(psnr(self.volume, decoded), 2)
+            return self._report(compressed, decoded, psnr_value, step, run)
         summary = {"device": device.type, "seconds": round(seconds, 1), "steps": steps}
         # The header states the PSNR of the file's own weights, and the header's length
         # feeds back into the rate control: iterate until the PSNR written is the PSNR of
@@ -357,6 +368,10 @@ class Compressor:
             compressed = Compressed.from_bytes(data)
             decoded = compressed.decode(device=device)
             psnr_value = round(psnr(self.volume, decoded), 2)
+        return self._report(compressed, decoded, psnr_value, step, run)
+
+    def _report(self, compressed, decoded, psnr_value, step, run: dict):
+        """Attach what the run measured (``Compressed.report``) and return ``compressed``."""
         spatial_ok = min(self.volume.shape[-3:]) >= 7
         compressed.report = {
             "budget_bytes": self.budget,
@@ -369,10 +384,7 @@ class Compressor:
             "psnr": psnr_value,
             "psnr_dtype": psnr(self.volume, decoded, "dtype"),
             "ssim": ssim(self.volume, decoded) if spatial_ok else None,
-            "steps": steps,
-            "seconds": seconds,
-            "device": str(device),
-            "stopped_early": stopped,
+            **run,
         }
         return compressed
 
