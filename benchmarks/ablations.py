@@ -8,6 +8,12 @@ from disk as in ``rd.py``. One JSON per variant; existing ones are skipped unles
 
     python benchmarks/ablations.py --volume hipct --ratio 256 --steps 2000 \\
         --out benchmarks/out/ablations
+
+``--w0-first`` sweeps the first layer's frequency factor ω0 (default: the library's choice
+for the network's width); each value is its own run, named ``..._w0f<value>``.
+
+    python benchmarks/ablations.py --volume hipct --ratio 1024 --variants experts2 \\
+        --w0-first 5 10 15 20 30
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, vol, args) -> dict:
+def run_name(variant: str, w0_first: float | None) -> str:
+    return variant if w0_first is None else f"{variant}_w0f{w0_first:g}"
+
+
+def run_variant(name: str, vol, args, w0_first: float | None = None) -> dict:
     import napari_moec
     from napari_moec import ConfigError, QuantConfig, TrainConfig
 
@@ -46,7 +56,7 @@ def run_variant(name: str, vol, args) -> dict:
         freeze_router_at=defaults.freeze_router_at if freeze is None else freeze,
     )
     record = {
-        "variant": name,
+        "variant": run_name(name, w0_first),
         "order": list(VARIANTS).index(name),
         "volume": args.volume,
         "shape": list(vol.shape),
@@ -62,6 +72,7 @@ def run_variant(name: str, vol, args) -> dict:
             "time_limit": args.time_limit,
             "seed": args.seed,
             "precision": args.precision,
+            "w0_first": w0_first,
         },
     }
     t0 = time.perf_counter()
@@ -76,12 +87,13 @@ def run_variant(name: str, vol, args) -> dict:
             device=args.device,
             spacing=SPACING[args.volume],
             threads=args.threads,
+            **({} if w0_first is None else {"w0_first": w0_first}),
         )
     except ConfigError as exc:
         record.update(status="no network fits", reason=str(exc), seconds=time.perf_counter() - t0)
         return record
     record["seconds"] = time.perf_counter() - t0
-    path = args.moec_dir / f"ablation_{args.volume}_{args.ratio:g}x_{name}.moec"
+    path = args.moec_dir / f"ablation_{args.volume}_{args.ratio:g}x_{run_name(name, w0_first)}.moec"
     path.parent.mkdir(parents=True, exist_ok=True)
     compressed.save(path)
     nbytes = path.stat().st_size
@@ -101,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--volume", default="hipct")
     parser.add_argument("--ratio", type=float, default=256)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--w0-first", type=float, nargs="+", default=[None])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--time-limit", type=float, default=None)
     parser.add_argument("--precision", default="int8")
@@ -112,12 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     vol = load_volume(args.volume)
-    for name in args.variants:
-        path = args.out / f"ablation_{args.volume}_{args.ratio:g}x_{name}.json"
+    runs = [(name, w0) for name in args.variants for w0 in args.w0_first]
+    for name, w0_first in runs:
+        label = run_name(name, w0_first)
+        path = args.out / f"ablation_{args.volume}_{args.ratio:g}x_{label}.json"
         if path.exists() and not args.force:
             print(f"skip {path} (exists; --force to rerun)")
             continue
-        record = run_variant(name, vol, args)
+        record = run_variant(name, vol, args, w0_first)
         device = record.get("report", {}).get("device", args.device)
         record.update(provenance(device))
         write_json(path, record)
@@ -127,7 +142,7 @@ def main(argv=None) -> int:
             if record["status"] == "ok"
             else record["status"]
         )
-        print(f"{name:22s} {text}  [{record['seconds']:.0f} s]", flush=True)
+        print(f"{label:22s} {text}  [{record['seconds']:.0f} s]", flush=True)
     return 0
 
 

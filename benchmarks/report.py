@@ -59,7 +59,8 @@ def load(inputs: list[Path]) -> dict[str, dict]:
                 continue
             record["_path"] = str(path)
             if "variant" in record:
-                found["ablation"][record["variant"]] = record
+                key = (record["volume"], record["target_ratio"], record["variant"])
+                found["ablation"][key] = record
             elif "train" in record and "decode" in record:
                 found["speed"][path.stem] = record
             elif "method" in record and "volume" in record:
@@ -182,31 +183,43 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def ablation_section(ablations: dict) -> list[str]:
-    if not ablations:
-        return []
+    """One table per (volume, ratio): every variant there is at the same byte budget."""
+    groups: dict[tuple, dict] = {}
+    for (volume, ratio, name), record in ablations.items():
+        groups.setdefault((volume, ratio), {})[name] = record
+    lines: list[str] = []
+    for (volume, ratio), group in sorted(groups.items()):
+        budget = next(iter(group.values()))["budget_bytes"]
+        lines += _ablation_table(group)
+        note = f"Volume {volume}, ratio {ratio:g}x (budget {budget:,} B for every variant)."
+        lines += ["", note, ""]
+        lines += [*_provenance(list(group.values())), ""]
+    return lines
+
+
+def _ablation_table(group: dict) -> list[str]:
     lines = [
-        "| variant | experts | top-k | balance weight | router freeze at | width | bytes "
-        "| PSNR (dB) | SSIM | steps | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | experts | top-k | balance weight | router freeze at | ω0 first | width "
+        "| bytes | PSNR (dB) | SSIM | steps | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in sorted(ablations.items(), key=lambda kv: kv[1].get("order", 0)):
+    ordered = sorted(
+        group.items(),
+        key=lambda kv: (kv[1].get("order", 0), kv[1]["options"].get("w0_first") or 0),
+    )
+    for name, r in ordered:
         o = r["options"]
         if r["status"] != "ok":
-            lines.append(f"| {name} | {o['num_experts']} | {o['top_k']} | | | | {r['status']} |")
+            lines.append(f"| {name} | {o['num_experts']} | {o['top_k']} | | | | | {r['status']} |")
             continue
+        w0_first = o.get("w0_first") or r["report"].get("w0_first", 30)
         lines.append(
             f"| {name} | {o['num_experts']} | {o['top_k']} | {o['balance_weight']} | "
-            f"{o['freeze_router_at']} | {r['report']['hidden_features']} | {r['bytes']:,} | "
-            f"{r['psnr']:.2f} | {r['ssim']:.3f} | {r['report']['steps']} | {r['seconds']:.0f} |"
+            f"{o['freeze_router_at']} | {w0_first} | {r['report']['hidden_features']} | "
+            f"{r['bytes']:,} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['report']['steps']} | "
+            f"{r['seconds']:.0f} |"
         )
-    any_r = next(iter(ablations.values()))
-    lines += [
-        "",
-        f"Volume {any_r['volume']}, ratio {any_r['target_ratio']:g}x "
-        f"(budget {any_r['budget_bytes']:,} B for every variant).",
-        "",
-    ]
-    return lines + _provenance(list(ablations.values())) + [""]
+    return lines
 
 
 def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:

@@ -6,6 +6,7 @@ from napari_moec.budget import (
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
     count_parameters,
+    first_layer_w0,
     predict_nbytes,
     size_model,
     summary_for,
@@ -72,3 +73,11 @@ def test_training_summary_only_where_it_costs_under_two_percent():
     tight = size_model(h, 174)
     forced = size_model(replace(h, train=SUMMARY_PLACEHOLDER), 174 + 25)
     assert tight.hidden_features >= forced.hidden_features - 1
+
+
+def test_first_layer_w0_grows_with_width_within_bounds():
+    values = [first_layer_w0(w) for w in range(1, 200)]
+    assert values == sorted(values)  # never lower for a wider network
+    assert values[0] >= 1.0 and values[-1] == 30.0  # wide networks keep SIREN's ω0 = 30
+    assert values[1] < 10.0  # the extreme ratios' width-2 networks get low frequencies
+    assert all(v == int(v) for v in values)  # short header JSON

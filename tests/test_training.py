@@ -46,6 +46,17 @@ def test_tight_budget_file_leaves_out_the_training_summary(volume16):
     assert roomy.header.train["psnr"] == roomy.report["psnr"]
 
 
+def test_first_layer_w0_follows_the_width_unless_given(volume16):
+    from napari_moec.budget import first_layer_w0
+
+    auto = Compressor(volume16, 16, train=FAST)
+    assert auto.header.model.w0_first == first_layer_w0(auto.header.model.hidden_features)
+    assert Compressor(volume16, 16, w0_first=17.5, train=FAST).header.model.w0_first == 17.5
+    result = nm.compress(volume16, 16, train=FAST)
+    assert result.header.model.w0_first == auto.header.model.w0_first  # stored in the file
+    assert result.report["w0_first"] == auto.header.model.w0_first
+
+
 def test_loss_drops(volume16):
     train = TrainConfig(steps=150, batch_size=2048, report_every=10)
     events, _ = drain(Compressor(volume16, 8, train=train).run())

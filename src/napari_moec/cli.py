@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--experts", type=int, default=2, help="number of SIREN experts (2)")
     c.add_argument("--top-k", type=int, default=1, choices=(1, 2), help="experts per voxel")
     c.add_argument("--layers", type=int, default=3, help="sine layers per expert (3)")
+    c.add_argument(
+        "--w0-first",
+        type=float,
+        default=None,
+        help="first sine layer's frequency factor (default: chosen from the network width)",
+    )
     c.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
     c.add_argument("--time-limit", type=float, default=None, help="stop training after SECONDS")
     c.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -119,6 +125,7 @@ def _compress(args) -> int:
         num_experts=args.experts,
         top_k=args.top_k,
         expert_layers=args.layers,
+        w0_first=args.w0_first,
         train=train,
         quant=QuantConfig(args.precision, per_channel=args.per_channel),
         device=args.device,

@@ -24,6 +24,7 @@ from torch.func import functional_call
 from .budget import (
     budget_nbytes,
     count_parameters,
+    first_layer_w0,
     gate_width,
     predict_nbytes,
     size_model,
@@ -65,7 +66,9 @@ class Compressor:
     axes, spacing, unit
         Stored in the file (axes default to "ZYX"/"TZYX").
     num_experts, top_k, expert_layers, w0, w0_first
-        Architecture; the width follows from the budget unless ``hidden_features`` is given.
+        Architecture; the width follows from the budget unless ``hidden_features`` is given,
+        and the first layer's ω0 from the width unless ``w0_first`` is given
+        (:func:`~napari_moec.budget.first_layer_w0`).
     train, quant
         Schedule and stored precision (:class:`TrainConfig`, :class:`QuantConfig`).
     device
@@ -97,7 +100,7 @@ class Compressor:
         top_k: int = 1,
         expert_layers: int = 3,
         w0: float = 30.0,
-        w0_first: float = 30.0,
+        w0_first: float | None = None,
         hidden_features: int | None = None,
         train: TrainConfig | None = None,
         quant: QuantConfig | None = None,
@@ -138,7 +141,7 @@ class Compressor:
                 top_k=top_k,
                 expert_layers=expert_layers,
                 w0=w0,
-                w0_first=w0_first,
+                w0_first=30.0 if w0_first is None else w0_first,
             ),
             quant=quant,
             norm=(float(norm_range[0]), float(norm_range[1])),
@@ -153,6 +156,8 @@ class Compressor:
                 hidden_features=hidden_features,
                 gate_hidden=gate_width(hidden_features),
             )
+        if w0_first is None:
+            model = replace(model, w0_first=first_layer_w0(model.hidden_features))
         self.header = replace(base, model=model)
         #: Whether the file will hold the training summary (not in the tightest budgets).
         self.stores_summary = bool(summary_for(self.header, self.budget))
@@ -380,6 +385,7 @@ class Compressor:
             "ratio": compressed.ratio,
             "parameters": self.num_parameters,
             "hidden_features": self.header.model.hidden_features,
+            "w0_first": self.header.model.w0_first,
             "quant_step": step,
             "psnr": psnr_value,
             "psnr_dtype": psnr(self.volume, decoded, "dtype"),
