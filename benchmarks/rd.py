@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--steps", type=int, default=2000, help="moec training steps")
     parser.add_argument("--time-limit", type=float, default=None, help="moec seconds per run")
-    parser.add_argument("--experts", type=int, default=2)
+    parser.add_argument("--experts", type=int, default=None, help="default: the library's")
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,6 +9,7 @@ from napari_moec.budget import (
     first_layer_w0,
     predict_nbytes,
     size_model,
+    size_model_auto_experts,
     summary_for,
 )
 from napari_moec.config import ModelConfig, QuantConfig
@@ -81,3 +82,17 @@ def test_first_layer_w0_grows_with_width_within_bounds():
     assert values[0] >= 1.0 and values[-1] == 30.0  # wide networks keep SIREN's ω0 = 30
     assert values[1] < 10.0  # the extreme ratios' width-2 networks get low frequencies
     assert all(v == int(v) for v in values)  # short header JSON
+
+
+def test_auto_experts_drop_to_one_only_where_two_would_be_too_narrow():
+    h = header()
+    roomy = size_model_auto_experts(h, 8192)
+    assert roomy.num_experts == 2 and roomy.hidden_features >= 4
+    tight = size_model_auto_experts(h, 174)  # 3000x of a 64³ uint16 volume
+    two = size_model(h, 174)  # ModelConfig() default: 2 experts
+    assert two.num_experts == 2 and two.hidden_features < 4
+    assert tight.num_experts == 1 and tight.hidden_features > two.hidden_features
+    top2 = size_model_auto_experts(replace(h, model=replace(h.model, top_k=2)), 174)
+    assert top2.num_experts == 1 and top2.top_k == 1
+    with pytest.raises(ConfigError, match="highest possible ratio"):
+        size_model_auto_experts(h, 60)

@@ -57,6 +57,14 @@ def test_first_layer_w0_follows_the_width_unless_given(volume16):
     assert result.report["w0_first"] == auto.header.model.w0_first
 
 
+def test_experts_default_to_two_and_one_only_when_the_budget_is_tiny(volume16):
+    assert Compressor(volume16, 8, train=FAST).header.model.num_experts == 2
+    tiny = Compressor(volume16, volume16.nbytes / 150, train=FAST)
+    assert tiny.header.model.num_experts == 1
+    # An explicit number is kept, even where it leaves each expert narrow.
+    assert Compressor(volume16, volume16.nbytes / 150, num_experts=2).header.model.num_experts == 2
+
+
 def test_loss_drops(volume16):
     train = TrainConfig(steps=150, batch_size=2048, report_every=10)
     events, _ = drain(Compressor(volume16, 8, train=train).run())

@@ -96,6 +96,19 @@ def test_estimate_shows_size_and_impossible_ratio(viewer_widget, qtbot):
     assert "B file" not in widget.settings.estimate.text()
 
 
+def test_auto_experts_follow_the_budget(viewer_widget):
+    """Experts "auto" (the spin box's 0) is the core's choice: 2 experts, 1 at tiny budgets."""
+    _, widget = viewer_widget
+    widget.settings.set_values(experts=0, ratio=32)
+    assert widget.settings.experts.text() == "auto"
+    assert widget.settings.compressor_kwargs()["num_experts"] is None
+    widget.update_estimate()
+    assert "× 2 experts" in widget.settings.estimate.text()
+    widget.settings.set_values(ratio=400)  # 163 bytes for the 32³ block
+    widget.update_estimate()
+    assert "× 1 experts" in widget.settings.estimate.text()
+
+
 def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, tmp_path, messages):
     viewer, widget = viewer_widget
     previews: list = []

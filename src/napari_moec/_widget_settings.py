@@ -90,8 +90,12 @@ class SettingsPanel(QWidget):
             QRegularExpressionValidator(QRegularExpression(r"[0-9.]*\s*[xX×]?"))
         )
         self.ratio.setToolTip("original bytes / file bytes; pick a preset or type any number")
-        self.experts = _spin(1, 64, 2)
-        self.experts.setToolTip("number of SIREN experts; each learns one region of the volume")
+        self.experts = _spin(0, 64, 0)
+        self.experts.setSpecialValueText("auto")  # 0: the core's choice (2, or 1 when tiny)
+        self.experts.setToolTip(
+            "number of SIREN experts; each learns one region of the volume. auto: 2, or 1 "
+            "where the budget is too small to give each of 2 a useful width"
+        )
         self.top_k = _spin(1, 2, 1)
         self.top_k.setToolTip("experts evaluated per voxel")
         self.steps = _spin(1, 1_000_000, train.steps, 100)
@@ -167,7 +171,7 @@ class SettingsPanel(QWidget):
         )
         return {
             "ratio": parse_ratio(self.ratio.currentText()),
-            "num_experts": self.experts.value(),
+            "num_experts": self.experts.value() or None,
             "top_k": self.top_k.value(),
             "train": train,
             "quant": QuantConfig(precision=self.precision.currentText()),

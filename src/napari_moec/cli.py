@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="input volume (.tif, .tiff or .npy), 3D ZYX or 4D TZYX/CZYX")
     c.add_argument("output", help="output .moec file")
     c.add_argument("--ratio", type=float, required=True, help="target compression ratio")
-    c.add_argument("--experts", type=int, default=2, help="number of SIREN experts (2)")
+    c.add_argument(
+        "--experts",
+        type=int,
+        default=None,
+        help="number of SIREN experts (default: 2, or 1 where the budget is too small for 2)",
+    )
     c.add_argument("--top-k", type=int, default=1, choices=(1, 2), help="experts per voxel")
     c.add_argument("--layers", type=int, default=3, help="sine layers per expert (3)")
     c.add_argument(

@@ -22,12 +22,14 @@ import torch
 from torch.func import functional_call
 
 from .budget import (
+    DEFAULT_EXPERTS,
     budget_nbytes,
     count_parameters,
     first_layer_w0,
     gate_width,
     predict_nbytes,
     size_model,
+    size_model_auto_experts,
     summary_for,
 )
 from .compressed import Compressed
@@ -66,7 +68,9 @@ class Compressor:
     axes, spacing, unit
         Stored in the file (axes default to "ZYX"/"TZYX").
     num_experts, top_k, expert_layers, w0, w0_first
-        Architecture; the width follows from the budget unless ``hidden_features`` is given,
+        Architecture. ``num_experts=None``: 2 experts, or 1 where the budget would leave
+        each of 2 narrower than 4 (:func:`~napari_moec.budget.size_model_auto_experts`).
+        The width follows from the budget unless ``hidden_features`` is given,
         and the first layer's ω0 from the width unless ``w0_first`` is given
         (:func:`~napari_moec.budget.first_layer_w0`).
     train, quant
@@ -96,7 +100,7 @@ class Compressor:
         axes: str | None = None,
         spacing=None,
         unit: str | None = None,
-        num_experts: int = 2,
+        num_experts: int | None = None,
         top_k: int = 1,
         expert_layers: int = 3,
         w0: float = 30.0,
@@ -137,7 +141,7 @@ class Compressor:
             vmax=self.normalization.vmax,
             model=ModelConfig(
                 in_features=volume.ndim,
-                num_experts=num_experts,
+                num_experts=DEFAULT_EXPERTS if num_experts is None else num_experts,
                 top_k=top_k,
                 expert_layers=expert_layers,
                 w0=w0,
@@ -148,7 +152,9 @@ class Compressor:
             spacing=spacing,
             unit=unit,
         )
-        if hidden_features is None:
+        if hidden_features is None and num_experts is None:
+            model = size_model_auto_experts(base, self.budget)
+        elif hidden_features is None:
             model = size_model(base, self.budget)
         else:
             model = replace(
