@@ -88,8 +88,9 @@ def first_layer_w0(hidden: int) -> float:
     of the volume. A wide network combines them into any detail; a narrow one (the extreme
     ratios) cannot, and fits noise-like ripples instead: on the 64³ HiP-CT block at 1024x
     (width 7) ω0 = 5 gave 28.8 dB against 24.1 dB at ω0 = 30, at 3000x (width 2) 24.5 against
-    20.5 dB (docs/benchmarks.md, ablations). The measured best grows with the width, so ω0 = 0.75·width within [5, 30] (an
-    integer, so the header stays short). Hidden layers keep ω0 = 30.
+    20.5 dB (docs/benchmarks.md, ablations). The measured best grows with the width, so
+    ω0 = 0.75·width within [5, 30] (an integer, so the header stays short). Hidden layers keep
+    ω0 = 30.
     """
     w0 = min(W0_FIRST_MAX, max(W0_FIRST_MIN, W0_PER_WIDTH * hidden))
     return float(round(w0))

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--autostart", action="store_true", help="press Start once the window is up")
     p.add_argument("--ratio", type=float, default=64.0, help="target ratio (default 64)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--experts", type=int, default=2, help="number of experts (default 2)")
+    p.add_argument("--experts", type=int, default=0, help="number of experts (default 0: auto)")
     p.add_argument("--batch-size", type=int, default=16384, help="points per step (default 16384)")
     p.add_argument("--screenshot", type=Path, help="save a window screenshot here, then quit")
     p.add_argument(
