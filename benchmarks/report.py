@@ -74,7 +74,11 @@ def _cell(record: dict | None) -> str:
         return "–"
     status = record["status"]
     if status == "ok":
-        return f"{record['psnr']:.2f} / {record['ssim']:.3f} ({record['bytes']:,})"
+        cell = f"{record['psnr']:.2f} / {record['ssim']:.3f} ({record['bytes']:,})"
+        report, options = record.get("report") or {}, record.get("options") or {}
+        if options.get("time_limit") and report.get("steps", 0) < options.get("steps", 0):
+            cell += f" †{report['steps']} steps"  # stopped by the time limit
+        return cell
     return "no network fits" if status == "no network fits" else "cannot"
 
 
@@ -131,6 +135,15 @@ def rd_section(rd: dict, images: Path, doc_dir: Path) -> list[str]:
         if moec:
             steps = sorted({r["options"]["steps"] for r in moec})
             lines += [f"napari-moec runs: {', '.join(map(str, steps))} training steps.", ""]
+            limited = sorted(
+                {r["options"]["time_limit"] for r in moec if r["options"].get("time_limit")}
+            )
+            if limited:
+                lines += [
+                    f"† stopped by a time limit of {', '.join(f'{t:g}' for t in limited)} s "
+                    "(one CPU thread) after the steps shown: far from converged.",
+                    "",
+                ]
         header = "| ratio (budget B) | " + " | ".join(LABELS[m] for m in methods) + " |"
         lines += [header, "|---" * (len(methods) + 1) + "|"]
         for ratio in ratios:
