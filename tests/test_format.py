@@ -278,10 +278,11 @@ def test_entropy_model_choice_is_near_the_best_of_all_models(radius, spread, kin
 
 
 def test_entropy_model_tables_are_shared_and_read_only():
-    table = entropy.model_table(40, 127)
-    assert table is entropy.model_table(40, 127)  # cached: rate control reuses it
-    with pytest.raises(ValueError):
-        table[0] = 1.0
+    for model in (0, 40, 200):
+        table = entropy.model_table(model, 127)
+        assert table is entropy.model_table(model, 127)  # cached: rate control reuses it
+        with pytest.raises(ValueError):
+            table[0] = 1.0
 
 
 def test_entropy_coding_beats_fixed_length_on_peaked_weights():

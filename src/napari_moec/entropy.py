@@ -31,7 +31,7 @@ def _spread(j: int) -> float:
     return math.sqrt(math.sqrt(2.0**j)) / 4.0
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=512)  # at most ~16 MB: rate control keeps radii below ~2048
 def model_table(model: int, radius: int) -> np.ndarray:
     """Probabilities (float64, length 2R+1) of symbols -R..R under model byte ``model``.
 
@@ -41,7 +41,9 @@ def model_table(model: int, radius: int) -> np.ndarray:
     """
     size = 2 * radius + 1
     if model == 0:
-        return np.full(size, 1.0 / size)
+        table = np.full(size, 1.0 / size)
+        table.flags.writeable = False
+        return table
     family, j = divmod(model - 1, _NUM_SPREADS) if model < 128 else (1, model - 128)
     s = _spread(j)
     k = radius + 1
@@ -62,7 +64,7 @@ def model_table(model: int, radius: int) -> np.ndarray:
     return table
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)  # one pack needs one entry per distinct tensor spread
 def _candidates(j0: int, radius: int) -> tuple[tuple[int, ...], np.ndarray]:
     """Model bytes worth trying for a tensor of RMS spread ``~2^(j0/4 - 2)`` and their log2
     tables stacked as rows (so all candidates are scored with one matrix-vector product)."""
