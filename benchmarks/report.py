@@ -75,11 +75,16 @@ def _cell(record: dict | None) -> str:
     status = record["status"]
     if status == "ok":
         cell = f"{record['psnr']:.2f} / {record['ssim']:.3f} ({record['bytes']:,})"
-        report, options = record.get("report") or {}, record.get("options") or {}
-        if options.get("time_limit") and report.get("steps", 0) < options.get("steps", 0):
-            cell += f" †{report['steps']} steps"  # stopped by the time limit
+        if _time_limited(record):
+            cell += f" †{record['report']['steps']} steps"
         return cell
     return "no network fits" if status == "no network fits" else "cannot"
+
+
+def _time_limited(record: dict) -> bool:
+    """A napari-moec run that its time limit stopped before its steps were done."""
+    report, options = record.get("report") or {}, record.get("options") or {}
+    return bool(options.get("time_limit")) and report.get("steps", 0) < options.get("steps", 0)
 
 
 def _provenance(records: list[dict]) -> list[str]:
@@ -154,17 +159,20 @@ def rd_section(rd: dict, images: Path, doc_dir: Path) -> list[str]:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m in methods:
-            pts = sorted(
-                (r["bits_per_voxel"], r["psnr"])
-                for k, r in records.items()
-                if k[2] == m and r["status"] == "ok"
-            )
-            if not pts:
-                continue
+            ok = [r for k, r in records.items() if k[2] == m and r["status"] == "ok"]
+            pts = sorted((r["bits_per_voxel"], r["psnr"]) for r in ok if not _time_limited(r))
+            cut = sorted((r["bits_per_voxel"], r["psnr"]) for r in ok if _time_limited(r))
             color, marker, ls, lw = STYLE[m]
-            ax.plot(
-                *zip(*pts, strict=True), color=color, marker=marker, ls=ls, lw=lw, label=LABELS[m]
-            )
+            if pts:
+                ax.plot(
+                    *zip(*pts, strict=True), color=color, marker=marker, ls=ls, lw=lw,
+                    label=LABELS[m],
+                )  # fmt: skip
+            if cut:  # stopped by a time limit: not a point of the curve
+                ax.plot(
+                    *zip(*cut, strict=True), color=color, marker=marker, ls="none",
+                    mfc="none", label=f"{LABELS[m]} † time-limited",
+                )  # fmt: skip
         for ratio in ratios:
             bpv = _bits_per_sample(any_record) / ratio
             ax.axvline(bpv, color="0.85", lw=0.8, zorder=0)
