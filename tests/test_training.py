@@ -65,6 +65,20 @@ def test_experts_default_to_two_and_one_only_when_the_budget_is_tiny(volume16):
     assert Compressor(volume16, volume16.nbytes / 150, num_experts=2).header.model.num_experts == 2
 
 
+def test_stored_weights_do_not_depend_on_the_clock(volume16):
+    """The summary (wall-clock seconds, PSNR) must not move the rate controller's step: the
+    same trained network is stored identically whatever the run's duration."""
+    comp = Compressor(volume16, 4, train=FAST)
+    drain(comp.run())
+    device = torch.device("cpu")
+    quick = comp._finish(comp.model, 40, 1.0, False, device)
+    slow = comp._finish(comp.model, 40, 98765.4, False, device)
+    assert quick.header.train["seconds"] == 1.0 and slow.header.train["seconds"] == 98765.4
+    assert quick.report["quant_step"] == slow.report["quant_step"]
+    np.testing.assert_array_equal(quick.decode(), slow.decode())
+    assert max(quick.nbytes, slow.nbytes) <= comp.budget
+
+
 def test_loss_drops(volume16):
     train = TrainConfig(steps=150, batch_size=2048, report_every=10)
     events, _ = drain(Compressor(volume16, 8, train=train).run())

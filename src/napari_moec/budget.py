@@ -28,6 +28,7 @@ __all__ = [
     "size_model",
     "size_model_auto_experts",
     "summary_for",
+    "summary_reserve",
 ]
 
 #: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
@@ -46,10 +47,15 @@ def summary_for(header: Header, budget: int) -> dict:
     budget it would cost more than ``SUMMARY_MAX_SHARE`` of leave it out; the compressor's
     report still has every number.
     """
-    cost = fixed_overhead(replace(header, train=SUMMARY_PLACEHOLDER)) - fixed_overhead(
-        replace(header, train={})
-    )
+    cost = summary_reserve(header)
     return SUMMARY_PLACEHOLDER if cost <= SUMMARY_MAX_SHARE * budget else {}
+
+
+def summary_reserve(header: Header) -> int:
+    """Bytes the rate controller keeps free for the training summary: what the placeholder
+    costs in this header, plus 4 bytes because DEFLATE codes other digits a little longer."""
+    with_summary = fixed_overhead(replace(header, train=SUMMARY_PLACEHOLDER))
+    return with_summary - fixed_overhead(replace(header, train={})) + 4
 
 
 def budget_nbytes(original_nbytes: int, ratio: float) -> int:

@@ -31,6 +31,7 @@ from .budget import (
     size_model,
     size_model_auto_experts,
     summary_for,
+    summary_reserve,
 )
 from .compressed import Compressed
 from .config import ModelConfig, QuantConfig, TrainConfig
@@ -350,35 +351,32 @@ class Compressor:
 
     # ------------------------------------------------------------------------------------
     def _finish(self, model, steps, seconds, stopped, device) -> Compressed:
+        """Quantize, code and measure the trained network; the returned file fits the budget.
+
+        Rate control runs on the header *without* the training summary, against the budget
+        minus a fixed reservation for it. So the quantization step, and with it the stored
+        weights, never depend on the summary's contents (wall-clock seconds, PSNR): the same
+        seed gives the same weights on every run. The summary, with the PSNR of exactly these
+        weights, is then written into the reserved bytes (or left out in the rare case that it
+        does not fit them).
+        """
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         run = {"steps": steps, "seconds": seconds, "device": str(device), "stopped_early": stopped}
-        if not self.stores_summary:
-            data, step = self._fit_budget(self.header, state)
-            compressed = Compressed.from_bytes(data)
-            decoded = compressed.decode(device=device)
-            psnr_value = round(psnr(self.volume, decoded), 2)
-            return self._report(compressed, decoded, psnr_value, step, run)
-        summary = {"device": device.type, "seconds": round(seconds, 1), "steps": steps}
-        # The header states the PSNR of the file's own weights, and the header's length
-        # feeds back into the rate control: iterate until the PSNR written is the PSNR of
-        # the file (usually the second pass, whose step equals the first: no new decode).
-        psnr_value, last_step, decoded = None, None, None
-        for _ in range(6):
-            train = {**summary, "psnr": 99.99 if psnr_value is None else psnr_value}
-            data, step = self._fit_budget(replace(self.header, train=train), state)
-            compressed = Compressed.from_bytes(data)
-            if step != last_step:
-                decoded = compressed.decode(device=device)
-            last_step = step
-            measured = round(psnr(self.volume, decoded), 2)
-            if measured == psnr_value:
-                break
-            psnr_value = measured
-        else:  # never seen; rather than lose the training, store no PSNR in the header
-            data, step = self._fit_budget(replace(self.header, train=summary), state)
-            compressed = Compressed.from_bytes(data)
-            decoded = compressed.decode(device=device)
-            psnr_value = round(psnr(self.volume, decoded), 2)
+        reserve = summary_reserve(self.header) if self.stores_summary else 0
+        data, step = self._fit_budget(self.header, state, self.budget - reserve)
+        compressed = Compressed.from_bytes(data)
+        decoded = compressed.decode(device=device)
+        psnr_value = round(psnr(self.volume, decoded), 2)
+        if self.stores_summary:
+            train = {
+                "device": device.type,
+                "psnr": psnr_value,
+                "seconds": round(seconds, 1),
+                "steps": steps,
+            }
+            with_summary = pack(replace(self.header, train=train), state, step)
+            if len(with_summary) <= self.budget:
+                compressed = Compressed.from_bytes(with_summary)
         return self._report(compressed, decoded, psnr_value, step, run)
 
     def _report(self, compressed, decoded, psnr_value, step, run: dict):
@@ -400,31 +398,33 @@ class Compressor:
         }
         return compressed
 
-    def _fit_budget(self, header: Header, state: dict) -> tuple[bytes, float]:
-        """The file at the finest quantization step that fits the budget (rate control)."""
+    def _fit_budget(self, header: Header, state: dict, budget: int) -> tuple[bytes, float]:
+        """The file at the finest quantization step within ``budget`` bytes (rate control).
+
+        Float precisions have no step to choose: their size was exact when the network was
+        sized, so they only have to fit the whole budget.
+        """
         if header.quant.is_float:
             data = pack(header, state)
-            if len(data) > self.budget:
-                data = pack(replace(header, train={}), state)
             if len(data) > self.budget:
                 raise TrainingError(f"file of {len(data)} bytes exceeds the {self.budget} budget")
             return data, 1.0
         lo, hi = -4.0, 16.0  # log2 of the step multiplier
         data = pack(header, state, 2.0**lo)
-        if len(data) <= self.budget:
+        if len(data) <= budget:
             return data, 2.0**lo
         best = None
         for _ in range(22):
             mid = (lo + hi) / 2
             candidate = pack(header, state, 2.0**mid)
-            if len(candidate) <= self.budget:
+            if len(candidate) <= budget:
                 hi, best = mid, candidate
             else:
                 lo = mid
         if best is None:
             best = pack(header, state, 2.0**hi)
-            if len(best) > self.budget:
+            if len(best) > budget:
                 raise TrainingError(
-                    f"even the coarsest quantization gives {len(best)} bytes > {self.budget}"
+                    f"even the coarsest quantization gives {len(best)} bytes > {budget}"
                 )
         return best, 2.0**hi
