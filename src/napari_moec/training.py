@@ -166,11 +166,10 @@ class Compressor:
         if w0_first is None:
             model = replace(model, w0_first=first_layer_w0(model.hidden_features))
         self.header = replace(base, model=model)
+        summary = summary_for(self.header, self.budget)
         #: Whether the file will hold the training summary (not in the tightest budgets).
-        self.stores_summary = bool(summary_for(self.header, self.budget))
-        self.predicted_nbytes = predict_nbytes(
-            replace(self.header, train=summary_for(self.header, self.budget))
-        )
+        self.stores_summary = bool(summary)
+        self.predicted_nbytes = predict_nbytes(replace(self.header, train=summary))
         if quant.is_float and self.predicted_nbytes > self.budget:
             raise ConfigError(
                 f"a width-{model.hidden_features} network needs {self.predicted_nbytes} bytes, "
