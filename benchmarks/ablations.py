@@ -102,7 +102,7 @@ def run_variant(name: str, vol, args, w0_first: float | None = None) -> dict:
         status="ok",
         bytes=nbytes,
         ratio=vol.nbytes / nbytes,
-        report=dict(compressed.report),
+        report=compressed.report.to_dict(),
         **quality(vol, decoded),
     )
     return record

@@ -91,8 +91,8 @@ def run(out: Path, volumes, ratios, variants, steps: int, seed: int, threads: in
                         "file_bytes": file_bytes,
                         "budget_bytes": volume.nbytes // ratio,
                         "hidden_features": c.header.model.hidden_features,
-                        "parameters": c.report["parameters"],
-                        "quant_step": c.report["quant_step"],
+                        "parameters": c.report.parameters,
+                        "quant_multiplier": c.report.quant_multiplier,
                         "psnr": psnr(volume, decoded),
                         "ssim": ssim(volume, decoded),
                     }

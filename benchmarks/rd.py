@@ -136,7 +136,7 @@ def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> di
     record["decode_seconds"] = time.perf_counter() - t1
     record["seconds"] = seconds
     record["moec_file"] = str(path)
-    record["report"] = dict(compressed.report)
+    record["report"] = compressed.report.to_dict()
     return _finish(record, vol, nbytes, decoded)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from _common import OUT, SPACING, load_volume, provenance, quality, write_json
-from napari_moec import Compressor, Progress, TrainConfig
+from napari_moec import ArchConfig, Compressor, Progress, TrainConfig
 
 
 def _has_threads_option() -> bool:
@@ -117,8 +117,7 @@ def _compressor(args, vol, device, steps, time_limit=None) -> Compressor:
         vol,
         args.ratio,
         **extra,
-        num_experts=args.experts,
-        top_k=args.top_k,
+        arch=ArchConfig(num_experts=args.experts, top_k=args.top_k),
         train=train,
         device=device,
         spacing=SPACING[args.volume],
@@ -201,7 +200,7 @@ def benchmark(args, device: torch.device) -> dict:
             "num_experts": model.num_experts,
             "top_k": model.top_k,
             "expert_layers": model.expert_layers,
-            "parameters": comp.num_parameters,
+            "parameters": comp.plan.num_parameters,
         },
         "batch": batch,
         "capacity_factor": capacity_factor,

@@ -16,7 +16,7 @@ def test_hipct_end_to_end(hipct, tmp_path):
     assert decoded.dtype == hipct.dtype and decoded.shape == hipct.shape
     # What the file holds is what compress reported.
     quality = psnr(hipct, decoded)
-    assert round(quality, 2) == loaded.header.train["psnr"] == result.report["psnr"]
+    assert round(quality, 2) == loaded.header.train.psnr == result.report.psnr
     # 800 steps (about a minute on 2 idle CPU cores) measured 30.9 dB; decimation reaches
     # 29.50 dB at 64x (../shared/BASELINES.md), HEVC 32.77 dB.
     assert quality > 30.0

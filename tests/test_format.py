@@ -17,7 +17,15 @@ import napari_moec as nm
 from napari_moec import entropy
 from napari_moec.config import ModelConfig, QuantConfig
 from napari_moec.errors import MoecFormatError, UnsupportedVersionError
-from napari_moec.format import HEADER_DICT, MAGIC, Header, pack, unpack
+from napari_moec.format import (
+    HEADER_DICT,
+    MAGIC,
+    Header,
+    TrainingSummary,
+    pack,
+    parameter_layout,
+    unpack,
+)
 from napari_moec.nn.moe import MoESiren
 
 GOLDEN = Path(__file__).parent / "data" / "golden_v1.moec"
@@ -43,14 +51,14 @@ def make_header(**changes) -> Header:
         norm=(-1.0, 1.0),
         spacing=(1.5, 0.25, 0.25),
         unit="um",
-        train={"device": "cpu", "psnr": 31.25, "seconds": 12.5, "steps": 300},
+        train=TrainingSummary(steps=300, psnr=31.25, seconds=12.5, device="cpu"),
     )
     return replace(base, **changes)
 
 
 def state_for(header: Header, seed=0):
     torch.manual_seed(seed)
-    return MoESiren(header.model).state_dict()
+    return MoESiren(header.model).layout_state()
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +94,50 @@ def test_every_field_round_trips(quant):
 
 
 def test_optional_fields_round_trip():
-    header = make_header(spacing=None, unit=None, train={}, axes="ZYX")
+    header = make_header(spacing=None, unit=None, train=None, axes="ZYX")
     assert unpack(pack(header, state_for(header)))[0] == header
 
 
 def test_writer_is_deterministic(valid_file):
     header = make_header()
     assert pack(header, state_for(header)) == valid_file
+
+
+@pytest.mark.parametrize("experts", [1, 3])
+def test_parameter_layout_is_the_spec_and_the_network_follows_it(experts):
+    """The stored tensors are the format's table, not the network's attribute names: the
+    network maps every parameter to exactly one layout entry of the same shape."""
+    model = ModelConfig(hidden_features=6, num_experts=experts, expert_layers=2, gate_hidden=4)
+    layout = parameter_layout(model)
+    net = MoESiren(model)
+    params = net.layout_parameters()
+    assert [name for name, _ in layout] == list(params)
+    assert [shape for _, shape in layout] == [tuple(p.shape) for p in params.values()]
+    assert {id(p) for p in params.values()} == {id(p) for p in net.parameters()}
+    expected_head = ["encoder.weight", "encoder.bias"]
+    if experts > 1:
+        expected_head += [f"gate.{i}.{k}" for i in range(3) for k in ("weight", "bias")]
+    assert [name for name, _ in layout][: len(expected_head)] == expected_head
+    assert [name for name, _ in layout][-2:] == ["decoder.weight", "decoder.bias"]
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        {"steps": 1},
+        {"steps": "x", "psnr": 1, "seconds": 1, "device": "cpu"},
+        [1, 2],
+        {"steps": 1, "psnr": 1, "seconds": float("nan"), "device": "cpu"},
+    ],
+)
+def test_hostile_training_summary(valid_file, summary):
+    doc = valid_doc() | {"t": summary}
+    text = json.dumps(doc, allow_nan=True)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_DICT)
+    head = comp.compress(text.encode()) + comp.flush()
+    data = recrc(MAGIC + b"\x01\x00" + struct.pack("<H", len(head)) + head + b"\0" * 64)
+    with pytest.raises(MoecFormatError, match="training"):
+        unpack(data)
 
 
 def test_header_is_compact(valid_file):

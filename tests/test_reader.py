@@ -42,7 +42,7 @@ def test_reader_gives_image_and_labels_like_the_api(moec_file):
     meta = image_meta["metadata"]
     assert meta["moec_ratio"] == pytest.approx(loaded.ratio, abs=0.01) and meta["moec_ratio"] >= 16
     assert meta["moec_experts"] == 2
-    assert meta["moec_psnr"] == loaded.header.train["psnr"]
+    assert meta["moec_psnr"] == loaded.header.train.psnr
     assert meta["moec_info"]["shape"] == [24, 24, 24]
 
 

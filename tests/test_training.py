@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import napari_moec as nm
-from napari_moec import Compressor, QuantConfig, TrainConfig
+from napari_moec import ArchConfig, Compressor, PreviewConfig, QuantConfig, TrainConfig
 from napari_moec.errors import ConfigError, TrainingError
 from napari_moec.events import Finalizing, Preview, Progress, Started
 from napari_moec.metrics import psnr
@@ -23,15 +23,16 @@ def drain(run):
 
 
 def test_event_order_and_return_value(volume16):
-    comp = Compressor(volume16, 16, train=FAST, preview_every=0.0)
+    comp = Compressor(volume16, 16, train=FAST, preview=PreviewConfig(every_steps=15))
     events, result = drain(comp.run())
     assert isinstance(events[0], Started)
     assert isinstance(events[-1], Finalizing)
     progress = [e for e in events if isinstance(e, Progress)]
     assert [e.step for e in progress] == list(range(1, 41))  # a yield per optimiser step
-    assert any(isinstance(e, Preview) for e in events)
+    previews = [e.step for e in events if isinstance(e, Preview)]
+    assert previews == [15, 30, 40]  # by steps, whatever the machine's speed, and at the end
     assert isinstance(result, nm.Compressed)
-    assert result.report["steps"] == 40 and not result.report["stopped_early"]
+    assert result.report.steps == 40 and not result.report.stopped_early
     assert progress[-1].expert_load.shape == (2,)
     assert progress[-1].phase == "qat"
 
@@ -39,22 +40,23 @@ def test_event_order_and_return_value(volume16):
 def test_tight_budget_file_leaves_out_the_training_summary(volume16):
     """At ~170 bytes the summary's ~25 header bytes go to the weights; the report keeps PSNR."""
     tight = nm.compress(volume16, volume16.nbytes / 170, train=FAST)
-    assert tight.nbytes <= 170 and tight.header.train == {}
-    assert nm.Compressed.from_bytes(tight.data).header.train == {}
-    assert tight.report["psnr"] == pytest.approx(psnr(volume16, tight.decode()), abs=0.01)
+    assert tight.nbytes <= 170 and tight.header.train is None
+    assert nm.Compressed.from_bytes(tight.data).header.train is None
+    assert tight.report.psnr == pytest.approx(psnr(volume16, tight.decode()), abs=0.01)
     roomy = nm.compress(volume16, 4, train=FAST)
-    assert roomy.header.train["psnr"] == roomy.report["psnr"]
+    assert roomy.header.train.psnr == roomy.report.psnr
 
 
 def test_first_layer_w0_follows_the_width_unless_given(volume16):
-    from napari_moec.budget import first_layer_w0
+    from napari_moec.plan import first_layer_w0
 
     auto = Compressor(volume16, 16, train=FAST)
     assert auto.header.model.w0_first == first_layer_w0(auto.header.model.hidden_features)
-    assert Compressor(volume16, 16, w0_first=17.5, train=FAST).header.model.w0_first == 17.5
+    fixed = Compressor(volume16, 16, arch=ArchConfig(w0_first=17.5), train=FAST)
+    assert fixed.header.model.w0_first == 17.5
     result = nm.compress(volume16, 16, train=FAST)
     assert result.header.model.w0_first == auto.header.model.w0_first  # stored in the file
-    assert result.report["w0_first"] == auto.header.model.w0_first
+    assert result.report.w0_first == auto.header.model.w0_first
 
 
 def test_experts_default_to_two_and_one_only_when_the_budget_is_tiny(volume16):
@@ -62,7 +64,8 @@ def test_experts_default_to_two_and_one_only_when_the_budget_is_tiny(volume16):
     tiny = Compressor(volume16, volume16.nbytes / 150, train=FAST)
     assert tiny.header.model.num_experts == 1
     # An explicit number is kept, even where it leaves each expert narrow.
-    assert Compressor(volume16, volume16.nbytes / 150, num_experts=2).header.model.num_experts == 2
+    two = Compressor(volume16, volume16.nbytes / 150, arch=ArchConfig(num_experts=2))
+    assert two.header.model.num_experts == 2
 
 
 def test_stored_weights_do_not_depend_on_the_clock(volume16):
@@ -73,8 +76,8 @@ def test_stored_weights_do_not_depend_on_the_clock(volume16):
     device = torch.device("cpu")
     quick = comp._finish(comp.model, 40, 1.0, False, device)
     slow = comp._finish(comp.model, 40, 98765.4, False, device)
-    assert quick.header.train["seconds"] == 1.0 and slow.header.train["seconds"] == 98765.4
-    assert quick.report["quant_step"] == slow.report["quant_step"]
+    assert quick.header.train.seconds == 1.0 and slow.header.train.seconds == 98765.4
+    assert quick.report.quant_multiplier == slow.report.quant_multiplier
     np.testing.assert_array_equal(quick.decode(), slow.decode())
     assert max(quick.nbytes, slow.nbytes) <= comp.budget
 
@@ -105,15 +108,25 @@ def test_stop_keeps_best_model_and_still_returns(volume16):
             break
     events, result = drain(run)
     assert isinstance(events[0], Finalizing) and events[0].stopped
-    assert result.report["stopped_early"] and result.report["steps"] == 30
-    assert result.nbytes <= result.report["budget_bytes"]
+    assert result.report.stopped_early and result.report.steps == 30
+    assert result.nbytes <= result.report.budget_bytes
 
 
-def test_time_limit_ends_training(volume16):
+def test_time_limit_ends_training(volume16, monkeypatch):
+    """A fake clock that advances 1/8 s per reading (exact in binary): each step's timing reads
+    it twice, so a step "takes" 0.125 s and a 1-second limit ends training after exactly 8
+    steps, on any machine."""
+    import types
+
+    from napari_moec import training
+
+    ticks = iter(range(10**9))
+    clock = types.SimpleNamespace(perf_counter=lambda: next(ticks) / 8)
+    monkeypatch.setattr(training, "time", clock)
     train = TrainConfig(steps=10**8, time_limit=1.0, batch_size=1024)
     result = nm.compress(volume16, 16, train=train)
-    assert result.report["steps"] < 10**8
-    assert 1.0 <= result.report["seconds"] < 5.0
+    assert result.report.steps == 8
+    assert result.report.seconds == 1.0
 
 
 def test_router_freezes(volume16):
@@ -192,5 +205,5 @@ def test_nan_loss_raises_training_error(volume16, monkeypatch):
 def test_float_precisions_meet_budget(volume16):
     for precision in ("fp32", "fp16"):
         r = nm.compress(volume16, 8, train=FAST, quant=QuantConfig(precision))
-        assert r.nbytes <= r.report["budget_bytes"]
+        assert r.nbytes <= r.report.budget_bytes
         assert r.header.quant.precision == precision

@@ -6,8 +6,8 @@ lives in ``napari_moec._widget`` and friends, loaded by napari through ``napari.
 """
 
 from .api import compress, load
-from .compressed import Compressed
-from .config import ModelConfig, QuantConfig, TrainConfig
+from .compressed import Compressed, Report
+from .config import ArchConfig, ModelConfig, PreviewConfig, QuantConfig, TrainConfig
 from .errors import (
     ConfigError,
     MoecError,
@@ -16,11 +16,13 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .events import Finalizing, Preview, Progress, Started
+from .plan import Plan, plan
 from .training import Compressor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchConfig",
     "Compressed",
     "Compressor",
     "ConfigError",
@@ -28,9 +30,12 @@ __all__ = [
     "ModelConfig",
     "MoecError",
     "MoecFormatError",
+    "Plan",
     "Preview",
+    "PreviewConfig",
     "Progress",
     "QuantConfig",
+    "Report",
     "Started",
     "TrainConfig",
     "TrainingError",
@@ -38,4 +43,5 @@ __all__ = [
     "__version__",
     "compress",
     "load",
+    "plan",
 ]

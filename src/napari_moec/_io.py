@@ -15,6 +15,7 @@ import numpy as np
 import tifffile
 
 from .errors import ConfigError
+from .volumes import check_axes
 
 __all__ = ["Volume", "read_volume", "write_volume"]
 
@@ -51,8 +52,10 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if "S" in axes:
         raise ConfigError(f"{path.name}: RGB/multi-sample TIFF (axes {axes}); expected a volume")
     axes = axes.replace("Q", "Z").replace("I", "Z")
-    if len(set(axes)) != len(axes) or not set(axes) <= set("TCZYX"):
-        axes = None
+    try:
+        axes = check_axes(axes, array.ndim)
+    except ConfigError:
+        axes = None  # tifffile's letters do not name a volume's axes: use the default
     return Volume(array, axes, spacing, unit)
 
 

@@ -62,13 +62,11 @@ def moec_metadata(compressed: Compressed, path: str | None = None) -> dict[str, 
     PSNR/SSIM come from the compressor's report when the volume was just trained, else from the
     training summary stored in the file (the file keeps PSNR but not SSIM).
     """
-    report = compressed.report or {}
-    train = compressed.header.train or {}
     meta = {
         "moec_ratio": round(compressed.ratio, 2),
         "moec_file_bytes": compressed.nbytes,
-        "moec_psnr": report.get("psnr", train.get("psnr")),
-        "moec_ssim": report.get("ssim"),
+        "moec_psnr": compressed.psnr,
+        "moec_ssim": None if compressed.report is None else compressed.report.ssim,
         "moec_experts": compressed.header.model.num_experts,
         "moec_info": compressed.info(),
     }

@@ -8,7 +8,6 @@ generator runs in a napari worker (``_widget_run``) and its events become layer 
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
@@ -31,8 +30,11 @@ from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
 from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
 from ._widget_settings import SettingsPanel
+from .config import PreviewConfig
+from .devices import available_cores
 from .errors import ConfigError
 from .events import Finalizing, Preview, Progress, Started
+from .plan import plan
 from .training import Compressor
 
 __all__ = ["MoecWidget"]
@@ -52,10 +54,9 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
 
     Attributes
     ----------
-    preview_every : float
-        Seconds of training between live previews (the core's ``preview_every``).
-    preview_voxels : int
-        Upper bound on a preview's voxels: bounds its cost (the stride follows from it).
+    preview : PreviewConfig
+        When live previews come (every N steps and/or T seconds, and once at the end of
+        training) and what they may cost.
     threads : int
         CPU threads for training; one core fewer than available, so the GUI stays smooth.
     worker
@@ -65,11 +66,9 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.preview_every = 1.0
-        self.preview_voxels = 1 << 16
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.preview = PreviewConfig(every_steps=50, every_seconds=1.0)
         #: Torch threads for CPU training: one core is left to napari's event loop.
-        self.threads = max(1, (cores or 1) - 1)
+        self.threads = max(1, available_cores() - 1)
         warm_up_layer_machinery()
         self.worker = None
         self.compare_worker = None
@@ -165,34 +164,51 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
                 return layer
         return None
 
-    def _make_compressor(self) -> Compressor:
-        """A Compressor for the current source and settings; raises ConfigError if impossible."""
+    def _source_and_settings(self):
+        """The source layer, its physical metadata and the settings as Compressor keywords;
+        raises ConfigError when there is no usable source or a setting is invalid."""
         layer = self.source_layer()
         if layer is None:
             raise ConfigError(no_source_message(self.viewer.layers).removeprefix("MoEC: "))
         units = {format(u, "~") for u in layer.units}
         unit = units.pop() if len(units) == 1 and "px" not in units else None
+        physical = {"spacing": tuple(float(s) for s in layer.scale), "unit": unit}
+        return layer, physical, self.settings.compressor_kwargs()
+
+    def _make_compressor(self) -> Compressor:
+        """A Compressor for the current source and settings; raises ConfigError if impossible."""
+        layer, physical, settings = self._source_and_settings()
         return Compressor(
             np.asarray(layer.data),
-            spacing=tuple(float(s) for s in layer.scale),
-            unit=unit,
-            preview_every=self.preview_every,
-            preview_voxels=self.preview_voxels,
+            preview=self.preview,
             threads=self.threads,
-            **self.settings.compressor_kwargs(),
+            **physical,
+            **settings,
         )
 
     def update_estimate(self) -> None:
-        """Predicted file size and parameter count for the settings as typed (no training)."""
+        """Predicted file size and parameter count for the settings as typed.
+
+        Uses :func:`~napari_moec.plan.plan` on the layer's shape and dtype: no voxel is read,
+        so this stays instant on big layers.
+        """
         try:
-            c = self._make_compressor()
+            layer, physical, settings = self._source_and_settings()
+            p = plan(
+                layer.data.shape,
+                layer.data.dtype,
+                settings["ratio"],
+                arch=settings["arch"],
+                quant=settings["quant"],
+                **physical,
+            )
         except ConfigError as exc:
             self.settings.show_estimate(str(exc), error=True)
             return
-        m = c.model_config
+        m = p.model
         self.settings.show_estimate(
-            f"≈ {c.predicted_nbytes:,} B file (budget {c.budget:,} B) · "
-            f"{c.num_parameters:,} parameters · width {m.hidden_features} × {m.num_experts} experts"
+            f"≈ {p.predicted_nbytes:,} B file (budget {p.budget:,} B) · "
+            f"{p.num_parameters:,} parameters · width {m.hidden_features} × {m.num_experts} experts"
         )
 
     # -- training ----------------------------------------------------------------------------

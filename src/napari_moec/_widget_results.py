@@ -45,7 +45,7 @@ class ResultsMixin:
             if layer.name in (f"{name} MoEC", f"{name} experts"):
                 layer.metadata.update(meta)
         stopped = ""
-        if compressed.report.get("stopped_early"):
+        if compressed.report is not None and compressed.report.stopped_early:
             stopped = " (stopped early: best model so far)"
         self.status.setText(f"Done{stopped}: {text}.")
 

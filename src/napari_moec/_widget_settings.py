@@ -24,8 +24,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible, QLabeledDoubleSlider
 
-from .config import PRECISIONS, QuantConfig, TrainConfig
+from .config import PRECISIONS, ArchConfig, QuantConfig, TrainConfig
 from .errors import ConfigError
+from .plan import check_ratio
 
 __all__ = ["RATIO_PRESETS", "SettingsPanel", "parse_ratio"]
 
@@ -39,10 +40,7 @@ def parse_ratio(text: str) -> float:
     match = _RATIO_RE.match(text)
     if not match:
         raise ConfigError(f"ratio {text!r} is not a number such as 256 or 256x")
-    ratio = float(match.group(1))
-    if not ratio > 1:
-        raise ConfigError(f"ratio must be > 1 (original bytes / file bytes), got {ratio:g}")
-    return ratio
+    return check_ratio(float(match.group(1)))
 
 
 def available_devices() -> list[str]:
@@ -171,8 +169,7 @@ class SettingsPanel(QWidget):
         )
         return {
             "ratio": parse_ratio(self.ratio.currentText()),
-            "num_experts": self.experts.value() or None,
-            "top_k": self.top_k.value(),
+            "arch": ArchConfig(num_experts=self.experts.value() or None, top_k=self.top_k.value()),
             "train": train,
             "quant": QuantConfig(precision=self.precision.currentText()),
             "device": self.device.currentText(),

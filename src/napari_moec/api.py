@@ -1,14 +1,16 @@
-"""The library API: ``compress``, ``load``, ``Compressor``."""
+"""The library API: ``compress`` and ``load`` (``Compressor`` is the same job as a generator)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .compressed import Compressed
-from .errors import MoecFormatError
+from .config import ArchConfig, QuantConfig, TrainConfig
+from .errors import ConfigError, MoecFormatError
 from .format import MAGIC
 from .training import Compressor
 
@@ -16,26 +18,67 @@ __all__ = ["compress", "load"]
 
 #: Refuse to read files larger than this: the largest sensible .moec is a few MB.
 MAX_FILE_BYTES = 1 << 30
+#: Keywords of :class:`Compressor` that are not options of the three config dataclasses.
+_RUN_KEYWORDS = {"axes", "spacing", "unit", "norm_range", "device", "preview", "threads"}
 
 
-def compress(array: np.ndarray, ratio: float = 256.0, **options) -> Compressed:
-    """Compress a 3D/4D volume to at most ``array.nbytes / ratio`` bytes.
+def compress(
+    array: np.ndarray,
+    ratio: float = 256.0,
+    *,
+    arch: ArchConfig | None = None,
+    train: TrainConfig | None = None,
+    quant: QuantConfig | None = None,
+    **options,
+) -> Compressed:
+    """Compress a 3D/4D volume to at most ``array.nbytes / ratio`` bytes. Blocks until done.
 
-    ``options`` are those of :class:`Compressor` (``num_experts``, ``top_k``, ``train``,
-    ``quant``, ``device``, ``spacing``...). Blocks until training ends.
+    Parameters
+    ----------
+    array
+        3D (ZYX) or 4D (TZYX/CZYX) array of uint8, uint16, int16 or float32.
+    ratio
+        Target ``original bytes / file bytes`` (>= 1).
+    arch, train, quant
+        Full configurations (:class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig`).
+    **options
+        :class:`Compressor` keywords (``axes``, ``spacing``, ``unit``, ``device``, ``threads``,
+        ``preview``) and single options of the three configurations by name (``steps=500``,
+        ``num_experts=3``, ``precision="fp16"``), applied on top of ``arch``/``train``/``quant``.
 
     Examples
     --------
     >>> import napari_moec
-    >>> c = napari_moec.compress(volume, ratio=64)        # doctest: +SKIP
-    >>> c.save("head.moec"); c.ratio, c.report["psnr"]    # doctest: +SKIP
+    >>> c = napari_moec.compress(volume, ratio=64, steps=1000)   # doctest: +SKIP
+    >>> c.save("head.moec"); c.ratio, c.report.psnr              # doctest: +SKIP
     """
-    run = Compressor(array, ratio, **options).run()
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            return done.value
+    run = {k: options.pop(k) for k in list(options) if k in _RUN_KEYWORDS}
+    configs = []
+    for base, (cls, given) in zip(
+        (arch, train, quant),
+        zip((ArchConfig, TrainConfig, QuantConfig), _split(options), strict=True),
+        strict=True,
+    ):
+        configs.append(replace(base or cls(), **given) if given else base)
+    compressor = Compressor(
+        array, ratio, arch=configs[0], train=configs[1], quant=configs[2], **run
+    )
+    return compressor.fit()
+
+
+def _split(options: dict) -> tuple[dict, dict, dict]:
+    """Flat option names -> the fields given for each config; unknown names raise."""
+    groups: tuple[dict, dict, dict] = ({}, {}, {})
+    for name, value in options.items():
+        owners = [
+            group
+            for group, cls in zip(groups, (ArchConfig, TrainConfig, QuantConfig), strict=True)
+            if name in cls.__dataclass_fields__
+        ]
+        if not owners:
+            raise ConfigError(f"compress() got an unknown option {name!r}")
+        owners[0][name] = value
+    return groups
 
 
 def load(path: str | os.PathLike) -> Compressed:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 from ._io import Volume, read_volume, write_volume
 from .api import load
-from .config import PRECISIONS, QuantConfig, TrainConfig
+from .config import PRECISIONS, ArchConfig, QuantConfig, TrainConfig
 from .errors import MoecError
 from .events import Finalizing, Progress, Started
 from .training import Compressor
@@ -127,10 +127,12 @@ def _compress(args) -> int:
         axes=volume.axes,
         spacing=volume.spacing,
         unit=volume.unit,
-        num_experts=args.experts,
-        top_k=args.top_k,
-        expert_layers=args.layers,
-        w0_first=args.w0_first,
+        arch=ArchConfig(
+            num_experts=args.experts,
+            top_k=args.top_k,
+            expert_layers=args.layers,
+            w0_first=args.w0_first,
+        ),
         train=train,
         quant=QuantConfig(args.precision, per_channel=args.per_channel),
         device=args.device,
@@ -157,11 +159,11 @@ def _compress(args) -> int:
     result.save(args.output)
     r = result.report
     print(
-        f"{args.output}: {r['file_bytes']} bytes (budget {r['budget_bytes']}, predicted "
-        f"{r['predicted_bytes']}), ratio {r['ratio']:.1f}x, PSNR {r['psnr']:.2f} dB over the "
-        f"data range ({r['psnr_dtype']:.2f} dB over the dtype max)"
-        + (f", SSIM {r['ssim']:.4f}" if r["ssim"] is not None else "")
-        + f", {r['steps']} steps in {r['seconds']:.1f} s on {r['device']}"
+        f"{args.output}: {r.file_bytes} bytes (budget {r.budget_bytes}, predicted "
+        f"{r.predicted_bytes}), ratio {r.ratio:.1f}x, PSNR {r.psnr:.2f} dB over the "
+        f"data range ({r.psnr_dtype:.2f} dB over the dtype max)"
+        + (f", SSIM {r.ssim:.4f}" if r.ssim is not None else "")
+        + f", {r.steps} steps in {r.seconds:.1f} s on {r.device}"
     )
     return 0
 

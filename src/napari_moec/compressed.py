@@ -1,13 +1,13 @@
 """``Compressed``: a ``.moec`` file's bytes together with the network they decode to.
 
-Whatever produced it (``compress``, ``Compressor.run`` or ``load``), the network is rebuilt from
-the file's own bytes, so decoding a fresh result and decoding the saved file give identical
-arrays: what you see is what the file holds.
+Whatever produced it (``compress``, ``Compressor.run`` or ``load``), the network holds the
+weights decoded from the file's own payload bytes, so decoding a fresh result and decoding the
+saved file give identical arrays: what you see is what the file holds.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,12 +16,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decode import evaluate
-from .format import Header, unpack
+from .decode import evaluate, evaluate_with_labels
+from .format import Header, count_parameters, unpack
 from .nn.moe import MoESiren
 from .sampling import Normalization
 
-__all__ = ["Compressed"]
+__all__ = ["Compressed", "Report", "model_from_weights"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a compression measured: sizes, quality of the stored weights, and the run.
+
+    ``predicted_bytes`` is the size estimated before training; ``file_bytes`` the real one.
+    ``quant_multiplier`` is the rate controller's quantization-scale multiplier (1 = nominal
+    N-bit levels; 1.0 for float precisions). ``psnr`` is over the original's data range,
+    ``psnr_dtype`` over the dtype's maximum (the papers' convention); ``ssim`` is None for
+    volumes thinner than SSIM's window.
+    """
+
+    budget_bytes: int
+    predicted_bytes: int
+    file_bytes: int
+    ratio: float
+    parameters: int
+    hidden_features: int
+    w0_first: float
+    quant_multiplier: float
+    psnr: float
+    psnr_dtype: float
+    ssim: float | None
+    steps: int
+    seconds: float
+    device: str
+    stopped_early: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def model_from_weights(header: Header, weights: dict[str, torch.Tensor]) -> MoESiren:
+    """The network of ``header`` holding ``weights`` (keyed by layout name), in eval mode."""
+    model = MoESiren(header.model)
+    model.load_layout_state(weights)
+    return model.eval()
 
 
 @dataclass(eq=False)
@@ -34,23 +72,23 @@ class Compressed:
         The complete ``.moec`` file.
     header : Header
         Shape, dtype, intensity range, spacing, architecture, quantization, training summary.
-    report : dict
-        What the compressor measured (predicted vs actual bytes, PSNR/SSIM, seconds); empty for
-        a loaded file except for the training summary stored in it.
+    report : Report or None
+        What the compressor measured; None for a loaded file (its header's training summary
+        has what the file stores).
     """
 
     data: bytes
     header: Header
-    report: dict = field(default_factory=dict)
+    report: Report | None = None
     _model: MoESiren | None = field(default=None, repr=False)
+    #: Full-resolution (image, labels) decoded once by the compressor, handed out as copies.
+    _decoded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_bytes(cls, data: bytes, report: dict | None = None) -> Compressed:
+    def from_bytes(cls, data: bytes) -> Compressed:
+        """Parse and validate a whole file (raises MoecFormatError) and build its network."""
         header, weights = unpack(data)
-        model = MoESiren(header.model)
-        model.load_state_dict(weights)
-        model.eval()
-        return cls(bytes(data), header, dict(report or {}), model)
+        return cls(bytes(data), header, None, model_from_weights(header, weights))
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -60,7 +98,7 @@ class Compressed:
 
     @property
     def original_nbytes(self) -> int:
-        return math.prod(self.header.shape) * np.dtype(self.header.dtype).itemsize
+        return self.header.original_nbytes
 
     @property
     def ratio(self) -> float:
@@ -77,6 +115,13 @@ class Compressed:
         h = self.header
         return Normalization(h.vmin, h.vmax, *h.norm)
 
+    @property
+    def psnr(self) -> float | None:
+        """PSNR over the data range of the stored weights: measured (report) or stored (file)."""
+        if self.report is not None:
+            return self.report.psnr
+        return None if self.header.train is None else self.header.train.psnr
+
     # -- decoding ----------------------------------------------------------------------
     def decode(self, roi=None, stride=1, *, device=None) -> np.ndarray:
         """Voxels ``roi[::stride]`` in the original dtype and range.
@@ -89,14 +134,27 @@ class Compressed:
         stride
             Keep every ``stride``-th voxel (an int, or one per axis): a lower-resolution grid.
         """
+        if roi is None and stride == 1 and self._decoded is not None:
+            return self._decoded[0].copy()
         values = evaluate(self._on(device), self.header.shape, roi, stride, device=device)
         return self.normalization.invert(values, np.dtype(self.header.dtype))
 
     def expert_labels(self, roi=None, stride=1, *, device=None) -> np.ndarray:
         """Top-1 expert (argmax of the router) of each voxel, uint8: the learned partition."""
+        if roi is None and stride == 1 and self._decoded is not None:
+            return self._decoded[1].copy()
         return evaluate(
             self._on(device), self.header.shape, roi, stride, labels=True, device=device
         )
+
+    def decode_with_labels(self, roi=None, stride=1, *, device=None):
+        """:meth:`decode` and :meth:`expert_labels` from one pass of the network."""
+        if roi is None and stride == 1 and self._decoded is not None:
+            return self._decoded[0].copy(), self._decoded[1].copy()
+        values, labels = evaluate_with_labels(
+            self._on(device), self.header.shape, roi, stride, device=device
+        )
+        return self.normalization.invert(values, np.dtype(self.header.dtype)), labels
 
     def _on(self, device) -> MoESiren:
         if device is not None:
@@ -142,11 +200,12 @@ class Compressed:
                 "gate_hidden": m.gate_hidden,
                 "w0": m.w0,
                 "w0_first": m.w0_first,
+                "parameters": count_parameters(m),
             },
             "quantization": {
                 "precision": h.quant.precision,
                 "per_channel": h.quant.per_channel,
                 "entropy_coded": h.quant.entropy,
             },
-            "training": dict(h.train),
+            "training": None if h.train is None else h.train.to_json(),
         }

@@ -1,25 +1,334 @@
-"""Frozen settings: the network architecture, the training schedule and the stored precision.
+"""Frozen settings, each declared once: the architecture the user asks for, the training
+schedule, the stored precision, and the concrete network a file holds.
 
-Defaults follow the MoEC paper (§4.1) where the paper states them and our measurements where
-it does not (see ``docs/benchmarks.md``); every field is validated here, at the API boundary.
+Every user-facing field is declared with :func:`option`: its default, range and help text live
+in the field's metadata, and that one declaration validates the value here, builds the CLI's
+flags (``cli.py``) and the napari widget's controls (``_widget_settings.py``). Defaults follow
+the MoEC paper (§4.1) where it states them and our measurements where it does not
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "ModelConfig", "QuantConfig", "TrainConfig"]
+__all__ = [
+    "PRECISIONS",
+    "ArchConfig",
+    "ModelConfig",
+    "PreviewConfig",
+    "QuantConfig",
+    "TrainConfig",
+    "option",
+    "option_fields",
+]
 
 #: Stored precisions: float formats are written raw; ``intN`` are symmetric uniform
 #: quantizers with N-bit nominal levels whose integers are entropy coded.
 PRECISIONS = ("fp32", "fp16", "int8", "int6", "int4")
 
 
+def option(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    open_lo: bool = False,
+    open_hi: bool = False,
+    choices: tuple | None = None,
+    ui: str | None = "advanced",
+    label: str | None = None,
+    ui_step: float | None = None,
+    ui_max: float | None = None,
+    auto: str | None = None,
+) -> Any:
+    """A dataclass field that declares a user option.
+
+    Parameters
+    ----------
+    default
+        The default value (None together with ``auto`` means "chosen by napari-moec").
+    help
+        One sentence for ``--help``, tooltips and docs.
+    lo, hi, open_lo, open_hi
+        The valid range (closed unless ``open_*``); None means unbounded on that side.
+    choices
+        The valid values, for string options.
+    ui
+        Where the napari widget shows it: "basic", "advanced", or None (not shown).
+    label, ui_step, ui_max
+        The widget's row label, spin-box step, and upper bound where the range is unbounded.
+    auto
+        What None means (e.g. "2, or 1 for tiny budgets"): the option may be left to napari-moec.
+    """
+    meta = {
+        "help": help,
+        "lo": lo,
+        "hi": hi,
+        "open_lo": open_lo,
+        "open_hi": open_hi,
+        "choices": choices,
+        "ui": ui,
+        "label": label,
+        "ui_step": ui_step,
+        "ui_max": ui_max,
+        "auto": auto,
+    }
+    return field(default=default, metadata={"option": meta})
+
+
+def option_fields(cls) -> list:
+    """The dataclass fields of ``cls`` declared with :func:`option`, in declaration order."""
+    return [f for f in fields(cls) if "option" in f.metadata]
+
+
+def _describe_range(meta: dict) -> str:
+    lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
+    hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
+    return f"{'(' if meta['open_lo'] else '['}{lo}, {hi}{')' if meta['open_hi'] else ']'}"
+
+
+def _check_options(obj) -> None:
+    """Validate every option field of a config dataclass against its declaration."""
+    for f in option_fields(type(obj)):
+        meta = f.metadata["option"]
+        value = getattr(obj, f.name)
+        if value is None and (meta["auto"] is not None or f.default is None):
+            continue
+        if meta["choices"] is not None:
+            if value not in meta["choices"]:
+                raise ConfigError(f"{f.name} must be one of {meta['choices']}, got {value!r}")
+            continue
+        if f.type in ("bool", bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be True or False, got {value!r}")
+            continue
+        integral = "int" in str(f.type) and "float" not in str(f.type)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = "an integer" if integral else "a number"
+            raise ConfigError(f"{f.name} must be {kind} in {_describe_range(meta)}, got {value!r}")
+        if integral and not isinstance(value, int):
+            raise ConfigError(
+                f"{f.name} must be an integer in {_describe_range(meta)}, got {value!r}"
+            )
+        lo, hi = meta["lo"], meta["hi"]
+        bad = not math.isfinite(value)
+        if lo is not None:
+            bad = bad or (value <= lo if meta["open_lo"] else value < lo)
+        if hi is not None:
+            bad = bad or (value >= hi if meta["open_hi"] else value > hi)
+        if bad:
+            kind = "an integer" if integral else "a number"
+            raise ConfigError(f"{f.name} must be {kind} in {_describe_range(meta)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """The architecture a user asks for; None fields are chosen from the byte budget.
+
+    See :func:`napari_moec.plan.plan` for how the budget turns this into a :class:`ModelConfig`.
+    """
+
+    num_experts: int | None = option(
+        None,
+        "number of SIREN experts, each learning its own region of the volume",
+        lo=1,
+        hi=64,
+        ui="basic",
+        label="Experts",
+        auto="2, or 1 where the budget would leave each of 2 narrower than 4",
+    )
+    top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")
+    expert_layers: int = option(3, "sine layers per expert", lo=1, hi=32, label="Expert layers")
+    hidden_features: int | None = option(
+        None,
+        "width of the encoder and experts",
+        lo=1,
+        hi=4096,
+        ui=None,
+        auto="the widest network whose file fits the budget",
+    )
+    w0: float = option(
+        30.0, "frequency factor of the hidden sine layers", lo=0, hi=1000, open_lo=True, ui=None
+    )
+    w0_first: float | None = option(
+        None,
+        "frequency factor of the first sine layer",
+        lo=0,
+        hi=1000,
+        open_lo=True,
+        ui=None,
+        auto="0.75 x width within [5, 30]",
+    )
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+        if self.num_experts is not None and self.top_k > self.num_experts:
+            raise ConfigError(
+                f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training schedule (paper §3.5, §4.1).
+
+    The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
+    learning rate decays exponentially from ``lr`` to ``lr * lr_final`` over that schedule, the
+    router freezes at ``freeze_router_at`` of it and the last ``qat_fraction`` of it trains with
+    the stored quantization in the loop (quantization-aware training, off by default).
+    """
+
+    steps: int = option(
+        2000, "optimiser steps", lo=1, hi=10**9, ui="basic", label="Steps", ui_step=100
+    )
+    time_limit: float | None = option(
+        None, "stop training after this many seconds", lo=0, open_lo=True, ui=None
+    )
+    batch_size: int = option(
+        16384,
+        "coordinates per optimiser step",
+        lo=1,
+        hi=1 << 26,
+        label="Batch size",
+        ui_max=1 << 22,
+        ui_step=1024,
+    )
+    lr: float = option(
+        2e-3,
+        "peak learning rate of Adam",
+        lo=0,
+        hi=1,
+        open_lo=True,
+        open_hi=True,
+        label="Learning rate",
+        ui_step=1e-4,
+    )
+    lr_final: float = option(
+        0.05, "final learning rate as a fraction of lr", lo=0, hi=1, open_lo=True, ui=None
+    )
+    balance_weight: float = option(
+        0.01,
+        "weight λ of the load-balancing loss (paper Eq. 3)",
+        lo=0,
+        label="Balance λ",
+        ui_max=10.0,
+        ui_step=0.005,
+    )
+    capacity_factor: float = option(
+        1.25,
+        "expert capacity factor Cf (slots = Cf·k·B/n)",
+        lo=0,
+        open_lo=True,
+        label="Capacity factor",
+        ui_max=8.0,
+        ui_step=0.05,
+    )
+    freeze_router_at: float = option(
+        0.6,
+        "fraction of the schedule after which the router is frozen",
+        lo=0,
+        hi=1,
+        label="Freeze router at",
+    )
+    #: Off by default: measured on hipct 64x (1500 steps), QAT in the last 10% gave 30.83 dB
+    #: against 31.31 dB for post-training quantization, because the rate controller then
+    #: stores the weights on a finer grid than the nominal one QAT trained for.
+    qat_fraction: float = option(
+        0.0,
+        "final fraction of the schedule trained with the stored quantization in the loop",
+        lo=0,
+        hi=1,
+        open_hi=True,
+        ui=None,
+    )
+    report_every: int = option(10, "steps between loss/PSNR measurements", lo=1, hi=10**6, ui=None)
+    seed: int = option(
+        0, "random seed (same seed, same file)", lo=0, hi=2**63 - 1, label="Seed", ui_max=2**31 - 1
+    )
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the weights are stored.
+
+    ``precision`` is one of :data:`PRECISIONS`. For ``intN`` the integers are entropy coded
+    (``entropy=True``) with a per-tensor parametric model, and ``per_channel`` selects one scale
+    per output row (paper A3's per-channel int8) instead of one per tensor.
+    """
+
+    precision: str = option(
+        "int8", "stored precision of the weights", choices=PRECISIONS, label="Stored precision"
+    )
+    per_channel: bool = option(False, "one quantization scale per output channel", ui=None)
+    entropy: bool = option(True, "entropy-code the quantized integers", ui=None)
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+        if self.is_float and (self.per_channel or not self.entropy):
+            # Float formats are stored raw: per_channel/entropy are meaningless there.
+            object.__setattr__(self, "per_channel", False)
+            object.__setattr__(self, "entropy", True)
+
+    @property
+    def is_float(self) -> bool:
+        return self.precision.startswith("fp")
+
+    @property
+    def bits(self) -> int:
+        return int(self.precision[2:] if self.is_float else self.precision[3:])
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """When :class:`~napari_moec.training.Compressor` yields live previews, and their cost.
+
+    A preview comes every ``every_steps`` optimiser steps and/or every ``every_seconds`` of
+    training (whichever is due first; None disables that trigger), and always once when training
+    ends, before the result. Scheduling by steps makes what a front end sees independent of the
+    machine's speed; seconds keep the picture fresh on slow machines.
+
+    Each preview decodes the whole volume on a strided grid of at most ``voxels`` voxels plus the
+    regions a front end asked for (:meth:`~napari_moec.training.Compressor.request_regions`,
+    e.g. the plane shown in napari) at full resolution, each clipped to ``region_voxels``: the
+    cost of a preview is bounded by ``voxels + regions * region_voxels`` network evaluations.
+    """
+
+    every_steps: int | None = None
+    every_seconds: float | None = None
+    voxels: int = 1 << 16
+    region_voxels: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.every_steps is not None and (
+            isinstance(self.every_steps, bool)
+            or not isinstance(self.every_steps, int)
+            or self.every_steps < 1
+        ):
+            raise ConfigError(f"every_steps must be a positive integer, got {self.every_steps!r}")
+        if self.every_seconds is not None and not self.every_seconds >= 0:
+            raise ConfigError(f"every_seconds must be >= 0, got {self.every_seconds!r}")
+        for name in ("voxels", "region_voxels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_steps is not None or self.every_seconds is not None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a MoE SIREN (paper §3, Fig. 2).
+    """The concrete architecture of a MoE SIREN (paper §3, Fig. 2): what a file stores.
 
     Parameters
     ----------
@@ -63,82 +372,6 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 < value <= 1000.0:
                 raise ConfigError(f"{name} must be in (0, 1000], got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training schedule (paper §3.5, §4.1).
-
-    The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
-    learning rate decays exponentially from ``lr`` to ``lr * lr_final`` over that schedule, the
-    router freezes at ``freeze_router_at`` of it and the last ``qat_fraction`` of it trains with
-    the stored quantization in the loop (quantization-aware training, off by default).
-    """
-
-    steps: int = 2000
-    time_limit: float | None = None
-    batch_size: int = 16384
-    lr: float = 2e-3
-    lr_final: float = 0.05
-    balance_weight: float = 0.01
-    capacity_factor: float = 1.25
-    freeze_router_at: float = 0.6
-    #: Off by default: measured on hipct 64x (1500 steps), QAT in the last 10% gave 30.83 dB
-    #: against 31.31 dB for post-training quantization, because the rate controller then
-    #: stores the weights on a finer grid than the nominal one QAT trained for.
-    qat_fraction: float = 0.0
-    report_every: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_int("steps", self.steps, 1, 10**9)
-        _check_int("batch_size", self.batch_size, 1, 1 << 26)
-        _check_int("report_every", self.report_every, 1, 10**6)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ConfigError(f"time_limit must be > 0 seconds, got {self.time_limit!r}")
-        if not 0 < self.lr < 1:
-            raise ConfigError(f"lr must be in (0, 1), got {self.lr!r}")
-        if not 0 < self.lr_final <= 1:
-            raise ConfigError(f"lr_final must be in (0, 1], got {self.lr_final!r}")
-        if not self.balance_weight >= 0:
-            raise ConfigError(f"balance_weight must be >= 0, got {self.balance_weight!r}")
-        if not self.capacity_factor > 0:
-            raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor!r}")
-        if not 0 <= self.freeze_router_at <= 1:
-            raise ConfigError(f"freeze_router_at must be in [0, 1], got {self.freeze_router_at!r}")
-        if not 0 <= self.qat_fraction < 1:
-            raise ConfigError(f"qat_fraction must be in [0, 1), got {self.qat_fraction!r}")
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How the weights are stored.
-
-    ``precision`` is one of :data:`PRECISIONS`. For ``intN`` the integers are entropy coded
-    (``entropy=True``) with a per-tensor parametric model, and ``per_channel`` selects one scale
-    per output row (paper A3's per-channel int8) instead of one per tensor.
-    """
-
-    precision: str = "int8"
-    per_channel: bool = False
-    entropy: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.is_float and (self.per_channel or not self.entropy):
-            # Float formats are stored raw: per_channel/entropy are meaningless there.
-            object.__setattr__(self, "per_channel", False)
-            object.__setattr__(self, "entropy", True)
-
-    @property
-    def is_float(self) -> bool:
-        return self.precision.startswith("fp")
-
-    @property
-    def bits(self) -> int:
-        return int(self.precision[2:] if self.is_float else self.precision[3:])
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:

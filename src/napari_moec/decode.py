@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .nn.moe import MoESiren
 from .sampling import axis_coords
 
-__all__ = ["evaluate", "parse_roi"]
+__all__ = ["evaluate", "evaluate_with_labels", "grid_shape", "parse_roi"]
 
 #: Voxels per forward pass when decoding: bounds memory at ~100 MB for width-64 networks.
 CHUNK_VOXELS = 1 << 17
@@ -72,6 +72,13 @@ def _strides(stride, ndim: int) -> tuple[int, ...]:
     return strides
 
 
+def grid_shape(shape: Sequence[int], roi=None, stride=1) -> tuple[int, ...]:
+    """Shape of the grid ``roi[::stride]`` of a volume of ``shape`` (no decoding)."""
+    slices = parse_roi(roi, shape)
+    strides = _strides(stride, len(shape))
+    return tuple(len(range(s.start, s.stop, st)) for s, st in zip(slices, strides, strict=True))
+
+
 @torch.no_grad()
 def evaluate(
     model: MoESiren,
@@ -85,6 +92,26 @@ def evaluate(
 ) -> np.ndarray:
     """Network output on ``roi[::stride]``: normalised float32 values, or top-1 expert labels
     (uint8) with ``labels=True``. Routing is dropless: every voxel gets its experts."""
+    kind = "labels" if labels else "values"
+    return _evaluate(model, shape, roi, stride, kind, device, chunk_voxels)[kind == "labels"]
+
+
+@torch.no_grad()
+def evaluate_with_labels(
+    model: MoESiren,
+    shape: Sequence[int],
+    roi=None,
+    stride=1,
+    *,
+    device: torch.device | str | None = None,
+    chunk_voxels: int = CHUNK_VOXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values and labels of :func:`evaluate` from one pass of the network (the encoder and
+    router run once for both)."""
+    return _evaluate(model, shape, roi, stride, "both", device, chunk_voxels)
+
+
+def _evaluate(model, shape, roi, stride, kind, device, chunk_voxels):
     slices = parse_roi(roi, shape)
     strides = _strides(stride, len(shape))
     axes = [
@@ -94,7 +121,8 @@ def evaluate(
     total = math.prod(out_shape)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     axes_t = [torch.from_numpy(a).to(device) for a in axes]
-    out = np.empty(total, dtype=np.uint8 if labels else np.float32)
+    values = np.empty(total, dtype=np.float32) if kind != "labels" else None
+    labels = np.empty(total, dtype=np.uint8) if kind != "values" else None
     was_training = model.training
     model.eval()
     try:
@@ -105,8 +133,18 @@ def evaluate(
                 coords.append(a[flat % size])
                 flat = torch.div(flat, size, rounding_mode="floor")
             x = torch.stack(coords[::-1], dim=1)
-            y = model.expert_labels(x).to(torch.uint8) if labels else model(x).value[:, 0]
-            out[begin : begin + len(y)] = y.cpu().numpy()
+            end = begin + x.shape[0]
+            if kind == "labels":
+                labels[begin:end] = model.expert_labels(x).to(torch.uint8).cpu().numpy()
+            elif kind == "values":
+                values[begin:end] = model(x).value[:, 0].cpu().numpy()
+            else:
+                value, top1 = model.decode(x)
+                values[begin:end] = value[:, 0].cpu().numpy()
+                labels[begin:end] = top1.to(torch.uint8).cpu().numpy()
     finally:
         model.train(was_training)
-    return out.reshape(out_shape)
+    return (
+        None if values is None else values.reshape(out_shape),
+        None if labels is None else labels.reshape(out_shape),
+    )

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import ModelConfig
 
-__all__ = ["Finalizing", "Preview", "Progress", "Started", "TrainEvent"]
+__all__ = ["Finalizing", "Preview", "Progress", "RegionPreview", "Started", "TrainEvent"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,28 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class RegionPreview:
+    """A region a front end asked for (e.g. the plane shown), decoded at full resolution.
+
+    ``roi`` is one ``slice(start, stop)`` per axis; ``image``/``labels`` have its shape.
+    """
+
+    roi: tuple[slice, ...]
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
 class Preview:
-    """The current reconstruction and expert partition on the grid ``[::stride]``."""
+    """The current reconstruction and expert partition: the whole volume on the grid
+    ``[::stride]`` (``image``, ``labels``, raw expert indices) and, at full resolution, the
+    regions requested with :meth:`~napari_moec.training.Compressor.request_regions`."""
 
     step: int
     stride: tuple[int, ...]
     image: np.ndarray
     labels: np.ndarray
+    regions: tuple[RegionPreview, ...] = ()
 
 
 @dataclass(frozen=True)

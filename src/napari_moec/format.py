@@ -29,7 +29,26 @@ Header JSON (sorted keys; required unless marked optional):
     "t"   optional: training summary {"steps": int, "psnr": float, "seconds": float,
           "device": str}
 
-Payload. Tensors come in ``MoESiren.named_parameters()`` order; their shapes follow from "m".
+Payload. The stored tensors and their order are part of this spec, not of the network code:
+with H = hidden_features, G = gate_hidden, n = num_experts, L = expert_layers, I =
+in_features, O = out_features (all from "m")::
+
+    #   name                 shape        role
+    1   encoder.weight       (H, I)       first sine layer, y = sin(w0_first (W x + b))
+    2   encoder.bias         (H,)
+    3   gate.0.weight        (G, H)       router, only when n > 1: ReLU(W x + b)
+    4   gate.0.bias          (G,)
+    5   gate.1.weight        (G, G)       ReLU(W x + b)
+    6   gate.1.bias          (G,)
+    7   gate.2.weight        (n, G)       expert logits W x + b (softmax, top-k)
+    8   gate.2.bias          (n,)
+    .   experts.l.weight     (n, H, H)    l = 0..L-1, expert e: y = sin(w0 (x W[e] + b[e]))
+    .   experts.l.bias       (n, 1, H)    l = 0..L-1 (all weights first, then all biases)
+    .   decoder.weight       (O, H)       y = W x + b on the gate-weighted expert output
+    .   decoder.bias         (O,)
+
+Linear layers store (out, in) and compute ``W x``; the batched experts store (in, out) and
+compute ``x W``. :func:`parameter_layout` returns this table for a given "m".
 
 * ``fp32``/``fp16``: the tensors' values, concatenated, raw little-endian floats.
 * ``intN``: (1) float16 scales, per tensor in order: 1 value, or with per_channel one per row
@@ -51,7 +70,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -60,18 +79,23 @@ import torch
 from . import entropy
 from .config import ModelConfig, QuantConfig
 from .errors import ConfigError, MoecFormatError, UnsupportedVersionError
-from .nn.moe import MoESiren
 from .quantize import MAX_LEVEL, dequantize, quantize
-from .sampling import SUPPORTED_DTYPES
+from .volumes import SUPPORTED_DTYPES, check_axes
 
 __all__ = [
     "MAGIC",
     "VERSION",
     "Header",
+    "TrainingSummary",
+    "count_parameters",
     "fixed_overhead",
+    "frame",
+    "int_side_bytes",
     "pack",
-    "parameter_shapes",
+    "pack_payload",
+    "parameter_layout",
     "unpack",
+    "unpack_payload",
 ]
 
 MAGIC = b"\x89MoE\r\n\x1a\n"
@@ -89,6 +113,47 @@ HEADER_DICT = (
 )
 _REQUIRED = {"s", "a", "d", "r", "n", "m", "q"}
 _KNOWN = _REQUIRED | {"sp", "u", "t"}
+_SUMMARY_KEYS = {"steps", "psnr", "seconds", "device"}
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """The optional training summary "t" of a file: how its weights were made.
+
+    ``psnr`` is over the original's data range, measured on the weights as stored (None when
+    unknown); ``seconds`` is wall-clock training time; ``device`` "cpu" or "cuda".
+    """
+
+    steps: int
+    psnr: float | None
+    seconds: float
+    device: str
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "psnr": self.psnr,
+            "seconds": self.seconds,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> TrainingSummary:
+        if not isinstance(doc, dict) or not set(doc) >= _SUMMARY_KEYS:
+            raise MoecFormatError(f"training summary must hold {sorted(_SUMMARY_KEYS)}")
+        steps, psnr, seconds, device = (doc[k] for k in ("steps", "psnr", "seconds", "device"))
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise MoecFormatError(f"invalid training steps {steps!r}")
+        for name, value in (("psnr", psnr), ("seconds", seconds)):
+            if value is None and name == "psnr":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise MoecFormatError(f"invalid training {name} {value!r}")
+            if not math.isfinite(value):
+                raise MoecFormatError(f"invalid training {name} {value!r}")
+        if not isinstance(device, str) or len(device) > 16:
+            raise MoecFormatError(f"invalid training device {device!r}")
+        return cls(steps, None if psnr is None else float(psnr), float(seconds), device)
 
 
 @dataclass(frozen=True)
@@ -105,7 +170,12 @@ class Header:
     norm: tuple[float, float] = (-1.0, 1.0)
     spacing: tuple[float, ...] | None = None
     unit: str | None = None
-    train: dict = field(default_factory=dict)
+    train: TrainingSummary | None = None
+
+    @property
+    def original_nbytes(self) -> int:
+        """Bytes of the volume this header describes, in its dtype."""
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict:
         m = self.model
@@ -132,8 +202,8 @@ class Header:
             doc["sp"] = [_num(s) for s in self.spacing]
         if self.unit:
             doc["u"] = self.unit
-        if self.train:
-            doc["t"] = self.train
+        if self.train is not None:
+            doc["t"] = self.train.to_json()
         return doc
 
 
@@ -143,17 +213,36 @@ def _num(x: float) -> float | int:
     return int(x) if x.is_integer() and abs(x) < 2**53 else x
 
 
-def parameter_shapes(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of the stored tensors, in file order (no memory allocated)."""
-    return list(_parameter_shapes(model))
+@lru_cache(maxsize=64)  # rate control asks ~25 times per file
+def parameter_layout(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Names and shapes of the stored tensors, in file order: the table of the module docstring.
+
+    Computed from the architecture alone (no network is built), so the file format does not
+    depend on how ``nn/`` names its attributes.
+    """
+    h, g, n = model.hidden_features, model.gate_hidden, model.num_experts
+    layout: list[tuple[str, tuple[int, ...]]] = [
+        ("encoder.weight", (h, model.in_features)),
+        ("encoder.bias", (h,)),
+    ]
+    if n > 1:
+        layout += [
+            ("gate.0.weight", (g, h)),
+            ("gate.0.bias", (g,)),
+            ("gate.1.weight", (g, g)),
+            ("gate.1.bias", (g,)),
+            ("gate.2.weight", (n, g)),
+            ("gate.2.bias", (n,)),
+        ]
+    layout += [(f"experts.{i}.weight", (n, h, h)) for i in range(model.expert_layers)]
+    layout += [(f"experts.{i}.bias", (n, 1, h)) for i in range(model.expert_layers)]
+    layout += [("decoder.weight", (model.out_features, h)), ("decoder.bias", (model.out_features,))]
+    return tuple(layout)
 
 
-@lru_cache(maxsize=64)
-def _parameter_shapes(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    # Building even a meta-device network takes ~8 ms of Python; rate control asks ~25 times.
-    with torch.device("meta"):
-        net = MoESiren(model)
-    return tuple((name, tuple(p.shape)) for name, p in net.named_parameters())
+def count_parameters(model: ModelConfig) -> int:
+    """Stored parameters of ``model``."""
+    return sum(math.prod(shape) for _, shape in parameter_layout(model))
 
 
 def _scale_count(shape: tuple[int, ...], per_channel: bool) -> int:
@@ -173,29 +262,44 @@ def fixed_overhead(header: Header) -> int:
 
 def int_side_bytes(model: ModelConfig, quant: QuantConfig) -> int:
     """Payload bytes of an ``intN`` file besides the coded stream: scales, models, radius."""
-    shapes = [s for _, s in parameter_shapes(model)]
+    shapes = [s for _, s in parameter_layout(model)]
     return sum(2 * _scale_count(s, quant.per_channel) + 1 for s in shapes) + 2
 
 
-def pack(header: Header, state: dict[str, torch.Tensor], step: float = 1.0) -> bytes:
-    """Serialise a header and the network's float weights (quantized with ``step``)."""
-    shapes = parameter_shapes(header.model)
-    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in shapes]
-    quant = header.quant
+def pack_payload(
+    model: ModelConfig,
+    quant: QuantConfig,
+    state: dict[str, torch.Tensor],
+    multiplier: float = 1.0,
+) -> bytes:
+    """The payload bytes of a network's float weights ``state`` (keyed by layout names).
+
+    For ``intN`` the nominal quantization scale of every tensor is multiplied by
+    ``multiplier`` (> 1 coarser, < 1 finer): the rate controller's knob.
+    """
+    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in parameter_layout(model)]
     if quant.is_float:
         dtype = "<f4" if quant.precision == "fp32" else "<f2"
-        payload = b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
-    else:
-        ints, scales = zip(
-            *(quantize(t, quant.bits, quant.per_channel, step) for t in tensors), strict=True
-        )
-        q = [i.numpy() for i in ints]
-        radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))
-        models = [entropy.choose_model(a, radius) for a in q] if quant.entropy else [0] * len(q)
-        payload = b"".join(
-            [s.numpy().astype("<f2").tobytes() for s in scales]
-            + [bytes(models), struct.pack("<H", radius), entropy.encode(q, models, radius)]
-        )
+        return b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
+    ints, scales = zip(
+        *(quantize(t, quant.bits, quant.per_channel, multiplier) for t in tensors), strict=True
+    )
+    q = [i.numpy() for i in ints]
+    radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))
+    models = [entropy.choose_model(a, radius) for a in q] if quant.entropy else [0] * len(q)
+    return b"".join(
+        [s.numpy().astype("<f2").tobytes() for s in scales]
+        + [bytes(models), struct.pack("<H", radius), entropy.encode(q, models, radius)]
+    )
+
+
+def pack(header: Header, state: dict[str, torch.Tensor], multiplier: float = 1.0) -> bytes:
+    """A whole file: ``header`` and the weights ``state`` (see :func:`pack_payload`)."""
+    return frame(header, pack_payload(header.model, header.quant, state, multiplier))
+
+
+def frame(header: Header, payload: bytes) -> bytes:
+    """Prefix, compressed header, ``payload`` and CRC: a file around already packed weights."""
     head = _encode_header(header)
     if len(head) > MAX_HEADER_SIZE:
         raise ConfigError(f"header too large: {len(head)} bytes > {MAX_HEADER_SIZE}")
@@ -204,7 +308,7 @@ def pack(header: Header, state: dict[str, torch.Tensor], step: float = 1.0) -> b
 
 
 def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | None]:
-    """Parse and validate a whole file; return its header and float32 weights.
+    """Parse and validate a whole file; return its header and float32 weights (layout names).
 
     With ``decode_weights=False`` the payload is only length-checked (``moec info``).
     """
@@ -225,7 +329,7 @@ def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | 
         raise MoecFormatError(f"bad header length {hlen=} for a {len(data)}-byte file")
     header = _decode_header(data[_PREFIX.size : _PREFIX.size + hlen], minor)
     payload = data[_PREFIX.size + hlen : -_CRC.size]
-    weights = _decode_payload(header, payload, decode_weights)
+    weights = unpack_payload(header.model, header.quant, payload, decode_weights=decode_weights)
     return header, weights
 
 
@@ -277,14 +381,10 @@ def _header_from_json(doc: dict) -> Header:
     shape = _ints(doc["s"], 3, 4, 1, 1 << 24, "shape")
     if math.prod(shape) > 1 << 40:
         raise MoecFormatError(f"shape {shape} is too large")
-    axes = doc["a"]
-    if (
-        not isinstance(axes, str)
-        or len(axes) != len(shape)
-        or len(set(axes)) != len(axes)
-        or not set(axes) <= set("TCZYX")
-    ):
-        raise MoecFormatError(f"invalid axes {axes!r} for shape {shape}")
+    try:
+        axes = check_axes(doc["a"], len(shape))
+    except ConfigError:
+        raise MoecFormatError(f"invalid axes {doc['a']!r} for shape {shape}") from None
     if doc["d"] not in SUPPORTED_DTYPES:
         raise MoecFormatError(f"unsupported dtype {doc['d']!r}")
     vmin, vmax = _floats(doc["r"], 2, "range")
@@ -314,18 +414,19 @@ def _header_from_json(doc: dict) -> Header:
     unit = doc.get("u")
     if unit is not None and (not isinstance(unit, str) or len(unit) > 16):
         raise MoecFormatError(f"invalid spacing unit {unit!r}")
-    train = doc.get("t", {})
-    if not isinstance(train, dict):
-        raise MoecFormatError("training summary must be an object")
+    train = None if "t" not in doc else TrainingSummary.from_json(doc["t"])
     return Header(shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train)
 
 
-def _decode_payload(header: Header, payload: bytes, decode_weights: bool) -> dict | None:
-    shapes = parameter_shapes(header.model)
+def unpack_payload(
+    model: ModelConfig, quant: QuantConfig, payload: bytes, *, decode_weights: bool = True
+) -> dict[str, torch.Tensor] | None:
+    """Validate a payload against the architecture and return its float32 weights by layout
+    name (None with ``decode_weights=False``). Raises MoecFormatError for any inconsistency."""
+    shapes = parameter_layout(model)
     counts = [math.prod(s) for _, s in shapes]
     if sum(counts) > MAX_PARAMETERS:
         raise MoecFormatError(f"model has {sum(counts)} parameters > {MAX_PARAMETERS}")
-    quant = header.quant
     if quant.is_float:
         itemsize = quant.bits // 8
         if len(payload) != sum(counts) * itemsize:
@@ -338,7 +439,7 @@ def _decode_payload(header: Header, payload: bytes, decode_weights: bool) -> dic
         values = np.split(flat.astype(np.float32), np.cumsum(counts)[:-1])
     else:
         n_scales = [_scale_count(s, quant.per_channel) for _, s in shapes]
-        side = int_side_bytes(header.model, quant)
+        side = int_side_bytes(model, quant)
         if len(payload) < side or (len(payload) - side) % 4:
             raise MoecFormatError(f"payload of {len(payload)} bytes does not fit the model")
         if not decode_weights:

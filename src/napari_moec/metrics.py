@@ -15,7 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["SSIM_WINDOW", "psnr", "ssim", "ssim_applies"]
+
+#: Side of SSIM's cubic window (skimage's default): volumes thinner than this have no SSIM.
+SSIM_WINDOW = 7
 
 
 def _data_range(reference: np.ndarray, data_range) -> float:
@@ -36,7 +39,14 @@ def psnr(reference: np.ndarray, test: np.ndarray, data_range=None) -> float:
     return float(10.0 * np.log10(_data_range(reference, data_range) ** 2 / mse))
 
 
-def ssim(reference: np.ndarray, test: np.ndarray, data_range=None, win_size: int = 7) -> float:
+def ssim_applies(shape) -> bool:
+    """Whether a volume of ``shape`` is thick enough for 3D SSIM (every spatial side >= 7)."""
+    return min(shape[-3:]) >= SSIM_WINDOW
+
+
+def ssim(
+    reference: np.ndarray, test: np.ndarray, data_range=None, win_size: int = SSIM_WINDOW
+) -> float:
     """Mean structural similarity over 3D windows (see module docstring)."""
     if reference.ndim == 4:
         return float(

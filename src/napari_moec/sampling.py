@@ -1,4 +1,4 @@
-"""Volumes as the network sees them: validation, intensity normalisation and coordinates.
+"""Volumes as the network sees them: intensity normalisation and coordinates.
 
 A voxel index ``i`` along an axis of ``N`` voxels maps to the coordinate ``-1 + 2 i / (N - 1)``
 (0 when N is 1), so the corner voxels sit exactly on the cube's corners and a strided or ROI
@@ -13,44 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
-
-__all__ = [
-    "SUPPORTED_DTYPES",
-    "Normalization",
-    "axis_coords",
-    "check_volume",
-    "flat_index_coords",
-]
-
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
-
-
-def check_volume(array: object) -> np.ndarray:
-    """Return ``array`` as an ndarray, or raise :class:`ConfigError` naming what is wrong."""
-    if not isinstance(array, np.ndarray):
-        try:
-            array = np.asarray(array)
-        except Exception as exc:
-            raise ConfigError(f"input is not an array: {type(array).__name__}") from exc
-    if array.dtype.name not in SUPPORTED_DTYPES:
-        raise ConfigError(
-            f"unsupported dtype {array.dtype.name}: expected one of {', '.join(SUPPORTED_DTYPES)}"
-        )
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
-        raise ConfigError(
-            f"shape {array.shape} looks like an RGB(A) image; MoEC compresses 3D/4D volumes"
-        )
-    if array.ndim not in (3, 4) or sum(n > 1 for n in array.shape) < 3:
-        raise ConfigError(
-            f"expected a 3D (ZYX) or 4D (TZYX/CZYX) volume with at least 3 axes longer than 1, "
-            f"got shape {array.shape}"
-        )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ConfigError("volume contains NaN or infinite values")
-    if array.min() == array.max():
-        raise ConfigError(f"volume is constant (every voxel is {array.flat[0]}); nothing to learn")
-    return array
+__all__ = ["Normalization", "axis_coords", "flat_index_coords"]
 
 
 @dataclass(frozen=True)

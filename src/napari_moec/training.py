@@ -6,55 +6,38 @@ worker thread (``worker.pause()`` acts between yields, which come once per optim
 calls :meth:`Compressor.stop` to end training early, which still quantizes, codes and returns
 the best model so far. Paper §3.5/§4.1: joint router + expert training with MSE plus the
 balance loss, expert capacity with uniform dispatch, router frozen late in the schedule.
+
+Planning (checks, sizing) is :mod:`napari_moec.plan`; storing the result at the finest
+quantization that fits is :mod:`napari_moec.rate`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from collections.abc import Generator
-from dataclasses import replace
+from collections.abc import Generator, Sequence
 
 import numpy as np
 import torch
 from torch.func import functional_call
 
-from .budget import (
-    DEFAULT_EXPERTS,
-    budget_nbytes,
-    count_parameters,
-    first_layer_w0,
-    gate_width,
-    predict_nbytes,
-    size_model,
-    size_model_auto_experts,
-    summary_for,
-    summary_reserve,
-)
-from .compressed import Compressed
-from .config import ModelConfig, QuantConfig, TrainConfig
-from .decode import evaluate
-from .errors import ConfigError, TrainingError
-from .events import Finalizing, Preview, Progress, Started, TrainEvent
-from .format import Header, pack
-from .metrics import psnr, ssim
+from .compressed import Compressed, Report, model_from_weights
+from .config import ArchConfig, PreviewConfig, QuantConfig, TrainConfig
+from .decode import evaluate_with_labels, grid_shape, parse_roi
+from .devices import check_threads, resolve_device
+from .errors import TrainingError
+from .events import Finalizing, Preview, Progress, RegionPreview, Started, TrainEvent
+from .format import TrainingSummary, unpack_payload
+from .metrics import psnr, ssim, ssim_applies
 from .nn.moe import MoESiren
+from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
-from .sampling import Normalization, check_volume, flat_index_coords
+from .rate import fit_payload, frame_with_summary, payload_budget
+from .sampling import Normalization, flat_index_coords
+from .volumes import check_volume
 
-__all__ = ["Compressor", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when present, else CPU; anything else must exist."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available")
-    return device
+__all__ = ["Compressor"]
 
 
 class Compressor:
@@ -66,26 +49,19 @@ class Compressor:
         3D (ZYX) or 4D (TZYX/CZYX) array of uint8, uint16, int16 or float32.
     ratio : float
         Target ``original bytes / file bytes``; the file is guaranteed to be no larger.
+    arch, train, quant
+        Architecture choices (:class:`ArchConfig`; by default the width, the number of experts
+        and the first layer's ω0 follow from the budget, see :func:`~napari_moec.plan.plan`),
+        schedule (:class:`TrainConfig`) and stored precision (:class:`QuantConfig`).
     axes, spacing, unit
         Stored in the file (axes default to "ZYX"/"TZYX").
-    num_experts, top_k, expert_layers, w0, w0_first
-        Architecture. ``num_experts=None``: 2 experts, or 1 where the budget would leave
-        each of 2 narrower than 4 (:func:`~napari_moec.budget.size_model_auto_experts`).
-        The width follows from the budget unless ``hidden_features`` is given,
-        and the first layer's ω0 from the width unless ``w0_first`` is given
-        (:func:`~napari_moec.budget.first_layer_w0`).
-    train, quant
-        Schedule and stored precision (:class:`TrainConfig`, :class:`QuantConfig`).
     device
         "auto" (CUDA if present), "cpu" or "cuda".
-    preview_every
-        Seconds of training between :class:`Preview` events; None for none.
-    preview_voxels
-        Upper bound on a preview's voxels (the stride is chosen to respect it).
+    preview
+        When to yield :class:`Preview` events and what they cost (:class:`PreviewConfig`);
+        None for no previews.
     threads
-        CPU threads for training (default: the cores this process may use). On a machine
-        busy with other jobs, fewer threads can be much faster: every small op waits at a
-        barrier for descheduled threads (docs/benchmarks.md).
+        CPU threads for training (default: the cores this process may use).
 
     Examples
     --------
@@ -98,106 +74,88 @@ class Compressor:
         volume: np.ndarray,
         ratio: float = 256.0,
         *,
+        arch: ArchConfig | None = None,
+        train: TrainConfig | None = None,
+        quant: QuantConfig | None = None,
         axes: str | None = None,
         spacing=None,
         unit: str | None = None,
-        num_experts: int | None = None,
-        top_k: int = 1,
-        expert_layers: int = 3,
-        w0: float = 30.0,
-        w0_first: float | None = None,
-        hidden_features: int | None = None,
-        train: TrainConfig | None = None,
-        quant: QuantConfig | None = None,
         norm_range: tuple[float, float] = (-1.0, 1.0),
         device: str | torch.device | None = None,
-        preview_every: float | None = None,
-        preview_voxels: int = 1 << 16,
+        preview: PreviewConfig | None = None,
         threads: int | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume
         self.train_config = train or TrainConfig()
-        quant = quant or QuantConfig()
         self.device = resolve_device(device)
-        axes = axes or ("ZYX" if volume.ndim == 3 else "TZYX")
-        if (
-            len(axes) != volume.ndim
-            or len(set(axes)) != volume.ndim
-            or not set(axes) <= set("TCZYX")
-        ):
-            raise ConfigError(f"axes {axes!r} do not fit a {volume.ndim}D volume (letters TCZYX)")
-        if spacing is not None:
-            spacing = tuple(float(s) for s in spacing)
-            if len(spacing) != volume.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-                raise ConfigError(f"spacing {spacing} must be {volume.ndim} positive numbers")
         self.normalization = Normalization.of(volume, *norm_range)
-        self.original_nbytes = volume.nbytes
-        self.budget = budget_nbytes(volume.nbytes, ratio)
-        base = Header(
-            shape=tuple(int(n) for n in volume.shape),
-            axes=axes,
-            dtype=volume.dtype.name,
-            vmin=self.normalization.vmin,
-            vmax=self.normalization.vmax,
-            model=ModelConfig(
-                in_features=volume.ndim,
-                num_experts=DEFAULT_EXPERTS if num_experts is None else num_experts,
-                top_k=top_k,
-                expert_layers=expert_layers,
-                w0=w0,
-                w0_first=30.0 if w0_first is None else w0_first,
-            ),
+        #: What will be stored and what it costs (header, budget, sized network).
+        self.plan: Plan = plan(
+            volume.shape,
+            volume.dtype,
+            ratio,
+            arch=arch,
             quant=quant,
-            norm=(float(norm_range[0]), float(norm_range[1])),
+            axes=axes,
             spacing=spacing,
             unit=unit,
+            value_range=(self.normalization.vmin, self.normalization.vmax),
+            norm_range=norm_range,
         )
-        if hidden_features is None and num_experts is None:
-            model = size_model_auto_experts(base, self.budget)
-        elif hidden_features is None:
-            model = size_model(base, self.budget)
-        else:
-            model = replace(
-                base.model,
-                hidden_features=hidden_features,
-                gate_hidden=gate_width(hidden_features),
-            )
-        if w0_first is None:
-            model = replace(model, w0_first=first_layer_w0(model.hidden_features))
-        self.header = replace(base, model=model)
-        summary = summary_for(self.header, self.budget)
-        #: Whether the file will hold the training summary (not in the tightest budgets).
-        self.stores_summary = bool(summary)
-        self.predicted_nbytes = predict_nbytes(replace(self.header, train=summary))
-        if quant.is_float and self.predicted_nbytes > self.budget:
-            raise ConfigError(
-                f"a width-{model.hidden_features} network needs {self.predicted_nbytes} bytes, "
-                f"over the {self.budget}-byte budget"
-            )
-        self.num_parameters = count_parameters(model)
-        self.preview_every = preview_every
-        self.preview_voxels = preview_voxels
-        if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            threads = threads or os.cpu_count() or 1
-        if not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-        self.threads = threads
+        self.preview = preview or PreviewConfig()
+        self.threads = check_threads(threads)
         self._stop = threading.Event()
+        self._regions_lock = threading.Lock()
+        self._regions: tuple[tuple[slice, ...], ...] = ()
         #: The network being trained (None before ``run`` starts). Read it only between
-        #: events, from the thread that drives ``run`` (e.g. to decode a plane for a preview).
+        #: events, from the thread that drives ``run``.
         self.model: MoESiren | None = None
 
+    # -- what the plan decided -------------------------------------------------------------
     @property
-    def model_config(self) -> ModelConfig:
-        return self.header.model
+    def header(self):
+        return self.plan.header
 
+    @property
+    def budget(self) -> int:
+        return self.plan.budget
+
+    @property
+    def model_config(self):
+        return self.plan.model
+
+    # -- control from other threads --------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`run` to end training at the next step and finish with the best model."""
         self._stop.set()
 
+    def request_regions(self, rois: Sequence) -> None:
+        """Decode these regions at full resolution in every following :class:`Preview`.
+
+        Thread-safe: a front end calls it whenever the user's view changes (e.g. the plane
+        shown in napari: one ROI with the non-displayed axes fixed). Each ROI is as in
+        :meth:`Compressed.decode`; regions larger than ``preview.region_voxels`` are skipped.
+        """
+        shape = self.header.shape
+        checked = []
+        for roi in rois:
+            slices = parse_roi(roi, shape)
+            if math.prod(s.stop - s.start for s in slices) <= self.preview.region_voxels:
+                checked.append(slices)
+        with self._regions_lock:
+            self._regions = tuple(checked)
+
     # ------------------------------------------------------------------------------------
+    def fit(self) -> Compressed:
+        """Run to the end, ignoring the events: the blocking form of :meth:`run`."""
+        run = self.run()
+        while True:
+            try:
+                next(run)
+            except StopIteration as done:
+                return done.value
+
     def run(self) -> Generator[TrainEvent, None, Compressed]:
         """Train, then quantize and code. Yields events; returns the :class:`Compressed`."""
         device = self.device
@@ -206,7 +164,8 @@ class Compressor:
             # set_num_threads is per thread here: a worker thread starts with its own default.
             torch.set_num_threads(self.threads)
         try:
-            model, steps, seconds, stopped = yield from self._train(device)
+            model, steps, seconds = yield from self._train(device)
+            stopped = self._stop.is_set()
             yield Finalizing(step=steps, stopped=stopped)
             return self._finish(model, steps, seconds, stopped, device)
         finally:
@@ -231,13 +190,13 @@ class Compressor:
         # fused: one kernel per step instead of ~64 small ops (the CPU profile's advice).
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
         yield Started(
-            cfg.steps,
-            cfg.time_limit,
-            self.num_parameters,
-            self.predicted_nbytes,
-            self.budget,
-            str(device),
-            mcfg,
+            total_steps=cfg.steps,
+            time_limit=cfg.time_limit,
+            num_parameters=self.plan.num_parameters,
+            predicted_nbytes=self.plan.predicted_nbytes,
+            budget_nbytes=self.budget,
+            device=str(device),
+            model=mcfg,
         )
 
         step, active = 0, 0.0
@@ -252,7 +211,7 @@ class Compressor:
         loss_value, psnr_value = math.nan, math.nan
         load_value = np.full(mcfg.num_experts, 1.0 / mcfg.num_experts)
         drop_value = 0.0
-        next_preview = self.preview_every
+        schedule = _PreviewSchedule(self.preview)
         while not self._stop.is_set():
             progress = step / cfg.steps
             if cfg.time_limit:
@@ -316,114 +275,112 @@ class Compressor:
                 eta = min(eta, max(0.0, cfg.time_limit - active))
             phase = "qat" if qat else ("frozen" if frozen and mcfg.num_experts > 1 else "train")
             yield Progress(
-                step,
-                cfg.steps,
-                loss_value,
-                psnr_value,
-                load_value,
-                drop_value,
-                lr,
-                active,
-                eta,
-                phase,
+                step=step,
+                total_steps=cfg.steps,
+                loss=loss_value,
+                psnr=psnr_value,
+                expert_load=load_value,
+                dropped_fraction=drop_value,
+                lr=lr,
+                elapsed=active,
+                eta=eta,
+                phase=phase,
             )
-            if next_preview is not None and active >= next_preview:
-                next_preview = active + self.preview_every
+            if schedule.due(step, active):
                 yield self._preview(model, step, device)
 
+        if self.preview.enabled and schedule.last_step != step:
+            # Always one preview of the end of training, before the result (which takes a
+            # moment more to quantize, code and measure).
+            yield self._preview(model, step, device)
         if best_state is not None:
             model.load_state_dict(best_state)
-        return model, step, active, self._stop.is_set()
+        return model, step, active
 
     def preview_stride(self) -> tuple[int, ...]:
+        """The stride of a preview's whole-volume grid: at most ``preview.voxels`` voxels."""
         shape = self.header.shape
         spatial = shape[-3:]
-        s = max(1, math.ceil((math.prod(shape) / self.preview_voxels) ** (1 / len(spatial))))
+        s = max(1, math.ceil((math.prod(shape) / self.preview.voxels) ** (1 / len(spatial))))
         return (1,) * (len(shape) - 3) + tuple(min(s, n) for n in spatial)
 
+    def preview_shape(self) -> tuple[int, ...]:
+        """Shape of a preview's whole-volume grid."""
+        return grid_shape(self.header.shape, None, self.preview_stride())
+
     def _preview(self, model: MoESiren, step: int, device) -> Preview:
+        shape, dtype = self.header.shape, self.volume.dtype
         stride = self.preview_stride()
-        values = evaluate(model, self.header.shape, None, stride, device=device)
-        labels = evaluate(model, self.header.shape, None, stride, labels=True, device=device)
-        image = self.normalization.invert(values, self.volume.dtype)
-        return Preview(step, stride, image, labels)
+        values, labels = evaluate_with_labels(model, shape, None, stride, device=device)
+        with self._regions_lock:
+            rois = self._regions
+        regions = []
+        for roi in rois:
+            r_values, r_labels = evaluate_with_labels(model, shape, roi, 1, device=device)
+            regions.append(RegionPreview(roi, self.normalization.invert(r_values, dtype), r_labels))
+        image = self.normalization.invert(values, dtype)
+        return Preview(step=step, stride=stride, image=image, labels=labels, regions=tuple(regions))
 
     # ------------------------------------------------------------------------------------
-    def _finish(self, model, steps, seconds, stopped, device) -> Compressed:
-        """Quantize, code and measure the trained network; the returned file fits the budget.
-
-        Rate control runs on the header *without* the training summary, against the budget
-        minus a fixed reservation for it. So the quantization step, and with it the stored
-        weights, never depend on the summary's contents (wall-clock seconds, PSNR): the same
-        seed gives the same weights on every run. The summary, with the PSNR of exactly these
-        weights, is then written into the reserved bytes (or left out in the rare case that it
-        does not fit them).
+    def _finish(
+        self, model: MoESiren, steps: int, seconds: float, stopped: bool, device
+    ) -> Compressed:
+        """Store the trained weights at the finest quantization that fits (:mod:`rate`),
+        decode them once as the file holds them, measure, and frame the file with its summary.
         """
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        run = {"steps": steps, "seconds": seconds, "device": str(device), "stopped_early": stopped}
-        reserve = summary_reserve(self.header) if self.stores_summary else 0
-        data, step = self._fit_budget(self.header, state, self.budget - reserve)
-        compressed = Compressed.from_bytes(data)
-        decoded = compressed.decode(device=device)
-        psnr_value = round(psnr(self.volume, decoded), 2)
-        if self.stores_summary:
-            train = {
-                "device": device.type,
-                "psnr": psnr_value,
-                "seconds": round(seconds, 1),
-                "steps": steps,
-            }
-            with_summary = pack(replace(self.header, train=train), state, step)
-            if len(with_summary) <= self.budget:
-                compressed = Compressed.from_bytes(with_summary)
-        return self._report(compressed, decoded, psnr_value, step, run)
-
-    def _report(self, compressed, decoded, psnr_value, step, run: dict):
-        """Attach what the run measured (``Compressed.report``) and return ``compressed``."""
-        spatial_ok = min(self.volume.shape[-3:]) >= 7
-        compressed.report = {
-            "budget_bytes": self.budget,
-            "predicted_bytes": self.predicted_nbytes,
-            "file_bytes": compressed.nbytes,
-            "ratio": compressed.ratio,
-            "parameters": self.num_parameters,
-            "hidden_features": self.header.model.hidden_features,
-            "w0_first": self.header.model.w0_first,
-            "quant_step": step,
-            "psnr": psnr_value,
-            "psnr_dtype": psnr(self.volume, decoded, "dtype"),
-            "ssim": ssim(self.volume, decoded) if spatial_ok else None,
-            **run,
-        }
-        return compressed
-
-    def _fit_budget(self, header: Header, state: dict, budget: int) -> tuple[bytes, float]:
-        """The file at the finest quantization step within ``budget`` bytes (rate control).
-
-        Float precisions have no step to choose: their size was exact when the network was
-        sized, so they only have to fit the whole budget.
-        """
+        header, budget = self.header, self.budget
+        state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
+        reserve = summary_reserve(header) if self.plan.stores_summary else 0
         if header.quant.is_float:
-            data = pack(header, state)
-            if len(data) > self.budget:
-                raise TrainingError(f"file of {len(data)} bytes exceeds the {self.budget} budget")
-            return data, 1.0
-        lo, hi = -4.0, 16.0  # log2 of the step multiplier
-        data = pack(header, state, 2.0**lo)
-        if len(data) <= budget:
-            return data, 2.0**lo
-        best = None
-        for _ in range(22):
-            mid = (lo + hi) / 2
-            candidate = pack(header, state, 2.0**mid)
-            if len(candidate) <= budget:
-                hi, best = mid, candidate
-            else:
-                lo = mid
-        if best is None:
-            best = pack(header, state, 2.0**hi)
-            if len(best) > budget:
-                raise TrainingError(
-                    f"even the coarsest quantization gives {len(best)} bytes > {budget}"
-                )
-        return best, 2.0**hi
+            reserve = 0  # float payloads cannot shrink: checked against the whole budget
+        payload, multiplier = fit_payload(
+            header.model, header.quant, state, payload_budget(header, budget, reserve)
+        )
+        stored = model_from_weights(header, unpack_payload(header.model, header.quant, payload))
+        values, labels = evaluate_with_labels(stored.to(device), header.shape, device=device)
+        decoded = self.normalization.invert(values, self.volume.dtype)
+        psnr_value = round(psnr(self.volume, decoded), 2)
+        summary = None
+        if self.plan.stores_summary:
+            summary = TrainingSummary(
+                steps=steps, psnr=psnr_value, seconds=round(seconds, 1), device=device.type
+            )
+        data, stored_header = frame_with_summary(header, payload, summary, budget)
+        report = Report(
+            budget_bytes=budget,
+            predicted_bytes=self.plan.predicted_nbytes,
+            file_bytes=len(data),
+            ratio=header.original_nbytes / len(data),
+            parameters=self.plan.num_parameters,
+            hidden_features=header.model.hidden_features,
+            w0_first=header.model.w0_first,
+            quant_multiplier=multiplier,
+            psnr=psnr_value,
+            psnr_dtype=psnr(self.volume, decoded, "dtype"),
+            ssim=ssim(self.volume, decoded) if ssim_applies(self.volume.shape) else None,
+            steps=steps,
+            seconds=seconds,
+            device=str(device),
+            stopped_early=stopped,
+        )
+        return Compressed(data, stored_header, report, stored.cpu(), (decoded, labels))
+
+
+class _PreviewSchedule:
+    """When the next preview is due: every ``every_steps`` steps and/or ``every_seconds``."""
+
+    def __init__(self, config: PreviewConfig) -> None:
+        self.config = config
+        self.next_time = config.every_seconds
+        self.last_step = 0
+
+    def due(self, step: int, elapsed: float) -> bool:
+        cfg = self.config
+        by_steps = cfg.every_steps is not None and step % cfg.every_steps == 0
+        by_time = self.next_time is not None and elapsed >= self.next_time
+        if not (by_steps or by_time):
+            return False
+        if cfg.every_seconds is not None:
+            self.next_time = elapsed + cfg.every_seconds
+        self.last_step = step
+        return True

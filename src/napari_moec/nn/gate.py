@@ -28,6 +28,11 @@ class Gate(nn.Module):
             nn.Linear(hidden_features, num_experts),
         )
 
+    @property
+    def linears(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        """The three linear layers, input to output."""
+        return self.net[0], self.net[2], self.net[4]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.net(x.float())

@@ -106,15 +106,19 @@ class MoESiren(nn.Module):
         ``capacity_factor`` limits each expert to ``ceil(Cf * k * B / n)`` points (training);
         None routes every point (decoding).
         """
+        return self._run(self.encoder(coords), capacity_factor, None)
+
+    def _run(
+        self, features: torch.Tensor, capacity_factor: float | None, logits: torch.Tensor | None
+    ) -> MoEOutput:
         cfg = self.config
-        batch = coords.shape[0]
-        features = self.encoder(coords)
+        batch = features.shape[0]
         if self.gate is None:
             value = self.decoder(self.experts(features[None])[0])
-            ones = torch.ones(batch, dtype=torch.bool, device=coords.device)
+            ones = torch.ones(batch, dtype=torch.bool, device=features.device)
             # Eq. 3 is exactly 1 for a single expert; it is a constant without gradient.
             return MoEOutput(value, value.new_ones(()), ones, value.new_ones(1))
-        routing = route(self.gate(features), cfg.top_k)
+        routing = route(self.gate(features) if logits is None else logits, cfg.top_k)
         capacity = None
         if capacity_factor is not None:
             capacity = max(1, math.ceil(capacity_factor * cfg.top_k * batch / cfg.num_experts))
@@ -125,7 +129,7 @@ class MoESiren(nn.Module):
         # for dropped assignments. Both are gathers (see _GatherRows); no boolean masks, so no
         # host sync.
         k, n, slots = cfg.top_k, cfg.num_experts, cfg.num_experts * capacity
-        device = coords.device
+        device = features.device
         position = torch.arange(k * batch, device=device)
         kept_slot = torch.where(keep, slot, slots)  # (k*B,) choice-major; `slots` = dropped
         slot_position = torch.full((slots + 1,), k * batch, device=device)
@@ -145,11 +149,55 @@ class MoESiren(nn.Module):
         return MoEOutput(self.decoder(combined), routing.aux_loss, kept, load)
 
     @torch.no_grad()
+    def decode(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dropless evaluation of ``coords``: values (B, out) and top-1 experts (B,) int64, in
+        one pass (the router runs once for both)."""
+        features = self.encoder(coords)
+        if self.gate is None:
+            labels = torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
+            return self._run(features, None, None).value, labels
+        logits = self.gate(features)
+        return self._run(features, None, logits).value, torch.argmax(logits, dim=-1)
+
+    @torch.no_grad()
     def expert_labels(self, coords: torch.Tensor) -> torch.Tensor:
         """Top-1 expert of each coordinate (argmax of the gate), int64 (B,)."""
         if self.gate is None:
             return torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
         return torch.argmax(self.gate(self.encoder(coords)), dim=-1)
+
+    def layout_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters by their name in the file format's layout
+        (:func:`napari_moec.format.parameter_layout`), which is part of the ``.moec`` spec:
+        this mapping, not attribute names, decides what a file stores."""
+        params = {
+            "encoder.weight": self.encoder.linear.weight,
+            "encoder.bias": self.encoder.linear.bias,
+        }
+        if self.gate is not None:
+            for i, linear in enumerate(self.gate.linears):
+                params[f"gate.{i}.weight"] = linear.weight
+                params[f"gate.{i}.bias"] = linear.bias
+        for i, weight in enumerate(self.experts.weights):
+            params[f"experts.{i}.weight"] = weight
+        for i, bias in enumerate(self.experts.biases):
+            params[f"experts.{i}.bias"] = bias
+        params["decoder.weight"] = self.decoder.weight
+        params["decoder.bias"] = self.decoder.bias
+        return params
+
+    def layout_state(self) -> dict[str, torch.Tensor]:
+        """Detached weights keyed by layout name: what :func:`~napari_moec.format.pack` takes."""
+        return {name: p.detach() for name, p in self.layout_parameters().items()}
+
+    @torch.no_grad()
+    def load_layout_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy weights keyed by layout name (from :func:`~napari_moec.format.unpack`) in."""
+        params = self.layout_parameters()
+        if set(state) != set(params):
+            raise ValueError(f"state has tensors {sorted(set(state) ^ set(params))} unknown here")
+        for name, param in params.items():
+            param.copy_(state[name].to(param.device, param.dtype))
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The router's parameters, frozen after ``freeze_router_at`` (paper §4.1)."""

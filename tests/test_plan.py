@@ -1,21 +1,23 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from napari_moec.budget import (
+from napari_moec.config import ArchConfig, ModelConfig, QuantConfig
+from napari_moec.errors import ConfigError
+from napari_moec.format import Header, count_parameters
+from napari_moec.nn.moe import MoESiren
+from napari_moec.plan import (
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
-    count_parameters,
+    check_ratio,
     first_layer_w0,
+    plan,
     predict_nbytes,
     size_model,
     size_model_auto_experts,
     summary_for,
 )
-from napari_moec.config import ModelConfig, QuantConfig
-from napari_moec.errors import ConfigError
-from napari_moec.format import Header
-from napari_moec.nn.moe import MoESiren
 
 
 def header(precision="int8", shape=(64, 64, 64)):
@@ -52,7 +54,7 @@ def test_fp32_file_size_prediction_is_exact():
     from napari_moec.format import pack
 
     h = replace(header("fp32"), model=ModelConfig(hidden_features=10, gate_hidden=5))
-    state = MoESiren(h.model).state_dict()
+    state = MoESiren(h.model).layout_state()
     assert len(pack(h, state)) == predict_nbytes(h)
 
 
@@ -69,7 +71,7 @@ def test_impossible_budget_names_the_highest_ratio():
 def test_training_summary_only_where_it_costs_under_two_percent():
     h = header()
     assert summary_for(h, 8192) == SUMMARY_PLACEHOLDER
-    assert summary_for(h, 500) == {}
+    assert summary_for(h, 500) is None
     # At 3000x of a 64³ volume (174 bytes) the sized network fits only without the summary.
     tight = size_model(h, 174)
     assert predict_nbytes(replace(h, model=tight)) <= 174
@@ -96,3 +98,52 @@ def test_auto_experts_drop_to_one_only_where_two_would_be_too_narrow():
     assert top2.num_experts == 1 and top2.top_k == 1
     with pytest.raises(ConfigError, match="highest possible ratio"):
         size_model_auto_experts(h, 60)
+
+
+def test_ratio_rule_is_one_rule():
+    assert check_ratio(1) == 1.0 and check_ratio(64) == 64.0
+    for bad in (0.99, 0, -3, float("nan"), float("inf"), "64", True):
+        with pytest.raises(ConfigError, match="ratio"):
+            check_ratio(bad)
+
+
+class _Untouchable:
+    """An array-like whose pixels must not be read: plan() needs only shape and dtype."""
+
+    shape = (64, 64, 64)
+    dtype = np.dtype("uint16")
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("plan() read the pixels")
+
+
+def test_plan_reads_no_pixels_and_matches_the_compressor(volume16):
+    from napari_moec import Compressor
+
+    lazy = _Untouchable()
+    p = plan(lazy.shape, lazy.dtype, 64, arch=ArchConfig(num_experts=3))
+    assert p.budget == 64**3 * 2 // 64 and p.model.num_experts == 3
+    assert p.predicted_nbytes <= p.budget and p.stores_summary
+    real = Compressor(volume16, 8).plan
+    estimate = plan(volume16.shape, volume16.dtype, 8)
+    # The estimate uses a placeholder value range: the header may differ by a few bytes, the
+    # network by at most one unit of width.
+    assert abs(real.model.hidden_features - estimate.model.hidden_features) <= 1
+    assert real.header.vmin == float(volume16.min()) and real.header.vmax == float(volume16.max())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shape": (8, 8), "dtype": "uint16"}, "3D"),
+        ({"shape": (8, 8, 8), "dtype": "float64"}, "dtype"),
+        ({"shape": (8, 8, 8), "dtype": "uint16", "axes": "ZZX"}, "axes"),
+        ({"shape": (8, 8, 8), "dtype": "uint16", "spacing": (1, 0, 1)}, "spacing"),
+        ({"shape": (8, 8, 8), "dtype": "uint16", "ratio": 0.5}, "ratio"),
+        ({"shape": (8, 8, 8), "dtype": "uint16", "ratio": 5000}, "highest possible ratio"),
+    ],
+)
+def test_plan_names_the_problem(kwargs, match):
+    kwargs = {"ratio": 4} | kwargs
+    with pytest.raises(ConfigError, match=match):
+        plan(kwargs.pop("shape"), kwargs.pop("dtype"), kwargs.pop("ratio"), **kwargs)

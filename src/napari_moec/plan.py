@@ -1,0 +1,281 @@
+"""Planning: "what will this cost?" From a volume's shape and dtype and a target ratio to the
+byte budget, the file header and the widest network that fits, without training.
+
+:func:`plan` needs only shape, dtype and (optionally) the value range, so the napari widget can
+show its size estimate on every keystroke without reading a voxel. The budget is
+``floor(original bytes / ratio)`` bytes of *file*, header and checksum included. Parameters are
+sized for the precision they will be stored in, so an entropy-coded int8 network is ~4x wider in
+parameters than an fp32 one at the same ratio. The estimate of coded bits per weight
+(``BITS_ESTIMATE``) was measured on trained networks (docs/format.md); after training the rate
+controller (``rate``) picks the quantization that fills the real budget exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .config import ArchConfig, ModelConfig, QuantConfig
+from .errors import ConfigError
+from .format import Header, TrainingSummary, count_parameters, fixed_overhead, int_side_bytes
+from .volumes import check_axes, check_spacing, check_volume_shape
+
+__all__ = [
+    "BITS_ESTIMATE",
+    "Plan",
+    "budget_nbytes",
+    "check_ratio",
+    "first_layer_w0",
+    "gate_width",
+    "plan",
+    "predict_nbytes",
+    "size_model",
+    "size_model_auto_experts",
+    "summary_for",
+    "summary_reserve",
+]
+
+#: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
+BITS_ESTIMATE = {"int8": 7.2, "int6": 5.3, "int4": 3.4}
+#: Placeholder training summary whose JSON is as long as a real one, for sizing the header.
+SUMMARY_PLACEHOLDER = TrainingSummary(steps=99999, psnr=99.99, seconds=9999.9, device="cuda")
+#: Largest share of the budget the optional training summary may take (it costs ~25 bytes).
+SUMMARY_MAX_SHARE = 0.02
+
+
+def summary_for(header: Header, budget: int) -> TrainingSummary | None:
+    """The training-summary placeholder to size with, or None when the file cannot afford it.
+
+    The summary (steps, seconds, device, PSNR) is ~25 header bytes: nothing at 64x, but at
+    3000x of a 64³ volume (174 bytes) it would take a third of the weights' bytes. Files whose
+    budget it would cost more than ``SUMMARY_MAX_SHARE`` of leave it out; the compressor's
+    report still has every number.
+    """
+    cost = summary_reserve(header)
+    return SUMMARY_PLACEHOLDER if cost <= SUMMARY_MAX_SHARE * budget else None
+
+
+def summary_reserve(header: Header) -> int:
+    """Bytes the rate controller keeps free for the training summary: what the placeholder
+    costs in this header, plus 4 bytes because DEFLATE codes other digits a little longer."""
+    with_summary = fixed_overhead(replace(header, train=SUMMARY_PLACEHOLDER))
+    return with_summary - fixed_overhead(replace(header, train=None)) + 4
+
+
+def check_ratio(ratio: object) -> float:
+    """The one rule for ratios: a finite number >= 1 (``original bytes / file bytes``)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio):
+        raise ConfigError(f"ratio must be a finite number >= 1, got {ratio!r}")
+    if ratio < 1:
+        raise ConfigError(f"ratio must be >= 1 (original bytes / file bytes), got {ratio:g}")
+    return float(ratio)
+
+
+def budget_nbytes(original_nbytes: int, ratio: float) -> int:
+    """The byte budget of a whole file: ``floor(original bytes / ratio)``."""
+    return int(original_nbytes // check_ratio(ratio))
+
+
+def predict_nbytes(header: Header) -> int:
+    """Predicted file size: exact for fp32/fp16, an estimate for coded integers."""
+    params = count_parameters(header.model)
+    quant = header.quant
+    if quant.is_float:
+        payload = params * quant.bits // 8
+    else:
+        bits = BITS_ESTIMATE[quant.precision] if quant.entropy else math.log2(2**quant.bits - 1)
+        # + 8: the ANS coder's 32-bit state and the final partial word.
+        payload = int_side_bytes(header.model, quant) + math.ceil(params * bits / 8) + 8
+    return fixed_overhead(header) + payload
+
+
+#: First-layer ω0 per unit of network width, and its bounds (measured: docs/benchmarks/notes.md).
+W0_PER_WIDTH = 0.75
+W0_FIRST_MIN = 5.0
+W0_FIRST_MAX = 30.0
+
+
+def first_layer_w0(hidden: int) -> float:
+    """The first sine layer's frequency factor for a network of width ``hidden``.
+
+    ω0 = 30 (SIREN's and the paper's value) makes the first layer's sines span several periods
+    of the volume. A wide network combines them into any detail; a narrow one (the extreme
+    ratios) cannot, and fits noise-like ripples instead: on the 64³ HiP-CT block at 1024x
+    (width 7) ω0 = 5 gave 28.8 dB against 24.1 dB at ω0 = 30, at 3000x (width 2) 24.5 against
+    20.5 dB (docs/benchmarks.md, ablations). The measured best grows with the width, so
+    ω0 = 0.75·width within [5, 30] (an integer, so the header stays short). Hidden layers keep
+    ω0 = 30.
+    """
+    w0 = min(W0_FIRST_MAX, max(W0_FIRST_MIN, W0_PER_WIDTH * hidden))
+    return float(round(w0))
+
+
+def gate_width(hidden: int) -> int:
+    """Router width for an expert width: half of it (the router is ~11% of the bytes)."""
+    return max(2, hidden // 2)
+
+
+def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelConfig:
+    """The widest ``hidden_features`` (router width = hidden // 2) whose file fits ``budget``.
+
+    ``header.model`` supplies everything else (experts, top-k, depth, w0). Raises ConfigError
+    naming the smallest ratio that fits when even width 1 does not.
+    """
+    header = replace(header, train=summary_for(header, budget))
+
+    def size(hidden: int) -> int:
+        model = replace(header.model, hidden_features=hidden, gate_hidden=gate_width(hidden))
+        return predict_nbytes(replace(header, model=model))
+
+    smallest = size(1)
+    if smallest > budget:
+        original = header.original_nbytes
+        raise ConfigError(
+            f"no network fits {budget} bytes: the smallest needs {smallest} bytes, "
+            f"so the highest possible ratio is {original / smallest:.0f}x"
+        )
+    lo, hi = 1, max_hidden
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid - 1)
+    return replace(header.model, hidden_features=lo, gate_hidden=gate_width(lo))
+
+
+#: Experts of an automatically sized model, and the narrowest expert worth a router.
+DEFAULT_EXPERTS = 2
+MIN_EXPERT_WIDTH = 4
+
+
+def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfig:
+    """:func:`size_model` with ``DEFAULT_EXPERTS`` experts, or fewer where the budget would
+    make each expert narrower than ``MIN_EXPERT_WIDTH``.
+
+    At 3000x of the 64³ HiP-CT block (174 bytes) two experts get width 2 (24.5 dB) and three
+    width 1 (19.6 dB), while one expert with no router gets width 4: 26.8 dB. At 1024x (widths
+    11, 7, 5) the three are within 0.2 dB, so experts are only dropped below width 4.
+    """
+    experts = DEFAULT_EXPERTS
+    while True:
+        model = replace(header.model, num_experts=experts, top_k=min(header.model.top_k, experts))
+        try:
+            sized = size_model(replace(header, model=model), budget, **kwargs)
+        except ConfigError:
+            if experts == 1:
+                raise
+            experts -= 1
+            continue
+        if sized.hidden_features >= MIN_EXPERT_WIDTH or experts == 1:
+            return sized
+        experts -= 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a compression will store and cost, decided before any training.
+
+    Attributes
+    ----------
+    header
+        The file's header without the training summary: shape, dtype, range, the sized network.
+    budget
+        Bytes the whole file may take.
+    stores_summary
+        Whether the file will hold the training summary (not in the tightest budgets).
+    predicted_nbytes
+        Predicted file size (exact for fp32/fp16, an estimate for coded integers).
+    """
+
+    header: Header
+    budget: int
+    stores_summary: bool
+    predicted_nbytes: int
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.header.model
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.header.model)
+
+
+#: Stand-in value ranges for the header when the real one is not known yet (estimates only).
+_RANGE_PLACEHOLDER = {
+    "uint8": (0.0, 255.0),
+    "uint16": (0.0, 65535.0),
+    "int16": (-32768.0, 32767.0),
+    "float32": (0.0, 1000.0),
+}
+
+
+def plan(
+    shape: tuple[int, ...],
+    dtype,
+    ratio: float,
+    *,
+    arch: ArchConfig | None = None,
+    quant: QuantConfig | None = None,
+    axes: str | None = None,
+    spacing=None,
+    unit: str | None = None,
+    value_range: tuple[float, float] | None = None,
+    norm_range: tuple[float, float] = (-1.0, 1.0),
+) -> Plan:
+    """Check the settings and size the network for a volume of ``shape`` and ``dtype``.
+
+    Reads no voxel. ``value_range`` is the volume's (min, max); when None (a size estimate before
+    the data is scanned) a placeholder of the dtype's range is used, which can move the header,
+    and with it the sized width, by a few bytes.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first problem: dtype, dimensionality, axes, spacing, ratio, or a budget so
+        small that no network fits (with the highest possible ratio).
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    check_volume_shape(shape, dtype)
+    arch = arch or ArchConfig()
+    quant = quant or QuantConfig()
+    vmin, vmax = value_range if value_range is not None else _RANGE_PLACEHOLDER[dtype.name]
+    base = Header(
+        shape=shape,
+        axes=check_axes(axes, len(shape)),
+        dtype=dtype.name,
+        vmin=float(vmin),
+        vmax=float(vmax),
+        model=ModelConfig(
+            in_features=len(shape),
+            num_experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
+            top_k=arch.top_k,
+            expert_layers=arch.expert_layers,
+            w0=arch.w0,
+            w0_first=30.0 if arch.w0_first is None else arch.w0_first,
+        ),
+        quant=quant,
+        norm=(float(norm_range[0]), float(norm_range[1])),
+        spacing=check_spacing(spacing, len(shape)),
+        unit=unit,
+    )
+    budget = budget_nbytes(base.original_nbytes, ratio)
+    if arch.hidden_features is not None:
+        hidden = arch.hidden_features
+        model = replace(base.model, hidden_features=hidden, gate_hidden=gate_width(hidden))
+    elif arch.num_experts is None:
+        model = size_model_auto_experts(base, budget)
+    else:
+        model = size_model(base, budget)
+    if arch.w0_first is None:
+        model = replace(model, w0_first=first_layer_w0(model.hidden_features))
+    header = replace(base, model=model)
+    summary = summary_for(header, budget)
+    predicted = predict_nbytes(replace(header, train=summary))
+    if quant.is_float and predicted > budget:
+        raise ConfigError(
+            f"a width-{model.hidden_features} network needs {predicted} bytes, "
+            f"over the {budget}-byte budget"
+        )
+    return Plan(header, budget, summary is not None, predicted)
