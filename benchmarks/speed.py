@@ -40,30 +40,7 @@ from pathlib import Path
 import torch
 
 from _common import OUT, SPACING, load_volume, provenance, quality, write_json
-from napari_moec import ArchConfig, Compressor, Progress, TrainConfig
-
-
-def _has_threads_option() -> bool:
-    import inspect
-
-    return "threads" in inspect.signature(Compressor).parameters
-
-
-def limit_threads(n: int) -> None:
-    """Make ``Compressor.run`` use ``n`` intra-op threads.
-
-    Current versions take ``Compressor(threads=n)`` (passed by :func:`_compressor`); for older
-    ones, which set ``os.cpu_count()`` threads, this replaces the ``os`` name inside
-    ``napari_moec.training`` by a shim whose ``cpu_count()`` returns ``n`` (a measurement knob
-    of this script only, to profile old commits).
-    """
-    if not _has_threads_option():
-        import types
-
-        from napari_moec import training
-
-        training.os = types.SimpleNamespace(cpu_count=lambda: n)
-    torch.set_num_threads(n)
+from napari_moec import ArchConfig, Compressor, Progress, RunConfig, TrainConfig
 
 
 def sync(device: torch.device) -> None:
@@ -112,14 +89,12 @@ def _compressor(args, vol, device, steps, time_limit=None) -> Compressor:
     train = TrainConfig(
         steps=steps, time_limit=time_limit, batch_size=args.batch, report_every=args.report_every
     )
-    extra = {"threads": args.threads} if args.threads and _has_threads_option() else {}
     return Compressor(
         vol,
         args.ratio,
-        **extra,
+        run=RunConfig(device=str(device), threads=args.threads),
         arch=ArchConfig(num_experts=args.experts, top_k=args.top_k),
         train=train,
-        device=device,
         spacing=SPACING[args.volume],
     )
 
@@ -355,7 +330,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU here")
     if args.threads:
-        limit_threads(args.threads)
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.profile:
         print(profile(args, device))

@@ -7,7 +7,7 @@ lives in ``napari_moec._widget`` and friends, loaded by napari through ``napari.
 
 from .api import compress, load
 from .compressed import Compressed, Report
-from .config import ArchConfig, ModelConfig, PreviewConfig, QuantConfig, TrainConfig
+from .config import ArchConfig, ModelConfig, PreviewConfig, QuantConfig, RunConfig, TrainConfig
 from .errors import (
     ConfigError,
     MoecError,
@@ -36,6 +36,7 @@ __all__ = [
     "Progress",
     "QuantConfig",
     "Report",
+    "RunConfig",
     "Started",
     "TrainConfig",
     "TrainingError",

@@ -30,7 +30,7 @@ from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
 from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
 from ._widget_settings import SettingsPanel
-from .config import PreviewConfig
+from .config import PreviewConfig, RunConfig
 from .devices import available_cores
 from .errors import ConfigError
 from .events import Finalizing, Preview, Progress, Started
@@ -178,10 +178,11 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     def _make_compressor(self) -> Compressor:
         """A Compressor for the current source and settings; raises ConfigError if impossible."""
         layer, physical, settings = self._source_and_settings()
+        device = settings.pop("device")
         return Compressor(
             np.asarray(layer.data),
             preview=self.preview,
-            threads=self.threads,
+            run=RunConfig(device=device, threads=self.threads),
             **physical,
             **settings,
         )

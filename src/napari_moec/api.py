@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .compressed import Compressed
-from .config import ArchConfig, QuantConfig, TrainConfig
+from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from .errors import ConfigError, MoecFormatError
 from .format import MAGIC
 from .training import Compressor
@@ -18,8 +18,10 @@ __all__ = ["compress", "load"]
 
 #: Refuse to read files larger than this: the largest sensible .moec is a few MB.
 MAX_FILE_BYTES = 1 << 30
-#: Keywords of :class:`Compressor` that are not options of the three config dataclasses.
-_RUN_KEYWORDS = {"axes", "spacing", "unit", "norm_range", "device", "preview", "threads"}
+#: Keywords of :class:`Compressor` that are not options of the config dataclasses.
+_COMPRESSOR_KEYWORDS = {"axes", "spacing", "unit", "norm_range", "preview"}
+#: The config dataclasses whose single options ``compress`` takes by name.
+_CONFIGS = (ArchConfig, TrainConfig, QuantConfig, RunConfig)
 
 
 def compress(
@@ -29,6 +31,7 @@ def compress(
     arch: ArchConfig | None = None,
     train: TrainConfig | None = None,
     quant: QuantConfig | None = None,
+    run: RunConfig | None = None,
     **options,
 ) -> Compressed:
     """Compress a 3D/4D volume to at most ``array.nbytes / ratio`` bytes. Blocks until done.
@@ -39,12 +42,13 @@ def compress(
         3D (ZYX) or 4D (TZYX/CZYX) array of uint8, uint16, int16 or float32.
     ratio
         Target ``original bytes / file bytes`` (>= 1).
-    arch, train, quant
-        Full configurations (:class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig`).
+    arch, train, quant, run
+        Full configurations (:class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig`,
+        :class:`RunConfig`).
     **options
-        :class:`Compressor` keywords (``axes``, ``spacing``, ``unit``, ``device``, ``threads``,
-        ``preview``) and single options of the three configurations by name (``steps=500``,
-        ``num_experts=3``, ``precision="fp16"``), applied on top of ``arch``/``train``/``quant``.
+        :class:`Compressor` keywords (``axes``, ``spacing``, ``unit``, ``preview``) and single
+        options of the configurations by name (``steps=500``, ``num_experts=3``,
+        ``precision="fp16"``, ``device="cpu"``), applied on top of ``arch``/``train``/...
 
     Examples
     --------
@@ -52,27 +56,23 @@ def compress(
     >>> c = napari_moec.compress(volume, ratio=64, steps=1000)   # doctest: +SKIP
     >>> c.save("head.moec"); c.ratio, c.report.psnr              # doctest: +SKIP
     """
-    run = {k: options.pop(k) for k in list(options) if k in _RUN_KEYWORDS}
-    configs = []
-    for base, (cls, given) in zip(
-        (arch, train, quant),
-        zip((ArchConfig, TrainConfig, QuantConfig), _split(options), strict=True),
-        strict=True,
-    ):
-        configs.append(replace(base or cls(), **given) if given else base)
-    compressor = Compressor(
-        array, ratio, arch=configs[0], train=configs[1], quant=configs[2], **run
+    keywords = {k: options.pop(k) for k in list(options) if k in _COMPRESSOR_KEYWORDS}
+    arch, train, quant, run = (
+        replace(base or cls(), **given) if given else base
+        for base, cls, given in zip(
+            (arch, train, quant, run), _CONFIGS, _split(options), strict=True
+        )
     )
-    return compressor.fit()
+    return Compressor(array, ratio, arch=arch, train=train, quant=quant, run=run, **keywords).fit()
 
 
-def _split(options: dict) -> tuple[dict, dict, dict]:
+def _split(options: dict) -> list[dict]:
     """Flat option names -> the fields given for each config; unknown names raise."""
-    groups: tuple[dict, dict, dict] = ({}, {}, {})
+    groups: list[dict] = [{} for _ in _CONFIGS]
     for name, value in options.items():
         owners = [
             group
-            for group, cls in zip(groups, (ArchConfig, TrainConfig, QuantConfig), strict=True)
+            for group, cls in zip(groups, _CONFIGS, strict=True)
             if name in cls.__dataclass_fields__
         ]
         if not owners:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 from ._io import Volume, read_volume, write_volume
 from .api import load
-from .config import PRECISIONS, ArchConfig, QuantConfig, TrainConfig
+from .config import PRECISIONS, ArchConfig, QuantConfig, RunConfig, TrainConfig
 from .errors import MoecError
 from .events import Finalizing, Progress, Started
 from .training import Compressor
@@ -135,8 +135,7 @@ def _compress(args) -> int:
         ),
         train=train,
         quant=QuantConfig(args.precision, per_channel=args.per_channel),
-        device=args.device,
-        threads=args.threads,
+        run=RunConfig(device=args.device, threads=args.threads),
     )
     bar = _ProgressBar(enabled=not args.quiet)
     run = compressor.run()

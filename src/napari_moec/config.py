@@ -22,6 +22,7 @@ __all__ = [
     "ModelConfig",
     "PreviewConfig",
     "QuantConfig",
+    "RunConfig",
     "TrainConfig",
     "option",
     "option_fields",
@@ -285,6 +286,35 @@ class QuantConfig:
     @property
     def bits(self) -> int:
         return int(self.precision[2:] if self.is_float else self.precision[3:])
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a compression runs; none of it changes the file's format.
+
+    ``device``: "auto" (CUDA when present), "cpu" or "cuda". ``threads``: CPU threads for
+    training, None for every core this process may use (on a machine busy with other jobs
+    fewer can be much faster: docs/benchmarks.md).
+    """
+
+    device: str = option(
+        "auto",
+        "where to train: auto (CUDA when present), cpu or cuda",
+        choices=("auto", "cpu", "cuda"),
+        ui="basic",
+        label="Device",
+    )
+    threads: int | None = option(
+        None,
+        "CPU threads for training",
+        lo=1,
+        hi=4096,
+        ui=None,
+        auto="every core this process may use",
+    )
+
+    def __post_init__(self) -> None:
+        _check_options(self)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from torch.func import functional_call
 
 from .compressed import Compressed, Report, model_from_weights
-from .config import ArchConfig, PreviewConfig, QuantConfig, TrainConfig
+from .config import ArchConfig, PreviewConfig, QuantConfig, RunConfig, TrainConfig
 from .decode import evaluate_with_labels, grid_shape, parse_roi
 from .devices import check_threads, resolve_device
 from .errors import TrainingError
@@ -55,13 +55,11 @@ class Compressor:
         schedule (:class:`TrainConfig`) and stored precision (:class:`QuantConfig`).
     axes, spacing, unit
         Stored in the file (axes default to "ZYX"/"TZYX").
-    device
-        "auto" (CUDA if present), "cpu" or "cuda".
+    run
+        Device and CPU threads (:class:`RunConfig`); they do not change the file's format.
     preview
         When to yield :class:`Preview` events and what they cost (:class:`PreviewConfig`);
         None for no previews.
-    threads
-        CPU threads for training (default: the cores this process may use).
 
     Examples
     --------
@@ -81,14 +79,14 @@ class Compressor:
         spacing=None,
         unit: str | None = None,
         norm_range: tuple[float, float] = (-1.0, 1.0),
-        device: str | torch.device | None = None,
+        run: RunConfig | None = None,
         preview: PreviewConfig | None = None,
-        threads: int | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume
         self.train_config = train or TrainConfig()
-        self.device = resolve_device(device)
+        self.run_config = run or RunConfig()
+        self.device = resolve_device(self.run_config.device)
         self.normalization = Normalization.of(volume, *norm_range)
         #: What will be stored and what it costs (header, budget, sized network).
         self.plan: Plan = plan(
@@ -104,7 +102,7 @@ class Compressor:
             norm_range=norm_range,
         )
         self.preview = preview or PreviewConfig()
-        self.threads = check_threads(threads)
+        self.threads = check_threads(self.run_config.threads)
         self._stop = threading.Event()
         self._regions_lock = threading.Lock()
         self._regions: tuple[tuple[slice, ...], ...] = ()
