@@ -31,10 +31,12 @@ __all__ = [
     "gate_width",
     "plan",
     "predict_nbytes",
+    "predict_payload_nbytes",
     "size_model",
     "size_model_auto_experts",
     "summary_for",
     "summary_reserve",
+    "widest_for_payload",
 ]
 
 #: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
@@ -78,17 +80,38 @@ def budget_nbytes(original_nbytes: int, ratio: float) -> int:
     return int(original_nbytes // check_ratio(ratio))
 
 
+def predict_payload_nbytes(model: ModelConfig, quant: QuantConfig) -> int:
+    """Predicted payload (weights) size: exact for fp32/fp16, an estimate for coded integers."""
+    params = count_parameters(model)
+    if quant.is_float:
+        return params * quant.bits // 8
+    bits = BITS_ESTIMATE[quant.precision] if quant.entropy else math.log2(2**quant.bits - 1)
+    # + 8: the ANS coder's 32-bit state and the final partial word.
+    return int_side_bytes(model, quant) + math.ceil(params * bits / 8) + 8
+
+
 def predict_nbytes(header: Header) -> int:
     """Predicted file size: exact for fp32/fp16, an estimate for coded integers."""
-    params = count_parameters(header.model)
-    quant = header.quant
-    if quant.is_float:
-        payload = params * quant.bits // 8
-    else:
-        bits = BITS_ESTIMATE[quant.precision] if quant.entropy else math.log2(2**quant.bits - 1)
-        # + 8: the ANS coder's 32-bit state and the final partial word.
-        payload = int_side_bytes(header.model, quant) + math.ceil(params * bits / 8) + 8
-    return fixed_overhead(header) + payload
+    return fixed_overhead(header) + predict_payload_nbytes(header.model, header.quant)
+
+
+def widest_for_payload(
+    model: ModelConfig, quant: QuantConfig, payload_budget: int, *, max_hidden: int = 4096
+) -> ModelConfig | None:
+    """``model`` at the widest width whose predicted payload fits ``payload_budget`` bytes, or
+    None when even width 1 does not (for containers other than a ``.moec`` file, e.g. tiles)."""
+
+    def size(hidden: int) -> int:
+        wider = replace(model, hidden_features=hidden, gate_hidden=gate_width(hidden))
+        return predict_payload_nbytes(wider, quant)
+
+    if size(1) > payload_budget:
+        return None
+    lo, hi = 1, max_hidden
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size(mid) <= payload_budget else (lo, mid - 1)
+    return replace(model, hidden_features=lo, gate_hidden=gate_width(lo))
 
 
 #: First-layer ω0 per unit of network width, and its bounds (measured: docs/benchmarks/notes.md).

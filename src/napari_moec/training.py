@@ -162,7 +162,7 @@ class Compressor:
             # set_num_threads is per thread here: a worker thread starts with its own default.
             torch.set_num_threads(self.threads)
         try:
-            model, steps, seconds = yield from self._train(device)
+            model, steps, seconds = yield from self.train()
             stopped = self._stop.is_set()
             yield Finalizing(step=steps, stopped=stopped)
             return self._finish(model, steps, seconds, stopped, device)
@@ -171,7 +171,13 @@ class Compressor:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _train(self, device: torch.device):
+    def train(self) -> Generator[TrainEvent, None, tuple[MoESiren, int, float]]:
+        """The training loop alone: yields events, returns ``(model, steps, seconds)`` with the
+        best weights so far loaded (float, not yet quantized). :meth:`run` is this followed by
+        storing the result as a ``.moec`` file; other containers (tiles of a zarr store) store
+        the model themselves (:func:`~napari_moec.rate.fit_payload`). Call it from inside
+        :meth:`run`, or set the threads yourself (``torch.set_num_threads(self.threads)``)."""
+        device = self.device
         cfg = self.train_config
         mcfg = self.header.model
         quant = self.header.quant
