@@ -47,6 +47,7 @@ def option(
     ui_step: float | None = None,
     ui_max: float | None = None,
     auto: str | None = None,
+    cli: str | None = None,
 ) -> Any:
     """A dataclass field that declares a user option.
 
@@ -66,6 +67,9 @@ def option(
         The widget's row label, spin-box step, and upper bound where the range is unbounded.
     auto
         What None means (e.g. "2, or 1 for tiny budgets"): the option may be left to napari-moec.
+    cli
+        The command line flag when it is not ``--`` + the field name with dashes (the CLI
+        accepts both spellings).
     """
     meta = {
         "help": help,
@@ -79,6 +83,7 @@ def option(
         "ui_step": ui_step,
         "ui_max": ui_max,
         "auto": auto,
+        "cli": cli,
     }
     return field(default=default, metadata={"option": meta})
 
@@ -142,10 +147,13 @@ class ArchConfig:
         hi=64,
         ui="basic",
         label="Experts",
+        cli="--experts",
         auto="2, or 1 where the budget would leave each of 2 narrower than 4",
     )
     top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")
-    expert_layers: int = option(3, "sine layers per expert", lo=1, hi=32, label="Expert layers")
+    expert_layers: int = option(
+        3, "sine layers per expert", lo=1, hi=32, label="Expert layers", cli="--layers"
+    )
     hidden_features: int | None = option(
         None,
         "width of the encoder and experts",
@@ -236,6 +244,7 @@ class TrainConfig:
         lo=0,
         hi=1,
         label="Freeze router at",
+        cli="--freeze-at",
     )
     #: Off by default: measured on hipct 64x (1500 steps), QAT in the last 10% gave 30.83 dB
     #: against 31.31 dB for post-training quantization, because the rate controller then
