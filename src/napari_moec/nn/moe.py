@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from .gate import Gate, route
 from .siren import BatchedSineExperts, SineLayer
 
-__all__ = ["MoEOutput", "MoESiren", "dispatch_slots"]
+__all__ = ["MoEOutput", "MoESiren", "dispatch_slots", "expert_capacity"]
 
 
 class MoEOutput(NamedTuple):
@@ -31,6 +31,12 @@ class MoEOutput(NamedTuple):
     aux_loss: torch.Tensor
     kept: torch.Tensor
     load: torch.Tensor
+
+
+def expert_capacity(capacity_factor: float, top_k: int, batch: int, num_experts: int) -> int:
+    """Buffer slots per expert for a batch of ``batch`` points: ``ceil(Cf * k * B / n)``, at
+    least 1 (paper §3.5). Every backend sizes its buffers with this one rule."""
+    return max(1, math.ceil(capacity_factor * top_k * batch / num_experts))
 
 
 def dispatch_slots(
@@ -99,6 +105,13 @@ class MoESiren(nn.Module):
             config.num_experts, hidden, config.expert_layers, config.w0
         )
         self.decoder = nn.Linear(hidden, config.out_features)
+        #: The route -> dispatch -> experts -> combine step of a routed model, or None for the
+        #: native one in :meth:`_run`. Called as ``mixture(model, features, logits,
+        #: capacity_factor)``, it returns a :class:`MoEOutput` whose value is the combined
+        #: (B, hidden) features before the decoder. Set by
+        #: :func:`napari_moec.nn.tutel_backend.use_backend`; a plain attribute, not a module,
+        #: so parameters, state_dict and the stored layout do not depend on it.
+        self.mixture = None
 
     def forward(self, coords: torch.Tensor, capacity_factor: float | None = None) -> MoEOutput:
         """Evaluate ``coords`` (B, in_features).
@@ -118,10 +131,14 @@ class MoESiren(nn.Module):
             ones = torch.ones(batch, dtype=torch.bool, device=features.device)
             # Eq. 3 is exactly 1 for a single expert; it is a constant without gradient.
             return MoEOutput(value, value.new_ones(()), ones, value.new_ones(1))
-        routing = route(self.gate(features) if logits is None else logits, cfg.top_k)
+        logits = self.gate(features) if logits is None else logits
+        if self.mixture is not None:
+            mixed = self.mixture(self, features, logits, capacity_factor)
+            return mixed._replace(value=self.decoder(mixed.value))
+        routing = route(logits, cfg.top_k)
         capacity = None
         if capacity_factor is not None:
-            capacity = max(1, math.ceil(capacity_factor * cfg.top_k * batch / cfg.num_experts))
+            capacity = expert_capacity(capacity_factor, cfg.top_k, batch, cfg.num_experts)
         slot, keep, capacity = dispatch_slots(routing.expert_index, cfg.num_experts, capacity)
 
         # Dispatch: buffer slot <- its token; empty slots read token 0 (padding: computed,
