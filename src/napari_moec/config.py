@@ -303,7 +303,8 @@ class RunConfig:
 
     ``device``: "auto" (CUDA when present), "cpu" or "cuda". ``threads``: CPU threads for
     training, None for every core this process may use (on a machine busy with other jobs
-    fewer can be much faster: docs/benchmarks.md).
+    fewer can be much faster: docs/benchmarks.md). ``backend``: which code routes points to
+    experts during training and decoding (:mod:`napari_moec.nn.tutel_backend`).
     """
 
     device: str = option(
@@ -320,6 +321,16 @@ class RunConfig:
         hi=4096,
         ui=None,
         auto="every core this process may use",
+    )
+    #: A training/decoding choice only: the file is the same whichever computes it.
+    #: "tutel" needs Tutel installed (napari_moec.nn.tutel_backend); "auto" picks the faster
+    #: one measured for the device (docs/benchmarks/backends.md).
+    backend: str = option(
+        "auto",
+        "MoE routing backend: auto (the faster measured for the device), native or tutel",
+        choices=("auto", "native", "tutel"),
+        ui="advanced",
+        label="MoE backend",
     )
 
     def __post_init__(self) -> None:
