@@ -31,6 +31,7 @@ from .events import Finalizing, Preview, Progress, RegionPreview, Started, Train
 from .format import TrainingSummary, unpack_payload
 from .metrics import psnr, ssim, ssim_applies
 from .nn.moe import MoESiren
+from .nn.tutel_backend import resolve_backend, use_backend
 from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
 from .rate import fit_payload, frame_with_summary, payload_budget
@@ -56,7 +57,8 @@ class Compressor:
     axes, spacing, unit
         Stored in the file (axes default to "ZYX"/"TZYX").
     run
-        Device and CPU threads (:class:`RunConfig`); they do not change the file's format.
+        Device, CPU threads and MoE backend (:class:`RunConfig`); they do not change the file's
+        format.
     preview
         When to yield :class:`Preview` events and what they cost (:class:`PreviewConfig`);
         None for no previews.
@@ -87,6 +89,9 @@ class Compressor:
         self.train_config = train or TrainConfig()
         self.run_config = run or RunConfig()
         self.device = resolve_device(self.run_config.device)
+        #: The concrete MoE backend, "native" or "tutel" (:mod:`napari_moec.nn.tutel_backend`):
+        #: resolved here so that asking for a missing Tutel fails before any work.
+        self.backend = resolve_backend(self.run_config.backend, self.device)
         self.normalization = Normalization.of(volume, *norm_range)
         #: What will be stored and what it costs (header, budget, sized network).
         self.plan: Plan = plan(
@@ -185,6 +190,7 @@ class Compressor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = MoESiren(mcfg).to(device)
+        use_backend(model, self.backend)
         self.model = model
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         target = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1)).to(device)
@@ -341,6 +347,7 @@ class Compressor:
             header.model, header.quant, state, payload_budget(header, budget, reserve)
         )
         stored = model_from_weights(header, unpack_payload(header.model, header.quant, payload))
+        use_backend(stored, self.backend)
         values, labels = evaluate_with_labels(stored.to(device), header.shape, device=device)
         decoded = self.normalization.invert(values, self.volume.dtype)
         psnr_value = round(psnr(self.volume, decoded), 2)
