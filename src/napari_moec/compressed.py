@@ -19,6 +19,7 @@ import torch
 from .decode import evaluate, evaluate_with_labels
 from .format import Header, count_parameters, unpack
 from .nn.moe import MoESiren
+from .nn.tutel_backend import resolve_backend, use_backend
 from .sampling import Normalization
 
 __all__ = ["Compressed", "Report", "model_from_weights"]
@@ -155,6 +156,14 @@ class Compressed:
             self._on(device), self.header.shape, roi, stride, device=device
         )
         return self.normalization.invert(values, np.dtype(self.header.dtype)), labels
+
+    def use_backend(self, backend: str = "auto") -> Compressed:
+        """Decode through MoE ``backend`` ("auto", "native" or "tutel";
+        :mod:`napari_moec.nn.tutel_backend`) from now on; returns self. A decoding choice only:
+        the file is the same, and the voxels agree up to float rounding."""
+        device = next(self.model.parameters()).device
+        use_backend(self.model, resolve_backend(backend, device))
+        return self
 
     def _on(self, device) -> MoESiren:
         if device is not None:
