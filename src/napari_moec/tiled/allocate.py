@@ -1,0 +1,173 @@
+"""Rate allocation: how the store's byte budget is shared between tiles.
+
+Every byte of the store counts (the ratio is a promise for the whole store): the metadata, the
+constant tiles (a kind byte, the index, the value and a CRC), each network tile's own header and
+CRC, and in a ``.ozx`` the ZIP records of every entry are set aside first; what is left is shared
+by the network tiles' payloads.
+
+``"equal"`` gives each network tile bytes in proportion to its voxels. ``"difficulty"`` (the
+default) minimises the total squared error under a power-law rate–distortion model: a tile of
+difficulty ``d`` (the scan's probe, :mod:`.scan`) at ``b`` payload bytes has an error ``d · b^-γ``;
+the Lagrangian optimum of ``Σ d_i b_i^-γ`` with ``Σ b_i = B`` is ``b_i ∝ voxels_i · d_i^(1/(1+γ))``
+(``DIFFICULTY_EXPONENT`` = 1/(1+γ), from MoEC's measured slope: docs/tiled.md). Every network
+tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
+wider than its training schedule can fit wastes its bytes). Tiles whose every voxel is one value
+are stored as that value; the commonest such value becomes the array's fill value, and its tiles
+are not written at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from ..config import QuantConfig
+from ..errors import ConfigError
+from ..plan import predict_payload_nbytes, widest_for_payload
+from .scan import TileStats
+from .tileformat import TileSpec, encode_constant_tile, network_overhead
+
+__all__ = [
+    "DIFFICULTY_EXPONENT",
+    "MAX_SHARE",
+    "Allocation",
+    "TilePlan",
+    "allocate",
+    "choose_fill",
+]
+
+#: b ∝ d^(1/(1+γ)); γ ≈ 0.25 is MoEC's error-vs-bytes slope (docs/tiled.md).
+DIFFICULTY_EXPONENT = 0.8
+#: The widest share of the budget one tile may get, in units of the mean share.
+MAX_SHARE = 8.0
+#: The narrowest expert worth a router (as the core's "auto" experts rule).
+MIN_EXPERT_WIDTH = 4
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What one tile will be: "empty" (not written), "constant" or "network" (with its size)."""
+
+    index: tuple[int, ...]
+    kind: str
+    value: float | int | None = None
+    payload_budget: int = 0
+    hidden: int = 0
+    experts: int = 0
+    reserved: int = 0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    tiles: tuple[TilePlan, ...]
+    fill_value: float | int
+    payload_bytes: int
+    fixed_bytes: int
+
+    def count(self, kind: str) -> int:
+        return sum(t.kind == kind for t in self.tiles)
+
+
+def _size(spec: TileSpec, quant: QuantConfig, budget: int, experts: int | None):
+    """(hidden, experts) of the widest network within ``budget`` payload bytes."""
+    choices = [experts] if experts is not None else [min(2, spec.experts), 1]
+    for n in dict.fromkeys(choices):
+        sized = widest_for_payload(spec.model_config(1, n), quant, budget)
+        if sized is not None and (sized.hidden_features >= MIN_EXPERT_WIDTH or n == choices[-1]):
+            return sized.hidden_features, n
+    return None
+
+
+def choose_fill(stats: list[TileStats], dtype: str) -> float | int:
+    """The array's fill value: the commonest value of the constant tiles (0 when none), so the
+    most frequent constant tiles (background) need no chunk at all."""
+    constants = Counter(s.vmin for s in stats if s.constant)
+    fill = constants.most_common(1)[0][0] if constants else 0
+    return float(fill) if dtype == "float32" else int(fill)
+
+
+def allocate(
+    spec: TileSpec,
+    stats: list[TileStats],
+    budget: int,
+    *,
+    mode: str = "difficulty",
+    experts: int | None = None,
+    container_overhead=lambda index: 0,
+    exponent: float = DIFFICULTY_EXPONENT,
+    fill: float | int | None = None,
+) -> Allocation:
+    """Share ``budget`` bytes (all chunk bytes; metadata already set aside) between the tiles.
+
+    Raises ConfigError when the budget cannot hold the smallest network for every tile that
+    needs one (the message says which tile size or ratio would fit).
+    """
+    if mode not in ("difficulty", "equal"):
+        raise ConfigError(f"allocation must be 'difficulty' or 'equal', got {mode!r}")
+    fill = choose_fill(stats, spec.dtype) if fill is None else fill
+    plans: dict[tuple, TilePlan] = {}
+    fixed = 0
+    network = [s for s in stats if not s.constant]
+    for s in stats:
+        if s.constant and s.vmin == fill:
+            plans[s.index] = TilePlan(s.index, "empty", value=fill)
+        elif s.constant:
+            value = int(s.vmin) if spec.dtype != "float32" else s.vmin
+            cost = len(encode_constant_tile(spec, s.index, value)) + container_overhead(s.index)
+            plans[s.index] = TilePlan(s.index, "constant", value=value, reserved=cost)
+            fixed += cost
+    reserve = {
+        s.index: network_overhead(spec, s.index, 4096, 64) + container_overhead(s.index)
+        for s in network
+    }
+    fixed += sum(reserve.values())
+    available = budget - fixed
+    smallest = predict_payload_nbytes(spec.model_config(1, 1), spec.quant)
+    if network and available < smallest * len(network):
+        raise ConfigError(
+            f"the budget leaves {max(0, available)} bytes for {len(network)} tiles of "
+            f"{'x'.join(map(str, spec.tile))} voxels; the smallest tile network needs {smallest}: "
+            f"use larger tiles or a lower ratio"
+        )
+    span2 = (spec.vmax - spec.vmin) ** 2
+    weights = {}
+    for s in network:
+        if mode == "equal":
+            weights[s.index] = float(s.voxels)
+        else:
+            difficulty = s.probe / span2 + 1e-9  # > 0: a smooth tile still needs its network
+            weights[s.index] = s.voxels * difficulty**exponent
+    shares = _water_fill(weights, available, smallest, MAX_SHARE * available / max(1, len(network)))
+    for s in network:
+        share = shares[s.index]
+        sized = _size(spec, spec.quant, share, experts)
+        if sized is None:
+            raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
+        plans[s.index] = TilePlan(
+            s.index, "network", payload_budget=share, hidden=sized[0], experts=sized[1],
+            reserved=reserve[s.index],
+        )  # fmt: skip
+    tiles = tuple(plans[s.index] for s in stats)
+    return Allocation(tiles, fill, sum(shares.values()), fixed)
+
+
+def _water_fill(weights: dict, total: int, lo: int, hi: float) -> dict:
+    """Integer shares of ``total`` proportional to ``weights``, each within [lo, hi]."""
+    free = dict(weights)
+    fixed: dict = {}
+    while free:
+        left = total - sum(fixed.values())
+        scale = left / sum(free.values()) if sum(free.values()) > 0 else 0.0
+        shares = {k: w * scale for k, w in free.items()}
+        low = {k for k, b in shares.items() if b < lo}
+        high = {k for k, b in shares.items() if b > hi and hi >= lo}
+        if not low and not high:
+            return {**fixed, **{k: math.floor(b) for k, b in shares.items()}}
+        for k in low:
+            fixed[k] = lo
+            del free[k]
+        for k in high - low:
+            fixed[k] = int(hi)
+            del free[k]
+    return fixed
