@@ -21,6 +21,18 @@ from .training import Compressor
 
 __version__ = "0.1.0"
 
+#: Names served lazily from napari_moec.tiled, so ``import napari_moec`` imports no Dask.
+_TILED = ("TiledCompressor", "TiledStore", "compress_tiled", "open_tiled")
+
+
+def __getattr__(name: str):
+    if name in _TILED:
+        from . import tiled
+
+        return getattr(tiled, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ArchConfig",
     "Compressed",
@@ -38,11 +50,15 @@ __all__ = [
     "Report",
     "RunConfig",
     "Started",
+    "TiledCompressor",
+    "TiledStore",
     "TrainConfig",
     "TrainingError",
     "UnsupportedVersionError",
     "__version__",
     "compress",
+    "compress_tiled",
     "load",
+    "open_tiled",
     "plan",
 ]

@@ -62,6 +62,9 @@ a newer minor of a known major is read, unknown optional keys are then ignored),
 length, header inflate with an output bound, JSON shape and types, value ranges, then the
 payload length against the sizes the model implies. Nothing is allocated from a size that has
 not been checked. Every failure raises MoecFormatError.
+
+Tiled stores (OME-Zarr, one network per chunk) use a tile variant of this stream, specified in
+:mod:`napari_moec.tiled.tileformat`.
 """
 
 from __future__ import annotations
