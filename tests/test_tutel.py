@@ -198,6 +198,15 @@ def test_capacity_is_ours_not_tutels_rounding():
 
 
 @needs_tutel
+def test_a_cpu_only_tutel_is_not_used_on_a_gpu():
+    if tutel_backend._tutel_has_cuda():
+        pytest.skip("this Tutel was built with its CUDA kernels")
+    with pytest.raises(ConfigError, match="built without"):
+        resolve_backend("tutel", "cuda")
+    assert resolve_backend("auto", "cuda") == "native"
+
+
+@needs_tutel
 def test_tutels_own_gshard_loss_is_paper_eq3():
     from tutel.impls.losses import gshard_loss
 

@@ -77,6 +77,12 @@ def _fast_dispatch() -> ModuleType:
     return importlib.import_module("tutel.impls.fast_dispatch")
 
 
+def _tutel_has_cuda() -> bool:
+    """Whether Tutel was built with its CUDA kernels (a CUDA toolkit at install time)."""
+    kernels = importlib.import_module("tutel_custom_kernel")
+    return hasattr(kernels, "inject_source")
+
+
 def tutel_importable() -> bool:
     """Whether Tutel and its compiled kernels import in this environment."""
     try:
@@ -94,13 +100,14 @@ def available_backends() -> tuple[str, ...]:
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """The concrete backend ("native" or "tutel") that ``name`` means on ``device``.
 
-    Raises ConfigError for an unknown name, and for "tutel" when Tutel does not import, with
-    the command that installs it.
+    Raises ConfigError for an unknown name, for "tutel" when Tutel does not import (with the
+    command that installs it), and for "tutel" on a GPU when Tutel was built without CUDA.
     """
+    kind = torch.device(device).type
     if name == "auto":
-        if not tutel_importable():
+        if not tutel_importable() or (kind == "cuda" and not _tutel_has_cuda()):
             return "native"
-        return _AUTO.get(torch.device(device).type, "native")
+        return _AUTO.get(kind, "native")
     if name not in BACKENDS:
         raise ConfigError(f"backend must be one of ('auto', *{BACKENDS}), got {name!r}")
     if name == "tutel":
@@ -111,6 +118,12 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
                 f"backend 'tutel' needs Tutel, which does not import here ({err}); "
                 f"install it with: {INSTALL_HINT}"
             ) from None
+        if kind == "cuda" and not _tutel_has_cuda():
+            raise ConfigError(
+                "backend 'tutel' on a GPU needs Tutel's CUDA kernels, but this Tutel was built "
+                "without them: reinstall it where the CUDA toolkit is present, or use "
+                "backend 'native'"
+            )
     return name
 
 
