@@ -1,11 +1,16 @@
 import json
+import shlex
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tifffile
 
 import napari_moec as nm
-from napari_moec.cli import main
+from napari_moec.cli import CONFIGS, _parser, configs_from, main, option_flags
+from napari_moec.config import ArchConfig, QuantConfig, RunConfig, TrainConfig, option_fields
 
 from .conftest import smooth_volume
 
@@ -114,3 +119,126 @@ def tif_like(tmp_path):
     path = tmp_path / "fake.moec"
     path.write_bytes(b"II*\x00" + b"\x00" * 100)
     return path
+
+
+def parsed(*flags):
+    """The configs ``moec compress`` builds from ``flags``."""
+    args = _parser().parse_args(["compress", "in.tif", "out.moec", "--ratio", "8", *flags])
+    return configs_from(args)
+
+
+def test_every_declared_option_has_a_flag(capsys):
+    """The flags come from the option() declarations: one per field, with its help."""
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for cls in CONFIGS.values():
+        for f in option_fields(cls):
+            assert option_flags(f)[0] in help_text, f.name
+            assert " ".join(f.metadata["option"]["help"].split()) in help_text, f.name
+    assert "(default: auto: every core this process may use)" in help_text
+
+
+def test_flags_not_given_keep_the_dataclass_defaults():
+    configs = parsed()
+    assert configs == {
+        "arch": ArchConfig(),
+        "train": TrainConfig(),
+        "quant": QuantConfig(),
+        "run": RunConfig(),
+    }
+
+
+def test_todays_flag_names_set_the_declared_options():
+    configs = parsed(
+        *shlex.split(
+            "--experts 3 --top-k 2 --layers 2 --steps 5 --time-limit 10 --batch-size 100"
+            " --lr 0.01 --balance-weight 0 --capacity-factor 2 --freeze-at 0.5 --precision fp16"
+            " --per-channel --device cpu --seed 3 --threads 1 --w0-first 12"
+        )
+    )
+    assert configs["arch"] == ArchConfig(num_experts=3, top_k=2, expert_layers=2, w0_first=12.0)
+    assert configs["train"] == TrainConfig(
+        steps=5,
+        time_limit=10.0,
+        batch_size=100,
+        lr=0.01,
+        balance_weight=0.0,
+        capacity_factor=2.0,
+        freeze_router_at=0.5,
+        seed=3,
+    )
+    assert configs["quant"] == QuantConfig("fp16", per_channel=True)
+    assert configs["run"] == RunConfig(device="cpu", threads=1)
+    # the field names work too, and "auto" gives None back to napari-moec
+    configs = parsed("--num-experts", "auto", "--freeze-router-at", "0.25", "--no-entropy")
+    assert configs["arch"].num_experts is None
+    assert configs["train"].freeze_router_at == 0.25
+    assert configs["quant"] == QuantConfig(entropy=False)
+
+
+def test_out_of_range_option_gives_one_line(tif, tmp_path, capsys):
+    err = error_of(
+        capsys, ["compress", str(tif), str(tmp_path / "o.moec"), "--ratio", "4", "--lr", "2"]
+    )
+    assert "lr" in err and "(0, 1)" in err
+
+
+def test_progress_in_a_log_is_whole_lines(tif, tmp_path, capsys):
+    """stderr is not a terminal here: progress comes as lines, never carriage returns."""
+    out = tmp_path / "vol.moec"
+    assert (
+        main(
+            [
+                "compress",
+                str(tif),
+                str(out),
+                "--ratio",
+                "8",
+                "--steps",
+                "30",
+                "--batch-size",
+                "1024",
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("training ") and "30/30" in err
+    assert lines[-1].startswith("quantizing")
+
+
+def test_ctrl_c_stops_training_and_keeps_the_best_model(tmp_path):
+    """The first Ctrl-C (SIGINT) ends training at the next step; the file is still written."""
+    src, out = tmp_path / "v.npy", tmp_path / "v.moec"
+    np.save(src, smooth_volume((10, 10, 10)))
+    argv = [
+        sys.executable,
+        "-m",
+        "napari_moec.cli",
+        "compress",
+        str(src),
+        str(out),
+        "--ratio",
+        "4",
+        "--steps",
+        "100000000",
+        "--batch-size",
+        "256",
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # printed once training has started
+        assert first.startswith("training "), first + proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stopping: keeping the best model so far" in stderr
+    assert "stopped early" in stdout
+    assert nm.load(out).nbytes <= 10**3 * 2 // 4

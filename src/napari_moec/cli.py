@@ -2,159 +2,179 @@
 
 Every user error (bad file, impossible ratio, corrupted .moec) prints one line and exits 2;
 ``--debug`` shows the traceback instead.
+
+``moec compress``'s option flags are not written here: they are built from the ``option()``
+declarations of :class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig` and
+:class:`RunConfig` (type, default, range, choices, help; the ``cli`` field names a flag whose
+spelling differs from the field's), so an option added there appears here by itself.
+
+Each subcommand is a :class:`Subcommand`: a function that adds its arguments and one that runs
+it. To add one, write both and list it in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-import time
-from collections.abc import Sequence
+import threading
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
 
 from . import __version__
 from ._io import Volume, read_volume, write_volume
 from .api import load
-from .config import PRECISIONS, ArchConfig, QuantConfig, RunConfig, TrainConfig
+from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig, option_fields
 from .errors import MoecError
 from .events import Finalizing, Progress, Started
 from .training import Compressor
 
-__all__ = ["main"]
+__all__ = ["CONFIGS", "SUBCOMMANDS", "Subcommand", "add_option_flags", "configs_from", "main"]
+
+#: The option dataclasses behind ``moec compress``'s flags, by ``Compressor`` keyword.
+CONFIGS = {"arch": ArchConfig, "train": TrainConfig, "quant": QuantConfig, "run": RunConfig}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="moec", description="Mixture-of-Experts neural compression of 3D/4D volumes."
-    )
-    parser.add_argument("--version", action="version", version=f"moec {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``moec`` subcommand: its arguments and what it does (returns the exit status)."""
 
-    c = sub.add_parser("compress", help="compress a TIFF/.npy volume into a .moec file")
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# -- options from their declarations -------------------------------------------------------
+def option_flags(f) -> list[str]:
+    """The flags of an option field: its ``cli`` name (if any), then ``--field-name``."""
+    canonical = "--" + f.name.replace("_", "-")
+    alias = f.metadata["option"]["cli"]
+    return [alias, canonical] if alias and alias != canonical else [canonical]
+
+
+def _base_type(annotation) -> tuple[type, bool]:
+    """``int | None`` -> ``(int, True)``; ``float`` -> ``(float, False)``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if args:
+        return args[0], True
+    return annotation, False
+
+
+def _parser_for(kind: type, allows_auto: bool) -> Callable[[str], object]:
+    """Parse a flag's text as ``kind``; "auto" (or "none") means None where that is allowed."""
+
+    def parse(text: str):
+        if allows_auto and text.strip().lower() in ("auto", "none"):
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
+
+
+def _describe(f, meta: dict) -> str:
+    """The help line: the declaration's help, the valid range and the default."""
+    text = meta["help"]
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is not None and hi is not None:
+        left, right = "(["[not meta["open_lo"]], ")]"[not meta["open_hi"]]
+        text += f", in {left}{_number(lo)}, {_number(hi)}{right}"
+    elif lo is not None:
+        text += f", {'>' if meta['open_lo'] else '>='} {_number(lo)}"
+    elif hi is not None:
+        text += f", {'<' if meta['open_hi'] else '<='} {_number(hi)}"
+    if f.default is None:
+        default = f"auto: {meta['auto']}" if meta["auto"] else "none"
+    elif isinstance(f.default, bool):
+        default = "yes" if f.default else "no"
+    else:
+        default = _number(f.default) if isinstance(f.default, int | float) else f.default
+    return f"{text} (default: {default})".replace("%", "%%")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def add_option_flags(parser: argparse.ArgumentParser, configs: dict = CONFIGS) -> None:
+    """Add one flag per ``option()`` field of ``configs``, grouped by dataclass.
+
+    Flags default to :data:`argparse.SUPPRESS`: an option not given is absent from the parsed
+    namespace, so the dataclass's own default applies (declared once, there).
+    """
+    seen: dict[str, str] = {}
+    for cls in configs.values():
+        group = parser.add_argument_group(f"{cls.__name__} options", cls.__doc__.split("\n")[0])
+        hints = typing.get_type_hints(cls)
+        for f in option_fields(cls):
+            if f.name in seen:
+                raise TypeError(f"option {f.name!r} is declared by {seen[f.name]} and {cls}")
+            seen[f.name] = cls.__name__
+            meta = f.metadata["option"]
+            kind, nullable = _base_type(hints[f.name])
+            kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS}
+            kwargs["help"] = _describe(f, meta)
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                allows_auto = nullable and (meta["auto"] is not None or f.default is None)
+                kwargs["type"] = _parser_for(kind, allows_auto)
+                if meta["choices"] is not None:
+                    kwargs["choices"] = meta["choices"]
+                else:
+                    kwargs["metavar"] = {int: "N", float: "X"}.get(kind, "VALUE")
+            group.add_argument(*option_flags(f), **kwargs)
+
+
+def configs_from(args: argparse.Namespace, configs: dict = CONFIGS) -> dict:
+    """The config dataclasses for the options given on the command line, by keyword
+    (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError)."""
+    given = vars(args)
+    return {
+        key: cls(**{f.name: given[f.name] for f in option_fields(cls) if f.name in given})
+        for key, cls in configs.items()
+    }
+
+
+# -- subcommands ---------------------------------------------------------------------------
+def _add_compress(c: argparse.ArgumentParser) -> None:
     c.add_argument("input", help="input volume (.tif, .tiff or .npy), 3D ZYX or 4D TZYX/CZYX")
     c.add_argument("output", help="output .moec file")
-    c.add_argument("--ratio", type=float, required=True, help="target compression ratio")
-    c.add_argument(
-        "--experts",
-        type=int,
-        default=None,
-        help="number of SIREN experts (default: 2, or 1 where the budget is too small for 2)",
-    )
-    c.add_argument("--top-k", type=int, default=1, choices=(1, 2), help="experts per voxel")
-    c.add_argument("--layers", type=int, default=3, help="sine layers per expert (3)")
-    c.add_argument(
-        "--w0-first",
-        type=float,
-        default=None,
-        help="first sine layer's frequency factor (default: chosen from the network width)",
-    )
-    c.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
-    c.add_argument("--time-limit", type=float, default=None, help="stop training after SECONDS")
-    c.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    c.add_argument("--lr", type=float, default=TrainConfig.lr)
-    c.add_argument("--balance-weight", type=float, default=TrainConfig.balance_weight)
-    c.add_argument("--capacity-factor", type=float, default=TrainConfig.capacity_factor)
-    c.add_argument(
-        "--freeze-at",
-        type=float,
-        default=TrainConfig.freeze_router_at,
-        help="fraction of the schedule after which the router is frozen",
-    )
-    c.add_argument("--precision", choices=PRECISIONS, default=QuantConfig.precision)
-    c.add_argument("--per-channel", action="store_true", help="one scale per output channel")
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: all cores; fewer can be faster on a busy machine)",
-    )
+    c.add_argument("--ratio", type=float, required=True, help="target compression ratio (>= 1)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    d = sub.add_parser("decompress", help="decode a .moec file to TIFF/.npy")
-    d.add_argument("input", help=".moec file")
-    d.add_argument("output", help="output .tif or .npy")
-    d.add_argument("--labels", help="also write the expert-assignment map here")
-    d.add_argument("--roi", help="region, e.g. 10:50,:,0:32 (one start:stop per axis)")
-    d.add_argument("--stride", type=int, default=1, help="keep every N-th voxel per axis")
-    d.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-
-    i = sub.add_parser("info", help="print a .moec file's header")
-    i.add_argument("input", help=".moec file")
-    i.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
+    add_option_flags(c)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return {"compress": _compress, "decompress": _decompress, "info": _info}[args.command](args)
-    except MoecError as exc:
-        if args.debug:
-            raise
-        print(f"moec: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if args.debug:
-            raise
-        print(
-            f"moec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        print("moec: interrupted", file=sys.stderr)
-        return 130
-
-
-def _compress(args) -> int:
+def _compress(args: argparse.Namespace) -> int:
     volume = read_volume(args.input)
-    train = TrainConfig(
-        steps=args.steps,
-        time_limit=args.time_limit,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        balance_weight=args.balance_weight,
-        capacity_factor=args.capacity_factor,
-        freeze_router_at=args.freeze_at,
-        seed=args.seed,
-    )
     compressor = Compressor(
         volume.array,
         args.ratio,
         axes=volume.axes,
         spacing=volume.spacing,
         unit=volume.unit,
-        arch=ArchConfig(
-            num_experts=args.experts,
-            top_k=args.top_k,
-            expert_layers=args.layers,
-            w0_first=args.w0_first,
-        ),
-        train=train,
-        quant=QuantConfig(args.precision, per_channel=args.per_channel),
-        run=RunConfig(device=args.device, threads=args.threads),
+        **configs_from(args),
     )
-    bar = _ProgressBar(enabled=not args.quiet)
-    run = compressor.run()
-    try:
+    progress = _Progress(enabled=not args.quiet)
+    told = False
+    with progress, _stop_on_interrupt(compressor) as interrupted:
+        run = compressor.run()
         while True:
-            event = next(run)
-            bar.update(event)
-    except StopIteration as done:
-        result = done.value
-    except KeyboardInterrupt:
-        # Ctrl-C once: stop training, keep the best model so far and still write the file.
-        compressor.stop()
-        bar.note("stopping: keeping the best model so far")
-        try:
-            while True:
-                bar.update(run.send(None))
-        except StopIteration as done:
-            result = done.value
-    bar.close()
+            try:
+                event = next(run)
+            except StopIteration as done:
+                result = done.value
+                break
+            if interrupted.is_set() and not told:
+                progress.note("stopping: keeping the best model so far (Ctrl-C again to abort)")
+                told = True
+            progress.update(event)
     result.save(args.output)
     r = result.report
     print(
@@ -163,11 +183,21 @@ def _compress(args) -> int:
         f"data range ({r.psnr_dtype:.2f} dB over the dtype max)"
         + (f", SSIM {r.ssim:.4f}" if r.ssim is not None else "")
         + f", {r.steps} steps in {r.seconds:.1f} s on {r.device}"
+        + (" (stopped early: best model so far)" if r.stopped_early else "")
     )
     return 0
 
 
-def _decompress(args) -> int:
+def _add_decompress(d: argparse.ArgumentParser) -> None:
+    d.add_argument("input", help=".moec file")
+    d.add_argument("output", help="output .tif or .npy")
+    d.add_argument("--labels", help="also write the expert-assignment map here")
+    d.add_argument("--roi", help="region, e.g. 10:50,:,0:32 (one start:stop per axis)")
+    d.add_argument("--stride", type=int, default=1, help="keep every N-th voxel per axis")
+    d.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+
+
+def _decompress(args: argparse.Namespace) -> int:
     compressed = load(args.input)
     h = compressed.header
     array = compressed.decode(roi=args.roi, stride=args.stride, device=args.device)
@@ -182,7 +212,12 @@ def _decompress(args) -> int:
     return 0
 
 
-def _info(args) -> int:
+def _add_info(i: argparse.ArgumentParser) -> None:
+    i.add_argument("input", help=".moec file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _info(args: argparse.Namespace) -> int:
     info = load(args.input).info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -212,56 +247,153 @@ def _info(args) -> int:
     return 0
 
 
-class _ProgressBar:
-    """A one-line terminal progress bar on stderr (no dependency, quiet when not a TTY)."""
+#: ``moec``'s subcommands, in ``--help`` order.
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand(
+        "compress", "compress a TIFF/.npy volume into a .moec file", _add_compress, _compress
+    ),
+    Subcommand("decompress", "decode a .moec file to TIFF/.npy", _add_decompress, _decompress),
+    Subcommand("info", "print a .moec file's header", _add_info, _info),
+]
 
-    def __init__(self, enabled: bool) -> None:
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moec", description="Mixture-of-Experts neural compression of 3D/4D volumes."
+    )
+    parser.add_argument("--version", action="version", version=f"moec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in SUBCOMMANDS:
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run = next(c.run for c in SUBCOMMANDS if c.name == args.command)
+    try:
+        return run(args)
+    except MoecError as exc:
+        if args.debug:
+            raise
+        print(f"moec: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(
+            f"moec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("moec: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- progress and Ctrl-C -------------------------------------------------------------------
+@contextlib.contextmanager
+def _stop_on_interrupt(compressor: Compressor) -> Iterator[threading.Event]:
+    """The first Ctrl-C asks ``compressor`` to stop training (the best model so far is still
+    stored); a second one interrupts (KeyboardInterrupt). Yields the "Ctrl-C seen" event.
+
+    A handler, not ``except KeyboardInterrupt``: the interrupt would land inside the training
+    generator most of the time, and an exception raised in a generator finishes it, losing the
+    model. Off the main thread (where Python allows no signal handler) Ctrl-C just interrupts.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        compressor.stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _LineStream:
+    """A stream that turns tqdm's in-place refreshes (``"\\r" + line``) into whole lines, for
+    logs and pipes, where carriage returns pile up into one unreadable line."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class _Progress:
+    """``moec compress``'s progress on stderr: a tqdm bar in a terminal; in a log or pipe one
+    line every 10 s; nothing when disabled (``--quiet``)."""
+
+    def __init__(self, enabled: bool, stream=None) -> None:
         self.enabled = enabled
-        self.interactive = sys.stderr.isatty()
-        self.last = 0.0
+        stream = sys.stderr if stream is None else stream
+        self.interactive = stream.isatty()
+        self.stream = stream if self.interactive else _LineStream(stream)
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def update(self, event) -> None:
         if not self.enabled:
             return
         if isinstance(event, Started):
             m = event.model
-            self._line(
+            self.note(
                 f"training {event.num_parameters} parameters (width {m.hidden_features}, "
                 f"{m.num_experts} experts) for a {event.budget_nbytes}-byte budget on "
-                f"{event.device}",
-                final=True,
+                f"{event.device}"
             )
-        elif isinstance(event, Progress):
-            now = time.monotonic()
-            if (
-                now - self.last < (0.2 if self.interactive else 10.0)
-                and event.step < event.total_steps
-            ):
-                return
-            self.last = now
-            frac = event.step / event.total_steps
-            bar = "#" * int(30 * frac)
+            self.bar = tqdm(
+                total=event.total_steps,
+                file=self.stream,
+                unit="step",
+                mininterval=0.2 if self.interactive else 10.0,
+                dynamic_ncols=self.interactive,
+                ncols=None if self.interactive else 120,
+                # tqdm's own ETA assumes the run reaches its last step; the core's also knows
+                # the time limit, so it goes in the postfix instead.
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
+            )
+        elif isinstance(event, Progress) and self.bar is not None:
             load = "/".join(f"{x:.2f}" for x in event.expert_load)
-            self._line(
-                f"[{bar:<30}] {event.step}/{event.total_steps} PSNR~{event.psnr:.2f} dB "
-                f"load {load} {event.elapsed:.0f}s ETA {event.eta:.0f}s {event.phase}"
+            self.bar.set_postfix_str(
+                f"PSNR~{event.psnr:.2f} dB, load {load}, {event.phase}, ETA {event.eta:.0f}s",
+                refresh=False,
             )
+            self.bar.update(event.step - self.bar.n)
         elif isinstance(event, Finalizing):
-            self._line("quantizing, entropy coding and measuring the file...", final=True)
+            self.close()
+            self.note("quantizing, entropy coding and measuring the file...")
 
     def note(self, text: str) -> None:
-        self._line(text, final=True)
-
-    def _line(self, text: str, final: bool = False) -> None:
-        if self.interactive:
-            sys.stderr.write("\r\x1b[2K" + text + ("\n" if final else ""))
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+        """A message line that does not break the bar."""
+        if self.enabled:
+            tqdm.write(text, file=self.stream)
 
     def close(self) -> None:
-        if self.enabled and self.interactive:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 if __name__ == "__main__":
