@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "OPTION_CONFIGS",
     "PRECISIONS",
     "ArchConfig",
     "ModelConfig",
@@ -335,6 +336,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_options(self)
+
+
+#: The dataclasses of user options, by their :class:`~napari_moec.training.Compressor` keyword:
+#: what the CLI's flags and the napari widget's controls are built from.
+OPTION_CONFIGS = {"arch": ArchConfig, "train": TrainConfig, "quant": QuantConfig, "run": RunConfig}
 
 
 @dataclass(frozen=True)
