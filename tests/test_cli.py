@@ -9,8 +9,15 @@ import pytest
 import tifffile
 
 import napari_moec as nm
-from napari_moec.cli import CONFIGS, _parser, configs_from, main, option_flags
-from napari_moec.config import ArchConfig, QuantConfig, RunConfig, TrainConfig, option_fields
+from napari_moec.cli import _parser, configs_from, main, option_flags
+from napari_moec.config import (
+    OPTION_CONFIGS,
+    ArchConfig,
+    QuantConfig,
+    RunConfig,
+    TrainConfig,
+    option_fields,
+)
 
 from .conftest import smooth_volume
 
@@ -132,7 +139,7 @@ def test_every_declared_option_has_a_flag(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for cls in CONFIGS.values():
+    for cls in OPTION_CONFIGS.values():
         for f in option_fields(cls):
             assert option_flags(f)[0] in help_text, f.name
             assert " ".join(f.metadata["option"]["help"].split()) in help_text, f.name

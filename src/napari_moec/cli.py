@@ -4,9 +4,9 @@ Every user error (bad file, impossible ratio, corrupted .moec) prints one line a
 ``--debug`` shows the traceback instead.
 
 ``moec compress``'s option flags are not written here: they are built from the ``option()``
-declarations of :class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig` and
-:class:`RunConfig` (type, default, range, choices, help; the ``cli`` field names a flag whose
-spelling differs from the field's), so an option added there appears here by itself.
+declarations of the dataclasses in :data:`~napari_moec.config.OPTION_CONFIGS` (type, default,
+range, choices, help; the ``cli`` field names a flag whose spelling differs from the field's),
+so an option added there appears here by itself.
 
 Each subcommand is a :class:`Subcommand`: a function that adds its arguments and one that runs
 it. To add one, write both and list it in :data:`SUBCOMMANDS`.
@@ -29,15 +29,12 @@ from tqdm import tqdm
 from . import __version__
 from ._io import Volume, read_volume, write_volume
 from .api import load
-from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig, option_fields
+from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
 from .events import Finalizing, Progress, Started
 from .training import Compressor
 
-__all__ = ["CONFIGS", "SUBCOMMANDS", "Subcommand", "add_option_flags", "configs_from", "main"]
-
-#: The option dataclasses behind ``moec compress``'s flags, by ``Compressor`` keyword.
-CONFIGS = {"arch": ArchConfig, "train": TrainConfig, "quant": QuantConfig, "run": RunConfig}
+__all__ = ["SUBCOMMANDS", "Subcommand", "add_option_flags", "configs_from", "main"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-def add_option_flags(parser: argparse.ArgumentParser, configs: dict = CONFIGS) -> None:
+def add_option_flags(parser: argparse.ArgumentParser, configs: dict = OPTION_CONFIGS) -> None:
     """Add one flag per ``option()`` field of ``configs``, grouped by dataclass.
 
     Flags default to :data:`argparse.SUPPRESS`: an option not given is absent from the parsed
@@ -132,7 +129,7 @@ def add_option_flags(parser: argparse.ArgumentParser, configs: dict = CONFIGS) -
             group.add_argument(*option_flags(f), **kwargs)
 
 
-def configs_from(args: argparse.Namespace, configs: dict = CONFIGS) -> dict:
+def configs_from(args: argparse.Namespace, configs: dict = OPTION_CONFIGS) -> dict:
     """The config dataclasses for the options given on the command line, by keyword
     (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError)."""
     given = vars(args)
