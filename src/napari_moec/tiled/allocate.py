@@ -83,7 +83,8 @@ def choose_fill(stats: list[TileStats], dtype: str) -> float | int:
     """The array's fill value: the commonest value of the constant tiles (0 when none), so the
     most frequent constant tiles (background) need no chunk at all."""
     constants = Counter(s.vmin for s in stats if s.constant)
-    fill = constants.most_common(1)[0][0] if constants else 0
+    # ties go to the value nearest 0 (background, and zarr's usual fill value)
+    fill = max(constants, key=lambda v: (constants[v], -abs(v))) if constants else 0
     return float(fill) if dtype == "float32" else int(fill)
 
 

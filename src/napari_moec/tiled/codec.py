@@ -46,6 +46,14 @@ def chunk_index_from_key(key: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in re.split(r"[./]", match.group(1))[1:])
 
 
+def _chunk_name(byte_getter) -> str:
+    """The chunk's key, prefixed by its store's location when known (for error messages)."""
+    key = str(getattr(byte_getter, "path", "?"))
+    store = getattr(byte_getter, "store", None)
+    root = getattr(store, "root", None) or getattr(store, "path", None)
+    return f"{root}/{key}" if root else key
+
+
 @lru_cache(maxsize=32)
 def _spec(config_json: str, dtype: str) -> TileSpec:
     return TileSpec.from_json(json.loads(config_json), dtype)
@@ -126,9 +134,9 @@ class MoecTileCodec(ArrayBytesCodec, ArrayBytesCodecPartialDecodeMixin):
         chunk_bytes = await byte_getter.get(prototype=chunk_spec.prototype)
         if chunk_bytes is None:
             return None
-        key = str(getattr(byte_getter, "path", "?"))
         data = chunk_bytes.to_bytes()
-        values = await asyncio.to_thread(self._decode, data, selection, chunk_spec, key)
+        name = _chunk_name(byte_getter)
+        values = await asyncio.to_thread(self._decode, data, selection, chunk_spec, name)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(values)
 
     def _decode(self, data: bytes, selection, chunk_spec: ArraySpec, key: str) -> np.ndarray:

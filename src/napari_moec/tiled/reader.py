@@ -146,11 +146,13 @@ class TiledStore:
         return da.Array(graph, name, chunks, dtype=dtype)
 
     def decode(self, roi=None, stride=1) -> np.ndarray:
-        """``roi[::stride]`` decoded into memory (only the tiles it overlaps)."""
-        return self.to_dask(roi, stride).compute()
+        """``roi[::stride]`` decoded into memory (only the tiles it overlaps), by threads of
+        this process: the result lands here anyway (``to_dask`` runs on any scheduler)."""
+        return self.to_dask(roi, stride).compute(scheduler="threads")
 
     def expert_labels(self, roi=None, stride=1) -> np.ndarray:
-        return self.to_dask(roi, stride, labels=True).compute()
+        """Top-1 expert ids of ``roi[::stride]`` (see :meth:`to_dask`), into memory."""
+        return self.to_dask(roi, stride, labels=True).compute(scheduler="threads")
 
     def pyramid(self, levels: int | None = None, *, labels: bool = False) -> list:
         """Lazy levels at strides 1, 2, 4, ... of the spatial axes (napari's multiscale): by

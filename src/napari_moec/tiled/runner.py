@@ -383,6 +383,16 @@ class TiledCompressor:
         try:
             while pending or running:
                 if self._stop.is_set():
+                    # Tiles in training see the stop within a second and write nothing; those
+                    # that finish first are kept. Wait for both, so nothing of this run is
+                    # still writing when it returns (a resumed run starts from a settled store).
+                    stop_event.set()
+                    for future in wait(list(running)).done:
+                        if future.status == "finished":
+                            result = future.result()
+                            self.results[result.index] = result
+                            log.append(result)
+                    finished = True
                     return True
                 if self._pause.is_set() != paused:
                     paused = self._pause.is_set()

@@ -1,0 +1,233 @@
+"""Tiled compression on a real Dask LocalCluster of 2 worker processes: round trip through plain
+zarr in a fresh process, the ratio promise, constant and empty tiles, a killed worker, resume
+after a stop, region reads, bad inputs. CI-sized: 16^3 tiles, a few dozen training steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_moec import compress_tiled, open_tiled
+from napari_moec.config import ArchConfig, TrainConfig
+from napari_moec.errors import ConfigError
+from napari_moec.tiled.events import TiledStarted, TileFinished
+from napari_moec.tiled.runner import TiledCompressor
+from napari_moec.tiled.store import RUN_STATE, existing_chunks
+from napari_moec.tiled.tiledecode import DECODE_COUNTS
+
+from .conftest import SHARED_DATA
+
+distributed = pytest.importorskip("distributed")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # hooks run on the workers
+
+TRAIN = TrainConfig(steps=25, batch_size=1024, report_every=5)
+SETTINGS = {"ratio": 16, "tile": 16, "margin": 2, "train": TRAIN}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit="2GiB",
+    ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
+        yield c
+
+
+@pytest.fixture(scope="module")
+def volume():
+    """48 x 40 x 40 uint16 of real HiP-CT voxels with a constant tile and a background corner."""
+    path = SHARED_DATA / "hipct_brain_sci_64.tif"
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path}")
+    v = tifffile.imread(path)[:48, :40, :40].copy()
+    v[16:32, 16:32, 16:32] = 20000  # one constant tile
+    v[32:, 32:, 32:] = 0  # the edge tile (2, 2, 2): background, not written at all
+    return v
+
+
+def run_events(job: TiledCompressor, stop_after: int | None = None):
+    events, run = [], job.run()
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            return events, done.value
+        events.append(event)
+        finished = sum(isinstance(e, TileFinished) for e in events)
+        if stop_after is not None and finished == stop_after:
+            job.stop()
+
+
+def test_round_trip_through_plain_zarr_in_a_fresh_process(client, volume, tmp_path):
+    source = tmp_path / "v.npy"
+    np.save(source, volume)
+    dest = tmp_path / "v.ome.zarr"
+    report = compress_tiled(source, dest, client=client, progress=False, **SETTINGS)
+    assert report.total_tiles == 27 and not report.stopped
+    assert report.network_tiles == 25 and report.constant_tiles == 1 and report.empty_tiles == 1
+    code = (
+        "import sys, numpy as np, zarr\n"
+        "np.save(sys.argv[2], zarr.open_array(sys.argv[1] + '/0', mode='r')[:])\n"
+        "print(sorted(sys.modules.keys() & {'distributed', 'napari_moec.tiled.codec'}))\n"
+        "import dask.array as da\n"
+        "np.save(sys.argv[3], da.from_zarr(sys.argv[1] + '/0')[::2, 5:30, :].compute())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(dest), str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "napari_moec.tiled.codec" in out.stdout and "distributed" not in out.stdout
+    decoded = np.load(tmp_path / "a.npy")
+    assert np.array_equal(np.load(tmp_path / "b.npy"), decoded[::2, 5:30, :])
+    assert np.array_equal(open_tiled(dest).decode(), decoded)
+    span = float(volume.max() - volume.min())
+    mse = np.mean(((decoded.astype(float) - volume) / span) ** 2)
+    assert abs(10 * np.log10(1 / mse) - report.psnr) < 0.01  # the report is what readers see
+    assert report.psnr > 20
+    assert np.isfinite(report.seam_penalty)
+    meta = json.loads((dest / "zarr.json").read_text())["attributes"]
+    assert meta["ome"]["version"] == "0.5"
+    assert meta["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+
+
+def test_ratio_promise_counts_every_byte(client, volume, tmp_path):
+    for ratio in (16, 48):
+        dest = tmp_path / f"r{ratio}.ome.zarr"
+        report = compress_tiled(volume, dest, client=client, progress=False,
+                                **{**SETTINGS, "ratio": ratio})  # fmt: skip
+        on_disk = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+        assert volume.nbytes / on_disk >= ratio
+        assert on_disk == report.store_bytes
+        info = open_tiled(dest).info()
+        assert info["store_bytes"] == on_disk and info["ratio"] >= ratio
+        assert info["target_ratio"] == ratio and info["psnr"] == round(report.psnr, 2)
+        assert info["network_tiles"] == 25 and info["empty_tiles"] == 1
+        assert not (dest / RUN_STATE).exists()
+
+
+def test_constant_and_empty_tiles_are_nearly_free_and_exact(client, volume, tmp_path):
+    dest = tmp_path / "c.ome.zarr"
+    compress_tiled(volume, dest, client=client, progress=False, **SETTINGS)
+    chunks = dict(existing_chunks(dest))
+    assert (2, 2, 2) not in chunks  # every voxel is the fill value: no chunk
+    assert chunks[(1, 1, 1)].stat().st_size == 1 + 3 + 2 + 4  # kind, index, value, CRC
+    decoded = open_tiled(dest).decode()
+    assert (decoded[16:32, 16:32, 16:32] == 20000).all()
+    assert (decoded[32:, 32:, 32:] == 0).all()
+    assert zarr.open_array(dest / "0", mode="r").fill_value == 0
+
+
+class KillOnce:
+    """A tile hook that kills its worker process the first time it runs (marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, job) -> None:
+        if job.plan.index == (1, 0, 1) and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_loses_nothing(client, volume, tmp_path):
+    source = tmp_path / "v.tif"
+    tifffile.imwrite(source, volume)
+    dest = tmp_path / "k.ome.zarr"
+    marker = tmp_path / "killed"
+    report = compress_tiled(source, dest, client=client, progress=False,
+                            hook=KillOnce(marker), **SETTINGS)  # fmt: skip
+    assert marker.exists() and not report.stopped
+    assert len(dict(existing_chunks(dest))) == 26
+    assert open_tiled(dest).decode().shape == volume.shape
+    client.wait_for_workers(2)
+
+
+def test_stop_then_resume_keeps_finished_tiles(client, volume, tmp_path):
+    dest = tmp_path / "s.ozx"
+    job = TiledCompressor(volume, dest, client=client, **SETTINGS)
+    events, report = run_events(job, stop_after=4)
+    assert report.stopped and not dest.exists()
+    partial = dest.with_name(dest.name + ".partial")
+    assert (partial / RUN_STATE).exists()
+    kept = {i: (p.read_bytes(), p.stat().st_mtime_ns) for i, p in existing_chunks(partial)}
+    assert len(kept) >= 5  # 4 network tiles + the constant tile, maybe more in flight
+    with pytest.raises(ConfigError, match="unfinished run of other data or settings"):
+        TiledCompressor(volume, dest, client=client, **{**SETTINGS, "ratio": 20}).fit()
+    events, report = run_events(TiledCompressor(volume, dest, client=client, **SETTINGS))
+    started = next(e for e in events if isinstance(e, TiledStarted))
+    assert started.resumed == len(kept) and started.todo == 26 - len(kept)
+    assert sum(isinstance(e, TileFinished) for e in events) == started.todo
+    assert not report.stopped and dest.is_file() and not partial.exists()
+    assert volume.nbytes / dest.stat().st_size >= 16  # the .ozx file, every byte
+    with zipfile.ZipFile(dest) as zf:
+        names = zf.namelist()
+        assert names[:2] == ["zarr.json", "0/zarr.json"]  # RFC-9: metadata first, root first
+        for index, (data, _) in kept.items():
+            assert zf.read("0/c/" + "/".join(map(str, index))) == data  # kept byte for byte
+    with zarr.storage.ZipStore(dest, mode="r") as store:
+        decoded = zarr.open_array(store, path="0", mode="r")[:]
+    assert np.array_equal(decoded, open_tiled(dest).decode())
+    assert np.isfinite(report.psnr) and report.resumed == len(kept)
+
+
+def test_region_reads_decode_only_touched_tiles(client, volume, tmp_path):
+    dest = tmp_path / "roi.ome.zarr"
+    compress_tiled(volume, dest, client=client, progress=False, **SETTINGS)
+    store = open_tiled(dest)
+    DECODE_COUNTS.clear()
+    part = store.decode(roi="0:10,18:30,0:40", stride=2)  # tiles (0, 1, 0..2)
+    assert part.shape == (5, 6, 20) and sum(DECODE_COUNTS.values()) == 3
+    DECODE_COUNTS.clear()
+    zarr.open_array(dest / "0", mode="r")[17:20, 0:5, 0:5]
+    assert sum(DECODE_COUNTS.values()) == 1
+    labels = store.to_dask(stride=4, labels=True).compute()  # on the cluster
+    assert labels.shape == (12, 10, 10) and labels.dtype == np.uint32
+    levels = store.pyramid(levels=3)
+    assert [lv.shape for lv in levels] == [(48, 40, 40), (24, 20, 20), (12, 10, 10)]
+
+
+def test_dask_array_source(client, volume, tmp_path):
+    import dask.array as da
+
+    dest = tmp_path / "d.ome.zarr"
+    report = compress_tiled(da.from_array(volume, chunks=20), dest, client=client, progress=False,
+                            **SETTINGS)  # fmt: skip
+    assert report.total_tiles == 27 and report.ratio >= 16
+
+
+def test_bad_inputs_fail_before_any_work(client, volume, tmp_path):
+    dest = tmp_path / "bad.ome.zarr"
+    cases = [
+        (tmp_path / "missing.tif", "input not found"),
+        (np.zeros((40, 40), np.uint16), "expected a 3D"),
+        (np.zeros((2, 2, 3, 40, 40), np.uint16), "expected a 3D"),
+        (np.zeros((20, 20, 20), np.int64), "unsupported dtype int64"),
+        (tmp_path / "v.json", "input not found"),
+    ]
+    for source, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            compress_tiled(source, dest, client=client, progress=False, **SETTINGS)
+    nan = volume.astype(np.float32)
+    nan[20, 3, 30] = np.nan
+    with pytest.raises(ConfigError, match=r"NaN or infinite values \(tile \(1, 0, 1\)"):
+        compress_tiled(nan, dest, client=client, progress=False, **SETTINGS)
+    assert not dest.exists()  # nothing was written
+    with pytest.raises(ConfigError, match="hidden_features is sized per tile"):
+        TiledCompressor(volume, dest, arch=ArchConfig(hidden_features=8), **SETTINGS)
+    with pytest.raises(ConfigError, match="ratio must be"):
+        TiledCompressor(volume, dest, **{**SETTINGS, "ratio": 0.5})
+    dest.mkdir()
+    (dest / "keep.txt").write_text("not a store")
+    with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
+        TiledCompressor(volume, dest, **SETTINGS)
