@@ -48,6 +48,7 @@ from .moe import MoEOutput, MoESiren, expert_capacity
 
 __all__ = [
     "BACKENDS",
+    "INSTALL_HINT",
     "TUTEL_COMMIT",
     "TutelMixture",
     "available_backends",
@@ -109,7 +110,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
             return "native"
         return _AUTO.get(kind, "native")
     if name not in BACKENDS:
-        raise ConfigError(f"backend must be one of ('auto', *{BACKENDS}), got {name!r}")
+        raise ConfigError(f"backend must be one of {('auto', *BACKENDS)}, got {name!r}")
     if name == "tutel":
         try:
             _fast_dispatch()
