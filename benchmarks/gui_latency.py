@@ -40,6 +40,7 @@ def measure(args: argparse.Namespace) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
+    from napari_moec.config import PreviewConfig
 
     stacks = open(args.stacks, "w")  # noqa: SIM115 (the watchdog writes to it until the end)
     slow_paints: list[tuple[float, float]] = []
@@ -58,9 +59,11 @@ def measure(args: argparse.Namespace) -> dict:
     viewer = napari.Viewer(show=args.show)
     viewer.add_image(ct_head()[BLOCK], name="block", scale=CT_HEAD_SPACING)
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
-    widget.preview_every = args.preview_every
+    widget.preview = PreviewConfig(
+        every_steps=args.preview_steps, every_seconds=args.preview_every
+    )  # each preview also decodes the plane shown at full resolution (the live view)
     widget.settings.set_values(
-        ratio=32, steps=args.steps, experts=4, batch_size=4096, report_every=5
+        ratio=32, steps=args.steps, num_experts=4, batch_size=4096, report_every=5
     )
     for _ in range(50):  # let the window settle
         QApplication.processEvents()
@@ -95,12 +98,13 @@ def measure(args: argparse.Namespace) -> dict:
     stacks.close()
     _QtMainWindow.event = original_event
     ms = np.array([g for _, g in gaps]) * 1000
-    report = widget.result.compressed.report if widget.result else {}
+    report = widget.result.compressed.report if widget.result else None
     viewer.close()
     return {
         "show": args.show,
         "steps": args.steps,
         "preview_every": args.preview_every,
+        "preview_steps": args.preview_steps,
         "start_click_ms": round(click * 1000, 1),
         "ticks": len(ms),
         "gap_ms": {
@@ -112,7 +116,7 @@ def measure(args: argparse.Namespace) -> dict:
         },
         "worst_gaps": sorted(((round(t, 2), round(g * 1000)) for t, g in gaps), key=_by_gap)[:10],
         "slow_window_events_ms": slow_paints[:50],
-        "training_seconds": report.get("seconds"),
+        "training_seconds": None if report is None else report.seconds,
         "stacks_file": str(args.stacks),
     }
 
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--show", action="store_true", help="a visible window (repaints)")
     parser.add_argument("--preview-every", type=float, default=1.0, help="seconds")
+    parser.add_argument("--preview-steps", type=int, default=50, help="optimiser steps")
     parser.add_argument("--dump-after", type=float, default=0.06, help="seconds")
     parser.add_argument("--stacks", type=Path, default=Path("benchmarks/out/gui_stacks.txt"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/gui"))

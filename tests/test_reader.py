@@ -7,7 +7,7 @@ import pytest
 
 import napari_moec
 from napari_moec import MoecFormatError, TrainConfig
-from napari_moec._layers import EXPERT_OFFSET
+from napari_moec._layers import EXPERT_OFFSET, layer_names
 from napari_moec._reader import napari_get_reader
 from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec.format import MAGIC
@@ -37,7 +37,7 @@ def test_reader_gives_image_and_labels_like_the_api(moec_file):
     np.testing.assert_array_equal(image, loaded.decode())
     np.testing.assert_array_equal(labels, loaded.expert_labels() + EXPERT_OFFSET)
     assert image.dtype == np.uint16 and image.shape == (24, 24, 24)
-    assert image_meta["name"] == "block MoEC" and labels_meta["name"] == "block experts"
+    assert (image_meta["name"], labels_meta["name"]) == layer_names("block")[:2]
     assert image_meta["scale"] == CT_HEAD_SPACING == labels_meta["scale"]
     meta = image_meta["metadata"]
     assert meta["moec_ratio"] == pytest.approx(loaded.ratio, abs=0.01) and meta["moec_ratio"] >= 16
@@ -73,7 +73,7 @@ def test_viewer_opens_moec_with_the_plugin(make_napari_viewer, moec_file):
     pytest.importorskip("napari")
     viewer = make_napari_viewer()
     layers = viewer.open(str(moec_file), plugin="napari-moec")
-    assert [layer.name for layer in layers] == ["block MoEC", "block experts"]
+    assert [layer.name for layer in layers] == list(layer_names("block")[:2])
     np.testing.assert_array_equal(layers[0].data, napari_moec.load(moec_file).decode())
     np.testing.assert_allclose(layers[0].scale, CT_HEAD_SPACING)
     assert type(layers[1]).__name__ == "Labels"

@@ -20,18 +20,26 @@ from qtpy.QtWidgets import QApplication
 
 import napari_moec
 from napari_moec import _widget, _widget_results
-from napari_moec._layers import LiveLayers
+from napari_moec._layers import layer_names
+from napari_moec._live_view import (
+    LABELS_CONTOUR,
+    LiveFrame,
+    LiveLayers,
+    compose_frame,
+    displayed_plane,
+)
 from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec._widget import MoecWidget
 from napari_moec._widget_results import grid_of
 from napari_moec.config import PreviewConfig
 from napari_moec.errors import TrainingError
-from napari_moec.events import Progress
+from napari_moec.events import Preview, Progress, RegionPreview
 from napari_moec.metrics import psnr
 
 pytestmark = pytest.mark.gui
 
 BLOCK = (slice(30, 62), slice(16, 48), slice(16, 48))
+NAMES = layer_names("block")
 
 
 @pytest.fixture
@@ -51,7 +59,7 @@ def viewer_widget(make_napari_viewer):
     viewer.add_image(ct_head()[BLOCK], name="block", scale=CT_HEAD_SPACING, translate=(3, 0, 0))
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
     widget.preview = PreviewConfig(every_steps=10)  # by steps: the same on any machine
-    widget.settings.set_values(ratio=32, steps=40, experts=4, batch_size=4096, report_every=5)
+    widget.settings.set_values(ratio=32, steps=40, num_experts=4, batch_size=4096, report_every=5)
     pair = [viewer, widget]
     yield pair
     # pytest keeps fixture values until the test item is torn down, after napari's leak check:
@@ -98,10 +106,11 @@ def test_estimate_shows_size_and_impossible_ratio(viewer_widget, qtbot):
 
 
 def test_auto_experts_follow_the_budget(viewer_widget):
-    """Experts "auto" (the spin box's 0) is the core's choice: 2 experts, 1 at tiny budgets."""
+    """Experts "auto" (ticked, the control hidden) is the core's choice: 2, 1 at tiny budgets."""
     _, widget = viewer_widget
-    widget.settings.set_values(experts=0, ratio=32)
-    assert widget.settings.experts.text() == "auto"
+    widget.settings.set_values(num_experts=None, ratio=32)
+    experts = widget.settings.controls["num_experts"]
+    assert experts.auto.value and not experts.control.visible
     assert widget.settings.compressor_kwargs()["arch"].num_experts is None
     widget.update_estimate()
     assert "× 2 experts" in widget.settings.estimate.text()
@@ -112,18 +121,15 @@ def test_auto_experts_follow_the_budget(viewer_widget):
 
 def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, tmp_path, messages):
     viewer, widget = viewer_widget
-    previews: list = []
+    frames: list = []
     widget.start()
-    widget.worker.yielded.connect(
-        lambda e: previews.append(e) if type(e).__name__ == "Preview" else None
-    )
+    widget.worker.yielded.connect(lambda e: frames.append(e) if isinstance(e, LiveFrame) else None)
     assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
-    qtbot.waitUntil(
-        lambda: "block MoEC" in viewer.layers and "block experts" in viewer.layers, timeout=60_000
-    )
+    assert NAMES.image in viewer.layers and NAMES.labels in viewer.layers  # made on the click
     _wait_done(qtbot, widget)
-    assert previews, "no live preview arrived"
-    image, labels = viewer.layers["block MoEC"], viewer.layers["block experts"]
+    assert [f for f in frames if not f.final], "no live preview arrived"
+    assert frames[-1].final
+    image, labels = viewer.layers[NAMES.image], viewer.layers[NAMES.labels]
     assert image.data.shape == (32, 32, 32)
     assert len(np.unique(labels.data)) >= 2, "the partition should use at least two experts"
     np.testing.assert_allclose(image.scale, CT_HEAD_SPACING)
@@ -139,9 +145,9 @@ def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, t
 
     widget.compare()
     qtbot.waitUntil(lambda: widget.compare_worker is None, timeout=60_000)
-    assert "block difference" in viewer.layers
+    assert NAMES.difference in viewer.layers
     assert grid_of(viewer).enabled
-    assert not viewer.layers["block experts"].visible
+    assert not viewer.layers[NAMES.labels].visible
     expected = psnr(ct_head()[BLOCK], reference)
     assert widget.last_comparison.psnr == pytest.approx(expected)
     assert not [m for kind, m in messages if kind == "error"]
@@ -203,26 +209,95 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     )
 
 
-def test_live_layers_swap_previews_in_place(make_napari_viewer):
-    """Same-shape previews are copied into the layers' own arrays (no napari re-setup); arrays
-    handed in are never written to; another shape is assigned."""
+def test_live_layers_copy_frames_in_place(make_napari_viewer):
+    """Same-shape frames are copied into the layers' own arrays (no napari re-setup); frames
+    are never written to; another shape is assigned. The partition is drawn as contours."""
     viewer = make_napari_viewer()
-    source = viewer.add_image(np.zeros((4, 6, 8), np.uint16), name="v")
+    source = viewer.add_image(np.zeros((4, 6, 8), np.uint16), name="v", scale=(2, 1, 1))
     live = LiveLayers(viewer, source)
-    live.prepare((4, 6, 8), (1, 1, 1), np.uint16)
-    image, labels = viewer.layers["v MoEC"], viewer.layers["v experts"]
+    live.prepare((4, 6, 8), np.uint16)
+    names = layer_names("v")
+    image, labels = viewer.layers[names.image], viewer.layers[names.labels]
+    np.testing.assert_allclose(image.scale, (2, 1, 1))
+    assert labels.contour == LABELS_CONTOUR
     buffers = image.data, labels.data
-    first = np.full((4, 6, 8), 7, np.uint16)
-    live.update(first, np.ones((4, 6, 8), np.int64), (1, 1, 1))
+    first = LiveFrame(1, np.full((4, 6, 8), 7, np.uint16), np.full((4, 6, 8), 2, np.uint8))
+    live.show(first)
     assert image.data is buffers[0] and labels.data is buffers[1]
-    assert (image.data == 7).all() and (labels.data == 2).all()  # expert 1 shown as label 2
-    live.update(np.full((4, 6, 8), 9, np.uint16), np.zeros((4, 6, 8), np.int64), (1, 1, 1))
-    assert (first == 7).all() and (image.data == 9).all() and (labels.data == 1).all()
-    final = np.full((8, 12, 16), 5, np.uint16)
-    live.update(final, np.zeros(final.shape, np.int64), (1, 1, 1))
-    assert image.data.shape == final.shape and (image.data == 5).all()
-    live.update(np.zeros(final.shape, np.uint16), np.zeros(final.shape, np.int64), (1, 1, 1))
-    assert (final == 5).all()
+    assert (image.data == 7).all() and (labels.data == 2).all()
+    live.show(LiveFrame(2, np.full((4, 6, 8), 9, np.uint16), np.ones((4, 6, 8), np.uint8)))
+    assert (first.image == 7).all() and (image.data == 9).all() and (labels.data == 1).all()
+    bigger = LiveFrame(3, np.full((8, 12, 16), 5, np.uint16), np.ones((8, 12, 16), np.uint8))
+    live.show(bigger)
+    assert image.data.shape == (8, 12, 16) and (image.data == 5).all()
+    live.show(LiveFrame(4, np.zeros((8, 12, 16), np.uint16), np.ones((8, 12, 16), np.uint8)))
+    assert (bigger.image == 5).all()
+
+
+def test_displayed_plane_follows_the_view(make_napari_viewer):
+    """The plane napari shows, in the layer's voxels: the current slice of the non-displayed
+    axes, whole displayed axes (or a window around the camera for huge planes), none in 3D."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((10, 20, 30), np.uint8), scale=(2, 1, 1), translate=(4, 0, 0))
+    viewer.dims.set_point(0, 4 + 2 * 7)  # world z of voxel 7
+    assert displayed_plane(viewer, layer, 10**6) == (slice(7, 8), slice(0, 20), slice(0, 30))
+    viewer.dims.order = (2, 0, 1)  # now showing (z, y) at an x
+    viewer.dims.set_point(2, 12)
+    assert displayed_plane(viewer, layer, 10**6) == (slice(0, 10), slice(0, 20), slice(12, 13))
+    viewer.dims.order = (0, 1, 2)
+    roi = displayed_plane(viewer, layer, 150)  # 20 x 30 > 150: a window, centred on the view
+    assert roi[0] == slice(7, 8)
+    height, width = roi[1].stop - roi[1].start, roi[2].stop - roi[2].start
+    assert height * width <= 150 and width / height == pytest.approx(1.5, rel=0.25)
+    assert roi[1].stop <= 20 and roi[2].stop <= 30  # starts are clipped at 0 too
+    viewer.dims.ndisplay = 3
+    assert displayed_plane(viewer, layer, 10**6) is None
+
+
+def test_compose_frame_upsamples_and_overlays_regions():
+    """Strided samples fill their nearest voxels; full-resolution regions replace them."""
+    grid = np.arange(2 * 3, dtype=np.uint16).reshape(1, 2, 3)  # samples at y 0,2 and x 0,2,4
+    region = RegionPreview(
+        (slice(0, 1), slice(1, 2), slice(0, 5)),
+        np.full((1, 1, 5), 99, np.uint16),
+        np.ones((1, 1, 5)),
+    )
+    preview = Preview(1, (1, 2, 2), grid, np.zeros(grid.shape, np.uint8), (region,))
+    frame = compose_frame(preview, (1, 4, 5))
+    assert frame.image.shape == (1, 4, 5) and frame.labels.dtype == np.uint8
+    np.testing.assert_array_equal(frame.image[0, 0], [0, 1, 1, 2, 2])  # x 1 -> sample x 2
+    np.testing.assert_array_equal(frame.image[0, 1], 99)  # the region
+    np.testing.assert_array_equal(frame.image[0, 2], [3, 4, 4, 5, 5])
+    np.testing.assert_array_equal(frame.image[0, 3], [3, 4, 4, 5, 5])  # past the last sample
+    np.testing.assert_array_equal(frame.labels[0, 1], 2)  # expert 1 shown as label 2
+    np.testing.assert_array_equal(frame.labels[0, 0], 1)
+    assert frame.regions == (region.roi,) and (grid == np.arange(6).reshape(1, 2, 3)).all()
+
+
+def test_changing_the_slice_sharpens_the_new_plane(viewer_widget, qtbot):
+    """During training the plane shown is decoded at full resolution; after the user moves the
+    slice, a later preview decodes the new plane and the live layer shows it."""
+    viewer, widget = viewer_widget
+    widget.preview = PreviewConfig(every_steps=5, voxels=4096)  # a 2x-strided preview
+    widget.settings.set_values(steps=100_000)
+    frames: list = []
+    viewer.dims.set_point(0, 3 + CT_HEAD_SPACING[0] * 4)  # voxel 4 of the block
+    widget.start()
+    widget.worker.yielded.connect(lambda e: frames.append(e) if isinstance(e, LiveFrame) else None)
+    plane = lambda z: (slice(z, z + 1), slice(0, 32), slice(0, 32))  # noqa: E731
+    qtbot.waitUntil(lambda: any(plane(4) in f.regions for f in frames), timeout=60_000)
+    viewer.dims.set_point(0, 3 + CT_HEAD_SPACING[0] * 20)
+    qtbot.waitUntil(lambda: any(plane(20) in f.regions for f in frames), timeout=60_000)
+    # The widget's slot runs before this test's (connected first): it shows the latest frame.
+    np.testing.assert_array_equal(widget._live.image_layer.data, frames[-1].image)
+    frame = next(f for f in frames if plane(20) in f.regions)
+    worker = widget.worker
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        widget.stop()
+    assert frame.image.shape == (32, 32, 32)
+    assert plane(4) not in frame.regions  # only what is shown now
+    assert len(np.unique(frame.image[21])) <= 16 * 16  # not shown: the 2x preview, upsampled
+    assert widget.result.compressed.report.stopped_early
 
 
 def test_pause_resume_stop_keeps_best_model(viewer_widget, qtbot, tmp_path):
@@ -306,3 +381,29 @@ def test_training_error_becomes_a_message(viewer_widget, qtbot, messages, monkey
     assert "block" in viewer.layers
     errors = [m for kind, m in messages if kind == "error"]
     assert errors and "training failed" in errors[0] and "nan" in errors[0]
+
+
+def test_load_decodes_in_a_worker(viewer_widget, qtbot, tmp_path, messages):
+    """Load… returns at once with a worker; the layers and the result come when it returns.
+    A broken file becomes a message naming it."""
+    viewer, widget = viewer_widget
+    compressed = napari_moec.compress(
+        ct_head()[BLOCK], 32, spacing=CT_HEAD_SPACING, steps=5, batch_size=1024
+    )
+    path = compressed.save(tmp_path / "loaded.moec")
+    assert widget.load(path) is not None and not widget.load_button.isEnabled()
+    # Not waitSignal(worker.finished): the worker may finish before a slot is connected.
+    qtbot.waitUntil(lambda: widget.load_worker is None, timeout=60_000)
+    names = layer_names("loaded")
+    assert names.image in viewer.layers and names.labels in viewer.layers
+    np.testing.assert_array_equal(viewer.layers[names.image].data, compressed.decode())
+    np.testing.assert_array_equal(widget.result.labels, compressed.expert_labels())
+    assert widget.load_button.isEnabled() and widget.save_button.isEnabled()
+    assert "PSNR" in widget.readouts["result"].text()
+
+    broken = tmp_path / "broken.moec"
+    broken.write_bytes(path.read_bytes()[:40])
+    assert widget.load(broken) is not None
+    qtbot.waitUntil(lambda: widget.load_worker is None, timeout=60_000)
+    errors = [m for kind, m in messages if kind == "error"]
+    assert errors and "broken.moec" in errors[0]

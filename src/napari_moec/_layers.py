@@ -1,15 +1,15 @@
 """Turning compressed volumes into napari layers: shared by the reader and the dock widget.
 
-The reader and the widget's Load… and live preview all go through here, so a ``.moec`` opened
-from the File menu and one produced by training look the same: same names, same scale, same
-metadata keys. Expert labels are shown as ``expert index + 1`` because napari draws label 0 as
-transparent, and every expert should be visible in the partition overlay.
+The reader, the widget's Load…, its live view (``_live_view``) and Compare all go through here,
+so a ``.moec`` opened from the File menu and one produced by training look the same: same names
+(:func:`layer_names`), same scale, same metadata keys, same partition style. Expert labels are
+shown as ``expert index + 1`` because napari draws label 0 as transparent, and every expert
+should be visible in the partition overlay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -17,12 +17,36 @@ from .compressed import Compressed
 
 __all__ = [
     "EXPERT_OFFSET",
-    "LiveLayers",
+    "LABELS_OPACITY",
+    "LayerNames",
     "difference",
+    "expert_labels_for_display",
+    "layer_names",
     "moec_metadata",
     "result_layer_data",
     "warm_up_layer_machinery",
 ]
+
+
+class LayerNames(NamedTuple):
+    """The names of the layers made from one volume called ``base``."""
+
+    image: str  #: the decompressed volume (live during training)
+    labels: str  #: the learned partition (Labels)
+    difference: str  #: decoded - original, made by Compare
+
+
+def layer_names(base: str) -> LayerNames:
+    """``"<base> MoEC"``, ``"<base> experts"`` and ``"<base> difference"``: the one place that
+    names the plugin's layers (reader, live view, Load…, Compare and the tests use it)."""
+    return LayerNames(f"{base} MoEC", f"{base} experts", f"{base} difference")
+
+
+#: Opacity of the partition (Labels) layer a file opens with. Filled at 0.4 it hid the
+#: reconstruction under it; at 0.25 the tint still tells the experts apart and the anatomy shows
+#: through. The live view draws outlines instead (``_live_view.LABELS_CONTOUR``): napari takes
+#: ``contour`` only as a property set on a layer, not from a reader's layer data.
+LABELS_OPACITY = 0.25
 
 _warmed_up = False
 
@@ -91,29 +115,28 @@ def result_layer_data(
         The volume; decoded here at full resolution unless ``image``/``labels`` are given
         (the widget decodes in its worker thread and passes them in).
     name
-        Base name: layers are ``"<name> MoEC"`` and ``"<name> experts"``.
+        Base name of the layers (:func:`layer_names`).
     image, labels
         Already decoded full-resolution arrays (labels as raw expert indices).
     path
         The file, recorded in the metadata.
     """
     header = compressed.header
-    if image is None:
-        image = compressed.decode()
-    if labels is None:
-        labels = compressed.expert_labels()
+    if image is None or labels is None:
+        image, labels = compressed.decode_with_labels()  # one pass of the network for both
     scale = tuple(header.spacing) if header.spacing else (1.0,) * len(header.shape)
     meta = moec_metadata(compressed, path)
     common: dict[str, Any] = {"scale": scale, "metadata": meta}
     if header.unit:
         common["units"] = header.unit
+    names = layer_names(name)
     image_meta = {
         **common,
-        "name": f"{name} MoEC",
+        "name": names.image,
         "colormap": "gray",
         "contrast_limits": (float(header.vmin), float(header.vmax)),
     }
-    labels_meta = {**common, "name": f"{name} experts", "opacity": 0.4}
+    labels_meta = {**common, "name": names.labels, "opacity": LABELS_OPACITY}
     return [
         (image, image_meta, "image"),
         (expert_labels_for_display(labels), labels_meta, "labels"),
@@ -128,141 +151,3 @@ def expert_labels_for_display(labels: np.ndarray) -> np.ndarray:
 def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
     """``decoded - original`` as float32, so that signed errors of unsigned data stay signed."""
     return decoded.astype(np.float32) - original.astype(np.float32)
-
-
-def _set_scale(layer, scale: tuple) -> None:
-    """Assign ``scale`` only when it changes: napari refreshes the whole layer on assignment,
-    which cost ~150 ms per preview on a busy 2-core machine."""
-    if not np.allclose(layer.scale, scale):
-        layer.scale = scale
-
-
-def _refresh_in_place(layer) -> None:
-    """Redraw ``layer`` after its data array was overwritten in place (same shape and dtype)."""
-    try:
-        layer.refresh(extent=False)  # the extent did not change: skip recomputing it
-    except TypeError:  # a napari whose refresh() takes no keywords
-        layer.refresh()
-
-
-class LiveLayers:
-    """The reconstruction and partition layers of one training run, created on first use.
-
-    Previews arrive on a strided grid; the layers are scaled by ``stride × source scale`` and
-    keep the source's translate, so voxel ``i`` of a preview sits where voxel ``i·stride`` of the
-    source does and the overlay stays registered as the stride changes.
-
-    Each layer shows an array this object allocated (``prepare``'s blank placeholder); a preview
-    of the same shape and dtype is copied into it and the layer refreshed. Assigning
-    ``layer.data`` instead makes napari recompute the layer's dims, extent and transforms:
-    measured 20-65 ms per layer on a busy 2-core machine, against 7-15 ms for the in-place
-    refresh. Arrays handed in by the caller (previews, the final result) are never written to.
-
-    Parameters
-    ----------
-    viewer
-        The napari viewer (public proxy is fine).
-    source
-        The Image layer being compressed.
-    """
-
-    def __init__(self, viewer, source) -> None:
-        self.viewer = viewer
-        self.name = source.name
-        self.scale = np.asarray(source.scale, dtype=float)
-        self.translate = np.asarray(source.translate, dtype=float)
-        self.contrast_limits = tuple(source.contrast_limits)
-        self.units = tuple(source.units)  # same units as the source, or napari warns
-        self.image_layer = None
-        self.labels_layer = None
-        #: The arrays this object allocated and gave to its layers, by layer kind.
-        self._buffers: dict[str, np.ndarray] = {}
-
-    @property
-    def image_name(self) -> str:
-        return f"{self.name} MoEC"
-
-    @property
-    def labels_name(self) -> str:
-        return f"{self.name} experts"
-
-    def _find(self, name: str, kind: str):
-        for layer in self.viewer.layers:
-            if layer.name == name and type(layer).__name__.lower() == kind:
-                return layer
-        return None
-
-    def prepare(self, shape: Sequence[int], stride: Sequence[int], dtype) -> None:
-        """Create both layers (blank) on the preview grid before training starts.
-
-        Layer creation is the one slow napari operation (0.2-1 s under software GL); doing it
-        up front keeps every later preview a cheap data swap.
-        """
-        grid = tuple(len(range(0, n, s)) for n, s in zip(shape, stride, strict=True))
-        self.update(np.zeros(grid, dtype=dtype), None, stride)
-
-    def update(
-        self,
-        image: np.ndarray,
-        labels: np.ndarray | None,
-        stride: Sequence[int],
-        metadata: dict | None = None,
-    ) -> None:
-        """Show ``image`` and raw expert ``labels`` (None: blank) on the grid ``[::stride]``."""
-        scale = tuple(self.scale * np.asarray(stride, dtype=float))
-        if labels is None:
-            shown = np.zeros(image.shape, dtype=np.uint8)
-        else:
-            shown = expert_labels_for_display(labels)  # a new array: ours to keep
-        # Re-find by name each time: the user may have deleted or renamed a layer meanwhile.
-        self.image_layer = self._find(self.image_name, "image")
-        self.labels_layer = self._find(self.labels_name, "labels")
-        if self.image_layer is None:
-            self._buffers["image"] = buffer = image.copy()
-            self.image_layer = self.viewer.add_image(
-                buffer,
-                name=self.image_name,
-                scale=scale,
-                translate=tuple(self.translate),
-                units=self.units,
-                contrast_limits=self.contrast_limits,
-                colormap="gray",
-            )
-        else:
-            _set_scale(self.image_layer, scale)
-            self._show(self.image_layer, "image", image, owned=False)
-        if self.labels_layer is None:
-            self._buffers["labels"] = shown
-            self.labels_layer = self.viewer.add_labels(
-                shown,
-                name=self.labels_name,
-                scale=scale,
-                translate=tuple(self.translate),
-                units=self.units,
-                opacity=0.4,
-            )
-        else:
-            _set_scale(self.labels_layer, scale)
-            self._show(self.labels_layer, "labels", shown, owned=True)
-        if metadata is not None:
-            self.image_layer.metadata.update(metadata)
-            self.labels_layer.metadata.update(metadata)
-
-    def _show(self, layer, kind: str, data: np.ndarray, *, owned: bool) -> None:
-        """Put ``data`` in ``layer``: copied into our own array when it fits, else assigned.
-
-        ``owned``: ``data`` is a fresh array nobody else holds, so it can become our buffer.
-        """
-        buffer = self._buffers.get(kind)
-        if (
-            buffer is not None
-            and layer.data is buffer
-            and buffer.shape == data.shape
-            and buffer.dtype == data.dtype
-        ):
-            np.copyto(buffer, data)
-            _refresh_in_place(layer)
-            return
-        buffer = data if owned else data.copy()
-        layer.data = buffer
-        self._buffers[kind] = buffer

@@ -1,14 +1,16 @@
 """The "MoEC compression" dock widget: pick a volume, press Start, watch it compress.
 
 It holds no ML: settings become ``Compressor(...)`` arguments (``_widget_settings``), the core's
-generator runs in a napari worker (``_widget_run``) and its events become layer updates
-(``_layers``). Results (save, load, compare) live in ``_widget_results``.
+generator runs in a napari worker (``_widget_run``) and its previews become full-resolution
+frames of the live layers, sharp on the plane the viewer shows (``_live_view``). Results (save,
+load, compare) live in ``_widget_results``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -25,15 +27,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import LiveLayers, warm_up_layer_machinery
+from ._layers import warm_up_layer_machinery
+from ._live_view import FollowView, LiveFrame, LiveLayers
 from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
 from ._widget_results import ResultsMixin
 from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
 from ._widget_settings import SettingsPanel
-from .config import PreviewConfig, RunConfig
+from .config import PreviewConfig
 from .devices import available_cores
 from .errors import ConfigError
-from .events import Finalizing, Preview, Progress, Started
+from .events import Finalizing, Progress, Started
 from .plan import plan
 from .training import Compressor
 
@@ -56,9 +59,10 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     ----------
     preview : PreviewConfig
         When live previews come (every N steps and/or T seconds, and once at the end of
-        training) and what they may cost.
+        training) and what they may cost (see ``_live_view`` for the bound).
     threads : int
-        CPU threads for training; one core fewer than available, so the GUI stays smooth.
+        CPU threads for training unless the settings set them; one core fewer than available,
+        so the GUI stays smooth.
     worker
         The running GeneratorWorker, or None.
     """
@@ -72,9 +76,11 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         warm_up_layer_machinery()
         self.worker = None
         self.compare_worker = None
+        self.load_worker = None
         self.result = None  # Outcome of the last run or load
         self._compressor: Compressor | None = None
         self._live: LiveLayers | None = None
+        self._follow: FollowView | None = None
         self._watched: QObject | None = None
         self._last_readout = 0.0
         self._closing = False
@@ -178,14 +184,9 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     def _make_compressor(self) -> Compressor:
         """A Compressor for the current source and settings; raises ConfigError if impossible."""
         layer, physical, settings = self._source_and_settings()
-        device = settings.pop("device")
-        return Compressor(
-            np.asarray(layer.data),
-            preview=self.preview,
-            run=RunConfig(device=device, threads=self.threads),
-            **physical,
-            **settings,
-        )
+        if settings["run"].threads is None:
+            settings["run"] = replace(settings["run"], threads=self.threads)
+        return Compressor(np.asarray(layer.data), preview=self.preview, **physical, **settings)
 
     def update_estimate(self) -> None:
         """Predicted file size and parameter count for the settings as typed.
@@ -225,11 +226,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
             return
         self._compressor = compressor
         self._closing = False
-        self._live = LiveLayers(self.viewer, self.source_layer())
+        source = self.source_layer()
+        self._live = LiveLayers(self.viewer, source)
         # Adding a layer costs napari 0.2-1 s (vispy node, dims, labels colormap): pay it here,
         # on the click, so that during training previews only swap layer data (10-35 ms).
-        self._live.prepare(
-            compressor.header.shape, compressor.preview_stride(), compressor.volume.dtype
+        self._live.prepare(compressor.header.shape, compressor.volume.dtype)
+        # From now on every preview also decodes the plane shown, at full resolution.
+        self._follow = FollowView(
+            self.viewer, source, compressor, max_voxels=self.preview.region_voxels
         )
         self._watch_window()
         worker = create_worker(compress, compressor, _start_thread=False, _ignore_errors=True)
@@ -273,13 +277,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         self.status.setText("Stopping: keeping the best model so far…")
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
+        loading = self.load_worker is not None
+        self.start_button.setEnabled(not running and not loading)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.pause_button.setText("Pause")
         self.source.setEnabled(not running)
         self.settings.setEnabled(not running)
-        self.load_button.setEnabled(not running)
+        self.load_button.setEnabled(not running and not loading)
         has_result = self.result is not None and not running
         self.save_button.setEnabled(has_result)
         self.compare_button.setEnabled(has_result)
@@ -303,8 +308,8 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
                 self.readouts["psnr"].setText(f"{event.psnr:.2f} dB (training estimate)")
             load = "  ".join(f"E{i} {v:.0%}" for i, v in enumerate(event.expert_load))
             self.readouts["load"].setText(load)
-        elif isinstance(event, Preview):
-            self._live.update(event.image, event.labels, event.stride)
+        elif isinstance(event, LiveFrame):
+            self._live.show(event)
         elif isinstance(event, Started):
             self.status.setText(
                 f"Training on {event.device}: {event.num_parameters:,} parameters, "
@@ -325,8 +330,7 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     def _on_returned(self, outcome: Outcome) -> None:
         if self._closing:
             return
-        self.result = outcome
-        self._live.update(outcome.image, outcome.labels, (1,) * outcome.image.ndim)
+        self.result = outcome  # the live layers already show it: the worker's final frame
         self._show_result(outcome.compressed, self._live.name)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -337,6 +341,9 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._compressor = None
+        if self._follow is not None:
+            self._follow.disconnect()
+            self._follow = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self.result is not None else 0)
         self._set_running(False)

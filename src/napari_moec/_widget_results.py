@@ -1,7 +1,9 @@
 """Results half of the dock widget: Save…, Load… and Compare.
 
 A mixin of :class:`~napari_moec._widget.MoecWidget` so the widget module stays readable; it uses
-the widget's ``viewer``, ``result``, ``readouts`` and ``source_layer()``.
+the widget's ``viewer``, ``result``, ``readouts`` and ``source_layer()``. Load… and Compare run
+in napari workers (decoding and SSIM take seconds); their results come back to the GUI thread,
+which only adds or updates layers.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
-from ._layers import EXPERT_OFFSET, moec_metadata
-from ._reader import read_moec
-from ._widget_run import Comparison, Outcome, describe_error, measure
+from ._layers import layer_names, moec_metadata
+from ._widget_run import Comparison, Loaded, describe_error, measure, open_moec
 from .compressed import Compressed
-from .errors import MoecError
 
 __all__ = ["ResultsMixin"]
 
@@ -41,8 +41,9 @@ class ResultsMixin:
         text = f"{compressed.nbytes:,} B, {compressed.ratio:.0f}x, {quality}"
         self._result_name = name
         self.readouts["result"].setText(text)
+        names = layer_names(name)
         for layer in self.viewer.layers:
-            if layer.name in (f"{name} MoEC", f"{name} experts"):
+            if layer.name in (names.image, names.labels):
                 layer.metadata.update(meta)
         stopped = ""
         if compressed.report is not None and compressed.report.stopped_early:
@@ -77,23 +78,42 @@ class ResultsMixin:
         show_info(f"Saved {path.name}: {c.nbytes:,} bytes, {c.ratio:.0f}x.")
         return path
 
-    def load(self, path: str | Path | None = None) -> list | None:
-        """Open a ``.moec`` file with the plugin's reader and make it the current result."""
+    def load(self, path: str | Path | None = None):
+        """Open a ``.moec`` file with the plugin's reader, in a worker, and make it the current
+        result; the layers appear when the worker returns. Returns the worker (None when no
+        file was chosen or a load is already running)."""
+        if self.load_worker is not None:
+            return None
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self, "Open .moec", "", "MoEC (*.moec)")
             if not path:
                 return None
-        try:
-            compressed, layer_data = read_moec(path)
-        except (MoecError, OSError) as exc:
-            show_error(f"MoEC: could not open {path}: {exc}")
-            return None
-        layers = [getattr(self.viewer, f"add_{kind}")(d, **meta) for d, meta, kind in layer_data]
-        (image, _, _), (shown, _, _) = layer_data
-        self.result = Outcome(compressed, image, shown - np.uint8(EXPERT_OFFSET))
-        self._show_result(compressed, Path(path).name.removesuffix(".moec"))
+        worker = create_worker(open_moec, str(path), _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(self._on_load_error)
+        worker.finished.connect(self._on_load_finished)
+        self.load_worker = worker
+        self._loading_path = str(path)
+        self.status.setText(f"Opening {Path(path).name}…")
         self._set_running(False)
-        return layers
+        worker.start()
+        return worker
+
+    def _on_loaded(self, loaded: Loaded) -> None:
+        for data, meta, kind in loaded.layer_data:
+            getattr(self.viewer, f"add_{kind}")(data, **meta)
+        self.result = loaded.outcome
+        self._show_result(loaded.outcome.compressed, Path(loaded.path).name.removesuffix(".moec"))
+
+    def _on_load_error(self, exc: BaseException) -> None:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        message = f"MoEC: could not open {self._loading_path}: {cause}"
+        self.status.setText(message)
+        show_error(message)
+
+    def _on_load_finished(self) -> None:
+        self.load_worker = None
+        self._set_running(False)
 
     def compare(self) -> None:
         """PSNR/SSIM, a difference layer and a grid view of original vs decompressed."""
@@ -135,8 +155,8 @@ class ResultsMixin:
 
     def _show_comparison(self, cmp: Comparison) -> None:
         original = self._compare_original
-        name = getattr(self, "_result_name", original.name)
-        decoded_name, diff_name = f"{name} MoEC", f"{name} difference"
+        names = layer_names(getattr(self, "_result_name", original.name))
+        decoded_name, diff_name = names.image, names.difference
         layers = {layer.name: layer for layer in self.viewer.layers}
         common = {
             "scale": tuple(original.scale),

@@ -1,8 +1,8 @@
 """What runs off the GUI thread, and how its failures are worded for the user.
 
 The dock widget hands these functions to napari workers. Anything that can take more than a few
-milliseconds (training, the final full-resolution decode, SSIM) happens here, so the napari event
-loop keeps drawing while it runs.
+milliseconds (training, composing the live view's full-resolution frames, the final decode,
+opening a file, SSIM) happens here, so the napari event loop keeps drawing while it runs.
 """
 
 from __future__ import annotations
@@ -15,21 +15,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._layers import difference
+from ._layers import EXPERT_OFFSET, difference
+from ._live_view import LiveFrame, compose_frame, final_frame
+from ._reader import read_moec
 from .compressed import Compressed
 from .errors import MoecError, TrainingError
-from .events import TrainEvent
-from .metrics import psnr, ssim
+from .events import Preview, TrainEvent
+from .metrics import psnr, ssim, ssim_applies
 from .training import Compressor
 
 __all__ = [
     "Comparison",
+    "Loaded",
     "Outcome",
     "WorkerFailure",
     "compress",
     "describe_error",
     "freeze_gc",
     "measure",
+    "open_moec",
     "thaw_gc",
 ]
 
@@ -98,29 +102,60 @@ class Comparison:
     difference: np.ndarray
 
 
-def compress(compressor: Compressor) -> Generator[TrainEvent, None, Outcome]:
-    """Drive ``compressor.run()`` and decode its result at full resolution.
+def compress(compressor: Compressor) -> Generator[TrainEvent | LiveFrame, None, Outcome]:
+    """Drive ``compressor.run()``, turning its previews into full-resolution frames.
 
     A real generator function, so napari builds a GeneratorWorker (with ``yielded``, pause and
-    quit between yields). The decode runs here, not in the ``returned`` slot, because decoding a
-    256³ volume takes seconds on a CPU.
+    quit between yields). It yields the run's events, except that each
+    :class:`~napari_moec.events.Preview` becomes a :class:`~napari_moec._live_view.LiveFrame`
+    (upsampled here, so the GUI thread only copies), and at the end a final frame of the
+    stored file's full decode, which the run already made once (``Compressed.decode`` hands out
+    a copy of it, no network pass).
     """
+    shape = compressor.header.shape
+    run = compressor.run()
     try:
-        compressed = yield from compressor.run()
-        device = compressor.device
-        image = compressed.decode(device=device)
-        labels = compressed.expert_labels(device=device)
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as done:
+                compressed = done.value
+                break
+            yield compose_frame(event, shape) if isinstance(event, Preview) else event
+        image, labels = compressed.decode_with_labels()
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
+    finally:
+        run.close()  # a worker quit mid-run: end training now (restores torch's threads)
+    yield final_frame(compressed.report.steps, image, labels)
     return Outcome(compressed, image, labels)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A ``.moec`` file opened off the GUI thread: the result and its layer data."""
+
+    path: str
+    outcome: Outcome
+    layer_data: list[tuple]
+
+
+def open_moec(path: str) -> Loaded:
+    """Read and decode a ``.moec`` file (runs in a worker: decoding takes seconds on a CPU)."""
+    try:
+        compressed, layer_data = read_moec(path)
+    except Exception as exc:
+        raise WorkerFailure(str(exc)) from exc
+    (image, _, _), (shown, _, _) = layer_data
+    labels = shown - np.uint8(EXPERT_OFFSET)
+    return Loaded(str(path), Outcome(compressed, image, labels), layer_data)
 
 
 def measure(original: np.ndarray, decoded: np.ndarray) -> Comparison:
     """PSNR, SSIM and difference of two same-shape volumes (runs in a worker: SSIM is slow)."""
-    thick = min(original.shape[-3:]) >= 7
     return Comparison(
         psnr(original, decoded),
-        ssim(original, decoded) if thick else None,
+        ssim(original, decoded) if ssim_applies(original.shape) else None,
         difference(original, decoded),
     )
 

@@ -1,38 +1,43 @@
-"""The settings half of the dock widget: every knob of ``Compressor(...)`` as a Qt control.
+"""The settings half of the dock widget, built with magicgui from the options' declarations.
 
-It only translates controls into keyword arguments; the core validates them (``TrainConfig``,
-``QuantConfig`` and ``Compressor`` raise :class:`~napari_moec.errors.ConfigError` with a message
+Every ``option()`` field of the dataclasses in :data:`~napari_moec.config.OPTION_CONFIGS` whose
+``ui`` is "basic" or "advanced" becomes a magicgui control (:func:`magicgui.widgets.create_widget`
+from its type, default, range, step and choices), labelled with its ``label`` and explained by
+its ``help`` in a tooltip: the basic ones always shown, the advanced ones in a collapsed
+section. An option that may be left to napari-moec (None, "auto") gets an *auto* check box that
+hides its control while ticked. An option added to a dataclass appears here by itself.
+
+The one hand-made control is the target ratio: an editable list of presets, since any ratio is
+valid and the presets are only suggestions. The panel only translates controls into config
+dataclasses; the core validates them (:class:`~napari_moec.errors.ConfigError`, with a message
 naming the bad value), and the widget shows that message next to the predicted size.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import typing
 from typing import Any
 
 import torch
+from magicgui.widgets import CheckBox, ComboBox, Container, create_widget
 from qtpy.QtCore import QRegularExpression, Signal
 from qtpy.QtGui import QRegularExpressionValidator
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QLabel,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
-from superqt import QCollapsible, QLabeledDoubleSlider
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from superqt import QCollapsible
 
-from .config import PRECISIONS, ArchConfig, QuantConfig, TrainConfig
+from .config import OPTION_CONFIGS, option_fields
 from .errors import ConfigError
 from .plan import check_ratio
 
-__all__ = ["RATIO_PRESETS", "SettingsPanel", "parse_ratio"]
+__all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
 
 #: Ratios users reach for: 64x is near-lossless on CT, 6000x is the paper's extreme point.
 RATIO_PRESETS = (64, 128, 256, 512, 1024, 2048, 4096, 6000)
 _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX×]?\s*$")
+#: Largest value a spin box offers for an unbounded option without a ``ui_max``.
+_UNBOUNDED_UI_MAX = 1e6
 
 
 def parse_ratio(text: str) -> float:
@@ -48,144 +53,200 @@ def available_devices() -> list[str]:
     return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
+#: Options whose declared choices are narrowed to what this machine has.
+_AVAILABLE_CHOICES = {"device": available_devices}
 
 
-def _dspin(lo: float, hi: float, value: float, decimals: int, step: float) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
+def _ui_range(meta: dict, kind: type) -> tuple[float, float, float]:
+    """(min, max, step) of a numeric control from the declared range: an open bound moves in
+    by one step; an unbounded or huge one stops at the declaration's ``ui_max``."""
+    step = meta["ui_step"] or (1 if kind is int else 0.01)
+    lo = meta["lo"] if meta["lo"] is not None else -_UNBOUNDED_UI_MAX
+    hi = meta["hi"] if meta["hi"] is not None else _UNBOUNDED_UI_MAX
+    if meta["ui_max"] is not None:
+        hi = min(hi, meta["ui_max"])
+    lo = lo + step if meta["open_lo"] else lo
+    hi = hi - step if meta["open_hi"] and hi == meta["hi"] else hi
+    if kind is int:
+        return int(lo), int(hi), int(step)
+    return float(lo), float(hi), float(step)
+
+
+class OptionControl:
+    """The control of one declared option: a magicgui widget and its value (None = "auto").
+
+    Parameters
+    ----------
+    f
+        The dataclass field declared with :func:`~napari_moec.config.option`.
+    annotation
+        Its resolved type (``int``, ``int | None``, ``float``, ``str``, ``bool``).
+    """
+
+    def __init__(self, f, annotation) -> None:
+        meta = f.metadata["option"]
+        self.name = f.name
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        kind = kinds[0] if kinds else annotation
+        self.nullable = f.default is None or (bool(kinds) and meta["auto"] is not None)
+        self.label = label = meta["label"] or f.name.replace("_", " ").capitalize()
+        self.tooltip = tooltip = meta["help"] + (f"; auto: {meta['auto']}" if meta["auto"] else "")
+        options: dict[str, Any] = {}
+        widget_type = None
+        value = f.default
+        choices = meta["choices"]
+        if f.name in _AVAILABLE_CHOICES:
+            choices = tuple(c for c in _AVAILABLE_CHOICES[f.name]() if c in choices)
+        if choices is not None:
+            options["choices"] = choices
+        elif kind in (int, float):
+            lo, hi, step = _ui_range(meta, kind)
+            options.update(min=lo, max=hi, step=step)
+            if kind is float and not (meta["open_lo"] or meta["open_hi"]) and hi - lo <= 1:
+                widget_type = "FloatSlider"  # a fraction: a slider with its value shown
+            if value is None:
+                value = lo
+        self.control = create_widget(
+            value=value,
+            annotation=kind,
+            label=label,
+            widget_type=widget_type,
+            options=options,
+        )
+        if kind is float and widget_type is None:
+            # One decimal more than the step has, so typed values finer than a step survive.
+            decimals = max(2, math.ceil(-math.log10(options["step"])) + 1)
+            self.control.native.setDecimals(decimals)
+        self.control.tooltip = tooltip
+        self.auto: CheckBox | None = None
+        if self.nullable:
+            self.auto = CheckBox(value=True, text="auto", tooltip=tooltip)
+            self.auto.changed.connect(self._show_control)
+            self.widget = Container(
+                widgets=[self.auto, self.control], layout="horizontal", labels=False
+            )
+            self.widget.margins = (0, 0, 0, 0)
+            self.widget.tooltip = tooltip
+            self._show_control()
+        else:
+            self.widget = self.control
+
+    def _show_control(self, *_) -> None:
+        self.control.visible = not self.auto.value
+
+    @property
+    def value(self) -> Any:
+        if self.auto is not None and self.auto.value:
+            return None
+        return self.control.value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if self.auto is not None:
+            self.auto.value = value is None
+        if value is not None:
+            self.control.value = value
+
+    def connect(self, callback) -> None:
+        """Call ``callback()`` whenever the value changes."""
+        self.control.changed.connect(callback)
+        if self.auto is not None:
+            self.auto.changed.connect(callback)
 
 
 class SettingsPanel(QWidget):
-    """Target ratio, architecture, schedule and device, with advanced settings collapsed.
+    """Target ratio and every declared option with a ``ui`` place, advanced ones collapsed.
 
-    Defaults come from :class:`TrainConfig` / :class:`QuantConfig`, so the widget and the library
-    agree. ``changed`` fires on every edit (the widget debounces it to refresh the estimate).
+    Defaults come from the config dataclasses, so the widget and the library agree.
+    ``changed`` fires on every edit (the widget debounces it to refresh the estimate).
+
+    Attributes
+    ----------
+    controls : dict[str, OptionControl]
+        The controls by option name.
+    overrides : dict[str, Any]
+        Options without a control set by :meth:`set_values` (e.g. ``report_every``).
     """
 
     changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        train, quant = TrainConfig(), QuantConfig()
-        #: Not shown: how often loss/PSNR are measured (tests lower it for short runs).
-        self.report_every = train.report_every
+        self.controls: dict[str, OptionControl] = {}
+        self.overrides: dict[str, Any] = {}
 
-        self.ratio = QComboBox()
-        self.ratio.setEditable(True)
-        self.ratio.addItems([f"{r}x" for r in RATIO_PRESETS])
-        self.ratio.setCurrentText("256x")
-        self.ratio.setValidator(
-            QRegularExpressionValidator(QRegularExpression(r"[0-9.]*\s*[xX×]?"))
-        )
-        self.ratio.setToolTip("original bytes / file bytes; pick a preset or type any number")
-        self.experts = _spin(0, 64, 0)
-        self.experts.setSpecialValueText("auto")  # 0: the core's choice (2, or 1 when tiny)
-        self.experts.setToolTip(
-            "number of SIREN experts; each learns one region of the volume. auto: 2, or 1 "
-            "where the budget is too small to give each of 2 a useful width"
-        )
-        self.top_k = _spin(1, 2, 1)
-        self.top_k.setToolTip("experts evaluated per voxel")
-        self.steps = _spin(1, 1_000_000, train.steps, 100)
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
+        self.ratio = ComboBox(choices=[f"{r}x" for r in RATIO_PRESETS], value="256x")
+        box: QComboBox = self.ratio.native
+        box.setEditable(True)
+        box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        box.setValidator(QRegularExpressionValidator(QRegularExpression(r"[0-9.]*\s*[xX×]?")))
+        self.ratio.tooltip = "original bytes / file bytes; pick a preset or type any number"
+        box.currentTextChanged.connect(self._emit_changed)
 
-        self.batch_size = _spin(1, 1 << 22, train.batch_size, 1024)
-        self.lr = _dspin(1e-5, 0.5, train.lr, 5, 1e-4)
-        self.balance_weight = _dspin(0.0, 10.0, train.balance_weight, 4, 0.005)
-        self.balance_weight.setToolTip("λ: weight of the load-balance loss")
-        self.capacity_factor = _dspin(0.1, 8.0, train.capacity_factor, 2, 0.05)
-        self.freeze_router_at = QLabeledDoubleSlider()
-        self.freeze_router_at.setRange(0.0, 1.0)
-        self.freeze_router_at.setDecimals(2)
-        self.freeze_router_at.setValue(train.freeze_router_at)
-        self.freeze_router_at.setToolTip("fraction of the steps after which the router is frozen")
-        self.seed = _spin(0, 2**31 - 1, train.seed)
-        self.precision = QComboBox()
-        self.precision.addItems(PRECISIONS)
-        self.precision.setCurrentText(quant.precision)
-
-        form = QFormLayout()
-        form.addRow("Target ratio", self.ratio)
-        form.addRow("Experts", self.experts)
-        form.addRow("Top-k", self.top_k)
-        form.addRow("Steps", self.steps)
-        form.addRow("Device", self.device)
-        advanced = QWidget()
-        adv_form = QFormLayout(advanced)
-        adv_form.addRow("Batch size", self.batch_size)
-        adv_form.addRow("Learning rate", self.lr)
-        adv_form.addRow("Balance λ", self.balance_weight)
-        adv_form.addRow("Capacity factor", self.capacity_factor)
-        adv_form.addRow("Freeze router at", self.freeze_router_at)
-        adv_form.addRow("Seed", self.seed)
-        adv_form.addRow("Stored precision", self.precision)
+        # Qt form layouts rather than magicgui Containers: a form aligns its labels, and the
+        # ratio box sits in the same column as the generated controls.
+        basic = QFormLayout()
+        basic.addRow("Target ratio", box)
+        advanced_form = QWidget()
+        advanced = QFormLayout(advanced_form)
+        for cls in OPTION_CONFIGS.values():
+            hints = typing.get_type_hints(cls)
+            for f in option_fields(cls):
+                place = f.metadata["option"]["ui"]
+                if place is None:
+                    continue
+                control = OptionControl(f, hints[f.name])
+                control.connect(self._emit_changed)
+                self.controls[f.name] = control
+                label = QLabel(control.label)
+                label.setToolTip(control.tooltip)
+                (basic if place == "basic" else advanced).addRow(label, control.widget.native)
         self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(advanced)
+        self.advanced.addWidget(advanced_form)
         self.estimate = QLabel()
         self.estimate.setWordWrap(True)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(form)
+        layout.addLayout(basic)
         layout.addWidget(self.advanced)
         layout.addWidget(self.estimate)
 
-        self.ratio.currentTextChanged.connect(self.changed)
-        for box in (self.experts, self.top_k, self.steps, self.batch_size, self.seed):
-            box.valueChanged.connect(self.changed)
-        for box in (self.lr, self.balance_weight, self.capacity_factor, self.freeze_router_at):
-            box.valueChanged.connect(self.changed)
-        self.device.currentTextChanged.connect(self.changed)
-        self.precision.currentTextChanged.connect(self.changed)
+    def _emit_changed(self, *_) -> None:
+        self.changed.emit()
+
+    def values(self) -> dict[str, Any]:
+        """Every option set here, by name: the controls' values and the overrides."""
+        return {name: c.value for name, c in self.controls.items()} | self.overrides
 
     def compressor_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`~napari_moec.training.Compressor`.
+        """Keyword arguments for :class:`~napari_moec.training.Compressor`: ``ratio`` and one
+        config per keyword of :data:`~napari_moec.config.OPTION_CONFIGS`.
 
         Raises
         ------
         ConfigError
             A value the core rejects, with the core's message.
         """
-        train = TrainConfig(
-            steps=self.steps.value(),
-            batch_size=self.batch_size.value(),
-            lr=self.lr.value(),
-            balance_weight=self.balance_weight.value(),
-            capacity_factor=self.capacity_factor.value(),
-            freeze_router_at=float(self.freeze_router_at.value()),
-            report_every=self.report_every,
-            seed=self.seed.value(),
-        )
-        return {
-            "ratio": parse_ratio(self.ratio.currentText()),
-            "arch": ArchConfig(num_experts=self.experts.value() or None, top_k=self.top_k.value()),
-            "train": train,
-            "quant": QuantConfig(precision=self.precision.currentText()),
-            "device": self.device.currentText(),
+        values = self.values()
+        configs = {
+            key: cls(**{f.name: values[f.name] for f in option_fields(cls) if f.name in values})
+            for key, cls in OPTION_CONFIGS.items()
         }
+        return {"ratio": parse_ratio(self.ratio.native.currentText()), **configs}
 
     def set_values(self, **values: Any) -> None:
-        """Set controls by name (``ratio=64, steps=60, ...``): for scripts, the demo and tests."""
+        """Set options by name (``ratio=64, steps=60, num_experts=None, ...``; None = auto):
+        for scripts, the demo and tests. Options without a control are kept as overrides."""
+        declared = {f.name for cls in OPTION_CONFIGS.values() for f in option_fields(cls)}
         for name, value in values.items():
-            if name == "report_every":
-                self.report_every = int(value)
-                continue
-            control = getattr(self, name, None)
-            if isinstance(control, QComboBox):
-                control.setCurrentText(f"{value:g}x" if name == "ratio" else str(value))
-            elif control is not None and hasattr(control, "setValue"):
-                control.setValue(value)
+            if name == "ratio":
+                self.ratio.native.setCurrentText(f"{value:g}x")
+            elif name in self.controls:
+                self.controls[name].value = value
+            elif name in declared:
+                self.overrides[name] = value
+                self.changed.emit()
             else:
                 raise AttributeError(f"no setting named {name!r}")
 
