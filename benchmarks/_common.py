@@ -1,4 +1,6 @@
-"""Shared helpers of the benchmark scripts: the volumes, provenance (commit, machine) and JSON.
+"""Shared helpers of the benchmark scripts: the volumes, provenance (commit, machine), JSON, and
+the one napari-moec measurement they all make (:func:`compress_and_measure`: compress, save,
+load, decode from the file, measure).
 
 The scripts run as ``python benchmarks/<name>.py`` from the repository root. The classical
 codecs live in ``benchmarks/codecs.py``, whose name shadows the standard library's ``codecs``
@@ -15,7 +17,9 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -158,3 +162,70 @@ CLASSICAL = [
     "hevc_ds2",
     "hevc_ds2_lean",
 ]
+
+
+@dataclass
+class MoecRun:
+    """One napari-moec compression, measured on what its saved file decodes to.
+
+    ``status`` is "ok" or "no network fits" (then ``reason`` says why and the rest is None).
+    ``seconds`` is the wall time of ``napari_moec.compress`` (training, rate control, the
+    in-memory decode); ``decode_seconds`` the decode of the reloaded file; ``file_bytes`` the
+    file's size on disk; ``quality`` :func:`quality` of the decode against the original.
+    """
+
+    status: str
+    seconds: float
+    reason: str | None = None
+    compressed: object = None  # napari_moec.Compressed
+    path: Path | None = None
+    file_bytes: int | None = None
+    decode_seconds: float | None = None
+    decoded: np.ndarray | None = None
+    quality: dict | None = None
+
+
+def compress_and_measure(
+    volume: np.ndarray, ratio: float, path: Path | None = None, **options
+) -> MoecRun:
+    """Compress ``volume`` to ``ratio``, save the file, reload it, decode it from disk, measure.
+
+    Parameters
+    ----------
+    volume, ratio
+        As for :func:`napari_moec.compress`.
+    path
+        Where to keep the ``.moec`` file; None: a temporary file, deleted afterwards.
+    **options
+        :func:`napari_moec.compress` options (``steps=``, ``train=``, ``quant=``,
+        ``device=``...); None values are left out, so they mean the library's default.
+        ``device`` also decodes the file.
+    """
+    import napari_moec
+    from napari_moec import ConfigError
+
+    options = {k: v for k, v in options.items() if v is not None}
+    t0 = time.perf_counter()
+    try:
+        compressed = napari_moec.compress(volume, ratio=ratio, **options)
+    except ConfigError as exc:
+        return MoecRun("no network fits", time.perf_counter() - t0, reason=str(exc))
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "volume.moec" if path is None else Path(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        compressed.save(file)
+        file_bytes = file.stat().st_size  # the bytes on disk, not the in-memory object
+        t1 = time.perf_counter()
+        decoded = napari_moec.load(file).decode(device=options.get("device"))
+        decode_seconds = time.perf_counter() - t1
+    return MoecRun(
+        "ok",
+        seconds,
+        compressed=compressed,
+        path=None if path is None else Path(path),
+        file_bytes=file_bytes,
+        decode_seconds=decode_seconds,
+        decoded=decoded,
+        quality=quality(volume, decoded),
+    )

@@ -19,10 +19,9 @@ for the network's width); each value is its own run, named ``..._w0f<value>``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from _common import OUT, SPACING, load_volume, provenance, quality, write_json
+from _common import OUT, SPACING, compress_and_measure, load_volume, provenance, write_json
 
 #: name -> (num_experts, top_k, balance_weight or None = default, freeze_router_at or None)
 VARIANTS = {
@@ -43,8 +42,7 @@ def run_name(variant: str, w0_first: float | None) -> str:
 
 
 def run_variant(name: str, vol, args, w0_first: float | None = None) -> dict:
-    import napari_moec
-    from napari_moec import ConfigError, QuantConfig, TrainConfig
+    from napari_moec import TrainConfig
 
     experts, top_k, balance, freeze = VARIANTS[name]
     defaults = TrainConfig()
@@ -75,35 +73,30 @@ def run_variant(name: str, vol, args, w0_first: float | None = None) -> dict:
             "w0_first": w0_first,
         },
     }
-    t0 = time.perf_counter()
-    try:
-        compressed = napari_moec.compress(
-            vol,
-            ratio=args.ratio,
-            num_experts=experts,
-            top_k=top_k,
-            train=train,
-            quant=QuantConfig(precision=args.precision),
-            device=args.device,
-            spacing=SPACING[args.volume],
-            threads=args.threads,
-            **({} if w0_first is None else {"w0_first": w0_first}),
-        )
-    except ConfigError as exc:
-        record.update(status="no network fits", reason=str(exc), seconds=time.perf_counter() - t0)
+    label = run_name(name, w0_first)
+    run = compress_and_measure(
+        vol,
+        args.ratio,
+        path=args.moec_dir / f"ablation_{args.volume}_{args.ratio:g}x_{label}.moec",
+        num_experts=experts,
+        top_k=top_k,
+        train=train,
+        precision=args.precision,
+        device=args.device,
+        spacing=SPACING[args.volume],
+        threads=args.threads,
+        w0_first=w0_first,
+    )
+    record["seconds"] = run.seconds
+    if run.status != "ok":
+        record.update(status=run.status, reason=run.reason)
         return record
-    record["seconds"] = time.perf_counter() - t0
-    path = args.moec_dir / f"ablation_{args.volume}_{args.ratio:g}x_{run_name(name, w0_first)}.moec"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compressed.save(path)
-    nbytes = path.stat().st_size
-    decoded = napari_moec.load(path).decode(device=args.device)
     record.update(
         status="ok",
-        bytes=nbytes,
-        ratio=vol.nbytes / nbytes,
-        report=compressed.report.to_dict(),
-        **quality(vol, decoded),
+        bytes=run.file_bytes,
+        ratio=vol.nbytes / run.file_bytes,
+        report=run.compressed.report.to_dict(),
+        **run.quality,
     )
     return record
 

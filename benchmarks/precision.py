@@ -2,10 +2,14 @@
 
 Every variant gets the same file budget (``original bytes / ratio``); the network is sized for
 the precision it is stored in, trained with the same schedule and seed, and its quality is
-measured on the volume decoded *from the saved file*.
+measured on the volume decoded *from the saved file* (``_common.compress_and_measure``). One
+JSON per (volume, ratio, variant) under ``--out``; existing ones are skipped. Then the table
+between the two ``<!-- precision-table -->`` markers of ``--doc`` (``docs/format.md``) is
+rewritten from all the JSONs in ``--out`` (``--report`` does only that).
 
     python benchmarks/precision.py --steps 1500 --out benchmarks/out/precision
-    python benchmarks/precision.py --report   # writes docs/precision.md from the JSON
+    python benchmarks/precision.py --report   # rewrites docs/format.md's table from the JSON
+    python benchmarks/precision.py --steps 30 --volumes hipct --out /tmp/p --doc /tmp/p.md  # trial
 
 Takes ~25 minutes on 2 CPU cores with the defaults.
 """
@@ -16,25 +20,17 @@ import argparse
 import json
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
-import napari_moec as nm
+from _common import compress_and_measure, load_volume
 from napari_moec import QuantConfig, TrainConfig
-from napari_moec.errors import ConfigError
-from napari_moec.metrics import psnr, ssim
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOLUMES = {
-    "hipct": "hipct_brain_sci_64.tif",
-    "ct_head": "ct_head_vtk_headsq.tif",
-    "mri4d": "mri_4d_epi_nibabel_afni_example4d.tif",
-}
+#: The volumes measured (those of ``_common.VOLUMES`` small enough for CPU runs).
+VOLUMES = ("hipct", "ct_head", "mri4d")
 VARIANTS = {
     "fp32": (QuantConfig("fp32"), {}),
     "fp16": (QuantConfig("fp16"), {}),
@@ -53,7 +49,7 @@ def run(out: Path, volumes, ratios, variants, steps: int, seed: int, threads: in
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     for vol_name in volumes:
-        volume = tifffile.imread(DATA / VOLUMES[vol_name])
+        volume = load_volume(vol_name)
         for ratio in ratios:
             for variant in variants:
                 quant, extra = VARIANTS[variant]
@@ -71,30 +67,26 @@ def run(out: Path, volumes, ratios, variants, steps: int, seed: int, threads: in
                     f"torch {torch.__version__}",
                 }
                 t0 = time.perf_counter()
-                try:
-                    c = nm.compress(
-                        volume,
-                        ratio,
-                        quant=quant,
-                        train=TrainConfig(steps=steps, seed=seed, **extra),
-                        device="cpu",
-                        threads=threads,
-                    )
-                except ConfigError as exc:
-                    record["skipped"] = str(exc)
+                run = compress_and_measure(
+                    volume,
+                    ratio,
+                    quant=quant,
+                    train=TrainConfig(steps=steps, seed=seed, **extra),
+                    device="cpu",
+                    threads=threads,
+                )
+                if run.status != "ok":
+                    record["skipped"] = run.reason
                 else:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        saved = c.save(Path(tmp) / "v.moec")
-                        file_bytes = saved.stat().st_size
-                        decoded = nm.load(saved).decode()
+                    c = run.compressed
                     record |= {
-                        "file_bytes": file_bytes,
+                        "file_bytes": run.file_bytes,
                         "budget_bytes": volume.nbytes // ratio,
                         "hidden_features": c.header.model.hidden_features,
                         "parameters": c.report.parameters,
                         "quant_multiplier": c.report.quant_multiplier,
-                        "psnr": psnr(volume, decoded),
-                        "ssim": ssim(volume, decoded),
+                        "psnr": run.quality["psnr"],
+                        "ssim": run.quality["ssim"],
                     }
                 record["seconds"] = round(time.perf_counter() - t0, 1)
                 path.write_text(json.dumps(record, indent=1))
@@ -143,18 +135,26 @@ def report(out: Path, doc: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=list(VOLUMES))
+    parser.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=VOLUMES)
     parser.add_argument("--ratios", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "precision")
-    parser.add_argument("--report", action="store_true", help="only write docs/format.md")
+    parser.add_argument(
+        "--report", action="store_true", help="only rewrite docs/format.md's table from the JSON"
+    )
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=ROOT / "docs" / "format.md",
+        help="the Markdown file whose precision table is rewritten (for trial runs: elsewhere)",
+    )
     args = parser.parse_args()
     if not args.report:
         run(args.out, args.volumes, args.ratios, args.variants, args.steps, args.seed, args.threads)
-    report(args.out, ROOT / "docs" / "format.md")
+    report(args.out, args.doc)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from _common import (
     OUT,
     SPACING,
     VOLUMES,
+    compress_and_measure,
     load_codecs,
     load_volume,
     provenance,
@@ -56,7 +57,10 @@ def _base(name: str, vol: np.ndarray, ratio, method: str) -> dict:
     }
 
 
-def _finish(record: dict, vol: np.ndarray, nbytes: int, recon: np.ndarray) -> dict:
+def _finish(
+    record: dict, vol: np.ndarray, nbytes: int, recon: np.ndarray, measured: dict | None = None
+) -> dict:
+    """Record an encode: bytes, ratio, bits per voxel and ``measured`` (else :func:`quality`)."""
     if recon.shape != vol.shape or recon.dtype != vol.dtype:
         raise RuntimeError(f"{record['method']}: reconstruction {recon.shape} {recon.dtype}")
     if record["budget_bytes"] is not None and nbytes > record["budget_bytes"]:
@@ -66,7 +70,7 @@ def _finish(record: dict, vol: np.ndarray, nbytes: int, recon: np.ndarray) -> di
         bytes=int(nbytes),
         ratio=vol.nbytes / nbytes,
         bits_per_voxel=8.0 * nbytes / vol.size,
-        **quality(vol, recon),
+        **(quality(vol, recon) if measured is None else measured),
     )
     return record
 
@@ -95,20 +99,9 @@ def run_zstd(name: str, vol: np.ndarray) -> dict:
 
 
 def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> dict:
-    import napari_moec
-    from napari_moec import ConfigError, QuantConfig, TrainConfig
+    from napari_moec import TrainConfig
 
     record = _base(name, vol, ratio, "moec")
-    train = TrainConfig(steps=args.steps, time_limit=args.time_limit, seed=args.seed)
-    options = {
-        "num_experts": args.experts,
-        "top_k": args.top_k,
-        "train": train,
-        "quant": QuantConfig(precision=args.precision),
-        "device": args.device,
-        "spacing": SPACING[name],
-        "threads": args.threads,
-    }
     record["options"] = {
         "num_experts": args.experts,
         "top_k": args.top_k,
@@ -119,25 +112,26 @@ def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> di
         "device": args.device,
         "threads": args.threads,
     }
-    t0 = time.perf_counter()
-    try:
-        compressed = napari_moec.compress(vol, ratio=ratio, **options)
-    except ConfigError as exc:
-        record.update(status="no network fits", reason=str(exc))
-        record["seconds"] = time.perf_counter() - t0
+    run = compress_and_measure(
+        vol,
+        ratio,
+        path=folder / f"{name}_{_ratio_tag(ratio)}.moec",
+        num_experts=args.experts,
+        top_k=args.top_k,
+        train=TrainConfig(steps=args.steps, time_limit=args.time_limit, seed=args.seed),
+        precision=args.precision,
+        device=args.device,
+        spacing=SPACING[name],
+        threads=args.threads,
+    )
+    record["seconds"] = run.seconds
+    if run.status != "ok":
+        record.update(status=run.status, reason=run.reason)
         return record
-    seconds = time.perf_counter() - t0
-    path = folder / f"{name}_{_ratio_tag(ratio)}.moec"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compressed.save(path)
-    nbytes = path.stat().st_size  # the bytes on disk, not the in-memory object
-    t1 = time.perf_counter()
-    decoded = napari_moec.load(path).decode(device=args.device)
-    record["decode_seconds"] = time.perf_counter() - t1
-    record["seconds"] = seconds
-    record["moec_file"] = str(path)
-    record["report"] = compressed.report.to_dict()
-    return _finish(record, vol, nbytes, decoded)
+    record["decode_seconds"] = run.decode_seconds
+    record["moec_file"] = str(run.path)
+    record["report"] = run.compressed.report.to_dict()
+    return _finish(record, vol, run.file_bytes, run.decoded, run.quality)
 
 
 def _ratio_tag(ratio) -> str:
