@@ -20,8 +20,9 @@ from qtpy.QtWidgets import QApplication
 
 import napari_moec
 from napari_moec import _widget, _widget_results
-from napari_moec._layers import layer_names
+from napari_moec._layers import LABELS_OPACITY, layer_names
 from napari_moec._live_view import (
+    CONTOUR_OPACITY,
     LABELS_CONTOUR,
     LiveFrame,
     LiveLayers,
@@ -211,7 +212,7 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
 
 def test_live_layers_copy_frames_in_place(make_napari_viewer):
     """Same-shape frames are copied into the layers' own arrays (no napari re-setup); frames
-    are never written to; another shape is assigned. The partition is drawn as contours."""
+    are never written to; another shape is assigned. The partition is outlined in 2D view."""
     viewer = make_napari_viewer()
     source = viewer.add_image(np.zeros((4, 6, 8), np.uint16), name="v", scale=(2, 1, 1))
     live = LiveLayers(viewer, source)
@@ -232,6 +233,10 @@ def test_live_layers_copy_frames_in_place(make_napari_viewer):
     assert image.data.shape == (8, 12, 16) and (image.data == 5).all()
     live.show(LiveFrame(4, np.zeros((8, 12, 16), np.uint16), np.ones((8, 12, 16), np.uint8)))
     assert (bigger.image == 5).all()
+    viewer.dims.ndisplay = 3  # napari draws no contours in 3D: a light fill there
+    assert labels.contour == 0 and labels.opacity == LABELS_OPACITY
+    viewer.dims.ndisplay = 2
+    assert labels.contour == LABELS_CONTOUR and labels.opacity == CONTOUR_OPACITY
 
 
 def test_displayed_plane_follows_the_view(make_napari_viewer):

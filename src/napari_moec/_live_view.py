@@ -20,12 +20,13 @@ thread copies ``volume voxels × (itemsize + 1)`` bytes and napari redraws the s
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._layers import EXPERT_OFFSET, layer_names
+from ._layers import EXPERT_OFFSET, LABELS_OPACITY, layer_names
 from .events import Preview
 
 __all__ = [
@@ -40,9 +41,10 @@ __all__ = [
     "final_frame",
 ]
 
-#: The live partition is drawn as outlines this many data pixels wide (napari's Labels
-#: ``contour``) at ``CONTOUR_OPACITY``, so the reconstruction between the outlines is not tinted
-#: at all. napari draws contours in 2D view only; in 3D it fills the labels.
+#: In 2D view the live partition is drawn as outlines this many data pixels wide (napari's
+#: Labels ``contour``) at ``CONTOUR_OPACITY``, so the reconstruction between the outlines is not
+#: tinted at all. napari cannot draw contours in 3D (it warns on every redraw): there the labels
+#: are filled at ``_layers.LABELS_OPACITY``, like a file opened from the File menu.
 LABELS_CONTOUR = 1
 CONTOUR_OPACITY = 0.6
 
@@ -208,6 +210,21 @@ class LiveLayers:
         self.labels_layer = None
         #: The arrays this object allocated and gave to its layers, by layer kind.
         self._buffers: dict[str, np.ndarray] = {}
+        viewer.dims.events.ndisplay.connect(self._style_labels)
+        # napari runs a plugin's callbacks after its own, so on a switch to 3D it re-slices the
+        # outlined layer once (and warns that contours are not drawn in 3D) before
+        # _style_labels turns the outlines into a fill: nothing for the user to act on.
+        warnings.filterwarnings(
+            "ignore", "Contours are not displayed during 3D rendering", UserWarning
+        )
+
+    def _style_labels(self, event=None) -> None:
+        """Outlines in 2D view, a light fill in 3D (where napari draws no contours)."""
+        if self.labels_layer is None:
+            return
+        flat = self.viewer.dims.ndisplay == 2
+        self.labels_layer.contour = LABELS_CONTOUR if flat else 0
+        self.labels_layer.opacity = CONTOUR_OPACITY if flat else LABELS_OPACITY
 
     def _find(self, name: str, kind: str):
         for layer in self.viewer.layers:
@@ -244,9 +261,9 @@ class LiveLayers:
         if self.labels_layer is None:
             self._buffers["labels"] = buffer = frame.labels.copy()
             self.labels_layer = self.viewer.add_labels(
-                buffer, name=self.names.labels, opacity=CONTOUR_OPACITY, **common
+                buffer, name=self.names.labels, opacity=LABELS_OPACITY, **common
             )
-            self.labels_layer.contour = LABELS_CONTOUR
+            self._style_labels()
         else:
             self._copy(self.labels_layer, "labels", frame.labels)
 
