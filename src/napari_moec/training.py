@@ -89,9 +89,6 @@ class Compressor:
         self.train_config = train or TrainConfig()
         self.run_config = run or RunConfig()
         self.device = resolve_device(self.run_config.device)
-        #: The concrete MoE backend, "native" or "tutel" (:mod:`napari_moec.nn.tutel_backend`):
-        #: resolved here so that asking for a missing Tutel fails before any work.
-        self.backend = resolve_backend(self.run_config.backend, self.device)
         self.normalization = Normalization.of(volume, *norm_range)
         #: What will be stored and what it costs (header, budget, sized network).
         self.plan: Plan = plan(
@@ -108,6 +105,9 @@ class Compressor:
         )
         self.preview = preview or PreviewConfig()
         self.threads = check_threads(self.run_config.threads)
+        #: The concrete MoE backend, "native" or "tutel" (:mod:`napari_moec.nn.tutel_backend`):
+        #: resolved here so that asking for a missing Tutel fails before any work.
+        self.backend = resolve_backend(self.run_config.backend, self.device, self.threads)
         self._stop = threading.Event()
         self._regions_lock = threading.Lock()
         self._regions: tuple[tuple[slice, ...], ...] = ()
