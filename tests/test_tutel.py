@@ -95,6 +95,7 @@ def test_without_tutel_auto_is_native_and_tutel_is_not_offered(no_tutel):
     assert not tutel_importable()
     assert available_backends() == ("auto", "native")
     assert resolve_backend("auto", "cpu") == "native"
+    assert resolve_backend("auto", "cpu", threads=1) == "native"  # Tutel's case, without it
     assert resolve_backend("native", "cpu") == "native"
 
 
@@ -195,6 +196,29 @@ def test_capacity_is_ours_not_tutels_rounding():
         model.experts.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
         model(coords, 1.25)
     assert shapes == [(3, 9, 16), (3, 9, 16)]
+
+
+@needs_tutel
+def test_auto_picks_what_was_measured_faster(volume16):
+    """docs/benchmarks/backends.md: Tutel on one CPU thread, native otherwise."""
+    assert available_backends() == ("auto", "native", "tutel")
+    assert resolve_backend("auto", "cpu", threads=1) == "tutel"
+    assert resolve_backend("auto", "cpu", threads=2) == "native"
+    assert resolve_backend("auto", "cuda", threads=1) == "native"
+    one = Compressor(volume16, 16, run=RunConfig(device="cpu", threads=1))
+    two = Compressor(volume16, 16, run=RunConfig(device="cpu", threads=2))
+    assert (one.backend, two.backend) == ("tutel", "native")
+
+
+@needs_tutel
+def test_a_routed_model_pickles_and_copies_with_its_backend():
+    import pickle
+
+    native, tutel = pair(3, 2)
+    coords = torch.rand(300, 3) * 2 - 1
+    for clone in (copy.deepcopy(tutel), pickle.loads(pickle.dumps(tutel))):
+        assert isinstance(clone.mixture, tutel_backend.TutelMixture)
+        torch.testing.assert_close(clone(coords, 1.0).value, native(coords, 1.0).value)
 
 
 @needs_tutel
