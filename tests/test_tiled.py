@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -231,3 +232,58 @@ def test_bad_inputs_fail_before_any_work(client, volume, tmp_path):
     (dest / "keep.txt").write_text("not a store")
     with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
         TiledCompressor(volume, dest, **SETTINGS)
+
+
+def test_pause_holds_new_tiles_until_resumed(client, volume, tmp_path):
+    dest = tmp_path / "p.ome.zarr"
+    job = TiledCompressor(volume, dest, client=client, **SETTINGS)
+    run = job.run()
+    while not isinstance(next(run), TiledStarted):
+        pass
+    job.pause()
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(next(run)))
+    thread.start()
+    thread.join(timeout=3)
+    assert thread.is_alive() and not box  # paused: no tile was sent to the workers
+    assert [index for index, _ in existing_chunks(dest)] == [(1, 1, 1)]  # the constant tile
+    job.resume()
+    thread.join()
+    assert isinstance(box[0], TileFinished)
+    events, report = [], None
+    while report is None:
+        try:
+            events.append(next(run))
+        except StopIteration as done:
+            report = done.value
+    assert not report.stopped and len(dict(existing_chunks(dest))) == 26
+
+
+def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
+    from napari_moec.cli import main
+
+    source = tmp_path / "v.npy"
+    np.save(source, volume)
+    dest = tmp_path / "cli.ome.zarr"
+    address = client.scheduler.address
+    flags = ["--ratio", "16", "--tile", "16", "--margin", "2", "--steps", "25",
+             "--batch-size", "1024", "--scheduler", address, "--quiet"]  # fmt: skip
+    assert main(["compress", str(source), str(dest), *flags]) == 0
+    assert "ratio" in capsys.readouterr().out
+    assert main(["info", str(dest)]) == 0
+    text = capsys.readouterr().out
+    assert "25 networks, 1 constant, 1 empty" in text and "overhead" in text
+    assert main(["info", str(dest), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ratio"] >= 16 and info["tile_overhead_bytes"] == 25 * 10 + 10
+    out = tmp_path / "part.tif"
+    assert main(["decompress", str(dest), str(out), "--roi", "0:10,:,:", "--stride", "2"]) == 0
+    assert tifffile.imread(out).shape == (5, 20, 20)
+    full = tmp_path / "full.npy"
+    assert main(["decompress", str(dest), str(full), "--labels", str(tmp_path / "l.npy")]) == 0
+    assert np.array_equal(np.load(full), open_tiled(dest).decode())
+    assert np.load(tmp_path / "l.npy").dtype == np.uint32
+    assert main(["compress", str(tmp_path / "nope.npy"), str(dest), *flags]) == 2
+    assert "input not found" in capsys.readouterr().err
+    assert main(["compress", str(source), str(dest), *flags]) == 2  # exists, no --overwrite
+    assert "overwrite" in capsys.readouterr().err

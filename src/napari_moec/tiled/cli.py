@@ -7,9 +7,12 @@ its parsed arguments. Importing this module imports no Dask.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -95,18 +98,29 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compress(args: argparse.Namespace, configs: dict) -> int:
     """``moec compress IN OUT.ome.zarr|OUT.ozx``; ``configs`` are the Compressor configurations
-    from the command line (``arch``, ``train``, ``quant``, ``run``)."""
-    from .runner import compress_tiled
+    from the command line (``arch``, ``train``, ``quant``, ``run``). The first Ctrl-C stops the
+    run keeping every finished tile (run again to resume); a second one aborts."""
+    from .progress import TerminalProgress
+    from .runner import TiledCompressor
 
-    report = compress_tiled(
+    job = TiledCompressor(
         args.input, args.output, args.ratio, tile=args.tile, margin=args.margin,
         allocation=args.allocation, workers=args.workers, scheduler=args.scheduler,
-        memory_limit=args.memory_limit, overwrite=args.overwrite,
-        progress=not getattr(args, "quiet", False), **configs,
+        memory_limit=args.memory_limit, overwrite=args.overwrite, **configs,
     )  # fmt: skip
+    bar = TerminalProgress(enabled=not getattr(args, "quiet", False))
+    with _stop_on_interrupt(job, bar):
+        run = job.run()
+        try:
+            while True:
+                bar.update(next(run))
+        except StopIteration as done:
+            report = done.value
+        finally:
+            bar.close()
     if report.stopped:
-        print(f"{args.output}: stopped; finished tiles are kept, run again to resume")
-        return 1
+        print(f"{args.output}: stopped; {len(job.results)} tiles are kept, run again to resume")
+        return 130
     print(
         f"{args.output}: {report.store_bytes} bytes in {report.total_tiles} tiles "
         f"({report.network_tiles} networks, {report.constant_tiles} constant, "
@@ -116,6 +130,29 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
         f"{report.workers} workers"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(job, bar):
+    """First Ctrl-C: ``job.stop()`` (a signal handler, so the interrupt never lands inside the
+    generator and ends it); the second raises KeyboardInterrupt. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if seen.is_set():
+            raise KeyboardInterrupt
+        seen.set()
+        job.stop()
+        bar.note("stopping: finished tiles are kept (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def decompress(args: argparse.Namespace) -> int:
