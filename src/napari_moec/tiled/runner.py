@@ -15,15 +15,12 @@ flight (each holds its region in memory).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,46 +28,22 @@ import numpy as np
 from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, MoecError
 from ..plan import check_ratio
-from .allocate import Allocation, allocate, choose_fill
 from .cluster import ClusterShape, connect, default_shape, total_threads
-from .events import ScanProgress, TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
-from .scan import TileStats, probe_factor, tile_stats
+from .events import TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
+from .prepare import Plan, documents, make_plan, prepare_store, remove_store, scan
 from .sources import open_source
 from .store import (
-    OZX_FIXED_OVERHEAD,
     ResultsLog,
-    chunk_key,
-    chunk_path,
     clear_state,
-    existing_chunks,
-    metadata_documents,
-    ozx_entry_overhead,
     pack_ozx,
     read_state,
     store_nbytes,
-    write_atomic,
     write_metadata,
-    write_state,
 )
-from .task import Signals, TileJob, TileResult, compress_tile, tile_errors
-from .tiledecode import decode_tile
-from .tileformat import TileSpec, encode_constant_tile, parse_tile
+from .task import Signals, TileJob, TileResult, compress_tile
 from .tiling import choose_margin, choose_tile
 
 __all__ = ["TiledCompressor", "compress_tiled"]
-
-#: The run summary's placeholder: the metadata bytes it may take are set aside up front.
-_SUMMARY_PLACEHOLDER = {"psnr": 999.99, "seconds": 9999999.9}
-_STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class _Plan:
-    spec: TileSpec
-    allocation: Allocation
-    docs: dict
-    budget: int
-    fingerprint: str
 
 
 class TiledCompressor:
@@ -193,9 +166,9 @@ class TiledCompressor:
         start = time.monotonic()
         client, owned = connect(self._client, self._scheduler, self.shape)
         try:
-            stats = yield from self._scan(client)
-            plan = self._plan(stats)
-            resumed = self._prepare_store(plan)
+            stats = yield from scan(self, client)
+            plan = make_plan(self, stats)
+            resumed = prepare_store(self, plan)
             todo = [t for t in plan.allocation.tiles if t.index not in self.results]
             todo.sort(key=lambda t: -t.payload_budget)  # longest first: fewer idle workers
             workers = total_threads(client)
@@ -218,156 +191,8 @@ class TiledCompressor:
                     cluster.close()
 
     # -- 1. scan ---------------------------------------------------------------------------
-    def _geometry(self) -> TileSpec:
-        """A spec for tile geometry only (the range is not known before the scan)."""
-        return TileSpec(self.source.shape, self.tile, self.margin, self.source.dtype.name,
-                        0.0, 1.0, self.quant)  # fmt: skip
-
-    def _scan(self, client) -> Generator[TiledEvent, None, list[TileStats]]:
-        geometry = self._geometry()
-        factor = probe_factor(self.ratio)
-        indices = list(geometry.indices())
-        total = len(indices)
-        every = max(1, total // 100)
-        stats: dict = {}
-        if self.source.ref is None and self.source.dask is None:
-            for n, index in enumerate(indices, 1):
-                block = np.asarray(self.source.local[geometry.tile_slices(index)])
-                stats[index] = tile_stats(index, block, factor)
-                if n % every == 0 or n == total:
-                    yield ScanProgress(n, total)
-        else:
-            from distributed import as_completed
-
-            if self.source.ref is not None:
-                futures = [
-                    client.submit(_scan_tile, self.source.ref, index,
-                                  geometry.tile_slices(index), factor, pure=False)
-                    for index in indices
-                ]  # fmt: skip
-            else:
-                from dask import delayed
-
-                parts = [delayed(tile_stats)(index, self.source.dask[geometry.tile_slices(index)],
-                                             factor) for index in indices]  # fmt: skip
-                futures = client.compute(parts)
-            for n, future in enumerate(as_completed(futures), 1):
-                result = future.result()
-                stats[result.index] = result
-                if n % every == 0 or n == total:
-                    yield ScanProgress(n, total)
-        ordered = [stats[index] for index in indices]
-        for s in ordered:
-            if not s.finite:
-                where = ",".join(f"{sl.start}:{sl.stop}" for sl in geometry.tile_slices(s.index))
-                raise ConfigError(
-                    f"volume contains NaN or infinite values (tile {s.index}, {where})"
-                )
-        return ordered
-
-    # -- 2. plan ---------------------------------------------------------------------------
-    def _plan(self, stats: list[TileStats]) -> _Plan:
-        vmin = min(s.vmin for s in stats)
-        vmax = max(s.vmax for s in stats)
-        if vmin == vmax:  # every tile is this one value: no network; any range decodes it
-            vmax = vmin + 1.0
-        arch = self.arch
-        spec = TileSpec(
-            shape=self.source.shape, tile=self.tile, margin=self.margin,
-            dtype=self.source.dtype.name, vmin=vmin, vmax=vmax, quant=self.quant,
-            top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
-            w0_first=arch.w0_first, experts=arch.num_experts or 2,
-        )  # fmt: skip
-        fill = choose_fill(stats, spec.dtype)
-        docs = self._documents(spec, fill, {"ratio": self.ratio, "summary": _SUMMARY_PLACEHOLDER})
-        budget = int(self.source.nbytes // self.ratio)
-        reserved = sum(len(d) for d in docs.values())
-        overhead = lambda index: 0  # noqa: E731
-        if self.zipped:
-            reserved += OZX_FIXED_OVERHEAD + sum(ozx_entry_overhead(k) for k in docs)
-            overhead = lambda index: ozx_entry_overhead(chunk_key(index))  # noqa: E731
-        allocation = allocate(
-            spec, stats, budget - reserved, mode=self.allocation, experts=arch.num_experts,
-            container_overhead=overhead, fill=fill,
-        )  # fmt: skip
-        digest = hashlib.sha256()
-        for doc in (
-            spec.to_json(),
-            [self.ratio, self.allocation, str(self.dest.suffix), fill],
-            asdict(self.train),
-            [asdict(t) for t in allocation.tiles],
-        ):
-            digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
-        return _Plan(spec, allocation, docs, budget, digest.hexdigest())
-
-    def _documents(self, spec: TileSpec, fill, extra: dict) -> dict:
-        return metadata_documents(
-            spec, axes=self.source.axes, spacing=self.source.spacing, unit=self.source.unit,
-            fill_value=fill, name=self.source.name, extra=extra,
-        )  # fmt: skip
-
-    # -- 3. the store: fresh or resumed ------------------------------------------------------
-    def _prepare_store(self, plan: _Plan) -> int:
-        root, spec = self.root, plan.spec
-        state = read_state(root) if root.is_dir() else None
-        resuming = state is not None and state.get("fingerprint") == plan.fingerprint
-        if state is not None and not resuming and not self.overwrite:
-            raise ConfigError(
-                f"{root} holds an unfinished run of other data or settings; pass "
-                f"overwrite=True to start again, or the same arguments to resume it"
-            )
-        if not resuming:
-            _remove_store(root)
-            if self.zipped and self.dest.exists():
-                self.dest.unlink()  # _check_dest allowed it: overwrite=True
-        root.mkdir(parents=True, exist_ok=True)
-        write_state(root, {"version": _STATE_VERSION, "fingerprint": plan.fingerprint})
-        write_metadata(root, self._documents(spec, plan.allocation.fill_value,
-                                             {"ratio": self.ratio}))  # fmt: skip
-        log = ResultsLog(root)
-        logged = log.read() if resuming else {}
-        tiles = {t.index: t for t in plan.allocation.tiles}
-        kept = 0
-        for index, path in existing_chunks(root):
-            try:
-                if tiles[index].kind == "empty":
-                    raise KeyError(index)
-                parse_tile(spec, path.read_bytes(), name=str(path), expected_index=index)
-            except (KeyError, MoecError):
-                path.unlink(missing_ok=True)  # corrupt, or not part of this plan: redo it
-                continue
-            result = logged.get(index) or self._measure(spec, index, path.read_bytes())
-            self.results[index] = result
-            kept += 1
-            if index not in logged:
-                log.append(result)
-        for t in plan.allocation.tiles:
-            if t.kind == "empty":
-                self.results[t.index] = TileResult(t.index, "empty", 0,
-                                                   voxels=spec.tile_voxels(t.index))  # fmt: skip
-            elif t.kind == "constant" and t.index not in self.results:
-                data = encode_constant_tile(spec, t.index, t.value)
-                write_atomic(chunk_path(root, t.index), data)
-                result = TileResult(t.index, "constant", len(data),
-                                    voxels=spec.tile_voxels(t.index))  # fmt: skip
-                self.results[t.index] = result
-                log.append(result)
-        return kept
-
-    def _measure(self, spec: TileSpec, index, data: bytes) -> TileResult:
-        """Errors of a tile found in the store but not in the run's log (a crash between the
-        worker's write and the client's log line)."""
-        original = self.source.read(spec.tile_slices(index))
-        decoded = decode_tile(spec, data, [np.arange(n) for n in original.shape])
-        sse, face_sse, face_voxels = tile_errors(spec, index, original, decoded)
-        tile = parse_tile(spec, data)
-        hidden = tile.model.hidden_features if tile.model else 0
-        kind = "network" if tile.model else "constant"
-        return TileResult(index, kind, len(data), hidden=hidden, voxels=original.size, sse=sse,
-                          face_voxels=face_voxels, face_sse=face_sse)  # fmt: skip
-
     # -- 4. the tiles ------------------------------------------------------------------------
-    def _compress(self, client, plan: _Plan, todo, workers: int):
+    def _compress(self, client, plan: Plan, todo, workers: int):
         from distributed import Event, wait
 
         run_id = plan.fingerprint[:12] + f"-{time.time_ns()}"
@@ -422,7 +247,7 @@ class TiledCompressor:
                 stop_event.set()
                 client.cancel(list(running))
 
-    def _submit(self, client, plan: _Plan, t, run: RunConfig, signals: Signals):
+    def _submit(self, client, plan: Plan, t, run: RunConfig, signals: Signals):
         source = self.source
         job = TileJob(plan.spec, t, str(self.root), self.train, run, source.ref, signals, self.hook)
         key = f"moec-tile-{plan.fingerprint[:12]}-" + "-".join(map(str, t.index))
@@ -449,7 +274,7 @@ class TiledCompressor:
         )  # fmt: skip
 
     # -- 5. the end ----------------------------------------------------------------------------
-    def _finish(self, plan: _Plan, stopped: bool, resumed: int, start: float, workers: int):
+    def _finish(self, plan: Plan, stopped: bool, resumed: int, start: float, workers: int):
         results = list(self.results.values())
         complete = not stopped and len(results) == len(plan.allocation.tiles)
         sse = sum(r.sse for r in results)
@@ -464,8 +289,11 @@ class TiledCompressor:
                        "seconds": round(seconds, 1)}  # fmt: skip
             write_metadata(
                 self.root,
-                self._documents(
-                    plan.spec, plan.allocation.fill_value, {"ratio": self.ratio, "summary": summary}
+                documents(
+                    self,
+                    plan.spec,
+                    plan.allocation.fill_value,
+                    {"ratio": self.ratio, "summary": summary},
                 ),
             )
             ResultsLog(self.root).remove()
@@ -474,7 +302,7 @@ class TiledCompressor:
         store_bytes = chunk_bytes + meta_bytes
         if complete and self.zipped:
             store_bytes = pack_ozx(self.root, self.dest)
-            _remove_store(self.root)
+            remove_store(self.root)
         if complete and self.source.nbytes / store_bytes < self.ratio:
             raise MoecError(f"internal: the store takes {store_bytes} bytes, over its budget")
         psnr_faces = psnr_of(face_sse, face_vox)
@@ -509,20 +337,6 @@ def _result(future, index) -> TileResult:
                 f"a larger memory_limit): {exc}"
             ) from exc
         raise MoecError(f"tile {index} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _scan_tile(ref, index, slices, factor) -> TileStats:
-    return tile_stats(index, ref.read(slices), factor)
-
-
-def _remove_store(root: Path) -> None:
-    """Delete a store folder we are allowed to replace (one that zarr or we made)."""
-    if not root.exists():
-        return
-    ours = (root / "zarr.json").exists() or (root / ".zattrs").exists()
-    if root.is_dir() and not ours and any(root.iterdir()):
-        raise ConfigError(f"{root} is not a zarr store; refusing to delete it")
-    shutil.rmtree(root) if root.is_dir() else root.unlink()
 
 
 def compress_tiled(

@@ -1,0 +1,217 @@
+"""The steps of a tiled compression before any training, as functions of the job
+(:class:`~.runner.TiledCompressor`): scan every tile, plan the bytes, prepare the store (fresh,
+or resumed from an unfinished run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, MoecError
+from .allocate import Allocation, allocate, choose_fill
+from .events import ScanProgress, TiledEvent
+from .scan import TileStats, probe_factor, tile_stats
+from .store import (
+    OZX_FIXED_OVERHEAD,
+    ResultsLog,
+    chunk_key,
+    chunk_path,
+    existing_chunks,
+    metadata_documents,
+    ozx_entry_overhead,
+    read_state,
+    write_atomic,
+    write_metadata,
+    write_state,
+)
+from .task import TileResult, tile_errors
+from .tiledecode import decode_tile
+from .tileformat import TileSpec, encode_constant_tile, parse_tile
+
+__all__ = ["Plan", "documents", "make_plan", "prepare_store", "remove_store", "scan"]
+
+#: The run summary's placeholder: the metadata bytes it may take are set aside up front.
+SUMMARY_PLACEHOLDER = {"psnr": 999.99, "seconds": 9999999.9}
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will write: the shared spec, every tile's kind and bytes, the budget."""
+
+    spec: TileSpec
+    allocation: Allocation
+    docs: dict
+    budget: int
+    fingerprint: str
+
+
+def tile_geometry(job) -> TileSpec:
+    """A spec for tile geometry only (the range is not known before the scan)."""
+    return TileSpec(job.source.shape, job.tile, job.margin, job.source.dtype.name,
+                    0.0, 1.0, job.quant)  # fmt: skip
+
+
+def scan(job, client) -> Generator[TiledEvent, None, list[TileStats]]:
+    geometry = tile_geometry(job)
+    factor = probe_factor(job.ratio)
+    indices = list(geometry.indices())
+    total = len(indices)
+    every = max(1, total // 100)
+    stats: dict = {}
+    if job.source.ref is None and job.source.dask is None:
+        for n, index in enumerate(indices, 1):
+            block = np.asarray(job.source.local[geometry.tile_slices(index)])
+            stats[index] = tile_stats(index, block, factor)
+            if n % every == 0 or n == total:
+                yield ScanProgress(n, total)
+    else:
+        from distributed import as_completed
+
+        if job.source.ref is not None:
+            futures = [
+                client.submit(_scan_tile, job.source.ref, index,
+                              geometry.tile_slices(index), factor, pure=False)
+                for index in indices
+            ]  # fmt: skip
+        else:
+            from dask import delayed
+
+            parts = [delayed(tile_stats)(index, job.source.dask[geometry.tile_slices(index)],
+                                         factor) for index in indices]  # fmt: skip
+            futures = client.compute(parts)
+        for n, future in enumerate(as_completed(futures), 1):
+            result = future.result()
+            stats[result.index] = result
+            if n % every == 0 or n == total:
+                yield ScanProgress(n, total)
+    ordered = [stats[index] for index in indices]
+    for s in ordered:
+        if not s.finite:
+            where = ",".join(f"{sl.start}:{sl.stop}" for sl in geometry.tile_slices(s.index))
+            raise ConfigError(f"volume contains NaN or infinite values (tile {s.index}, {where})")
+    return ordered
+
+
+def make_plan(job, stats: list[TileStats]) -> Plan:
+    vmin = min(s.vmin for s in stats)
+    vmax = max(s.vmax for s in stats)
+    if vmin == vmax:  # every tile is this one value: no network; any range decodes it
+        vmax = vmin + 1.0
+    arch = job.arch
+    spec = TileSpec(
+        shape=job.source.shape, tile=job.tile, margin=job.margin,
+        dtype=job.source.dtype.name, vmin=vmin, vmax=vmax, quant=job.quant,
+        top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
+        w0_first=arch.w0_first, experts=arch.num_experts or 2,
+    )  # fmt: skip
+    fill = choose_fill(stats, spec.dtype)
+    docs = documents(job, spec, fill, {"ratio": job.ratio, "summary": SUMMARY_PLACEHOLDER})
+    budget = int(job.source.nbytes // job.ratio)
+    reserved = sum(len(d) for d in docs.values())
+    overhead = lambda index: 0  # noqa: E731
+    if job.zipped:
+        reserved += OZX_FIXED_OVERHEAD + sum(ozx_entry_overhead(k) for k in docs)
+        overhead = lambda index: ozx_entry_overhead(chunk_key(index))  # noqa: E731
+    allocation = allocate(
+        spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
+        container_overhead=overhead, fill=fill,
+    )  # fmt: skip
+    digest = hashlib.sha256()
+    for doc in (
+        spec.to_json(),
+        [job.ratio, job.allocation, str(job.dest.suffix), fill],
+        asdict(job.train),
+        [asdict(t) for t in allocation.tiles],
+    ):
+        digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    return Plan(spec, allocation, docs, budget, digest.hexdigest())
+
+
+def documents(job, spec: TileSpec, fill, extra: dict) -> dict:
+    return metadata_documents(
+        spec, axes=job.source.axes, spacing=job.source.spacing, unit=job.source.unit,
+        fill_value=fill, name=job.source.name, extra=extra,
+    )  # fmt: skip
+
+
+def prepare_store(job, plan: Plan) -> int:
+    root, spec = job.root, plan.spec
+    state = read_state(root) if root.is_dir() else None
+    resuming = state is not None and state.get("fingerprint") == plan.fingerprint
+    if state is not None and not resuming and not job.overwrite:
+        raise ConfigError(
+            f"{root} holds an unfinished run of other data or settings; pass "
+            f"overwrite=True to start again, or the same arguments to resume it"
+        )
+    if not resuming:
+        remove_store(root)
+        if job.zipped and job.dest.exists():
+            job.dest.unlink()  # _check_dest allowed it: overwrite=True
+    root.mkdir(parents=True, exist_ok=True)
+    write_state(root, {"version": STATE_VERSION, "fingerprint": plan.fingerprint})
+    write_metadata(root, documents(job, spec, plan.allocation.fill_value,
+                                         {"ratio": job.ratio}))  # fmt: skip
+    log = ResultsLog(root)
+    logged = log.read() if resuming else {}
+    tiles = {t.index: t for t in plan.allocation.tiles}
+    kept = 0
+    for index, path in existing_chunks(root):
+        try:
+            if tiles[index].kind == "empty":
+                raise KeyError(index)
+            parse_tile(spec, path.read_bytes(), name=str(path), expected_index=index)
+        except (KeyError, MoecError):
+            path.unlink(missing_ok=True)  # corrupt, or not part of this plan: redo it
+            continue
+        result = logged.get(index) or measure_existing(job, spec, index, path.read_bytes())
+        job.results[index] = result
+        kept += 1
+        if index not in logged:
+            log.append(result)
+    for t in plan.allocation.tiles:
+        if t.kind == "empty":
+            job.results[t.index] = TileResult(t.index, "empty", 0,
+                                               voxels=spec.tile_voxels(t.index))  # fmt: skip
+        elif t.kind == "constant" and t.index not in job.results:
+            data = encode_constant_tile(spec, t.index, t.value)
+            write_atomic(chunk_path(root, t.index), data)
+            result = TileResult(t.index, "constant", len(data),
+                                voxels=spec.tile_voxels(t.index))  # fmt: skip
+            job.results[t.index] = result
+            log.append(result)
+    return kept
+
+
+def measure_existing(job, spec: TileSpec, index, data: bytes) -> TileResult:
+    """Errors of a tile found in the store but not in the run's log (a crash between the
+    worker's write and the client's log line)."""
+    original = job.source.read(spec.tile_slices(index))
+    decoded = decode_tile(spec, data, [np.arange(n) for n in original.shape])
+    sse, face_sse, face_voxels = tile_errors(spec, index, original, decoded)
+    tile = parse_tile(spec, data)
+    hidden = tile.model.hidden_features if tile.model else 0
+    kind = "network" if tile.model else "constant"
+    return TileResult(index, kind, len(data), hidden=hidden, voxels=original.size, sse=sse,
+                      face_voxels=face_voxels, face_sse=face_sse)  # fmt: skip
+
+
+def _scan_tile(ref, index, slices, factor) -> TileStats:
+    return tile_stats(index, ref.read(slices), factor)
+
+
+def remove_store(root: Path) -> None:
+    """Delete a store folder we are allowed to replace (one that zarr or we made)."""
+    if not root.exists():
+        return
+    ours = (root / "zarr.json").exists() or (root / ".zattrs").exists()
+    if root.is_dir() and not ours and any(root.iterdir()):
+        raise ConfigError(f"{root} is not a zarr store; refusing to delete it")
+    shutil.rmtree(root) if root.is_dir() else root.unlink()
