@@ -229,6 +229,21 @@ def markdown(out: Path) -> str:
                 f"(median {statistics.median(wall):.2f}, Tutel faster in "
                 f"{sum(x < 1 for x in wall)})."
             )
+    lines += [
+        "",
+        "Rows whose load is above the machine's core count measure contention as much as the "
+        "backends: a multi-threaded step waits until all its threads get a core, and OpenMP "
+        "threads spin while they wait, which inflates wall and CPU time alike. Trust a rerun "
+        'on an idle machine over such rows. `backend="auto"` follows these numbers '
+        "(`_measured_faster` in `src/napari_moec/nn/tutel_backend.py`).",
+    ]
+    if not any(r["device"].startswith("cuda") for r in records):
+        lines += [
+            "",
+            "No GPU rows yet: measure with `python benchmarks/backends.py --device cuda "
+            "--threads 1` on a machine whose Tutel was built with CUDA; until then `auto` "
+            "keeps native on GPUs.",
+        ]
     lines.append("")
     return "\n".join(lines)
 
