@@ -325,10 +325,10 @@ class RunConfig:
     )
     #: A training/decoding choice only: the file is the same whichever computes it.
     #: "tutel" needs Tutel installed (napari_moec.nn.tutel_backend); "auto" picks the faster
-    #: one measured for the device (docs/benchmarks/backends.md).
+    #: one measured for the device and thread count (docs/benchmarks/backends.md).
     backend: str = option(
         "auto",
-        "MoE routing backend: auto (the faster measured for the device), native or tutel",
+        "MoE routing backend: auto (measured faster for the device and threads), native, tutel",
         choices=("auto", "native", "tutel"),
         ui="advanced",
         label="MoE backend",
