@@ -46,7 +46,7 @@ __all__ = [
 #: tinted at all. napari cannot draw contours in 3D (it warns on every redraw): there the labels
 #: are filled at ``_layers.LABELS_OPACITY``, like a file opened from the File menu.
 LABELS_CONTOUR = 1
-CONTOUR_OPACITY = 0.6
+CONTOUR_OPACITY = 0.4
 
 
 @dataclass(frozen=True)
