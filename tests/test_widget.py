@@ -32,7 +32,8 @@ from napari_moec._live_view import (
 from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec._widget import MoecWidget
 from napari_moec._widget_results import grid_of
-from napari_moec.config import PreviewConfig
+from napari_moec._widget_settings import SettingsPanel
+from napari_moec.config import OPTION_CONFIGS, PreviewConfig, option_fields
 from napari_moec.errors import TrainingError
 from napari_moec.events import Preview, Progress, RegionPreview
 from napari_moec.metrics import psnr
@@ -412,3 +413,34 @@ def test_load_decodes_in_a_worker(viewer_widget, qtbot, tmp_path, messages):
     qtbot.waitUntil(lambda: widget.load_worker is None, timeout=60_000)
     errors = [m for kind, m in messages if kind == "error"]
     assert errors and "broken.moec" in errors[0]
+
+
+def test_settings_are_built_from_the_option_declarations(qtbot):
+    """One control per option with a ui place, with the declared default, range and help;
+    untouched, the panel gives the dataclasses' defaults."""
+    panel = SettingsPanel()
+    qtbot.addWidget(panel)
+    shown = {
+        f.name: f
+        for cls in OPTION_CONFIGS.values()
+        for f in option_fields(cls)
+        if f.metadata["option"]["ui"] is not None
+    }
+    assert set(panel.controls) == set(shown)
+    for name, f in shown.items():
+        meta, control = f.metadata["option"], panel.controls[name]
+        assert control.value == f.default, name
+        assert meta["help"] in control.control.tooltip, name
+        if meta["lo"] is not None and meta["choices"] is None:
+            assert control.control.min >= meta["lo"], name
+    kwargs = panel.compressor_kwargs()
+    assert kwargs["ratio"] == 256.0
+    assert {key: kwargs[key] for key in OPTION_CONFIGS} == {
+        key: cls() for key, cls in OPTION_CONFIGS.items()
+    }
+    panel.set_values(num_experts=3, precision="fp16", report_every=7)
+    kwargs = panel.compressor_kwargs()
+    assert kwargs["arch"].num_experts == 3 and kwargs["quant"].precision == "fp16"
+    assert kwargs["train"].report_every == 7  # no control: kept as an override
+    with pytest.raises(AttributeError):
+        panel.set_values(no_such_option=1)
