@@ -15,23 +15,18 @@ it. To add one, write both and list it in :data:`SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from tqdm import tqdm
 
 from . import __version__
 from ._io import Volume, read_volume, write_volume
+from ._terminal import RunProgress, stop_on_interrupt
 from .api import load
 from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
-from .events import Finalizing, Progress, Started
 from .training import Compressor
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "add_option_flags", "configs_from", "main"]
@@ -158,9 +153,9 @@ def _compress(args: argparse.Namespace) -> int:
         unit=volume.unit,
         **configs_from(args),
     )
-    progress = _Progress(enabled=not args.quiet)
+    progress = RunProgress(enabled=not args.quiet)
     told = False
-    with progress, _stop_on_interrupt(compressor) as interrupted:
+    with progress, stop_on_interrupt(compressor) as interrupted:
         run = compressor.run()
         while True:
             try:
@@ -287,110 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moec: interrupted", file=sys.stderr)
         return 130
-
-
-# -- progress and Ctrl-C -------------------------------------------------------------------
-@contextlib.contextmanager
-def _stop_on_interrupt(compressor: Compressor) -> Iterator[threading.Event]:
-    """The first Ctrl-C asks ``compressor`` to stop training (the best model so far is still
-    stored); a second one interrupts (KeyboardInterrupt). Yields the "Ctrl-C seen" event.
-
-    A handler, not ``except KeyboardInterrupt``: the interrupt would land inside the training
-    generator most of the time, and an exception raised in a generator finishes it, losing the
-    model. Off the main thread (where Python allows no signal handler) Ctrl-C just interrupts.
-    """
-    interrupted = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield interrupted
-        return
-
-    def handler(signum, frame) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-        compressor.stop()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-class _LineStream:
-    """A stream that turns tqdm's in-place refreshes (``"\\r" + line``) into whole lines, for
-    logs and pipes, where carriage returns pile up into one unreadable line."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-class _Progress:
-    """``moec compress``'s progress on stderr: a tqdm bar in a terminal; in a log or pipe one
-    line every 10 s; nothing when disabled (``--quiet``)."""
-
-    def __init__(self, enabled: bool, stream=None) -> None:
-        self.enabled = enabled
-        stream = sys.stderr if stream is None else stream
-        self.interactive = stream.isatty()
-        self.stream = stream if self.interactive else _LineStream(stream)
-        self.bar: tqdm | None = None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def update(self, event) -> None:
-        if not self.enabled:
-            return
-        if isinstance(event, Started):
-            m = event.model
-            self.note(
-                f"training {event.num_parameters} parameters (width {m.hidden_features}, "
-                f"{m.num_experts} experts) for a {event.budget_nbytes}-byte budget on "
-                f"{event.device}"
-            )
-            self.bar = tqdm(
-                total=event.total_steps,
-                file=self.stream,
-                unit="step",
-                mininterval=0.2 if self.interactive else 10.0,
-                dynamic_ncols=self.interactive,
-                ncols=None if self.interactive else 120,
-                # tqdm's own ETA assumes the run reaches its last step; the core's also knows
-                # the time limit, so it goes in the postfix instead.
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
-            )
-        elif isinstance(event, Progress) and self.bar is not None:
-            load = "/".join(f"{x:.2f}" for x in event.expert_load)
-            self.bar.set_postfix_str(
-                f"PSNR~{event.psnr:.2f} dB, load {load}, {event.phase}, ETA {event.eta:.0f}s",
-                refresh=False,
-            )
-            self.bar.update(event.step - self.bar.n)
-        elif isinstance(event, Finalizing):
-            self.close()
-            self.note("quantizing, entropy coding and measuring the file...")
-
-    def note(self, text: str) -> None:
-        """A message line that does not break the bar."""
-        if self.enabled:
-            tqdm.write(text, file=self.stream)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 if __name__ == "__main__":
