@@ -27,7 +27,7 @@ from napari_moec.tiled.runner import TiledCompressor
 from napari_moec.tiled.store import RUN_STATE, existing_chunks
 from napari_moec.tiled.tiledecode import DECODE_COUNTS
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, smooth_volume
 
 distributed = pytest.importorskip("distributed")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # hooks run on the workers
@@ -39,7 +39,7 @@ SETTINGS = {"ratio": 16, "tile": 16, "margin": 2, "train": TRAIN}
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
         memory_limit="2GiB",
     ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
         yield c
@@ -287,3 +287,24 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     assert main(["compress", str(source), str(dest), *flags]) == 2  # exists, no --overwrite
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_4d_and_constant_volumes(client, tmp_path):
+    series = np.stack([smooth_volume((20, 20, 20), seed=s) for s in range(3)])  # TZYX
+    dest = tmp_path / "t.ome.zarr"
+    report = compress_tiled(series, dest, 16, tile=(3, 10, 10, 10), margin=(0, 2, 2, 2),
+                            train=TRAIN, client=client, progress=False)  # fmt: skip
+    assert report.total_tiles == 8 and report.ratio >= 16 and report.psnr > 15
+    store = open_tiled(dest)
+    assert store.axes == "TZYX" and store.decode(stride=(1, 2, 2, 2)).shape == (3, 10, 10, 10)
+    flat = np.full((64, 64, 64), 7, np.uint16)
+    report = compress_tiled(flat, tmp_path / "flat.ome.zarr", 64, tile=32, client=client,
+                            progress=False)  # fmt: skip
+    assert report.empty_tiles == 8 and report.chunk_bytes == 0 and report.psnr == float("inf")
+    assert (open_tiled(tmp_path / "flat.ome.zarr").decode() == 7).all()
+    with pytest.raises(ConfigError, match="metadata alone takes"):
+        compress_tiled(flat[:20, :20, :20], tmp_path / "tiny.ome.zarr", 64, tile=10,
+                       client=client, progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="thinner than a 3D volume"):
+        TiledCompressor(np.zeros((33, 40, 40), np.uint16), tmp_path / "x.ome.zarr", tile=16,
+                        margin=0)  # fmt: skip

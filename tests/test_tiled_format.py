@@ -261,7 +261,8 @@ def test_tile_and_margin_choices():
     assert choose_tile((512, 512, 512), "uint16", 16) == (32, 32, 32)
     assert choose_tile((40, 512, 512), "float32", 64, 48) == (40, 48, 48)
     assert choose_tile((3, 40, 512, 512), "uint16", 64, 32) == (3, 32, 32, 32)
-    assert choose_margin((64, 64, 64)) == (4, 4, 4)
+    assert choose_margin((64, 64, 64)) == (8, 8, 8)
+    assert choose_margin((3, 16, 16, 16)) == (0, 2, 2, 2)
     assert choose_margin((3, 32, 32, 32), 3) == (0, 3, 3, 3)
     with pytest.raises(ConfigError):
         choose_tile((64, 64, 64), "uint16", 16, "big")

@@ -67,7 +67,7 @@ def connect(client=None, scheduler: str | None = None, shape: ClusterShape | Non
         threads_per_worker=shape.threads_per_worker,
         processes=True,
         memory_limit=shape.memory_limit,
-        dashboard_address=None,
+        dashboard_address=":0",
     )
     return Client(cluster), True
 

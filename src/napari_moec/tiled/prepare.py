@@ -35,7 +35,15 @@ from .task import TileResult, tile_errors
 from .tiledecode import decode_tile
 from .tileformat import TileSpec, encode_constant_tile, parse_tile
 
-__all__ = ["Plan", "documents", "make_plan", "prepare_store", "remove_store", "scan"]
+__all__ = [
+    "Plan",
+    "check_regions",
+    "documents",
+    "make_plan",
+    "prepare_store",
+    "remove_store",
+    "scan",
+]
 
 #: The run summary's placeholder: the metadata bytes it may take are set aside up front.
 SUMMARY_PLACEHOLDER = {"psnr": 999.99, "seconds": 9999999.9}
@@ -57,6 +65,19 @@ def tile_geometry(job) -> TileSpec:
     """A spec for tile geometry only (the range is not known before the scan)."""
     return TileSpec(job.source.shape, job.tile, job.margin, job.source.dtype.name,
                     0.0, 1.0, job.quant)  # fmt: skip
+
+
+def check_regions(job) -> None:
+    """Every tile's training region must be a volume (three axes longer than one voxel): only a
+    zero margin with a one-voxel edge tile breaks that. Checked before any work."""
+    spec = tile_geometry(job)
+    for index in spec.indices():
+        region = spec.region_slices(index)
+        if sum(s.stop - s.start > 1 for s in region) < 3:
+            raise ConfigError(
+                f"tile {index}'s training region {region} is thinner than a 3D volume: use a "
+                f"margin of at least 1 voxel or another tile size"
+            )
 
 
 def scan(job, client) -> Generator[TiledEvent, None, list[TileStats]]:
@@ -120,6 +141,12 @@ def make_plan(job, stats: list[TileStats]) -> Plan:
     if job.zipped:
         reserved += OZX_FIXED_OVERHEAD + sum(ozx_entry_overhead(k) for k in docs)
         overhead = lambda index: ozx_entry_overhead(chunk_key(index))  # noqa: E731
+    if reserved >= budget:
+        raise ConfigError(
+            f"the store's metadata alone takes {reserved} bytes of the {budget}-byte budget: "
+            f"at most {job.source.nbytes / reserved:.0f}x for a tiled store of this volume (a "
+            f"single .moec file has less overhead)"
+        )
     allocation = allocate(
         spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
         container_overhead=overhead, fill=fill,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Generator
 from dataclasses import replace
@@ -30,7 +31,7 @@ from ..errors import ConfigError, MoecError
 from ..plan import check_ratio
 from .cluster import ClusterShape, connect, default_shape, total_threads
 from .events import TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
-from .prepare import Plan, documents, make_plan, prepare_store, remove_store, scan
+from .prepare import Plan, check_regions, documents, make_plan, prepare_store, remove_store, scan
 from .sources import open_source
 from .store import (
     ResultsLog,
@@ -103,6 +104,8 @@ class TiledCompressor:
         self.ratio = check_ratio(ratio)
         self.tile = choose_tile(self.source.shape, self.source.dtype, self.ratio, tile)
         self.margin = choose_margin(self.tile, margin)
+        self.quant = quant or QuantConfig()
+        check_regions(self)
         if allocation not in ("difficulty", "equal"):
             raise ConfigError(f"allocation must be 'difficulty' or 'equal', got {allocation!r}")
         self.allocation = allocation
@@ -110,7 +113,6 @@ class TiledCompressor:
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
         self.train = train or TrainConfig()
-        self.quant = quant or QuantConfig()
         self.run_config = run or RunConfig()
         self.dest = Path(dest)
         self.zipped = self.dest.suffix.lower() == ".ozx"
@@ -124,6 +126,7 @@ class TiledCompressor:
         self._pause = threading.Event()
         #: Results of every tile in the store so far (index -> TileResult).
         self.results: dict[tuple[int, ...], TileResult] = {}
+        self._totals: list | None = None
 
     # -- control from other threads ----------------------------------------------------------
     def stop(self) -> None:
@@ -195,8 +198,10 @@ class TiledCompressor:
     def _compress(self, client, plan: Plan, todo, workers: int):
         from distributed import Event, wait
 
-        run_id = plan.fingerprint[:12] + f"-{time.time_ns()}"
-        signals = Signals(f"moec-stop-{run_id}", f"moec-pause-{run_id}")
+        # Names unique to this run: a task key seen before would give the scheduler's old
+        # result (another store's tile, or a stopped run's) instead of running the tile.
+        self._run_id = f"{uuid.uuid4().hex[:12]}"
+        signals = Signals(f"moec-stop-{self._run_id}", f"moec-pause-{self._run_id}")
         stop_event, pause_event = Event(signals.stop, client), Event(signals.pause, client)
         run = replace(self.run_config, threads=self.run_config.threads or self.shape.torch_threads)
         log = ResultsLog(self.root)
@@ -250,7 +255,7 @@ class TiledCompressor:
     def _submit(self, client, plan: Plan, t, run: RunConfig, signals: Signals):
         source = self.source
         job = TileJob(plan.spec, t, str(self.root), self.train, run, source.ref, signals, self.hook)
-        key = f"moec-tile-{plan.fingerprint[:12]}-" + "-".join(map(str, t.index))
+        key = "moec-tile-" + "-".join(map(str, t.index)) + f"-{self._run_id}"
         if source.ref is not None:
             return client.submit(compress_tile, job, key=key, pure=False)
         slices = plan.spec.region_slices(t.index)
@@ -261,16 +266,22 @@ class TiledCompressor:
         return client.submit(compress_tile, job, region, key=key, pure=False)
 
     def _event(self, result: TileResult, total, started, finished_here, remaining) -> TileFinished:
-        done = list(self.results.values())
-        sse = sum(r.sse for r in done)
-        voxels = sum(r.voxels for r in done)
+        if self._totals is None:  # sums over the tiles in the store, kept up to date from here
+            done = self.results.values()
+            self._totals = [sum(r.sse for r in done), sum(r.voxels for r in done),
+                            sum(r.nbytes for r in done)]  # fmt: skip
+        else:
+            self._totals[0] += result.sse
+            self._totals[1] += result.voxels
+            self._totals[2] += result.nbytes
+        sse, voxels, nbytes = self._totals
         elapsed = time.monotonic() - started
         return TileFinished(
             index=result.index, kind=result.kind, nbytes=result.nbytes,
             psnr=psnr_of(result.sse, result.voxels), hidden=result.hidden,
-            seconds=result.seconds, done=len(done), total=total,
-            bytes_done=sum(r.nbytes for r in done), running_psnr=psnr_of(sse, voxels),
-            elapsed=elapsed, eta=elapsed / finished_here * remaining,
+            seconds=result.seconds, done=len(self.results), total=total, bytes_done=nbytes,
+            running_psnr=psnr_of(sse, voxels), elapsed=elapsed,
+            eta=elapsed / finished_here * remaining,
         )  # fmt: skip
 
     # -- 5. the end ----------------------------------------------------------------------------
