@@ -84,7 +84,7 @@ def run(args) -> dict:
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size)
     with distributed.LocalCluster(
         n_workers=args.workers, threads_per_worker=1, processes=True,
-        memory_limit=args.memory_limit, dashboard_address=None,
+        memory_limit=args.memory_limit, dashboard_address=":0",
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         job = TiledCompressor(
             path, dest, args.ratio, tile=args.tile if args.tile == "auto" else int(args.tile),
@@ -230,7 +230,11 @@ def figure(args) -> None:
     from napari_moec.tiled.reader import open_tiled
 
     args.keep = True
-    record = run(args)
+    saved = Path(args.out) / f"{args.tag}.json"
+    if (Path(args.work) / f"{args.tag}.ome.zarr").exists() and saved.exists():
+        record = json.loads(saved.read_text())  # a kept store of an earlier run (--keep)
+    else:
+        record = run(args)
     _, volume = build_volume(args)
     store = open_tiled(Path(args.work) / f"{args.tag}.ome.zarr")
     t = store.spec.tile
@@ -299,20 +303,27 @@ def _psnr(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _face(report: dict) -> str:
+    """face − interior (dB) of a run; "-" when it has no tile faces (one tile)."""
+    penalty = report["seam_penalty"]
+    return "-" if penalty is None else f"{-penalty:+.2f}"
+
+
 def _tile_sweep(runs) -> list[str]:
     if not runs:
         return []
     ratios = sorted({r["ratio_target"] for r in runs})
     out = ["## Tile size", "",
            "Same crop, same per-tile schedule; only the tile edge changes (margin: auto).", "",
-           "| ratio | tile | tiles | mean bytes per tile | PSNR (dB) | face − interior (dB) | "
-           "wall s (2 workers) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+           "| ratio | tile | margin | tiles | mean bytes per tile | PSNR (dB) | face − interior "
+           "(dB) | wall s (2 workers) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for ratio in ratios:
         for r in sorted((r for r in runs if r["ratio_target"] == ratio), key=lambda r: r["tile"]):
             rep = r["report"]
             per = rep["original_bytes"] / ratio / rep["total_tiles"]
-            out.append(f"| {ratio:g}x | {r['tile'][0]} | {rep['total_tiles']} | {per:.0f} | "
-                       f"{_psnr(rep['psnr'])} | {-rep['seam_penalty']:+.2f} | "
+            edge, margin = max(r["tile"]), max(r["margin"])
+            out.append(f"| {ratio:g}x | {edge} | {margin} | {rep['total_tiles']} | {per:.0f} | "
+                       f"{_psnr(rep['psnr'])} | {_face(rep)} | "
                        f"{r['compress_seconds'] + r['scan_and_plan_seconds']:.0f} |")  # fmt: skip
     crop = runs[0]["crop"]
     steps = runs[0]["steps"]
@@ -371,7 +382,7 @@ def _big(runs) -> list[str]:
         out.append(f"| {r['tag']} | {shape} ({rep['original_bytes'] / 1e9:.2f}) | "
                    f"{r['ratio_target']:g}x | {r['tile'][0]} | {r['workers']} | "
                    f"{r['memory_limit']} | {rss} | {_psnr(rep['psnr'])} | "
-                   f"{-rep['seam_penalty']:+.2f} | {rep['store_bytes']} | {wall:.0f} | "
+                   f"{_face(rep)} | {rep['store_bytes']} | {wall:.0f} | "
                    f"{r['voxels_per_second']:,.0f} |")  # fmt: skip
     out += [""]
     pairs = {}
