@@ -81,6 +81,10 @@ def run(args) -> dict:
 
     path, _ = build_volume(args)
     dest = Path(args.work) / f"{args.tag}.ome.zarr"
+    if args.exponent is not None:
+        from napari_moec.tiled import allocate
+
+        allocate.DIFFICULTY_EXPONENT = args.exponent
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size)
     with distributed.LocalCluster(
         n_workers=args.workers, threads_per_worker=1, processes=True,
@@ -117,6 +121,7 @@ def run(args) -> dict:
         "tile": list(report.tile),
         "margin": list(report.margin),
         "allocation": args.allocation,
+        "exponent": args.exponent,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "workers": args.workers,
@@ -445,7 +450,10 @@ def main(argv=None) -> int:
         p.add_argument("--ratio", type=float, default=256.0)
         p.add_argument("--tile", default="auto")
         p.add_argument("--margin", default="auto")
-        p.add_argument("--allocation", default="difficulty", choices=("difficulty", "equal"))
+        p.add_argument("--allocation", default="difficulty",
+                       choices=("difficulty", "equal", "uniform"))  # fmt: skip
+        p.add_argument("--exponent", type=float, default=None,
+                       help="difficulty allocation: bytes ∝ difficulty^EXPONENT")  # fmt: skip
         p.add_argument("--steps", type=int, default=300, help="training steps per tile")
         p.add_argument("--batch-size", type=int, default=4096)
         p.add_argument("--workers", type=int, default=2)

@@ -247,6 +247,9 @@ def test_allocation_follows_difficulty_and_keeps_the_budget():
     for a in (equal, hard):
         assert a.tiles[3].kind == "empty" and a.fill_value == 5
         assert a.payload_bytes + a.fixed_bytes <= 6000
+    uniform = allocate(spec, stats, 6000, mode="uniform")
+    assert len({t.payload_budget for t in uniform.tiles[:3]}) == 1
+    assert uniform.tiles[0].payload_budget < equal.tiles[0].payload_budget  # 1/4 left unused
     with pytest.raises(ConfigError, match="use larger tiles or a lower ratio"):
         allocate(spec, stats, 40)
 

@@ -5,11 +5,13 @@ constant tiles (a kind byte, the index, the value and a CRC), each network tile'
 CRC, and in a ``.ozx`` the ZIP records of every entry are set aside first; what is left is shared
 by the network tiles' payloads.
 
-``"equal"`` gives each network tile bytes in proportion to its voxels. ``"difficulty"`` (the
-default) minimises the total squared error under a power-law rate–distortion model: a tile of
-difficulty ``d`` (the scan's probe, :mod:`.scan`) at ``b`` payload bytes has an error ``d · b^-γ``;
-the Lagrangian optimum of ``Σ d_i b_i^-γ`` with ``Σ b_i = B`` is ``b_i ∝ voxels_i · d_i^(1/(1+γ))``
-(``DIFFICULTY_EXPONENT`` = 1/(1+γ), from MoEC's measured slope: docs/tiled.md). Every network
+``"uniform"`` is the naive baseline: every tile gets the same share, and a constant or empty
+tile leaves most of its share unused. ``"equal"`` gives the network tiles all the bytes, in
+proportion to their voxels. ``"difficulty"`` (the default) minimises the total squared error
+under a power-law rate–distortion model: a tile of difficulty ``d`` (the scan's probe,
+:mod:`.scan`) at ``b`` payload bytes has an error ``d · b^-γ``; the Lagrangian optimum of
+``Σ d_i b_i^-γ`` with ``Σ b_i = B`` is ``b_i ∝ voxels_i · d_i^(1/(1+γ))``
+(``DIFFICULTY_EXPONENT`` = 1/(1+γ), docs/tiled.md). Every network
 tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
 wider than its training schedule can fit wastes its bytes). Tiles whose every voxel is one value
 are stored as that value; the commonest such value becomes the array's fill value, and its tiles
@@ -37,6 +39,8 @@ __all__ = [
     "choose_fill",
 ]
 
+#: Allocation modes (see the module docstring).
+MODES = ("difficulty", "equal", "uniform")
 #: b ∝ d^(1/(1+γ)); γ ≈ 0.25 is MoEC's error-vs-bytes slope (docs/tiled.md).
 DIFFICULTY_EXPONENT = 0.8
 #: The widest share of the budget one tile may get, in units of the mean share.
@@ -104,8 +108,8 @@ def allocate(
     Raises ConfigError when the budget cannot hold the smallest network for every tile that
     needs one (the message says which tile size or ratio would fit).
     """
-    if mode not in ("difficulty", "equal"):
-        raise ConfigError(f"allocation must be 'difficulty' or 'equal', got {mode!r}")
+    if mode not in MODES:
+        raise ConfigError(f"allocation must be one of {MODES}, got {mode!r}")
     fill = choose_fill(stats, spec.dtype) if fill is None else fill
     plans: dict[tuple, TilePlan] = {}
     fixed = 0
@@ -139,7 +143,14 @@ def allocate(
         else:
             difficulty = s.probe / span2 + 1e-9  # > 0: a smooth tile still needs its network
             weights[s.index] = s.voxels * difficulty**exponent
-    shares = _water_fill(weights, available, smallest, MAX_SHARE * available / max(1, len(network)))
+    if mode == "uniform":  # the naive baseline: every tile the same share, used or not
+        share = math.floor(budget / len(stats)) - max(reserve.values(), default=0)
+        if network and share < smallest:
+            raise ConfigError(f"a uniform share of {share} bytes holds no tile network")
+        shares = {s.index: share for s in network}
+    else:
+        cap = MAX_SHARE * available / max(1, len(network))
+        shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
         sized = _size(spec, spec.quant, share, experts)

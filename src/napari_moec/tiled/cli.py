@@ -68,9 +68,10 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--allocation",
-        choices=("difficulty", "equal"),
+        choices=("difficulty", "equal", "uniform"),
         default="difficulty",
-        help="share the bytes by measured tile difficulty or equally",
+        help="share the bytes by measured tile difficulty, equally between the tiles that need "
+        "a network, or uniformly between all tiles (the naive baseline)",
     )
     where = g.add_mutually_exclusive_group()
     where.add_argument(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MoecError
+from . import allocate as allocate_module
 from .allocate import Allocation, allocate, choose_fill
 from .events import ScanProgress, TiledEvent
 from .scan import TileStats, probe_factor, tile_stats
@@ -149,7 +150,7 @@ def make_plan(job, stats: list[TileStats]) -> Plan:
         )
     allocation = allocate(
         spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
-        container_overhead=overhead, fill=fill,
+        container_overhead=overhead, fill=fill, exponent=allocate_module.DIFFICULTY_EXPONENT,
     )  # fmt: skip
     digest = hashlib.sha256()
     for doc in (

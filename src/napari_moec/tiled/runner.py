@@ -29,6 +29,7 @@ import numpy as np
 from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, MoecError
 from ..plan import check_ratio
+from .allocate import MODES
 from .cluster import ClusterShape, connect, default_shape, total_threads
 from .events import TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
 from .prepare import Plan, check_regions, documents, make_plan, prepare_store, remove_store, scan
@@ -106,8 +107,8 @@ class TiledCompressor:
         self.margin = choose_margin(self.tile, margin)
         self.quant = quant or QuantConfig()
         check_regions(self)
-        if allocation not in ("difficulty", "equal"):
-            raise ConfigError(f"allocation must be 'difficulty' or 'equal', got {allocation!r}")
+        if allocation not in MODES:
+            raise ConfigError(f"allocation must be one of {MODES}, got {allocation!r}")
         self.allocation = allocation
         self.arch = arch or ArchConfig()
         if self.arch.hidden_features is not None:

@@ -35,14 +35,20 @@ class SourceRef:
 
     def read(self, slices: tuple[slice, ...]) -> np.ndarray:
         """The voxels ``slices`` as an in-memory array (only those are read)."""
+        if self.kind == "npy":
+            # A fresh map per read, dropped after the copy: pages of a map kept open count in
+            # the worker's resident memory, which then grows with the volume, not the tile.
+            mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            try:
+                return np.array(mapped[slices], order="C")
+            finally:
+                del mapped
         return np.ascontiguousarray(_open(self)[slices])
 
 
 @lru_cache(maxsize=8)
 def _open(ref: SourceRef):
-    """The array behind ``ref``, opened once per worker process."""
-    if ref.kind == "npy":
-        return np.load(ref.path, mmap_mode="r", allow_pickle=False)
+    """The zarr view of a TIFF or zarr source, opened once per worker process."""
     import zarr
 
     if ref.kind == "tiff":
