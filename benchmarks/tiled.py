@@ -81,10 +81,10 @@ def run(args) -> dict:
 
     path, _ = build_volume(args)
     dest = Path(args.work) / f"{args.tag}.ome.zarr"
-    if args.exponent is not None:
-        from napari_moec.tiled import allocate
+    from napari_moec.tiled import allocate as allocate_module
 
-        allocate.DIFFICULTY_EXPONENT = args.exponent
+    if args.exponent is not None:
+        allocate_module.DIFFICULTY_EXPONENT = args.exponent
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size)
     with distributed.LocalCluster(
         n_workers=args.workers, threads_per_worker=1, processes=True,
@@ -121,7 +121,9 @@ def run(args) -> dict:
         "tile": list(report.tile),
         "margin": list(report.margin),
         "allocation": args.allocation,
-        "exponent": args.exponent,
+        "exponent": allocate_module.DIFFICULTY_EXPONENT
+        if args.allocation == "difficulty"
+        else None,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "workers": args.workers,
