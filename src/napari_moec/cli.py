@@ -27,6 +27,7 @@ from ._terminal import RunProgress, stop_on_interrupt
 from .api import load
 from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
+from .tiled import cli as tiled_cli
 from .training import Compressor
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "add_option_flags", "configs_from", "main"]
@@ -137,13 +138,16 @@ def configs_from(args: argparse.Namespace, configs: dict = OPTION_CONFIGS) -> di
 # -- subcommands ---------------------------------------------------------------------------
 def _add_compress(c: argparse.ArgumentParser) -> None:
     c.add_argument("input", help="input volume (.tif, .tiff or .npy), 3D ZYX or 4D TZYX/CZYX")
-    c.add_argument("output", help="output .moec file")
+    c.add_argument("output", help="output .moec file, or a tiled store OUT.ome.zarr / OUT.ozx")
     c.add_argument("--ratio", type=float, required=True, help="target compression ratio (>= 1)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_option_flags(c)
+    tiled_cli.add_compress_arguments(c)
 
 
 def _compress(args: argparse.Namespace) -> int:
+    if tiled_cli.wants_tiled(args.output):
+        return tiled_cli.compress(args, configs_from(args))
     volume = read_volume(args.input)
     compressor = Compressor(
         volume.array,
@@ -181,7 +185,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _add_decompress(d: argparse.ArgumentParser) -> None:
-    d.add_argument("input", help=".moec file")
+    d.add_argument("input", help=".moec file or tiled store")
     d.add_argument("output", help="output .tif or .npy")
     d.add_argument("--labels", help="also write the expert-assignment map here")
     d.add_argument("--roi", help="region, e.g. 10:50,:,0:32 (one start:stop per axis)")
@@ -190,6 +194,8 @@ def _add_decompress(d: argparse.ArgumentParser) -> None:
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    if tiled_cli.is_store(args.input):
+        return tiled_cli.decompress(args)
     compressed = load(args.input)
     h = compressed.header
     array = compressed.decode(roi=args.roi, stride=args.stride, device=args.device)
@@ -205,11 +211,14 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _add_info(i: argparse.ArgumentParser) -> None:
-    i.add_argument("input", help=".moec file")
+    i.add_argument("input", help=".moec file or tiled store")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    tiled_cli.add_info_arguments(i)
 
 
 def _info(args: argparse.Namespace) -> int:
+    if tiled_cli.is_store(args.input):
+        return tiled_cli.info(args)
     info = load(args.input).info()
     if args.json:
         print(json.dumps(info, indent=2))
