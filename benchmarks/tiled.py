@@ -284,6 +284,8 @@ def report(args) -> None:
     lines = ["# Tiled compression benchmarks", "", _REPORT_INTRO, ""]
     lines += _tile_sweep([r for r in runs if r["tag"].startswith("sweep-")])
     lines += _seams([r for r in records if r.get("kind") == "seams"])
+    lines += _ratios([r for r in runs if r["tag"].startswith("ratio-")
+                      or r["tag"] == "alloc-macaque-r256-difficulty"])  # fmt: skip
     lines += _allocation([r for r in runs if r["tag"].startswith("alloc-")])
     lines += _big([r for r in runs if r["tag"].startswith("big-")])
     lines += ["## Commands and machines", ""]
@@ -301,11 +303,13 @@ def report(args) -> None:
 _REPORT_INTRO = (
     "Made by `python benchmarks/tiled.py report` from `docs/benchmarks/data/tiled/*.json`; every "
     "run's command is listed at the end. All runs are on the shared 2-core CPU machine under "
-    "the load of other jobs (the 1-minute load average at each run's end is listed: 4-9 on 2 "
+    "the load of other jobs (the 1-minute load average at each run's end is listed: 1-10 on 2 "
     "cores), with short per-tile schedules (`--steps`, batch 4096 points) so that they fit: "
     "PSNRs are those of short schedules, and seconds swing with the load. PSNR is over the "
     "volume's data range, of the store as any reader decodes it. Bytes are every byte of the "
-    "store (chunks + metadata)."
+    "store (chunks + metadata). The runs wrote their JSON to a scratch folder (the `--out` of "
+    "the commands below), copied to `docs/benchmarks/data/tiled/`; the volumes and stores live "
+    "in `--work` (`/tmp/moec-tiled-bench`) and are not committed."
 )
 
 
@@ -360,18 +364,52 @@ def _seams(runs) -> list[str]:
     return [*out, ""]
 
 
+def _ratios(runs) -> list[str]:
+    if not runs:
+        return []
+    out = ["## Ratios", "",
+           "The whole macaque T1 (128x206x168 float32, 17.7 MB; 80 % of it background), tile and "
+           "margin \"auto\", difficulty allocation, 300 steps per tile.", "",
+           "| ratio | tile / margin | tiles (network / constant / empty) | store bytes | ratio "
+           "kept | PSNR (dB) | face − interior (dB) | wall s (2 workers) |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(runs, key=lambda r: r["ratio_target"]):
+        rep = r["report"]
+        wall = r["compress_seconds"] + r["scan_and_plan_seconds"]
+        out.append(f"| {r['ratio_target']:g}x | {max(r['tile'])} / {max(r['margin'])} | "
+                   f"{rep['network_tiles']} / {rep['constant_tiles']} / {rep['empty_tiles']} | "
+                   f"{rep['store_bytes']} | {rep['ratio']:.1f}x | {_psnr(rep['psnr'])} | "
+                   f"{_face(rep)} | {wall:.0f} |")  # fmt: skip
+    return [
+        *out,
+        "",
+        "For scale, one network on the whole volume (`.moec`, README): 37.81 dB at "
+        "256x and 37.98 dB at 1024x after 2000 steps (693 s and 177 s on one thread).",
+        "",
+    ]
+
+
 def _allocation(runs) -> list[str]:
     if not runs:
         return []
     out = ["## Rate allocation", "",
-           "The same volume, ratio and schedule; bytes split equally by voxels or by the scan's "
-           "difficulty. Equal total bytes (the budget is the same; each store's bytes shown).", "",
+           "The same volume, ratio and schedule; only the split of the budget changes: *uniform* "
+           "(every tile the same share; the empty tiles' shares go unused, so its store is "
+           "smaller), *equal* (all bytes to the tiles that need a network, by voxels), "
+           "*difficulty* (`voxels · difficulty^p`). Equal and difficulty stores have the same "
+           "bytes.", "",
            "| volume | ratio | allocation | bytes | PSNR (dB) | network tiles | width "
            "min/median/max |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in sorted(runs, key=lambda r: (r["volume"], r["ratio_target"], r["allocation"])):
+    for r in sorted(runs, key=lambda r: (r["ratio_target"], r["steps"], r["allocation"],
+                                         r.get("exponent") or 0.8)):  # fmt: skip
         w = np.asarray(r["tile_widths"] or [0])
-        out.append(f"| {r['volume']} `{r['crop'] or ''}` | {r['ratio_target']:g}x | "
-                   f"{r['allocation']} | {r['report']['store_bytes']} | "
+        mode = r["allocation"]
+        if mode == "difficulty":  # records before the exponent was stored ran with 0.8
+            mode += f" (p = {r.get('exponent') or 0.8:g})"
+        where = f"`{r['crop']}`" if r["crop"] else "(whole)"
+        out.append(f"| {r['volume']} {where}, {r['steps']} steps | "
+                   f"{r['ratio_target']:g}x, {max(r['tile'])}³ | {mode} | "
+                   f"{r['report']['store_bytes']} | "
                    f"{_psnr(r['report']['psnr'])} | {r['network_tiles']} | "
                    f"{w.min()}/{np.median(w):g}/{w.max()} |")  # fmt: skip
     return [*out, ""]
@@ -395,48 +433,77 @@ def _big(runs) -> list[str]:
                    f"{_face(rep)} | {rep['store_bytes']} | {wall:.0f} | "
                    f"{r['voxels_per_second']:,.0f} |")  # fmt: skip
     out += [""]
-    pairs = {}
+    pairs: dict = {}
     for r in runs:
-        pairs.setdefault((r["ratio_target"], r["steps"], r["shape"][0]), {})[r["workers"]] = r
-    for (ratio, _, _), by in sorted(pairs.items()):
+        pair = r["tag"].replace("-1w", "").replace("-2w", "")
+        pairs.setdefault(pair, {})[r["workers"]] = r
+    for pair, by in sorted(pairs.items()):
         if 1 in by and 2 in by:
             t1 = by[1]["compress_seconds"] + by[1]["scan_and_plan_seconds"]
             t2 = by[2]["compress_seconds"] + by[2]["scan_and_plan_seconds"]
-            out.append(f"Scaling at {ratio:g}x: 1 worker {t1:.0f} s, 2 workers {t2:.0f} s: "
-                       f"speed-up {t1 / t2:.2f}, efficiency {t1 / t2 / 2:.0%} (2 cores shared "
-                       f"with other jobs).")  # fmt: skip
+            busy = [sum(by[w]["tile_seconds"]) for w in (1, 2)]
+            load = [by[w]["machine"]["load_average_1min"] for w in (1, 2)]
+            out.append(f"- Scaling, `{pair}`: 1 worker {t1:.0f} s, 2 workers {t2:.0f} s: speed-up "
+                       f"{t1 / t2:.2f}, efficiency {t1 / t2 / 2:.0%}. Training seconds summed "
+                       f"over the tiles: {busy[0]:.0f} (1 worker) and {busy[1]:.0f} (2 workers), "
+                       f"load {load[0]} and {load[1]} at the ends: when the sum doubles, each "
+                       f"worker got half a core (other jobs held the second).")  # fmt: skip
     return [*out, "", *_estimate(runs)]
 
 
 def _estimate(runs) -> list[str]:
-    """Paper estimate: a 45 GB uint16 HiP-CT organ on 32 GPU workers, from measured tiles."""
+    """Paper estimate: a 45 GB uint16 HiP-CT organ on 32 GPU workers, from measured tiles.
+
+    The measured run gives one CPU worker's useful training rate (FLOP/s, from each tile's
+    network and schedule); the organ's tiles are sized as "auto" would size them and trained
+    with the default schedule (2000 steps of 16384 points); GPU times are assumptions (no GPU
+    was lent to this work), stated in the text."""
+    from napari_moec.config import QuantConfig
+    from napari_moec.plan import widest_for_payload
+    from napari_moec.tiled.tileformat import TileSpec
+    from napari_moec.tiled.tiling import choose_margin, choose_tile
+
     run = max(runs, key=lambda r: len(r["tile_seconds"]))
     seconds = np.asarray(run["tile_seconds"])
     flops = np.asarray(run["tile_flops_train"])
     cpu_rate = flops.sum() / seconds.sum()  # useful training FLOP/s of one CPU worker
-    tile = run["tile"][0]
     voxels = 45e9 / 2
-    tiles = voxels / tile**3
-    per_tile_cpu = seconds.mean() * 2000 / run["steps"]
-    gpu_rate = 5e12  # assumed: 5 TFLOP/s useful fp32, ~10% of an H100/H200's peak on these shapes
-    per_tile_gpu = flops.mean() * 2000 / run["steps"] / gpu_rate
+    side = round(voxels ** (1 / 3))
+    out = [
+        "### Paper estimate: a 45 GB HiP-CT organ on 32 GPU workers", "",
+        f"Measured (`{run['tag']}`): {len(seconds)} network tiles, {seconds.mean():.1f} s of "
+        f"training each ({run['steps']} steps of {run['batch_size']} points, one CPU thread per "
+        f"worker), {cpu_rate / 1e9:.2f} GFLOP/s of useful training work per worker. A 45 GB "
+        f"uint16 organ is {voxels / 1e9:.1f} G voxels (~{side}³); every tile is assumed to need "
+        f"a network (real organs have background: fewer). Default schedule, 2000 steps of 16384 "
+        f"points per tile, training FLOPs = 3 x forward:", "",
+        "| ratio | auto tile | tiles | width (2 experts) | TFLOP per tile | 32 CPU workers like "
+        "these | 32 GPUs, 3 ms per step | 32 GPUs, 10 TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for ratio in (256, 1024):
+        tile = choose_tile((side, side, side), "uint16", ratio)
+        spec = TileSpec((side,) * 3, tile, choose_margin(tile), "uint16", 0, 1, QuantConfig())
+        budget = math.prod(tile) * 2 / ratio - 10
+        width = widest_for_payload(spec.model_config(1, 2), QuantConfig(), int(budget))
+        h = width.hidden_features
+        per_tile = 3.0 * 2000 * 16384 * forward_flops(h, 2)
+        tiles = voxels / math.prod(tile)
+        seconds_per_tile = [per_tile / cpu_rate, 2000 * 3e-3, per_tile / 10e12]
+        hours = [tiles * t / 32 / 3600 for t in seconds_per_tile]
+        out.append(f"| {ratio}x | {tile[0]}³ | {tiles:,.0f} | {h} | {per_tile / 1e12:.2f} | "
+                   f"{hours[0]:,.0f} h | {hours[1]:.1f} h | {hours[2]:.2f} h |")  # fmt: skip
     return [
-        "### Paper estimate: a 45 GB HiP-CT organ on 32 GPU workers",
+        *out,
         "",
-        f"From `{run['tag']}`: {len(seconds)} network tiles of {tile}³ trained in "
-        f"{seconds.mean():.1f} s each on average ({run['steps']} steps of {run['batch_size']} "
-        f"points, one CPU thread), {flops.mean() / 1e9:.1f} GFLOP of training each: "
-        f"{cpu_rate / 1e9:.2f} GFLOP/s per worker. A 45 GB uint16 organ is {voxels / 1e9:.1f} G "
-        f"voxels, {tiles:,.0f} tiles of {tile}³ (fewer if its background is constant). With the "
-        f"default 2000 steps per tile:",
-        "",
-        f"- on CPU workers like these: {per_tile_cpu:.0f} s per tile, "
-        f"{tiles * per_tile_cpu / 32 / 3600:.0f} h on 32 workers;",
-        f"- on 32 GPU workers at an assumed 5 TFLOP/s of useful fp32 each (not measured: no "
-        f"GPU was lent to this work): {per_tile_gpu:.1f} s of training per tile, "
-        f"{tiles * per_tile_gpu / 32 / 3600:.1f} h, plus reading the 45 GB twice (scan and "
-        f"training, ~1 min per pass at 1 GB/s from a parallel file system) and decoding each "
-        f"tile once for its PSNR.",
+        "GPU times are assumptions: no GPU was lent to this work. Networks this small do not "
+        "fill a GPU: a training step is some 150 small kernels, so its time is bounded by "
+        "launches (~3 ms per step assumed, 6 s per tile) long before FLOPs (the last column, "
+        "10 TFLOP/s of useful fp32, ~15 % of an H100/H200's fp32 peak, is the compute-bound "
+        "floor). Several tiles per GPU at once (worker threads) would hide part of the launch "
+        "time. Add reading the 45 GB twice (scan, then each tile's region with its margin), "
+        "~2 min at 1 GB/s from a parallel file "
+        "system, and one decode of each tile for its PSNR (~1/50 of its training FLOPs).",
         "",
     ]
 
