@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import cloudpickle
@@ -275,7 +276,9 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
     assert "25 networks, 1 constant, 1 empty" in text and "overhead" in text
     assert main(["info", str(dest), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["ratio"] >= 16 and info["tile_overhead_bytes"] == 25 * 10 + 10
+    # 10 bytes per network tile (kind, 3 index varints, width, experts, CRC); the constant tile
+    # costs 8 besides its value (kind, index, CRC); the empty tile is absent.
+    assert info["ratio"] >= 16 and info["tile_overhead_bytes"] == 25 * 10 + 8
     out = tmp_path / "part.tif"
     assert main(["decompress", str(dest), str(out), "--roi", "0:10,:,:", "--stride", "2"]) == 0
     assert tifffile.imread(out).shape == (5, 20, 20)
@@ -292,8 +295,10 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
 def test_4d_and_constant_volumes(client, tmp_path):
     series = np.stack([smooth_volume((20, 20, 20), seed=s) for s in range(3)])  # TZYX
     dest = tmp_path / "t.ome.zarr"
+    # 4D networks are slower to start than 3D ones: 100 steps (25 gave 14.9 dB).
     report = compress_tiled(series, dest, 16, tile=(3, 10, 10, 10), margin=(0, 2, 2, 2),
-                            train=TRAIN, client=client, progress=False)  # fmt: skip
+                            train=replace(TRAIN, steps=100), client=client,
+                            progress=False)  # fmt: skip
     assert report.total_tiles == 8 and report.ratio >= 16 and report.psnr > 15
     store = open_tiled(dest)
     assert store.axes == "TZYX" and store.decode(stride=(1, 2, 2, 2)).shape == (3, 10, 10, 10)
