@@ -168,6 +168,12 @@ class TiledStore:
             if levels is None and max(math.ceil(n / s) for n in self.shape[-3:]) < 256 * 2:
                 return out
 
+    def chunk(self, index) -> bytes | None:
+        """The stored bytes of tile ``index``, or None when it has no chunk (fill value).
+        Read afresh each call, so a store being written shows each new tile (napari's lazy
+        layers key their cache by the chunk's CRC)."""
+        return _chunk(self.path, tuple(int(c) for c in index))
+
     # -- statistics ------------------------------------------------------------------------
     def chunk_items(self):
         """``(index, bytes)`` of every chunk present."""
