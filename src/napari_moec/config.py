@@ -189,9 +189,11 @@ class TrainConfig:
     """Training schedule (paper §3.5, §4.1).
 
     The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
-    learning rate decays exponentially from ``lr`` to ``lr * lr_final`` over that schedule, the
-    router freezes at ``freeze_router_at`` of it and the last ``qat_fraction`` of it trains with
-    the stored quantization in the loop (quantization-aware training, off by default).
+    learning rate follows ``schedule`` from ``lr`` to ``lr * lr_final`` over it
+    (:mod:`napari_moec.schedule`: "auto" picks warm-up + cosine for networks of width >= 21,
+    exponential decay for narrower ones), the router freezes at ``freeze_router_at`` of it and
+    the last ``qat_fraction`` of it trains with the stored quantization in the loop
+    (quantization-aware training, off by default).
     """
 
     steps: int = option(
@@ -209,8 +211,14 @@ class TrainConfig:
         ui_max=1 << 22,
         ui_step=1024,
     )
-    lr: float = option(
-        2e-3,
+    schedule: str = option(
+        "auto",
+        "learning-rate schedule: warm-up then cosine decay, or exponential decay",
+        choices=("auto", "cosine", "exponential"),
+        label="LR schedule",
+    )
+    lr: float | None = option(
+        None,
         "peak learning rate of Adam",
         lo=0,
         hi=1,
@@ -218,9 +226,28 @@ class TrainConfig:
         open_hi=True,
         label="Learning rate",
         ui_step=1e-4,
+        auto="5e-3 with the cosine schedule, 2e-3 with the exponential one",
     )
-    lr_final: float = option(
-        0.05, "final learning rate as a fraction of lr", lo=0, hi=1, open_lo=True, ui=None
+    lr_final: float | None = option(
+        None,
+        "final learning rate as a fraction of lr",
+        lo=0,
+        hi=1,
+        open_lo=True,
+        ui=None,
+        auto="0.01 with the cosine schedule, 0.05 with the exponential one",
+    )
+    warmup: float = option(
+        0.02,
+        "fraction of the schedule over which the lr rises linearly from 0",
+        lo=0,
+        hi=0.5,
+        ui=None,
+    )
+    guard: bool = option(
+        True,
+        "roll back to a recent snapshot and halve the lr when the training loss jumps",
+        label="Loss guard",
     )
     balance_weight: float = option(
         0.01,

@@ -36,6 +36,7 @@ from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
 from .rate import fit_payload, frame_with_summary, payload_budget
 from .sampling import Normalization, flat_index_coords
+from .schedule import LossGuard, resolve_schedule
 from .volumes import check_volume
 
 __all__ = ["Compressor"]
@@ -197,8 +198,10 @@ class Compressor:
         n_voxels = target.numel()
         batch = min(cfg.batch_size, n_voxels)
         span = (self.header.norm[1] - self.header.norm[0]) ** 2
+        schedule = resolve_schedule(cfg, mcfg)
         # fused: one kernel per step instead of ~64 small ops (the CPU profile's advice).
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=schedule.peak, fused=True)
+        guard = LossGuard(model, optimizer) if cfg.guard else None
         yield Started(
             total_steps=cfg.steps,
             time_limit=cfg.time_limit,
@@ -221,7 +224,7 @@ class Compressor:
         loss_value, psnr_value = math.nan, math.nan
         load_value = np.full(mcfg.num_experts, 1.0 / mcfg.num_experts)
         drop_value = 0.0
-        schedule = _PreviewSchedule(self.preview)
+        previews = _PreviewSchedule(self.preview)
         while not self._stop.is_set():
             progress = step / cfg.steps
             if cfg.time_limit:
@@ -229,7 +232,7 @@ class Compressor:
             if progress >= 1.0:
                 break
             t0 = time.perf_counter()
-            lr = cfg.lr * cfg.lr_final**progress
+            lr = schedule.lr(progress) * (guard.lr_scale if guard else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if not frozen and progress >= cfg.freeze_router_at:
@@ -266,17 +269,22 @@ class Compressor:
 
             if step % cfg.report_every == 0 or step == cfg.steps:
                 loss_value = float(acc_mse) / acc_n  # the one host sync per report
-                if not math.isfinite(loss_value):
+                rolled_back = guard is not None and guard.observe(step, loss_value)
+                if not math.isfinite(loss_value) and not rolled_back:
                     raise TrainingError(
-                        f"loss became {loss_value} at step {step}; try a lower lr (now {cfg.lr:g})"
+                        f"loss became {loss_value} at step {step}; try a lower lr "
+                        f"(now {schedule.peak:g})"
                     )
                 psnr_value = 10 * math.log10(span / max(loss_value, 1e-30))
                 load_value = (acc_load / acc_n).cpu().numpy()
                 drop_value = float(acc_drop) / acc_n
                 acc_mse.zero_(), acc_drop.zero_(), acc_load.zero_()
                 acc_n = 0
-                ema = loss_value if ema is None else 0.7 * ema + 0.3 * loss_value
-                if ema < best_loss:
+                if rolled_back:
+                    ema = None  # the loss that tripped the guard belongs to discarded weights
+                else:
+                    ema = loss_value if ema is None else 0.7 * ema + 0.3 * loss_value
+                if ema is not None and ema < best_loss:
                     best_loss = ema
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             active += time.perf_counter() - t0
@@ -296,10 +304,10 @@ class Compressor:
                 eta=eta,
                 phase=phase,
             )
-            if schedule.due(step, active):
+            if previews.due(step, active):
                 yield self._preview(model, step, device)
 
-        if self.preview.enabled and schedule.last_step != step:
+        if self.preview.enabled and previews.last_step != step:
             # Always one preview of the end of training, before the result (which takes a
             # moment more to quantize, code and measure).
             yield self._preview(model, step, device)
