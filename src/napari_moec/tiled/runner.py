@@ -128,6 +128,7 @@ class TiledCompressor:
         #: Results of every tile in the store so far (index -> TileResult).
         self.results: dict[tuple[int, ...], TileResult] = {}
         self._totals: list | None = None
+        self._priority: frozenset = frozenset()
 
     # -- control from other threads ----------------------------------------------------------
     def stop(self) -> None:
@@ -140,6 +141,11 @@ class TiledCompressor:
 
     def resume(self) -> None:
         self._pause.clear()
+
+    def prioritize(self, indices) -> None:
+        """Train the tiles ``indices`` next, when they are still waiting (thread-safe): a viewer
+        asks for the tiles it shows, so the part the user looks at fills in first."""
+        self._priority = frozenset(tuple(int(c) for c in i) for i in indices)
 
     # -- checks that read no voxel ---------------------------------------------------------
     def _check_dest(self) -> None:
@@ -229,7 +235,7 @@ class TiledCompressor:
                     paused = self._pause.is_set()
                     pause_event.set() if paused else pause_event.clear()
                 while not paused and pending and len(running) < window:
-                    t = pending.popleft()
+                    t = _next_tile(pending, self._priority)
                     running[self._submit(client, plan, t, run, signals)] = t.index
                 if not running:
                     time.sleep(0.2)
@@ -334,6 +340,16 @@ class TiledCompressor:
             peak_rss=max((r.peak_rss for r in net), default=0), workers=workers,
             stopped=not complete, allocation=self.allocation,
         )  # fmt: skip
+
+
+def _next_tile(pending: deque, priority: frozenset):
+    """The first waiting tile in ``priority``, else the next in order."""
+    if priority:
+        for t in pending:
+            if t.index in priority:
+                pending.remove(t)
+                return t
+    return pending.popleft()
 
 
 def _result(future, index) -> TileResult:
