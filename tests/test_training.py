@@ -73,9 +73,8 @@ def test_stored_weights_do_not_depend_on_the_clock(volume16):
     same trained network is stored identically whatever the run's duration."""
     comp = Compressor(volume16, 4, train=FAST)
     drain(comp.run())
-    device = torch.device("cpu")
-    quick = comp._finish(comp.model, 40, 1.0, False, device)
-    slow = comp._finish(comp.model, 40, 98765.4, False, device)
+    quick = comp.store(comp.model, 40, 1.0)
+    slow = comp.store(comp.model, 40, 98765.4)
     assert quick.header.train.seconds == 1.0 and slow.header.train.seconds == 98765.4
     assert quick.report.quant_multiplier == slow.report.quant_multiplier
     np.testing.assert_array_equal(quick.decode(), slow.decode())

@@ -171,7 +171,7 @@ class Compressor:
             model, steps, seconds = yield from self.train()
             stopped = self._stop.is_set()
             yield Finalizing(step=steps, stopped=stopped)
-            return self._finish(model, steps, seconds, stopped, device)
+            return self.store(model, steps, seconds, stopped=stopped)
         finally:
             torch.set_num_threads(threads)
             if device.type == "cuda":
@@ -340,12 +340,15 @@ class Compressor:
         return Preview(step=step, stride=stride, image=image, labels=labels, regions=tuple(regions))
 
     # ------------------------------------------------------------------------------------
-    def _finish(
-        self, model: MoESiren, steps: int, seconds: float, stopped: bool, device
+    def store(
+        self, model: MoESiren, steps: int, seconds: float, *, stopped: bool = False
     ) -> Compressed:
-        """Store the trained weights at the finest quantization that fits (:mod:`rate`),
-        decode them once as the file holds them, measure, and frame the file with its summary.
+        """Store ``model``'s weights as this compression's ``.moec`` file: at the finest
+        quantization that fits (:mod:`rate`), decoded once as the file holds them, measured,
+        and framed with the training summary. :meth:`run` calls it with the trained model;
+        benchmarks call it on snapshots to measure quality along training.
         """
+        device = self.device
         header, budget = self.header, self.budget
         state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
         reserve = summary_reserve(header) if self.plan.stores_summary else 0

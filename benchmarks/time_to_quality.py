@@ -1,0 +1,274 @@
+"""Time to quality: PSNR of the saved file vs seconds of training, per volume, ratio and lever.
+
+Each run trains with a time budget (``--seconds``; the schedule follows it) and, every
+``--every`` seconds of training, stores a snapshot of the current weights exactly as a finished
+run would (rate control, file bytes, training summary), saves the file, loads it, decodes it
+from disk and measures it. The snapshot work is not counted as training time. The last point
+is the run's real result (best weights, as ``Compressor.run`` returns them).
+
+Variants (levers on/off; everything else is the library's default):
+
+* ``default``: the current defaults (warm-up + cosine from 5e-3 on networks of width >= 21,
+  exponential from 2e-3 below; loss guard; fused sine layers).
+* ``exponential``: the previous schedule everywhere (exponential decay from 2e-3, no
+  warm-up), with the guard.
+* ``previous``: the previous training defaults (exponential, no guard). The fused sine layers
+  compute the same function, so they cannot be switched off; compare ``speed.py`` for them.
+* ``cosine``: warm-up + cosine at every width, with the guard.
+
+Output: one JSON per run (``--out``), and with ``report`` a Markdown table and a plot in
+docs/ next to the best classical codec at the same bytes (``docs/benchmarks/data/rd``)::
+
+    python benchmarks/time_to_quality.py run --volumes hipct ct_head mri4d --ratios 64 256 \\
+        --variants default previous --seconds 300 --threads 2
+    python benchmarks/time_to_quality.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _common import ROOT, SPACING, load_volume, provenance, quality, write_json
+
+DATA_OUT = ROOT / "docs" / "benchmarks" / "data" / "time_to_quality"
+RD = ROOT / "docs" / "benchmarks" / "data" / "rd"
+DOC = ROOT / "docs" / "benchmarks" / "time_to_quality.md"
+PLOT = ROOT / "docs" / "images" / "time_to_quality.png"
+VARIANTS = {
+    "default": {},
+    "exponential": {"schedule": "exponential"},
+    "previous": {"schedule": "exponential", "guard": False},
+    "cosine": {"schedule": "cosine"},
+}
+#: Classical methods that count as "the best classical codec at equal bytes" (the lean ones).
+CLASSICAL = ["hevc_lean", "h264_lean", "jpeg2000_j2k", "hevc_ds2_lean", "decimate"]
+
+
+def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
+    from napari_moec import Compressor, Progress, RunConfig, TrainConfig
+
+    vol = load_volume(volume_name)
+    train = TrainConfig(steps=10**9, time_limit=args.seconds, seed=args.seed, **VARIANTS[variant])
+    compressor = Compressor(
+        vol,
+        ratio,
+        train=train,
+        spacing=SPACING[volume_name],
+        run=RunConfig(device="cpu", threads=args.threads),
+    )
+    torch.set_num_threads(compressor.threads)
+    points = []
+    next_point = args.every
+    wall0 = time.perf_counter()
+
+    def measure(model, steps, seconds, final):
+        compressed = compressor.store(model, steps, seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = compressed.save(Path(tmp) / "v.moec")
+            from napari_moec import load
+
+            decoded = load(path).decode()
+            nbytes = path.stat().st_size
+        points.append(
+            {
+                "train_seconds": round(seconds, 2),
+                "steps": steps,
+                "bytes": nbytes,
+                "final": final,
+                **quality(vol, decoded),
+            }
+        )
+        print(
+            f"{volume_name} {ratio:g}x {variant}: {seconds:6.1f} s {steps:6d} steps "
+            f"{points[-1]['psnr']:.2f} dB {nbytes} B",
+            flush=True,
+        )
+
+    run = compressor.train()
+    try:
+        while True:
+            event = next(run)
+            if isinstance(event, Progress) and event.elapsed >= next_point:
+                next_point += args.every
+                measure(copy.deepcopy(compressor.model), event.step, event.elapsed, False)
+    except StopIteration as done:
+        model, steps, seconds = done.value
+    measure(model, steps, seconds, True)
+    m = compressor.model_config
+    return {
+        "volume": volume_name,
+        "target_ratio": ratio,
+        "variant": variant,
+        "options": {
+            "seconds": args.seconds,
+            "seed": args.seed,
+            "threads": args.threads,
+            **VARIANTS[variant],
+        },
+        "model": {"hidden_features": m.hidden_features, "num_experts": m.num_experts},
+        "budget_bytes": compressor.budget,
+        "points": points,
+        "wall_seconds": round(time.perf_counter() - wall0, 1),
+        **provenance("cpu"),
+    }
+
+
+def best_classical(volume: str, ratio: float) -> dict | None:
+    """The best lean classical result that fits the same budget (from rd.py's JSON)."""
+    best = None
+    for method in CLASSICAL:
+        path = RD / volume / f"{volume}_{ratio:g}x_{method}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        if record.get("status") == "ok" and (best is None or record["psnr"] > best["psnr"]):
+            best = record
+    return best
+
+
+def report(args) -> int:
+    records = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*.json"))]
+    if not records:
+        print(f"no runs in {args.out}", file=sys.stderr)
+        return 1
+    cells: dict = {}
+    for r in records:
+        cells.setdefault((r["volume"], r["target_ratio"]), {})[r["variant"]] = r
+    variants = [v for v in VARIANTS if any(v in c for c in cells.values())]
+    lines = [
+        "# Time to quality",
+        "",
+        "Made by `python benchmarks/time_to_quality.py report` from "
+        "`docs/benchmarks/data/time_to_quality/*.json`. PSNR (dB, over the original's data "
+        "range) of the `.moec` file saved, reloaded and decoded from disk, against seconds of "
+        "training (the compressor's own clock: optimiser steps only; storing a snapshot is not "
+        "counted). Each run has a time budget that its schedule follows; intermediate points "
+        'are snapshots of that run ("anytime" quality: a run given a shorter budget decays its '
+        "learning rate sooner and usually ends higher than the same point of a longer run). "
+        "Classical: the best lean codec that fits the same budget (`docs/benchmarks.md`).",
+        "",
+        "| volume | ratio | budget B | width | best classical | "
+        + " | ".join(f"{v}: 60 s / 150 s / end" for v in variants)
+        + " | default − classical |",
+        "|---|---|---|---|---|" + "---|" * len(variants) + "---|",
+    ]
+    for (volume, ratio), by_variant in sorted(cells.items()):
+        classical = best_classical(volume, ratio)
+        any_run = next(iter(by_variant.values()))
+        row = [
+            volume,
+            f"{ratio:g}x",
+            f"{any_run['budget_bytes']:,}",
+            str(any_run["model"]["hidden_features"]),
+        ]
+        row.append("–" if classical is None else f"{classical['psnr']:.2f} ({classical['method']})")
+        for v in variants:
+            r = by_variant.get(v)
+            row.append("–" if r is None else " / ".join(_at(r, t) for t in (60, 150, None)))
+        d = by_variant.get("default")
+        if d is not None and classical is not None:
+            row.append(f"{_final(d)['psnr'] - classical['psnr']:+.2f}")
+        else:
+            row.append("–")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Runs:", ""]
+    for r in sorted(records, key=lambda r: (r["volume"], r["target_ratio"], r["variant"])):
+        m = r["machine"]
+        dirty = " (dirty)" if r["dirty"] else ""
+        lines.append(
+            f"- `{r['command']}` ({r['volume']} {r['target_ratio']:g}x "
+            f"{r['variant']}): commit {r['commit'][:10]}{dirty}, "
+            f"{m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch "
+            f"{m['torch']}, {r['options']['threads']} threads, load "
+            f"{m['load_average_1min']} at the end, {r['date']}"
+        )
+    DOC.write_text("\n".join(lines) + "\n")
+    _plot(cells, variants)
+    print(DOC)
+    return 0
+
+
+def _final(record: dict) -> dict:
+    return next(p for p in record["points"] if p["final"])
+
+
+def _at(record: dict, seconds: float | None) -> str:
+    if seconds is None:
+        p = _final(record)
+        return f"**{p['psnr']:.2f}**"
+    before = [p for p in record["points"] if not p["final"] and p["train_seconds"] <= seconds + 1]
+    return f"{before[-1]['psnr']:.2f}" if before else "–"
+
+
+def _plot(cells: dict, variants: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(cells)
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for v in variants:
+            r = cells[key].get(v)
+            if r is None:
+                continue
+            pts = [p for p in r["points"] if not p["final"]]
+            final = _final(r)
+            xs = [p["train_seconds"] for p in pts] + [final["train_seconds"]]
+            ys = [p["psnr"] for p in pts] + [final["psnr"]]
+            ax.plot(xs, ys, marker=".", label=v)
+        classical = best_classical(*key)
+        if classical is not None:
+            ax.axhline(classical["psnr"], color="k", ls=":", lw=1, label=f"{classical['method']}")
+        ax.set_title(f"{key[0]} {key[1]:g}x")
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("PSNR of the file (dB)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and measure")
+    r.add_argument("--volumes", nargs="+", default=["hipct", "ct_head", "mri4d"])
+    r.add_argument("--ratios", nargs="+", type=float, default=[64, 256])
+    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["default"])
+    r.add_argument("--seconds", type=float, default=300.0, help="training budget per run")
+    r.add_argument("--every", type=float, default=30.0, help="seconds between snapshots")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--force", action="store_true", help="redo runs whose JSON exists")
+    r.add_argument("--out", type=Path, default=DATA_OUT)
+    p = sub.add_parser("report", help="docs/benchmarks/time_to_quality.md and the plot")
+    p.add_argument("--out", type=Path, default=DATA_OUT)
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        return report(args)
+    for volume in args.volumes:
+        for ratio in args.ratios:
+            for variant in args.variants:
+                path = args.out / f"{volume}_{ratio:g}x_{variant}_{args.seconds:g}s.json"
+                if path.exists() and not args.force:
+                    continue
+                write_json(path, run_one(volume, ratio, variant, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
