@@ -16,7 +16,8 @@ see the same load from the other jobs of a shared machine. After ``--warmup`` st
 threads): CPU time hardly depends on how many other jobs wait for the cores, so it is the
 fairer comparison on a busy machine; wall time is what a user waits for. Reported: medians,
 the fastest wall step, and the median of the paired per-step wall ratios. Decode is the
-dropless forward of one ``CHUNK_VOXELS`` chunk (``--decode-reps``, median). The 1-minute
+dropless forward of one CPU decoding chunk (``CHUNK_VOXELS['cpu']``, ``--decode-reps``,
+median). The 1-minute
 load average before and after each pair is in its JSON. One JSON per (network, threads)
 under ``--out``; ``--markdown`` is rebuilt from every JSON there (``--markdown-only`` without
 measuring).
@@ -93,7 +94,7 @@ def run_pair(name, volume, ratio, arch, args, threads) -> dict:
             if step >= args.warmup:
                 times[backend]["wall"].append(wall)
                 times[backend]["cpu"].append(cpu)
-    coords = torch.rand(CHUNK_VOXELS, volume.ndim, device=comps["native"].device) * 2 - 1
+    coords = torch.rand(CHUNK_VOXELS["cpu"], volume.ndim, device=comps["native"].device) * 2 - 1
     decode = {b: {"wall": [], "cpu": []} for b in BACKENDS}
     with torch.no_grad():
         for rep in range(args.decode_reps + 1):
@@ -196,7 +197,8 @@ def markdown(out: Path) -> str:
         "backend after a warm-up. *wall*: median milliseconds per step; *CPU*: median CPU "
         "milliseconds of all the process's threads per step, which depends little on the "
         "load; ratios: Tutel / native (wall: median of the paired per-step ratios). Decode: "
-        f"median wall ms of a dropless forward of {CHUNK_VOXELS} voxels. Load: 1-minute load "
+        f"median wall ms of a dropless forward of {CHUNK_VOXELS['cpu']} voxels. Load: 1-minute "
+        "load "
         "average before and after the row (2 cores: above 2, jobs wait for a core).",
         "",
         "| device | volume | ratio | experts / top-k | width | threads | native wall | Tutel wall "

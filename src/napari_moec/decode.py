@@ -21,8 +21,11 @@ from .sampling import axis_coords
 
 __all__ = ["evaluate", "evaluate_with_labels", "grid_shape", "parse_roi"]
 
-#: Voxels per forward pass when decoding: bounds memory at ~100 MB for width-64 networks.
-CHUNK_VOXELS = 1 << 17
+#: Voxels per forward pass when decoding, by device type. On a CPU small chunks keep every
+#: activation in the allocator's heap and in cache: 16k voxels decoded 1.5x faster than 128k
+#: (width 35, one thread), whose 18 MB activations are mapped and page-faulted afresh each
+#: chunk. A GPU needs large chunks to fill it; 1M voxels bound memory at ~0.5 GB for width 64.
+CHUNK_VOXELS = {"cpu": 1 << 14, "cuda": 1 << 20}
 
 
 def parse_roi(roi, shape: Sequence[int]) -> tuple[slice, ...]:
@@ -88,7 +91,7 @@ def evaluate(
     *,
     labels: bool = False,
     device: torch.device | str | None = None,
-    chunk_voxels: int = CHUNK_VOXELS,
+    chunk_voxels: int | None = None,
 ) -> np.ndarray:
     """Network output on ``roi[::stride]``: normalised float32 values, or top-1 expert labels
     (uint8) with ``labels=True``. Routing is dropless: every voxel gets its experts."""
@@ -104,7 +107,7 @@ def evaluate_with_labels(
     stride=1,
     *,
     device: torch.device | str | None = None,
-    chunk_voxels: int = CHUNK_VOXELS,
+    chunk_voxels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values and labels of :func:`evaluate` from one pass of the network (the encoder and
     router run once for both)."""
@@ -120,6 +123,8 @@ def _evaluate(model, shape, roi, stride, kind, device, chunk_voxels):
     out_shape = tuple(len(a) for a in axes)
     total = math.prod(out_shape)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if chunk_voxels is None:
+        chunk_voxels = CHUNK_VOXELS.get(device.type, CHUNK_VOXELS["cuda"])
     axes_t = [torch.from_numpy(a).to(device) for a in axes]
     values = np.empty(total, dtype=np.float32) if kind != "labels" else None
     labels = np.empty(total, dtype=np.uint8) if kind != "values" else None

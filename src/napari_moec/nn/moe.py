@@ -136,6 +136,8 @@ class MoESiren(nn.Module):
             mixed = self.mixture(self, features, logits, capacity_factor)
             return mixed._replace(value=self.decoder(mixed.value))
         routing = route(logits, cfg.top_k)
+        if capacity_factor is None and not torch.is_grad_enabled():
+            return self._decode_grouped(features, routing)
         capacity = None
         if capacity_factor is not None:
             capacity = expert_capacity(capacity_factor, cfg.top_k, batch, cfg.num_experts)
@@ -161,6 +163,39 @@ class MoESiren(nn.Module):
         combined = (picked.view(k, batch, -1) * weight[..., None]).sum(dim=0)
 
         kept = keep.view(k, batch).any(dim=0)
+        top1 = routing.expert_index[:, 0]
+        load = torch.bincount(top1, minlength=cfg.num_experts).float() / batch
+        return MoEOutput(self.decoder(combined), routing.aux_loss, kept, load)
+
+    def _decode_grouped(self, features: torch.Tensor, routing) -> MoEOutput:
+        """Dropless mixture without gradients: each expert runs on exactly its own points.
+
+        Training needs fixed-size capacity buffers (uniform dispatch, paper §3.5); decoding
+        does not, and the buffers sized to the busiest expert cost up to ``n`` times the
+        experts' work when the partition is uneven (80/20 is common: 1.6x for 2 experts).
+        Points are sorted by expert, each expert runs one matmul per layer on its contiguous
+        block, and the combine sums the k choices in the same order as the training path.
+        """
+        cfg = self.config
+        batch = features.shape[0]
+        k = cfg.top_k
+        flat = routing.expert_index.t().reshape(-1)  # (k*B,) choice-major, like training
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=cfg.num_experts).tolist()
+        rows = features.index_select(0, order % batch)
+        out = torch.empty_like(rows)
+        begin = 0
+        for expert, count in enumerate(counts):
+            if count:
+                out[begin : begin + count] = self.experts.run_one(
+                    expert, rows[begin : begin + count]
+                )
+            begin += count
+        picked = torch.empty_like(out)
+        picked[order] = out
+        weight = routing.weight.t()
+        combined = (picked.view(k, batch, -1) * weight[..., None]).sum(dim=0)
+        kept = torch.ones(batch, dtype=torch.bool, device=features.device)
         top1 = routing.expert_index[:, 0]
         load = torch.bincount(top1, minlength=cfg.num_experts).float() / batch
         return MoEOutput(self.decoder(combined), routing.aux_loss, kept, load)

@@ -104,7 +104,7 @@ class SineLayer(nn.Module):
         w0 = self.w0
         if torch.is_grad_enabled():
             return _SineAddmm.apply(x, self.linear.weight, self.linear.bias, w0)
-        return torch.sin(torch.addmm(self.linear.bias * w0, x, self.linear.weight.t() * w0))
+        return torch.addmm(self.linear.bias * w0, x, self.linear.weight.t() * w0).sin_()
 
 
 class BatchedSineExperts(nn.Module):
@@ -127,6 +127,14 @@ class BatchedSineExperts(nn.Module):
             _bias_init_(bias, features)
             self.weights.append(weight)
             self.biases.append(bias)
+
+    def run_one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``expert`` alone on points ``x`` (C, features): the decoding path, where
+        each expert gets exactly its own points and no capacity buffer."""
+        w0 = self.w0
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            x = torch.addmm(bias[expert] * w0, x, weight[expert] * w0).sin_()
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w0 = self.w0
