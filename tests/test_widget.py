@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
 import napari_moec
-from napari_moec import _widget, _widget_results
+from napari_moec import _widget, _widget_results, _widget_single
 from napari_moec._layers import LABELS_OPACITY, layer_names
 from napari_moec._live_view import (
     CONTOUR_OPACITY,
@@ -380,7 +380,7 @@ def test_training_error_becomes_a_message(viewer_widget, qtbot, messages, monkey
         yield from ()
         raise TrainingError("loss became nan at step 3; try a lower lr (now 0.002)")
 
-    monkeypatch.setattr(_widget.Compressor, "run", failing_run)
+    monkeypatch.setattr(_widget_single.Compressor, "run", failing_run)
     widget.start()
     _wait_done(qtbot, widget, timeout=10_000)
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()

@@ -22,6 +22,7 @@ __all__ = [
     "difference",
     "expert_labels_for_display",
     "layer_names",
+    "lazy_layer_data",
     "moec_metadata",
     "result_layer_data",
     "warm_up_layer_machinery",
@@ -140,6 +141,31 @@ def result_layer_data(
     return [
         (image, image_meta, "image"),
         (expert_labels_for_display(labels), labels_meta, "labels"),
+    ]
+
+
+def lazy_layer_data(
+    blocks, name: str, *, spacing, unit: str | None, contrast_limits, metadata: dict
+) -> list[tuple]:
+    """LayerData tuples of a volume decoded on demand (:mod:`._lazy`): a multiscale Image and
+    a multiscale Labels layer, level k at stride 2^k, the coarsest at most 64 voxels a side.
+
+    ``contrast_limits`` (the original's range, stored with the volume) spares napari its own
+    estimate, which would decode the coarsest level whole before the first view.
+    """
+    from ._lazy import pyramid
+
+    common: dict[str, Any] = {"multiscale": True, "metadata": metadata}
+    common["scale"] = tuple(spacing) if spacing else (1.0,) * len(blocks.shape)
+    if unit:
+        common["units"] = unit
+    names = layer_names(name)
+    image_meta = {**common, "name": names.image, "colormap": "gray",
+                  "contrast_limits": tuple(float(c) for c in contrast_limits)}  # fmt: skip
+    labels_meta = {**common, "name": names.labels, "opacity": LABELS_OPACITY}
+    return [
+        (pyramid(blocks), image_meta, "image"),
+        (pyramid(blocks, labels=True), labels_meta, "labels"),
     ]
 
 

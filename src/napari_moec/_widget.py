@@ -2,18 +2,14 @@
 
 It holds no ML: settings become ``Compressor(...)`` arguments (``_widget_settings``), the core's
 generator runs in a napari worker (``_widget_run``) and its previews become full-resolution
-frames of the live layers, sharp on the plane the viewer shows (``_live_view``). Results (save,
-load, compare) live in ``_widget_results``.
+frames of the live layers, sharp on the plane the viewer shows (``_live_view``, run by
+``_widget_single``). Big or lazy layers (dask, zarr, multiscale) are compressed tile by tile on
+Dask instead (``_widget_tiled``), their live layers filling in as tiles land. Results (save,
+load, compare) live in ``_widget_results``; this module builds the panel and dispatches.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import replace
-
-import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import (
@@ -28,27 +24,23 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import warm_up_layer_machinery
-from ._live_view import FollowView, LiveFrame, LiveLayers
-from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message
+from ._live_view import FollowView, LiveLayers
+from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message, volume_data
 from ._widget_results import ResultsMixin
-from ._widget_run import Outcome, compress, describe_error, freeze_gc, thaw_gc
 from ._widget_settings import SettingsPanel
+from ._widget_single import SingleRunMixin
+from ._widget_tiled import TiledMixin, wants_tiled
 from .config import PreviewConfig
 from .devices import available_cores
 from .errors import ConfigError
-from .events import Finalizing, Progress, Started
 from .plan import plan
-from .training import Compressor
 
 __all__ = ["MoecWidget"]
 
 
-#: Seconds between readout refreshes during training.
-READOUT_INTERVAL = 0.25
-
-
-class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
-    """Dock widget that compresses an Image layer into a ``.moec`` file, live.
+class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidget):
+    """Dock widget that compresses an Image layer into a ``.moec`` file, or a big / lazy one
+    into a tiled store on Dask, live.
 
     Parameters
     ----------
@@ -78,9 +70,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         self.compare_worker = None
         self.load_worker = None
         self.result = None  # Outcome of the last run or load
-        self._compressor: Compressor | None = None
+        #: The running job: a Compressor, or a TiledCompressor for big layers.
+        self._compressor = None
         self._live: LiveLayers | None = None
         self._follow: FollowView | None = None
+        self._tiled_live = None
+        self._paused = False
+        self._resumable: dict[tuple, str] = {}  # stopped tiled runs by (layer, settings)
+        self._tiles_done = (0, 0)
         self._watched: QObject | None = None
         self._last_readout = 0.0
         self._closing = False
@@ -181,29 +178,20 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         physical = {"spacing": tuple(float(s) for s in layer.scale), "unit": unit}
         return layer, physical, self.settings.compressor_kwargs()
 
-    def _make_compressor(self) -> Compressor:
-        """A Compressor for the current source and settings; raises ConfigError if impossible."""
-        layer, physical, settings = self._source_and_settings()
-        if settings["run"].threads is None:
-            settings["run"] = replace(settings["run"], threads=self.threads)
-        return Compressor(np.asarray(layer.data), preview=self.preview, **physical, **settings)
+    def _tiled(self, layer) -> bool:
+        return wants_tiled(layer, self.settings.tiled.values()["mode"])
 
     def update_estimate(self) -> None:
-        """Predicted file size and parameter count for the settings as typed.
-
-        Uses :func:`~napari_moec.plan.plan` on the layer's shape and dtype: no voxel is read,
-        so this stays instant on big layers.
-        """
+        """Predicted file size and parameter count (or the tiled plan) for the settings as
+        typed: from the layer's shape and dtype, never its voxels, so it stays instant."""
         try:
             layer, physical, settings = self._source_and_settings()
-            p = plan(
-                layer.data.shape,
-                layer.data.dtype,
-                settings["ratio"],
-                arch=settings["arch"],
-                quant=settings["quant"],
-                **physical,
-            )
+            if self._tiled(layer):
+                self.settings.show_estimate(self.tiled_estimate(layer, physical, settings))
+                return
+            data = volume_data(layer)
+            p = plan(data.shape, data.dtype, settings["ratio"], arch=settings["arch"],
+                     quant=settings["quant"], **physical)  # fmt: skip
         except ConfigError as exc:
             self.settings.show_estimate(str(exc), error=True)
             return
@@ -213,51 +201,34 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
             f"{p.num_parameters:,} parameters · width {m.hidden_features} × {m.num_experts} experts"
         )
 
-    # -- training ----------------------------------------------------------------------------
+    # -- runs --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start compressing the Source layer in a worker thread."""
+        """Start compressing the Source layer in a worker thread: one network for an in-memory
+        layer, tile by tile on Dask for a big or lazy one (``_widget_tiled``)."""
         if self.worker is not None:
             return
+        layer = self.source_layer()
         try:
+            if layer is not None and self._tiled(layer):
+                self._start_tiled()
+                return
             compressor = self._make_compressor()
         except ConfigError as exc:
             message = str(exc)
-            show_error(message if message.startswith("MoEC") else f"MoEC: {message}")
+            self._show_error(message if message.startswith("MoEC") else f"MoEC: {message}")
             return
-        self._compressor = compressor
-        self._closing = False
-        source = self.source_layer()
-        self._live = LiveLayers(self.viewer, source)
-        # Adding a layer costs napari 0.2-1 s (vispy node, dims, labels colormap): pay it here,
-        # on the click, so that during training previews only swap layer data (10-35 ms).
-        self._live.prepare(compressor.header.shape, compressor.volume.dtype)
-        # From now on every preview also decodes the plane shown, at full resolution.
-        self._follow = FollowView(
-            self.viewer, source, compressor, max_voxels=self.preview.region_voxels
-        )
-        self._watch_window()
-        worker = create_worker(compress, compressor, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        worker.paused.connect(self._on_paused)
-        worker.resumed.connect(self._on_resumed)
-        # A module function, not a method: the freeze ends even if this widget is gone by then.
-        worker.finished.connect(thaw_gc)
-        self.worker = worker
-        self.progress.setRange(0, compressor.train_config.steps)
-        self.progress.setValue(0)
-        self.status.setText("Starting…")
-        self._set_running(True)
-        freeze_gc()  # after the click's own allocations (the live layers): see freeze_gc
-        worker.start()
+        self._start_single(compressor)
+
+    def _is_tiled_run(self) -> bool:
+        return self._compressor is not None and hasattr(self._compressor, "prioritize")
 
     def toggle_pause(self) -> None:
-        """Pause or resume training (acts between two optimiser steps)."""
+        """Pause or resume: between two optimiser steps, on every Dask worker for tiled runs."""
         if self.worker is None:
             return
-        if self.worker.is_paused:
+        if self._is_tiled_run():
+            self._toggle_tiled_pause()
+        elif self.worker.is_paused:
             self.worker.resume()
             self.pause_button.setText("Pause")
         else:
@@ -265,16 +236,21 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
             self.pause_button.setText("Resume")
 
     def stop(self) -> None:
-        """End training now; the best model so far is still quantized, coded and returned."""
+        """End the run now. Single volume: the best model so far is still quantized, coded and
+        returned. Tiled: finished tiles stay in the store, which Start resumes."""
         if self.worker is None or self._compressor is None:
             return
-        self._compressor.stop()
-        if self.worker.is_paused:
+        tiled = self._is_tiled_run()
+        self._compressor.stop()  # a tiled job reaches its Dask workers, paused ones too
+        if not tiled and self.worker.is_paused:
             self.worker.resume()
         self.pause_button.setText("Pause")
         self.pause_button.setEnabled(False)
         self.stop_button.setEnabled(False)
-        self.status.setText("Stopping: keeping the best model so far…")
+        self.status.setText(
+            "Stopping: keeping the finished tiles…" if tiled
+            else "Stopping: keeping the best model so far…"
+        )  # fmt: skip
 
     def _set_running(self, running: bool) -> None:
         loading = self.load_worker is not None
@@ -289,61 +265,5 @@ class MoecWidget(LifecycleMixin, ResultsMixin, QWidget):
         self.save_button.setEnabled(has_result)
         self.compare_button.setEnabled(has_result)
 
-    def _on_event(self, event) -> None:
-        if self._closing:
-            return
-        if isinstance(event, Progress):
-            now = time.perf_counter()
-            # Steps can come 1000 per second on a GPU. Every text change repaints the window,
-            # which under software OpenGL (Xvfb, remote desktops) costs 30-60 ms: refresh the
-            # readouts 4 times a second, enough to read them.
-            if now - self._last_readout < READOUT_INTERVAL and event.step < event.total_steps:
-                return
-            self._last_readout = now
-            self.progress.setValue(event.step)
-            self.progress.setFormat(f"%p%  ·  ETA {event.eta:.0f} s")
-            self.readouts["step"].setText(f"{event.step} / {event.total_steps} ({event.phase})")
-            if math.isfinite(event.loss):  # NaN until the first report_every steps are done
-                self.readouts["loss"].setText(f"{event.loss:.3g}")
-                self.readouts["psnr"].setText(f"{event.psnr:.2f} dB (training estimate)")
-            load = "  ".join(f"E{i} {v:.0%}" for i, v in enumerate(event.expert_load))
-            self.readouts["load"].setText(load)
-        elif isinstance(event, LiveFrame):
-            self._live.show(event)
-        elif isinstance(event, Started):
-            self.status.setText(
-                f"Training on {event.device}: {event.num_parameters:,} parameters, "
-                f"≤ {event.budget_nbytes:,} B."
-            )
-        elif isinstance(event, Finalizing):
-            self.pause_button.setEnabled(False)
-            self.stop_button.setEnabled(False)
-            self.progress.setRange(0, 0)  # busy: quantizing, coding and decoding take a moment
-            self.status.setText(f"Step {event.step}: quantizing, coding and decoding…")
-
-    def _on_paused(self) -> None:
-        self.status.setText("Paused.")
-
-    def _on_resumed(self) -> None:
-        self.status.setText("Training…")
-
-    def _on_returned(self, outcome: Outcome) -> None:
-        if self._closing:
-            return
-        self.result = outcome  # the live layers already show it: the worker's final frame
-        self._show_result(outcome.compressed, self._live.name)
-
-    def _on_error(self, exc: BaseException) -> None:
-        message = describe_error(exc)
-        self.status.setText(message)
+    def _show_error(self, message: str) -> None:
         show_error(message)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._compressor = None
-        if self._follow is not None:
-            self._follow.disconnect()
-            self._follow = None
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.result is not None else 0)
-        self._set_running(False)

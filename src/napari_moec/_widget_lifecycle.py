@@ -7,17 +7,28 @@ the viewer closes its main window. The mixin watches both so that a running work
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import QEvent, QObject
 
-__all__ = ["LifecycleMixin", "is_volume", "no_source_message"]
+__all__ = ["LifecycleMixin", "is_lazy", "is_volume", "no_source_message", "volume_data"]
 
 
 def is_volume(layer) -> bool:
-    """A layer the compressor can take: a 3D/4D, single-scale, non-RGB Image."""
-    return (
-        isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim in (3, 4)
-    )
+    """A layer the compressor can take: a 3D/4D non-RGB Image, single- or multiscale (the
+    full-resolution level is compressed). Checked on metadata only, never on voxels."""
+    return isinstance(layer, Image) and not layer.rgb and layer.ndim in (3, 4)
+
+
+def volume_data(layer):
+    """The full-resolution array of ``layer`` (level 0 of a multiscale), not read."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def is_lazy(layer) -> bool:
+    """Whether the layer's voxels are not all in memory (dask, zarr, a multiscale pyramid, a
+    store decoded on demand): such layers are compressed tile by tile, never read whole."""
+    return layer.multiscale or not isinstance(volume_data(layer), np.ndarray)
 
 
 def no_source_message(layers) -> str:
@@ -27,8 +38,8 @@ def no_source_message(layers) -> str:
         return "MoEC: no image layer. Open a 3D or 4D volume (File › Open Sample › CT head)."
     why = []
     for layer in images:
-        kind = "RGB" if layer.rgb else "multiscale" if layer.multiscale else f"{layer.ndim}D"
-        why.append(f"'{layer.name}' is {kind} (shape {tuple(layer.data.shape)})")
+        kind = "RGB" if layer.rgb else f"{layer.ndim}D"
+        why.append(f"'{layer.name}' is {kind} (shape {tuple(volume_data(layer).shape)})")
     return "MoEC compresses 3D (ZYX) or 4D volumes, but " + "; ".join(why) + "."
 
 

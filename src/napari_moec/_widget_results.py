@@ -3,7 +3,9 @@
 A mixin of :class:`~napari_moec._widget.MoecWidget` so the widget module stays readable; it uses
 the widget's ``viewer``, ``result``, ``readouts`` and ``source_layer()``. Load… and Compare run
 in napari workers (decoding and SSIM take seconds); their results come back to the GUI thread,
-which only adds or updates layers.
+which only adds or updates layers. A result is an in-memory ``Outcome`` (a ``.moec`` decoded
+whole) or a ``LazyResult`` (a tiled store, or a big ``.moec``, decoded on demand): those are
+saved as stores and compared block by block (``_stream_compare``), never read whole.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
 from ._layers import layer_names, moec_metadata
-from ._widget_run import Comparison, Loaded, describe_error, measure, open_moec
+from ._lazy import pyramid
+from ._stream_compare import CompareProgress, StreamComparison, stream_compare
+from ._tiled_run import LazyResult, open_result
+from ._widget_lifecycle import is_lazy, volume_data
+from ._widget_run import Comparison, Loaded, describe_error, measure
+from ._widget_tiled import save_store
 from .compressed import Compressed
+from .errors import ConfigError
 
 __all__ = ["ResultsMixin"]
 
@@ -51,44 +59,65 @@ class ResultsMixin:
         self.status.setText(f"Done{stopped}: {text}.")
 
     def save(self, path: str | Path | None = None) -> Path | None:
-        """Write the current result as a ``.moec`` file (atomic: a failed save changes nothing).
+        """Write the current result (atomic: a failed save changes nothing): a ``.moec`` file,
+        or for a tiled result its store, as a folder (``.ome.zarr``) or one ``.ozx`` file.
 
         Parameters
         ----------
         path
-            Target file; None asks with a file dialog. ``.moec`` is appended when missing.
+            Target; None asks with a file dialog. ``.moec`` (``.ome.zarr`` for a store) is
+            appended when missing.
         """
         if self.result is None:
             show_error("MoEC: nothing to save yet. Train (Start) or Load… a volume first.")
             return None
+        store = isinstance(self.result, LazyResult) and self.result.store is not None
         if path is None:
-            suggested = f"{getattr(self, '_result_name', 'volume')}.moec"
-            path, _ = QFileDialog.getSaveFileName(self, "Save .moec", suggested, "MoEC (*.moec)")
+            base = getattr(self, "_result_name", "volume")
+            if store:
+                path, _ = QFileDialog.getSaveFileName(
+                    self, "Save tiled store", f"{base}.ozx",
+                    "Zipped OME-Zarr (*.ozx);;OME-Zarr folder (*.ome.zarr)",
+                )  # fmt: skip
+            else:
+                path, _ = QFileDialog.getSaveFileName(self, "Save .moec", f"{base}.moec",
+                                                      "MoEC (*.moec)")  # fmt: skip
             if not path:
                 return None
+        if store:
+            try:
+                saved = save_store(self.result.store, path)
+            except (OSError, ConfigError) as exc:
+                show_error(f"MoEC: could not save {path}: {exc}")
+                return None
+            show_info(f"Saved {saved.name}.")
+            return saved
         path = Path(path)
         if path.suffix.lower() != ".moec":
             path = path.with_name(path.name + ".moec")
+        compressed = self.result.compressed
         try:
-            self.result.compressed.save(path)
+            compressed.save(path)
         except OSError as exc:
             show_error(f"MoEC: could not save {path}: {exc}")
             return None
-        c = self.result.compressed
-        show_info(f"Saved {path.name}: {c.nbytes:,} bytes, {c.ratio:.0f}x.")
+        show_info(f"Saved {path.name}: {compressed.nbytes:,} bytes, {compressed.ratio:.0f}x.")
         return path
 
     def load(self, path: str | Path | None = None):
-        """Open a ``.moec`` file with the plugin's reader, in a worker, and make it the current
-        result; the layers appear when the worker returns. Returns the worker (None when no
-        file was chosen or a load is already running)."""
+        """Open a ``.moec`` file or a tiled store (``.ozx`` file or ``.ome.zarr`` folder) with
+        the plugin's reader, in a worker, and make it the current result; the layers appear
+        when the worker returns (lazy ones for stores and big files). Returns the worker (None
+        when no file was chosen or a load is already running)."""
         if self.load_worker is not None:
             return None
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Open .moec", "", "MoEC (*.moec)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Open .moec or tiled store", "", "MoEC (*.moec *.ozx)"
+            )
             if not path:
                 return None
-        worker = create_worker(open_moec, str(path), _start_thread=False, _ignore_errors=True)
+        worker = create_worker(open_result, str(path), _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self._on_load_error)
         worker.finished.connect(self._on_load_finished)
@@ -103,7 +132,11 @@ class ResultsMixin:
         for data, meta, kind in loaded.layer_data:
             getattr(self.viewer, f"add_{kind}")(data, **meta)
         self.result = loaded.outcome
-        self._show_result(loaded.outcome.compressed, Path(loaded.path).name.removesuffix(".moec"))
+        if isinstance(loaded.outcome, LazyResult):
+            self._show_lazy_result(loaded.outcome)
+        else:
+            name = Path(loaded.path).name.removesuffix(".moec")
+            self._show_result(loaded.outcome.compressed, name)
 
     def _on_load_error(self, exc: BaseException) -> None:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -116,28 +149,47 @@ class ResultsMixin:
         self._set_running(False)
 
     def compare(self) -> None:
-        """PSNR/SSIM, a difference layer and a grid view of original vs decompressed."""
+        """PSNR/SSIM, a difference layer and a grid view of original vs decompressed: whole
+        volumes for in-memory results, block by block for lazy ones (bounded memory, lazy
+        difference)."""
         original = self.source_layer()
         if self.result is None:
             show_error("MoEC: nothing to compare yet. Train (Start) or Load… a volume first.")
             return
-        decoded = self.result.image
-        if original is None or tuple(original.data.shape) != decoded.shape:
-            show_error(
-                f"MoEC: choose the original volume (shape {decoded.shape}) as Source to compare."
-            )
+        lazy = isinstance(self.result, LazyResult)
+        shape = self.result.shape if lazy else self.result.image.shape
+        if original is None or tuple(volume_data(original).shape) != tuple(shape):
+            show_error(f"MoEC: choose the original volume (shape {shape}) as Source to compare.")
             return
         self.compare_button.setEnabled(False)
         self.status.setText("Comparing…")
-        worker = create_worker(
-            measure, np.asarray(original.data), decoded, _start_thread=False, _ignore_errors=True
-        )
+        if lazy or is_lazy(original):
+            if not lazy:  # an in-memory result against a lazy original: cheap to wrap
+                from ._lazy_blocks import MoecBlocks
+
+                c = self.result.compressed
+                span = float(c.header.vmax - c.header.vmin)
+                self.result = LazyResult(self._result_name, MoecBlocks(c), span, compressed=c)
+            result = self.result
+            worker = create_worker(stream_compare, volume_data(original), result.blocks,
+                                   result.data_range, _start_thread=False,
+                                   _ignore_errors=True)  # fmt: skip
+            worker.yielded.connect(self._on_compare_progress)
+            self.progress.setRange(0, 0)
+        else:
+            worker = create_worker(measure, original.data, self.result.image,
+                                   _start_thread=False, _ignore_errors=True)  # fmt: skip
         self._compare_original = original
         worker.returned.connect(self._show_comparison)
         worker.errored.connect(self._on_compare_error)
         worker.finished.connect(self._on_compare_finished)
         self.compare_worker = worker
         worker.start()
+
+    def _on_compare_progress(self, event: CompareProgress) -> None:
+        self.progress.setRange(0, event.total)
+        self.progress.setValue(event.done)
+        self.progress.setFormat("comparing %v / %m blocks")
 
     def _save_clicked(self) -> None:
         self.save()
@@ -152,8 +204,11 @@ class ResultsMixin:
         self.compare_worker = None
         self._compare_original = None
         self.compare_button.setEnabled(self.result is not None)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("%p%")
 
-    def _show_comparison(self, cmp: Comparison) -> None:
+    def _show_comparison(self, cmp: Comparison | StreamComparison) -> None:
         original = self._compare_original
         names = layer_names(getattr(self, "_result_name", original.name))
         decoded_name, diff_name = names.image, names.difference
@@ -163,25 +218,27 @@ class ResultsMixin:
             "translate": tuple(original.translate),
             "units": tuple(original.units),
         }
+        lazy = isinstance(cmp, StreamComparison)
         if decoded_name not in layers:
+            decoded = pyramid(self.result.blocks) if lazy else self.result.image
             self.viewer.add_image(
-                self.result.image,
+                decoded,
                 name=decoded_name,
                 contrast_limits=tuple(original.contrast_limits),
+                multiscale=lazy,
                 **common,
             )
-        bound = float(np.abs(cmp.difference).max()) or 1.0
-        if diff_name in layers:
-            layers[diff_name].data = cmp.difference
-            layers[diff_name].contrast_limits = (-bound, bound)
-        else:
-            self.viewer.add_image(
-                cmp.difference,
-                name=diff_name,
-                colormap="PiYG",
-                contrast_limits=(-bound, bound),
-                **common,
-            )
+        bound = (cmp.max_abs if lazy else float(np.abs(cmp.difference).max())) or 1.0
+        if diff_name in layers:  # a lazy difference is multiscale: replace the layer
+            self.viewer.layers.remove(diff_name)
+        self.viewer.add_image(
+            cmp.difference,
+            name=diff_name,
+            colormap="PiYG",
+            contrast_limits=(-bound, bound),
+            multiscale=lazy,
+            **common,
+        )
         keep = {original.name, decoded_name, diff_name}
         for layer in self.viewer.layers:
             layer.visible = layer.name in keep

@@ -27,8 +27,10 @@ from qtpy.QtGui import QRegularExpressionValidator
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from ._widget_tiled_settings import TiledSettings
 from .config import OPTION_CONFIGS, option_fields
 from .errors import ConfigError
+from .nn.tutel_backend import available_backends
 from .plan import check_ratio
 
 __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
@@ -53,8 +55,9 @@ def available_devices() -> list[str]:
     return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-#: Options whose declared choices are narrowed to what this machine has.
-_AVAILABLE_CHOICES = {"device": available_devices}
+#: Options whose declared choices are narrowed to what this machine has ("tutel" only where
+#: Tutel imports).
+_AVAILABLE_CHOICES = {"device": available_devices, "backend": available_backends}
 
 
 def _ui_range(meta: dict, kind: type) -> tuple[float, float, float]:
@@ -203,6 +206,11 @@ class SettingsPanel(QWidget):
                 (basic if place == "basic" else advanced).addRow(label, control.widget.native)
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(advanced_form)
+        #: Big volumes: tiled compression on Dask (``_widget_tiled_settings``).
+        self.tiled = TiledSettings()
+        self.tiled.changed.connect(self._emit_changed)
+        self.big = QCollapsible("Big volumes (tiled, Dask)")
+        self.big.addWidget(self.tiled)
         self.estimate = QLabel()
         self.estimate.setWordWrap(True)
 
@@ -210,6 +218,7 @@ class SettingsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(basic)
         layout.addWidget(self.advanced)
+        layout.addWidget(self.big)
         layout.addWidget(self.estimate)
 
     def _emit_changed(self, *_) -> None:
@@ -236,12 +245,15 @@ class SettingsPanel(QWidget):
         return {"ratio": parse_ratio(self.ratio.native.currentText()), **configs}
 
     def set_values(self, **values: Any) -> None:
-        """Set options by name (``ratio=64, steps=60, num_experts=None, ...``; None = auto):
-        for scripts, the demo and tests. Options without a control are kept as overrides."""
+        """Set options by name (``ratio=64, steps=60, num_experts=None, tile=16, ...``; None =
+        auto): for scripts, the demo and tests. Options without a control are kept as overrides;
+        ``mode``, ``tile``, ``workers`` and ``scheduler`` are the big-volume settings."""
         declared = {f.name for cls in OPTION_CONFIGS.values() for f in option_fields(cls)}
         for name, value in values.items():
             if name == "ratio":
                 self.ratio.native.setCurrentText(f"{value:g}x")
+            elif name in TiledSettings.NAMES:
+                self.tiled.set_value(name, value)
             elif name in self.controls:
                 self.controls[name].value = value
             elif name in declared:
