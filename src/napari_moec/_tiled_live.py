@@ -97,6 +97,13 @@ class TiledLiveLayers:
         self._timer.setSingleShot(True)
         self._timer.setInterval(REFRESH_INTERVAL)
         self._timer.timeout.connect(self.refresh)
+        self._emitters = [viewer.dims.events.current_step, viewer.dims.events.ndisplay]
+        for emitter in self._emitters:
+            emitter.connect(self._view_changed)
+        self.follow()
+
+    def _view_changed(self, event=None) -> None:
+        # After napari's own handlers: the layers have their new level and corners by now.
         self.follow()
 
     def _layers(self) -> list:
@@ -129,4 +136,7 @@ class TiledLiveLayers:
         """The run ended: a last refresh, and the job is no longer steered."""
         self._timer.stop()
         self.job = None
+        for emitter in self._emitters:
+            emitter.disconnect(self._view_changed)
+        self._emitters = []
         self.refresh()

@@ -163,7 +163,8 @@ class TiledMixin:
         self.worker = worker
         self.progress.setRange(0, 0)  # busy: the cluster starts, then the scan
         self.status.setText("Starting the Dask cluster and scanning the tiles…")
-        self.readouts["step"].setText("–")
+        for key in ("step", "loss", "psnr", "load"):  # the tiled run reports tiles and PSNR
+            self.readouts[key].setText("–")
         self._set_running(True)
         freeze_gc()
         worker.start()

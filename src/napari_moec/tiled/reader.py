@@ -10,6 +10,8 @@ per tile from the same networks (an INR has every resolution).
 from __future__ import annotations
 
 import math
+import threading
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,13 +63,28 @@ def _open_cached(path: str, stamp: int):
     return group, array
 
 
-def _chunk(path: str, index) -> bytes | None:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+@lru_cache(maxsize=16)
+def _zip_cached(path: str, stamp: int) -> tuple[zipfile.ZipFile, threading.Lock]:
+    return zipfile.ZipFile(path, mode="r"), threading.Lock()
 
-    _, array = _open(path)
-    buffer = sync(array.store.get(chunk_key(index), prototype=default_buffer_prototype()))
-    return None if buffer is None else buffer.to_bytes()
+
+def _chunk(path: str, index) -> bytes | None:
+    """A chunk's bytes, or None where the tile is not written. Read with plain file calls, not
+    through zarr's store: zarr's synchronous API hands each read to its event-loop thread and
+    waits, and on a busy machine (workers training on every core) each such hand-off cost the
+    napari GUI thread tens of milliseconds per tile."""
+    key = chunk_key(index)
+    if not path.lower().endswith(".ozx"):
+        try:
+            return (Path(path) / key).read_bytes()
+        except FileNotFoundError:
+            return None
+    archive, lock = _zip_cached(path, _stamp(path))
+    with lock:  # one ZipFile handle seeks a shared file object
+        try:
+            return archive.read(key)
+        except KeyError:
+            return None
 
 
 def _decode_part(path: str, spec: TileSpec, index, axes, fill, labels: bool) -> np.ndarray:
