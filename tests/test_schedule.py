@@ -72,3 +72,49 @@ def test_runs_with_the_guard_and_cosine_schedule_are_reproducible(volume16):
     a = nm.compress(volume16, 8, train=train)
     b = nm.compress(volume16, 8, train=train)
     np.testing.assert_array_equal(a.decode(), b.decode())
+
+
+def _fitted_and_fresh(volume16):
+    """A model trained a little on ``volume16`` (weights "good") and its initial weights."""
+    comp = nm.Compressor(volume16, 16, train=nm.TrainConfig(steps=60, batch_size=1024))
+    run = comp.train()
+    fresh = None
+    for _event in run:
+        if fresh is None and comp.model is not None:
+            fresh = {k: v.clone() for k, v in comp.model.state_dict().items()}
+    from napari_moec.sampling import flat_index_coords
+
+    target = torch.from_numpy(comp.normalization.apply(volume16).reshape(-1))
+    index = torch.arange(target.numel())
+    return comp, fresh, flat_index_coords(index, volume16.shape), target
+
+
+def test_keep_better_keeps_the_last_weights_when_they_fit_better(volume16):
+    from napari_moec.schedule import keep_better
+
+    comp, fresh, coords, target = _fitted_and_fresh(volume16)
+    model = comp.model
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    assert keep_better(model, fresh, coords, target) == "last"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k])
+    assert keep_better(model, None, coords, target) == "last"
+
+
+def test_keep_better_restores_the_snapshot_when_it_fits_better(volume16):
+    from napari_moec.schedule import keep_better
+
+    comp, fresh, coords, target = _fitted_and_fresh(volume16)
+    model = comp.model
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(fresh)  # the "last" weights are now the untrained ones
+    assert keep_better(model, trained, coords, target) == "best"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k])
+
+
+def test_a_run_records_which_weights_it_kept(volume16):
+    comp = nm.Compressor(volume16, 16, train=nm.TrainConfig(steps=40, batch_size=1024))
+    for _ in comp.run():
+        pass
+    assert comp.final_choice in ("last", "best")

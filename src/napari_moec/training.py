@@ -36,7 +36,7 @@ from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
 from .rate import fit_payload, frame_with_summary, payload_budget
 from .sampling import Normalization, flat_index_coords
-from .schedule import LossGuard, resolve_schedule
+from .schedule import EVAL_POINTS, LossGuard, keep_better, resolve_schedule
 from .volumes import check_volume
 
 __all__ = ["Compressor"]
@@ -115,6 +115,8 @@ class Compressor:
         #: The network being trained (None before ``run`` starts). Read it only between
         #: events, from the thread that drives ``run``.
         self.model: MoESiren | None = None
+        #: After training: "last" or "best", the weights kept (see schedule.keep_better).
+        self.final_choice: str | None = None
 
     # -- what the plan decided -------------------------------------------------------------
     @property
@@ -311,8 +313,12 @@ class Compressor:
             # Always one preview of the end of training, before the result (which takes a
             # moment more to quantize, code and measure).
             yield self._preview(model, step, device)
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        eval_index = torch.randint(n_voxels, (min(n_voxels, EVAL_POINTS),), device=device,
+                                   generator=eval_gen)  # fmt: skip
+        self.final_choice = keep_better(
+            model, best_state, flat_index_coords(eval_index, shape), target[eval_index]
+        )
         return model, step, active
 
     def preview_stride(self) -> tuple[int, ...]:
