@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ._lazy import LazyVolume, pyramid
 from ._lazy_blocks import DifferenceBlocks
-from .metrics import SSIM_WINDOW, ssim_applies
+from .metrics import SSIM_WINDOW, ssim_applies, ssim_map
 
 __all__ = ["BLOCK", "CompareProgress", "StreamComparison", "stream_compare"]
 
@@ -53,22 +51,8 @@ class StreamComparison:
 def _ssim_sum(x: np.ndarray, y: np.ndarray, data_range: float, starts: tuple[int, ...]):
     """Sum and count of the SSIM map (``metrics.ssim``'s formula) over the windows of the 3D
     blocks ``x``, ``y`` whose first voxel lies in ``[0, starts)`` per axis."""
-    win = SSIM_WINDOW
-    xt = torch.from_numpy(x.astype(np.float64))[None, None]
-    yt = torch.from_numpy(y.astype(np.float64))[None, None]
-
-    def mean(v):
-        return F.avg_pool3d(v, win, stride=1)
-
-    n = win**3
-    cov = n / (n - 1.0)
-    ux, uy = mean(xt), mean(yt)
-    vx = cov * (mean(xt * xt) - ux * ux)
-    vy = cov * (mean(yt * yt) - uy * uy)
-    vxy = cov * (mean(xt * yt) - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    s = s[0, 0][tuple(slice(0, k) for k in starts)]
+    s = ssim_map(x, y, data_range)
+    s = s[tuple(slice(0, k) for k in starts)]
     return float(s.sum()), s.numel()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SSIM_WINDOW", "psnr", "ssim", "ssim_applies"]
+__all__ = ["SSIM_WINDOW", "psnr", "ssim", "ssim_applies", "ssim_map"]
 
 #: Side of SSIM's cubic window (skimage's default): volumes thinner than this have no SSIM.
 SSIM_WINDOW = 7
@@ -57,6 +57,15 @@ def ssim(
     if min(reference.shape) < win_size:
         raise ValueError(f"volume {reference.shape} is smaller than the SSIM window {win_size}")
     L = _data_range(reference, data_range)
+    return float(ssim_map(reference, test, L, win_size).mean())
+
+
+def ssim_map(
+    reference: np.ndarray, test: np.ndarray, data_range: float, win_size: int = SSIM_WINDOW
+) -> torch.Tensor:
+    """The SSIM of every ``win_size``³ window of two 3D volumes (float64, one value per window
+    position, sample covariances as in scikit-image). :func:`ssim` is its mean; the streaming
+    comparison sums it block by block."""
     x = torch.from_numpy(reference.astype(np.float64))[None, None]
     y = torch.from_numpy(test.astype(np.float64))[None, None]
 
@@ -69,6 +78,6 @@ def ssim(
     vx = cov * (mean(x * x) - ux * ux)
     vy = cov * (mean(y * y) - uy * uy)
     vxy = cov * (mean(x * y) - ux * uy)
-    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
+    return s[0, 0]
