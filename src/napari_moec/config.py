@@ -90,10 +90,10 @@ class TrainConfig:
 
     The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
     learning rate follows ``schedule`` from ``lr`` to ``lr * lr_final`` over it
-    (:mod:`napari_moec.schedule`: "auto" picks warm-up + cosine for networks of width >= 21,
-    exponential decay for narrower ones), the router freezes at ``freeze_router_at`` of it and
-    the last ``qat_fraction`` of it trains with the stored quantization in the loop
-    (quantization-aware training, off by default).
+    (:mod:`napari_moec.schedule`: "auto" picks warm-up + cosine for networks of width >= 21
+    trained >= 1000 steps, exponential decay otherwise), the router freezes at
+    ``freeze_router_at`` of it and the last ``qat_fraction`` of it trains with the stored
+    quantization in the loop (quantization-aware training, off by default).
     """
 
     steps: int = option(
