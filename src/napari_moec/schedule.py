@@ -9,11 +9,12 @@ schedule below :data:`COSINE_MIN_WIDTH`.
 
 The cosine schedule wins only on long runs: its 5e-3 peak costs the first few hundred steps,
 which a short run never earns back. Measured on a 128³ macaque T1 tile (exponential vs cosine,
-stored PSNR): width 35 at 1024x, 100 steps 28.35 vs 15.52 dB, 300 steps 31.92 vs 27.41, 600
-steps 33.07 vs 33.61, 1000 steps 33.81 vs 34.64; width 72 at 256x, 300 steps 31.76 vs 20.98, 600
-steps 33.16 vs 29.67, 1000 steps 33.98 vs 36.75. So "auto" also keeps the exponential schedule
-for runs of fewer than :data:`COSINE_MIN_STEPS` steps (tiled stores train a few hundred steps
-per tile: the cosine schedule had taken a 512³ store at 1024x from 27.6 to 19.1 dB).
+stored PSNR; ``benchmarks/schedule_steps.py``): width 35 at 1024x, 100 steps 28.35 vs 15.52 dB,
+300 steps 31.92 vs 27.41, 600 steps 33.07 vs 33.61, 1000 steps 33.81 vs 34.64; width 72 at 256x,
+300 steps 31.76 vs 20.98, 600 steps 33.16 vs 29.67, 1000 steps 33.98 vs 36.75. So "auto" also
+keeps the exponential schedule for runs of fewer than :data:`COSINE_MIN_STEPS` steps (tiled
+stores train a few hundred steps per tile: the cosine schedule had taken a 512³ store at 1024x
+from 27.6 to 19.1 dB).
 
 :class:`LossGuard` catches the other failure of a high lr: a sudden jump of the training loss
 (a routing collapse, one expert taking most points), after which the run never recovers. It
