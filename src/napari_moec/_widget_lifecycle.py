@@ -64,7 +64,9 @@ class LifecycleMixin:
             self._watched = window
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        if obj is self._watched and event.type() == QEvent.Type.Close:
+        # getattr: Qt may still deliver events while Python tears the widget down at exit,
+        # when its attributes are gone; an exception here makes Qt abort the interpreter.
+        if obj is getattr(self, "_watched", None) and event.type() == QEvent.Type.Close:
             self.shutdown()
         return super().eventFilter(obj, event)
 
