@@ -23,6 +23,7 @@ import zarr
 from napari_moec import compress_tiled, open_tiled
 from napari_moec.config import ArchConfig, TrainConfig
 from napari_moec.errors import ConfigError
+from napari_moec.tiled.cluster import connect, default_shape
 from napari_moec.tiled.events import TiledStarted, TileFinished
 from napari_moec.tiled.runner import TiledCompressor
 from napari_moec.tiled.store import RUN_STATE, existing_chunks
@@ -229,10 +230,39 @@ def test_bad_inputs_fail_before_any_work(client, volume, tmp_path):
         TiledCompressor(volume, dest, arch=ArchConfig(hidden_features=8), **SETTINGS)
     with pytest.raises(ConfigError, match="ratio must be"):
         TiledCompressor(volume, dest, **{**SETTINGS, "ratio": 0.5})
+    for niceness in (-1, 20, True, 2.5):
+        with pytest.raises(ConfigError, match="niceness must be an integer from 0 to 19"):
+            TiledCompressor(volume, dest, niceness=niceness, **SETTINGS)
     dest.mkdir()
     (dest / "keep.txt").write_text("not a store")
     with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
         TiledCompressor(volume, dest, **SETTINGS)
+
+
+def _thread_niceness() -> list[int]:
+    """The niceness of every thread of this process (Linux nices threads one by one)."""
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    return [os.getpriority(os.PRIO_PROCESS, tid) for tid in tids]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness: Linux")
+def test_a_cluster_started_for_napari_trains_at_lower_priority():
+    """``niceness`` lowers every thread of each started worker (the threads that train a tile
+    are started later and inherit it); the default leaves the workers as this process is."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for niceness in (0, 7):
+        shape = default_shape("cpu", workers=1, niceness=niceness)
+        client, owned = connect(shape=shape)
+        try:
+            assert owned
+            seen = client.run(_thread_niceness)  # on the worker's event loop thread
+            (nice,) = seen.values()
+            in_task = client.submit(_thread_niceness, pure=False).result()  # a task's thread
+            assert set(nice) | set(in_task) == {min(19, base + niceness)}, (seen, in_task)
+        finally:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
 
 
 def test_pause_holds_new_tiles_until_resumed(client, volume, tmp_path):

@@ -10,7 +10,6 @@ reached through the widget's scheduler address, or the widget's own LocalCluster
 from __future__ import annotations
 
 import sys
-import time
 
 import cloudpickle
 import numpy as np
@@ -21,7 +20,6 @@ pytest.importorskip("pytestqt")
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
-from qtpy.QtCore import QTimer  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 import napari_moec  # noqa: E402
@@ -35,6 +33,7 @@ from napari_moec.nn.tutel_backend import available_backends  # noqa: E402
 from napari_moec.tiled.events import TileFinished  # noqa: E402
 from napari_moec.tiled.runner import _next_tile  # noqa: E402
 
+from ._latency import EventLoopProbe  # noqa: E402
 from .conftest import smooth_volume  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -228,46 +227,26 @@ def test_pause_holds_the_workers(viewer_widget, qtbot):
 
 
 def test_gui_stays_responsive_on_a_lazy_layer(viewer_widget, qtbot):
-    """As test_widget's latency test, for a tiled run of the dask layer: from the end of the
-    Start click until the worker has finished (scan, 18 tiles, live refreshes, the final
-    refresh) no gap between 10 ms ticks reaches 100 ms. Counted in tiles, not seconds.
+    """As test_widget's latency test, for a tiled run of the dask layer on the widget's own
+    LocalCluster (what a user gets): from the end of the Start click until the worker has
+    finished (cluster start, scan, 18 tiles, live refreshes, the final refresh) no gap between
+    10 ms ticks reaches 100 ms. Counted in tiles, not seconds.
 
-    Here two Dask worker processes train beside the GUI; with two busy loops on a 2-core
-    machine that is five CPU-bound threads on two cores, and the OS alone can hold the GUI
-    thread off a core for ~100 ms (seen once in six loaded clean-clone runs: 100.4 ms). So a
-    gap in which the GUI thread itself ran less than half the time was the machine's wait, not
-    the plugin's work: it is bounded at 500 ms instead. The GUI thread's own work between two
-    ticks (its CPU time, which load does not inflate) is always bounded at 100 ms."""
+    The Dask workers train beside the GUI; their lowered CPU priority (``WORKER_NICENESS``) is
+    what keeps the event loop on time when other programs also load every core."""
     _viewer, widget = viewer_widget
-    gaps: list[float] = []
-    work: list[float] = []  # CPU seconds of the GUI thread itself during each gap
-    last = [time.perf_counter(), time.thread_time()]
-
-    def tick():
-        now, used = time.perf_counter(), time.thread_time()
-        gaps.append(now - last[0])
-        work.append(used - last[1])
-        last[:] = [now, used]
-
+    widget.settings.set_values(scheduler=None, workers=2)
     tiles: list = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    probe = EventLoopProbe()
     widget.start()
     widget.worker.yielded.connect(lambda e: tiles.append(e) if isinstance(e, TileFinished) else 0)
     QApplication.processEvents()  # the click's layer creation
-    timer.start()
-    last[:] = [time.perf_counter(), time.thread_time()]
+    probe.start()
     _wait_done(qtbot, widget)
-    timer.stop()
-    tick()
+    probe.stop()
     assert tiles and tiles[-1].done == 18
-    slow = [(round(g * 1000), round(w * 1000)) for g, w in zip(gaps, work, strict=True) if g > 0.05]
-    print(f"gaps > 50 ms (wall ms, GUI-thread CPU ms): {slow}")
-    assert max(work) < 0.100, f"the GUI thread worked {max(work) * 1000:.0f} ms in one go"
-    blocked = [(g, w) for g, w in zip(gaps, work, strict=True) if g >= 0.100 and w >= g / 2]
-    assert not blocked, f"event loop blocked (wall s, GUI-thread CPU s): {blocked}"
-    assert max(gaps) < 0.500, f"event loop blocked for {max(gaps) * 1000:.0f} ms"
+    print(f"gaps > 50 ms (s, wall ms, GUI-thread CPU ms, queued ms): {probe.slow()}")
+    probe.assert_responsive()
 
 
 def test_viewer_browses_a_store_lazily(make_napari_viewer, tmp_path, volume, scheduler,

@@ -30,6 +30,11 @@ from ._widget_run import freeze_gc, thaw_gc
 from ._widget_tiled_settings import TILED_ABOVE_VOXELS
 from .errors import ConfigError
 
+#: How far the workers of a LocalCluster started from the widget lower their CPU priority: as
+#: fast as ever on an idle machine, and on a busy one napari keeps the CPU its event loop needs
+#: (a scheduler address in Advanced is the user's cluster: its workers are left as they are).
+WORKER_NICENESS = 10
+
 __all__ = ["TiledMixin", "save_store", "wants_tiled"]
 
 
@@ -96,7 +101,8 @@ class TiledMixin:
         if settings["arch"].hidden_features is not None:
             raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
         return {"ratio": settings["ratio"], "arch": settings["arch"], "train": settings["train"],
-                "quant": settings["quant"], "run": settings["run"], **tiled}  # fmt: skip
+                "quant": settings["quant"], "run": settings["run"], "niceness": WORKER_NICENESS,
+                **tiled}  # fmt: skip
 
     def tiled_estimate(self, layer, physical, settings) -> str:
         """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""

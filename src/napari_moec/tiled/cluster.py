@@ -5,6 +5,9 @@ Local default: one worker process per core, one tile at a time each, one torch t
 (independent small networks scale across processes far better than across threads of one
 matmul), memory split evenly between workers. With a CUDA GPU and device "auto"/"cuda": one
 worker on the GPU (several GPUs: dask-cuda, docs/tiled.md).
+
+A cluster started for napari can run its workers at a lower CPU priority (``niceness``): tiles
+train as fast as ever on an idle machine, and the viewer stays responsive on a busy one.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ __all__ = ["ClusterShape", "connect", "default_shape"]
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """Workers, tiles at a time per worker, torch threads per tile, memory per worker."""
+    """Workers, tiles at a time per worker, torch threads per tile, memory per worker, and
+    the workers' niceness (0: normal priority; 1-19: yield the CPU to other programs)."""
 
     workers: int
     threads_per_worker: int = 1
     torch_threads: int = 1
     memory_limit: str | int = "auto"
+    niceness: int = 0
 
 
 def _cores() -> int:
@@ -34,9 +39,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_shape(device: str = "auto", workers: int | None = None, memory_limit="auto"):
+def default_shape(device: str = "auto", workers: int | None = None, memory_limit="auto",
+                  niceness: int = 0):  # fmt: skip
     """The local cluster for this machine (``workers`` overrides the count)."""
     cores = _cores()
+    if isinstance(niceness, bool) or not isinstance(niceness, int) or not 0 <= niceness <= 19:
+        raise ConfigError(f"niceness must be an integer from 0 to 19, got {niceness!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):  # fmt: skip
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
@@ -44,9 +52,10 @@ def default_shape(device: str = "auto", workers: int | None = None, memory_limit
         import torch
 
         if torch.cuda.is_available():
-            return ClusterShape(workers or 1, 1, max(1, cores // (workers or 1)), memory_limit)
+            return ClusterShape(workers or 1, 1, max(1, cores // (workers or 1)), memory_limit,
+                                niceness)  # fmt: skip
     count = workers or cores
-    return ClusterShape(count, 1, max(1, cores // count), memory_limit)
+    return ClusterShape(count, 1, max(1, cores // count), memory_limit, niceness)
 
 
 def connect(client=None, scheduler: str | None = None, shape: ClusterShape | None = None):
@@ -69,7 +78,12 @@ def connect(client=None, scheduler: str | None = None, shape: ClusterShape | Non
         memory_limit=shape.memory_limit,
         dashboard_address=":0",
     )
-    return Client(cluster), True
+    client = Client(cluster)
+    if shape.niceness:
+        from .priority import LowerPriority
+
+        client.register_plugin(LowerPriority(shape.niceness))
+    return client, True
 
 
 def total_threads(client) -> int:

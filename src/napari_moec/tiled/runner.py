@@ -68,9 +68,10 @@ class TiledCompressor:
     arch, train, quant, run
         As for :class:`~napari_moec.training.Compressor`; widths are sized per tile, so
         ``arch.hidden_features`` must be None. ``train`` is each tile's schedule.
-    client, scheduler, workers, memory_limit
+    client, scheduler, workers, memory_limit, niceness
         A Dask ``Client`` to use, or a scheduler address, or the size of the LocalCluster
-        started for the run (default: one worker per core).
+        started for the run (default: one worker per core) and how far its workers lower
+        their CPU priority (0 to 19; napari's widget uses 10, to keep the viewer responsive).
     overwrite
         Replace an existing store at ``dest`` (an unfinished run of the same job resumes
         without it).
@@ -95,6 +96,7 @@ class TiledCompressor:
         scheduler: str | None = None,
         workers: int | None = None,
         memory_limit="auto",
+        niceness: int = 0,
         overwrite: bool = False,
         axes: str | None = None,
         spacing=None,
@@ -121,7 +123,8 @@ class TiledCompressor:
         self.overwrite = overwrite
         self._check_dest()
         self._client, self._scheduler = client, scheduler
-        self.shape: ClusterShape = default_shape(self.run_config.device, workers, memory_limit)
+        self.shape: ClusterShape = default_shape(self.run_config.device, workers, memory_limit,
+                                                   niceness)  # fmt: skip
         self.hook = hook
         self._stop = threading.Event()
         self._pause = threading.Event()
