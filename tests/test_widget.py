@@ -165,10 +165,9 @@ def test_gui_stays_responsive_during_training(viewer_widget, qtbot):
     core (the OS's share of a busy machine, ``tests/_latency.py``), must stay under 100 ms.
     The run is fixed in steps, not seconds, and no number of ticks is required: on a fast
     machine the run is short and has few gaps, on a slow one many, and the bound holds for
-    each. The click
-    itself is measured and printed but not bounded: it creates the two live layers, and
-    napari's own work for a new layer (Qt controls, vispy visuals) takes 0.3-0.9 s under
-    software GL on a busy 2-core machine even after the widget's warm-up.
+    each. The click itself is measured and printed but not bounded: it creates the two live
+    layers, and napari's own work for a new layer (Qt controls, vispy visuals) takes 0.3-0.9 s
+    under software GL on a busy 2-core machine even after the widget's warm-up.
     """
     _, widget = viewer_widget
     widget.settings.set_values(steps=300)

@@ -344,19 +344,20 @@ class ModelConfig:
     w0_first: float = 30.0
 
     def __post_init__(self) -> None:
-        _check_int("in_features", self.in_features, 1, 4)
-        _check_int("hidden_features", self.hidden_features, 1, 4096)
-        _check_int("num_experts", self.num_experts, 1, 64)
-        _check_int("top_k", self.top_k, 1, min(2, self.num_experts))
-        _check_int("expert_layers", self.expert_layers, 1, 32)
-        _check_int("gate_hidden", self.gate_hidden, 1, 4096)
-        _check_int("out_features", self.out_features, 1, 1)
+        check_int("in_features", self.in_features, 1, 4)
+        check_int("hidden_features", self.hidden_features, 1, 4096)
+        check_int("num_experts", self.num_experts, 1, 64)
+        check_int("top_k", self.top_k, 1, min(2, self.num_experts))
+        check_int("expert_layers", self.expert_layers, 1, 32)
+        check_int("gate_hidden", self.gate_hidden, 1, 4096)
+        check_int("out_features", self.out_features, 1, 1)
         for name in ("w0", "w0_first"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 < value <= 1000.0:
                 raise ConfigError(f"{name} must be in (0, 1000], got {value!r}")
 
 
-def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+def check_int(name: str, value: object, lo: int, hi: int) -> None:
+    """Raise ConfigError unless ``value`` is an int (not a bool) in ``[lo, hi]``."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")

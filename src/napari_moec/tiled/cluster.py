@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..config import check_int
 from ..errors import ConfigError
 
 __all__ = ["ClusterShape", "connect", "default_shape"]
@@ -43,8 +44,7 @@ def default_shape(device: str = "auto", workers: int | None = None, memory_limit
                   niceness: int = 0):  # fmt: skip
     """The local cluster for this machine (``workers`` overrides the count)."""
     cores = _cores()
-    if isinstance(niceness, bool) or not isinstance(niceness, int) or not 0 <= niceness <= 19:
-        raise ConfigError(f"niceness must be an integer from 0 to 19, got {niceness!r}")
+    check_int("niceness", niceness, 0, 19)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):  # fmt: skip
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
