@@ -9,6 +9,8 @@ Measures, in one run on one device:
   timed by the ``Progress.elapsed`` training clock), the PSNR-vs-seconds curve (time-to-PSNR)
   from the ``Progress`` events, the final file's PSNR;
 * decode: voxels/s and FLOP/s of ``Compressed.decode`` on the whole grid;
+* the sine-layer bound: one ``addmm`` of the expert width and its ``sin`` at the decoder's
+  chunk size, alone: the ceiling that the sines put on any code at this width;
 * peak memory: ``resource.getrusage`` max RSS (CPU) or ``torch.cuda.max_memory_allocated``.
 
 FLOP count (multiply-add = 2 FLOP; sine, softmax, indexing and the optimizer not counted),
@@ -41,6 +43,7 @@ import torch
 
 from _common import OUT, SPACING, load_volume, provenance, quality, write_json
 from napari_moec import ArchConfig, Compressor, Progress, RunConfig, TrainConfig
+from napari_moec.decode import CHUNK_VOXELS
 
 
 def sync(device: torch.device) -> None:
@@ -99,6 +102,48 @@ def _compressor(args, vol, device, steps, time_limit=None) -> Compressor:
     )
 
 
+def _best_seconds(fn, device: torch.device, seconds: float) -> float:
+    """Fastest single call of ``fn`` over about ``seconds`` (after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = min(best, dt)
+    return best
+
+
+@torch.inference_mode()
+def sine_layer_bound(device: torch.device, batch: int, width: int, seconds: float = 1.0) -> dict:
+    """The ceiling of a SIREN layer of this width: one ``(batch, width) @ (width, width)``
+    ``addmm`` and the ``sin`` of its output, timed apart and together, with nothing else
+    (no routing, gathers, coordinates or Python between layers). Every point of every layer
+    needs its ``width`` sines, so ``flops / (addmm + sin)`` is the most a network of this
+    width can reach, whatever the rest of the code does."""
+    x = torch.rand(batch, width, device=device) * 2 - 1
+    weight = torch.randn(width, width, device=device) / width**0.5
+    bias = torch.randn(width, device=device)
+    out = torch.empty(batch, width, device=device)
+    t_mm = _best_seconds(lambda: torch.addmm(bias, x, weight, out=out), device, seconds)
+    t_sin = _best_seconds(lambda: torch.sin(out, out=out), device, seconds)
+    t_layer = _best_seconds(lambda: torch.addmm(bias, x, weight, out=out).sin_(), device, seconds)
+    flops = 2.0 * batch * width * width
+    return {
+        "batch": batch,
+        "width": width,
+        "addmm_seconds": t_mm,
+        "sin_seconds": t_sin,
+        "layer_seconds": t_layer,
+        "sin_share": t_sin / (t_mm + t_sin),
+        "layer_flops_per_s": flops / t_layer,
+    }
+
+
 def benchmark(args, device: torch.device) -> dict:
     vol = load_volume(args.volume)
     if device.type == "cuda":
@@ -113,6 +158,9 @@ def benchmark(args, device: torch.device) -> dict:
     peak = matmul_flops(device, *(4096,) * 3 if device.type == "cuda" else (2048,) * 3)
     layer = matmul_flops(device, batch, model.hidden_features, model.hidden_features)
     mm_seconds = time.perf_counter() - t_mm
+    chunk = CHUNK_VOXELS.get(device.type, CHUNK_VOXELS["cuda"])
+    bound = sine_layer_bound(device, chunk, model.hidden_features)
+    bound["fraction_of_peak"] = bound["layer_flops_per_s"] / peak
 
     curve, marks = [], {}
     run = comp.run()
@@ -187,6 +235,7 @@ def benchmark(args, device: torch.device) -> dict:
             "layer_flops_per_s": layer,
             "seconds": mm_seconds,
         },
+        "sine_layer_bound": bound,
         "train": train,
         "decode": decode,
         "memory": peak_memory(device),
@@ -344,6 +393,7 @@ def main(argv=None) -> int:
     path = args.out / f"speed_{device.type}_{tag}.json"
     write_json(path, record)
     t, d, m = record["train"], record["decode"], record["matmul"]
+    b = record["sine_layer_bound"]
     print(
         f"{device}: matmul peak {m['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, layer-shape "
         f"{m['layer_flops_per_s'] / 1e9:.1f} GFLOP/s\n"
@@ -352,6 +402,8 @@ def main(argv=None) -> int:
         f"{t['seconds_per_step'] * 1e3:.1f} ms/step\n"
         f"decode {d['voxels_per_s'] / 1e6:.3f} Mvoxels/s, {d['flops_per_s'] / 1e9:.2f} GFLOP/s "
         f"({d['fraction_of_peak']:.1%} of peak)\n"
+        f"sine layer of this width alone (addmm + sin, batch {b['batch']}): "
+        f"{b['fraction_of_peak']:.1%} of peak, sin {b['sin_share']:.0%} of its time\n"
         f"memory {record['memory']}; file {record['file']}\n-> {path}"
     )
     return 0

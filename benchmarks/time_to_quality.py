@@ -16,7 +16,8 @@ Variants (levers on/off; everything else is the library's default):
   compute the same function, so they cannot be switched off; compare ``speed.py`` for them.
 * ``cosine``: warm-up + cosine at every width, with the guard.
 * architecture at equal bytes (the width follows from the budget): ``experts1`` (a plain
-  SIREN), ``experts4``, ``top2``, ``layers2`` (wider), ``layers5`` (deeper and narrower).
+  SIREN), ``experts2`` (the default before "auto" chose one network where it is wide),
+  ``experts4``, ``top2``, ``layers2`` (wider), ``layers5`` (deeper and narrower).
 
 Output: one JSON per run (``--out``), and with ``report`` a Markdown table and a plot in
 docs/ next to the best classical codec at the same bytes (``docs/benchmarks/data/rd``)::
@@ -53,6 +54,7 @@ VARIANTS = {
 #: Architecture levers at equal bytes (ArchConfig fields; training as ``default``).
 ARCH_VARIANTS = {
     "experts1": {"num_experts": 1},
+    "experts2": {"num_experts": 2},
     "experts4": {"num_experts": 4},
     "top2": {"top_k": 2},
     "layers2": {"expert_layers": 2},
@@ -96,9 +98,12 @@ def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
                 "steps": steps,
                 "bytes": nbytes,
                 "final": final,
+                "quant_extra_bits": compressed.report.quant_extra_bits,
                 **quality(vol, decoded),
             }
         )
+        if final:
+            points[-1].update(same_weights_other_grids(compressor, model))
         print(
             f"{volume_name} {ratio:g}x {variant}: {seconds:6.1f} s {steps:6d} steps "
             f"{points[-1]['psnr']:.2f} dB {nbytes} B",
@@ -136,6 +141,31 @@ def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
         "points": points,
         "wall_seconds": round(time.perf_counter() - wall0, 1),
         **provenance("cpu"),
+    }
+
+
+def same_weights_other_grids(compressor, model) -> dict:
+    """PSNR of the float network and of one uniform quantization grid for every tensor (the
+    rate control before per-group precision), for the weights that made the final file: the
+    quantization lever measured on identical training (the file's own is ``psnr``)."""
+    from napari_moec.compressed import model_from_weights
+    from napari_moec.decode import evaluate
+    from napari_moec.format import unpack_payload
+    from napari_moec.metrics import psnr
+    from napari_moec.rate import fit_payload
+
+    header, vol = compressor.header, compressor.volume
+
+    def file_psnr(network) -> float:
+        values = evaluate(network, header.shape, device="cpu")
+        return round(psnr(vol, compressor.normalization.invert(values, vol.dtype)), 2)
+
+    state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
+    uniform = fit_payload(header.model, header.quant, state, compressor.payload_budget)
+    weights = unpack_payload(header.model, header.quant, uniform.payload)
+    return {
+        "psnr_float": file_psnr(model),
+        "psnr_uniform_grid": file_psnr(model_from_weights(header, weights)),
     }
 
 

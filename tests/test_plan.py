@@ -8,6 +8,7 @@ from napari_moec.errors import ConfigError
 from napari_moec.format import Header, count_parameters
 from napari_moec.nn.moe import MoESiren
 from napari_moec.plan import (
+    SINGLE_NETWORK_WIDTH,
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
     check_ratio,
@@ -88,8 +89,10 @@ def test_first_layer_w0_grows_with_width_within_bounds():
 
 def test_auto_experts_drop_to_one_only_where_two_would_be_too_narrow():
     h = header()
-    roomy = size_model_auto_experts(h, 8192)
-    assert roomy.num_experts == 2 and roomy.hidden_features >= 4
+    narrow = size_model_auto_experts(h, 512)  # 1024x of a 64³ uint16 volume
+    one = size_model(replace(h, model=replace(h.model, num_experts=1)), 512)
+    assert one.hidden_features < SINGLE_NETWORK_WIDTH  # so the router stays
+    assert narrow.num_experts == 2 and narrow.hidden_features >= 4
     tight = size_model_auto_experts(h, 174)  # 3000x of a 64³ uint16 volume
     two = size_model(h, 174)  # ModelConfig() default: 2 experts
     assert two.num_experts == 2 and two.hidden_features < 4
@@ -98,6 +101,30 @@ def test_auto_experts_drop_to_one_only_where_two_would_be_too_narrow():
     assert top2.num_experts == 1 and top2.top_k == 1
     with pytest.raises(ConfigError, match="highest possible ratio"):
         size_model_auto_experts(h, 60)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_auto_stores_one_network_where_it_would_be_wide(top_k):
+    h = header()
+    h = replace(h, model=replace(h.model, top_k=top_k))
+    wide = size_model_auto_experts(h, 8192)  # 64x of a 64³ uint16 volume
+    assert wide.num_experts == 1 and wide.top_k == 1
+    assert wide.hidden_features >= SINGLE_NETWORK_WIDTH
+    assert wide == size_model(replace(h, model=replace(h.model, num_experts=1, top_k=1)), 8192)
+    assert plan((64, 64, 64), np.uint16, 64).model == wide  # the planner applies the rule
+
+
+def test_the_single_network_threshold_is_exact():
+    h = header()
+    single = replace(h, model=replace(h.model, num_experts=1))
+    lo, hi = 200, 8192  # the smallest budget whose single network is SINGLE_NETWORK_WIDTH wide
+    while lo < hi:
+        mid = (lo + hi) // 2
+        narrow = size_model(single, mid).hidden_features < SINGLE_NETWORK_WIDTH
+        lo, hi = (mid + 1, hi) if narrow else (lo, mid)
+    assert size_model_auto_experts(h, lo).num_experts == 1
+    below = size_model_auto_experts(h, lo - 1)
+    assert below.num_experts == 2 and below.hidden_features < SINGLE_NETWORK_WIDTH
 
 
 def test_ratio_rule_is_one_rule():

@@ -109,17 +109,21 @@ def test_estimate_shows_size_and_impossible_ratio(viewer_widget, qtbot):
 
 
 def test_auto_experts_follow_the_budget(viewer_widget):
-    """Experts "auto" (ticked, the control hidden) is the core's choice: 2, 1 at tiny budgets."""
+    """Experts "auto" (ticked, the control hidden) is the core's choice: one network without
+    a router where it is wide, 2 experts where it would be narrow, 1 at tiny budgets."""
     _, widget = viewer_widget
-    widget.settings.set_values(num_experts=None, ratio=32)
+    widget.settings.set_values(num_experts=None, ratio=32)  # 2048 bytes for the 32³ block
     experts = widget.settings.controls["num_experts"]
     assert experts.auto.value and not experts.control.visible
     assert widget.settings.compressor_kwargs()["arch"].num_experts is None
     widget.update_estimate()
-    assert "× 2 experts" in widget.settings.estimate.text()
-    widget.settings.set_values(ratio=400)  # 163 bytes for the 32³ block
+    assert "width 25 · one network, no router" in widget.settings.estimate.text()
+    widget.settings.set_values(ratio=64)
     widget.update_estimate()
-    assert "× 1 experts" in widget.settings.estimate.text()
+    assert "width 11 × 2 experts" in widget.settings.estimate.text()
+    widget.settings.set_values(ratio=400)  # 163 bytes: too few for two experts of width 4
+    widget.update_estimate()
+    assert "· one network, no router" in widget.settings.estimate.text()
 
 
 def test_training_streams_layers_then_saves_and_compares(viewer_widget, qtbot, tmp_path, messages):

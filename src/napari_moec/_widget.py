@@ -196,9 +196,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
             self.settings.show_estimate(str(exc), error=True)
             return
         m = p.model
+        if m.num_experts == 1:
+            # Nothing to partition: say how to get the learned partition back.
+            shape = f"width {m.hidden_features} · one network, no router (Experts ≥ 2 to partition)"
+        else:
+            shape = f"width {m.hidden_features} × {m.num_experts} experts"
         self.settings.show_estimate(
             f"≈ {p.predicted_nbytes:,} B file (budget {p.budget:,} B) · "
-            f"{p.num_parameters:,} parameters · width {m.hidden_features} × {m.num_experts} experts"
+            f"{p.num_parameters:,} parameters · {shape}"
         )
 
     # -- runs --------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ class Report:
 
     ``predicted_bytes`` is the size estimated before training; ``file_bytes`` the real one.
     ``quant_multiplier`` is the rate controller's quantization-scale multiplier (1 = nominal
-    N-bit levels; 1.0 for float precisions). ``psnr`` is over the original's data range,
+    N-bit levels; 1.0 for float precisions); ``quant_extra_bits`` the bits of precision it
+    added to layout groups on top of it (``{"encoder": 2}``: that group's grid is 4x finer).
+    ``psnr`` is over the original's data range,
     ``psnr_dtype`` over the dtype's maximum (the papers' convention); ``ssim`` is None for
     volumes thinner than SSIM's window.
     """
@@ -51,6 +53,7 @@ class Report:
     seconds: float
     device: str
     stopped_early: bool
+    quant_extra_bits: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

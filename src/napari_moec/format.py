@@ -73,6 +73,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -274,18 +275,30 @@ def pack_payload(
     quant: QuantConfig,
     state: dict[str, torch.Tensor],
     multiplier: float = 1.0,
+    extra_bits: Mapping[str, int] | None = None,
 ) -> bytes:
     """The payload bytes of a network's float weights ``state`` (keyed by layout names).
 
     For ``intN`` the nominal quantization scale of every tensor is multiplied by
-    ``multiplier`` (> 1 coarser, < 1 finer): the rate controller's knob.
+    ``multiplier`` (> 1 coarser, < 1 finer): the rate controller's knob. ``extra_bits`` maps a
+    layout group (the name before the first dot: ``encoder``, ``gate``, ``experts``,
+    ``decoder``) to bits of precision added to (or, negative, taken from) its tensors: their
+    scale is further multiplied by ``2**-bits``. Every scale is stored, so a reader needs
+    neither knob.
     """
-    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in parameter_layout(model)]
+    layout = parameter_layout(model)
+    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in layout]
     if quant.is_float:
         dtype = "<f4" if quant.precision == "fp32" else "<f2"
         return b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
+    extra = extra_bits or {}
+    steps = [multiplier * 2.0 ** -extra.get(name.split(".")[0], 0) for name, _ in layout]
     ints, scales = zip(
-        *(quantize(t, quant.bits, quant.per_channel, multiplier) for t in tensors), strict=True
+        *(
+            quantize(t, quant.bits, quant.per_channel, step)
+            for t, step in zip(tensors, steps, strict=True)
+        ),
+        strict=True,
     )
     q = [i.numpy() for i in ints]
     radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))

@@ -166,19 +166,35 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
     return replace(header.model, hidden_features=lo, gate_hidden=gate_width(lo))
 
 
-#: Experts of an automatically sized model, and the narrowest expert worth a router.
+#: Experts of an automatically sized model where one network would be narrow, and the
+#: narrowest expert worth a router.
 DEFAULT_EXPERTS = 2
 MIN_EXPERT_WIDTH = 4
+#: Where one network (no router) would be at least this wide, "auto" stores one network.
+#: Measured at equal bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): a single
+#: network of width 25-64 beat two experts on every volume (+0.3 to +2.3 dB: no router, ~1.5x
+#: the steps per second, and each voxel sees the whole width); at width 14 the 4D MRI did
+#: 1.2 dB better with two experts of width 9, while the CT head and HiP-CT at widths 11-14
+#: were within 0.35 dB either way.
+SINGLE_NETWORK_WIDTH = 20
 
 
 def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfig:
-    """:func:`size_model` with ``DEFAULT_EXPERTS`` experts, or fewer where the budget would
-    make each expert narrower than ``MIN_EXPERT_WIDTH``.
+    """:func:`size_model` with the number of experts chosen too: one network without a router
+    where it would be at least ``SINGLE_NETWORK_WIDTH`` wide; else ``DEFAULT_EXPERTS``, or
+    fewer where the budget would make each expert narrower than ``MIN_EXPERT_WIDTH``.
 
     At 3000x of the 64³ HiP-CT block (174 bytes) two experts get width 2 (24.5 dB) and three
     width 1 (19.6 dB), while one expert with no router gets width 4: 26.8 dB. At 1024x (widths
     11, 7, 5) the three are within 0.2 dB, so experts are only dropped below width 4.
     """
+    one = replace(header.model, num_experts=1, top_k=1)
+    try:
+        single = size_model(replace(header, model=one), budget, **kwargs)
+    except ConfigError:
+        single = None  # nothing fits; the loop below raises the sizing error
+    if single is not None and single.hidden_features >= SINGLE_NETWORK_WIDTH:
+        return single
     experts = DEFAULT_EXPERTS
     while True:
         model = replace(header.model, num_experts=experts, top_k=min(header.model.top_k, experts))

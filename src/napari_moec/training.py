@@ -117,6 +117,8 @@ class Compressor:
         self.model: MoESiren | None = None
         #: After training: "last" or "best", the weights kept (see schedule.keep_better).
         self.final_choice: str | None = None
+        #: (coordinates, targets) of :meth:`_eval_set`, made on first use.
+        self._eval: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- what the plan decided -------------------------------------------------------------
     @property
@@ -313,13 +315,44 @@ class Compressor:
             # Always one preview of the end of training, before the result (which takes a
             # moment more to quantize, code and measure).
             yield self._preview(model, step, device)
-        eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        eval_index = torch.randint(n_voxels, (min(n_voxels, EVAL_POINTS),), device=device,
-                                   generator=eval_gen)  # fmt: skip
-        self.final_choice = keep_better(
-            model, best_state, flat_index_coords(eval_index, shape), target[eval_index]
-        )
+        self._eval = self._eval_set(target)
+        self.final_choice = keep_better(model, best_state, *self._eval)
         return model, step, active
+
+    @property
+    def payload_budget(self) -> int:
+        """Bytes the weights may take: the budget less the header and the bytes reserved for
+        the training summary (float payloads cannot shrink, so they get the summary's too)."""
+        header = self.header
+        stores_summary = self.plan.stores_summary and not header.quant.is_float
+        reserve = summary_reserve(header) if stores_summary else 0
+        return payload_budget(header, self.budget, reserve)
+
+    def payload_error(self, payload: bytes) -> float:
+        """Mean squared error (normalised units) on :meth:`_eval_set` of the network a payload
+        holds, decoded as a reader will: the rate controller's judge of quantization choices
+        (:func:`~napari_moec.rate.fit_payload`)."""
+        if self._eval is None:
+            self._eval = self._eval_set()
+        coords, target = self._eval
+        header = self.header
+        weights = unpack_payload(header.model, header.quant, payload)
+        candidate = model_from_weights(header, weights).to(self.device)
+        use_backend(candidate, self.backend)
+        value, _ = candidate.decode(coords)
+        return float(((value[:, 0].float() - target) ** 2).mean())
+
+    def _eval_set(self, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed random set of voxels (coordinates, normalised targets), the same for a
+        seed: the judge of the end-of-training choices (which weights, which quantization)."""
+        device = self.device
+        if target is None:
+            target = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1))
+        n_voxels = target.numel()
+        gen = torch.Generator(device=device).manual_seed(self.train_config.seed + 1)
+        index = torch.randint(n_voxels, (min(n_voxels, EVAL_POINTS),), device=device,
+                              generator=gen)  # fmt: skip
+        return flat_index_coords(index, self.header.shape), target.to(device)[index]
 
     def preview_stride(self) -> tuple[int, ...]:
         """The stride of a preview's whole-volume grid: at most ``preview.voxels`` voxels."""
@@ -357,11 +390,8 @@ class Compressor:
         device = self.device
         header, budget = self.header, self.budget
         state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
-        reserve = summary_reserve(header) if self.plan.stores_summary else 0
-        if header.quant.is_float:
-            reserve = 0  # float payloads cannot shrink: checked against the whole budget
-        payload, multiplier = fit_payload(
-            header.model, header.quant, state, payload_budget(header, budget, reserve)
+        payload, multiplier, extra_bits = fit_payload(
+            header.model, header.quant, state, self.payload_budget, distortion=self.payload_error
         )
         stored = model_from_weights(header, unpack_payload(header.model, header.quant, payload))
         use_backend(stored, self.backend)
@@ -383,6 +413,7 @@ class Compressor:
             hidden_features=header.model.hidden_features,
             w0_first=header.model.w0_first,
             quant_multiplier=multiplier,
+            quant_extra_bits=extra_bits,
             psnr=psnr_value,
             psnr_dtype=psnr(self.volume, decoded, "dtype"),
             ssim=ssim(self.volume, decoded) if ssim_applies(self.volume.shape) else None,

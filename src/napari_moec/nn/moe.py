@@ -175,6 +175,9 @@ class MoESiren(nn.Module):
         experts' work when the partition is uneven (80/20 is common: 1.6x for 2 experts).
         Points are sorted by expert, each expert runs one matmul per layer on its contiguous
         block, and the combine sums the k choices in the same order as the training path.
+        The decoder is linear, so ``decoder(sum_k w_k e_k) = sum_k w_k (W e_k) + b``: its
+        weight is applied inside each expert's block, and the scatter back to voxel order and
+        the combine move ``out_features`` numbers per voxel instead of ``hidden_features``.
         """
         cfg = self.config
         batch = features.shape[0]
@@ -183,22 +186,22 @@ class MoESiren(nn.Module):
         order = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=cfg.num_experts).tolist()
         rows = features.index_select(0, order % batch)
-        out = torch.empty_like(rows)
+        out = rows.new_empty(rows.shape[0], cfg.out_features)
+        project = self.decoder.weight.t()
         begin = 0
         for expert, count in enumerate(counts):
             if count:
-                out[begin : begin + count] = self.experts.run_one(
-                    expert, rows[begin : begin + count]
-                )
+                block = self.experts.run_one(expert, rows[begin : begin + count])
+                torch.mm(block, project, out=out[begin : begin + count])
             begin += count
         picked = torch.empty_like(out)
         picked[order] = out
         weight = routing.weight.t()
-        combined = (picked.view(k, batch, -1) * weight[..., None]).sum(dim=0)
+        value = (picked.view(k, batch, -1) * weight[..., None]).sum(dim=0) + self.decoder.bias
         kept = torch.ones(batch, dtype=torch.bool, device=features.device)
         top1 = routing.expert_index[:, 0]
         load = torch.bincount(top1, minlength=cfg.num_experts).float() / batch
-        return MoEOutput(self.decoder(combined), routing.aux_loss, kept, load)
+        return MoEOutput(value, routing.aux_loss, kept, load)
 
     @torch.no_grad()
     def decode(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
