@@ -58,6 +58,8 @@ def load(inputs: list[Path]) -> dict[str, dict]:
             except (OSError, json.JSONDecodeError):
                 continue
             record["_path"] = str(path)
+            if "points" in record:
+                continue  # a time_to_quality.py curve: that script writes its own report
             if "variant" in record:
                 key = (record["volume"], record["target_ratio"], record["variant"])
                 found["ablation"][key] = record
@@ -243,6 +245,14 @@ def _ablation_table(group: dict) -> list[str]:
     return lines
 
 
+def _ceiling(record: dict) -> str:
+    """The sine-layer bound of speed.py (runs made before it have none)."""
+    bound = record.get("sine_layer_bound")
+    if bound is None:
+        return "not measured"
+    return f"{bound['fraction_of_peak']:.1%} ({bound['sin_share']:.0%})"
+
+
 def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
     if not speed:
         return []
@@ -255,8 +265,8 @@ def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
         "| run | device (threads, load) | width / experts / k | matmul peak GFLOP/s "
         "(layer-shape) | train points/s | train GFLOP/s useful (executed) | % of peak | "
         "ms/step | decode voxels/s | "
-        "decode GFLOP/s | % of peak | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "decode GFLOP/s | % of peak | sine-layer ceiling (sin share) | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fig, ax = plt.subplots(figsize=(7, 4))
     for _, r in sorted(speed.items()):
@@ -280,7 +290,7 @@ def speed_section(speed: dict, images: Path, doc_dir: Path) -> list[str]:
             f"{t['flops_per_s_useful'] / 1e9:.2f} ({t['flops_per_s_executed'] / 1e9:.2f}) | "
             f"{t['fraction_of_peak_useful']:.1%} | {t['seconds_per_step'] * 1e3:.0f} | "
             f"{d['voxels_per_s']:,.0f} | {d['flops_per_s'] / 1e9:.2f} | "
-            f"{d['fraction_of_peak']:.1%} | {memory} |"
+            f"{d['fraction_of_peak']:.1%} | {_ceiling(r)} | {memory} |"
         )
         curve = [(p["seconds"], p["psnr"]) for p in r["time_to_psnr"] if _finite(p["psnr"])]
         if curve:

@@ -203,25 +203,24 @@ def report(args) -> int:
         "learning rate sooner and usually ends higher than the same point of a longer run). "
         "Classical: the best lean codec that fits the same budget (`docs/benchmarks.md`).",
         "",
-        "| volume | ratio | budget B | width | best classical | "
+        "| volume | ratio | budget B | default width × experts | best classical | "
         + " | ".join(f"{v}: 60 s / 150 s / end" for v in variants)
-        + " | default − classical |",
-        "|---|---|---|---|---|" + "---|" * len(variants) + "---|",
+        + " | default steps, machine | default − classical |",
+        "|---|---|---|---|---|" + "---|" * len(variants) + "---|---|",
     ]
     for (volume, ratio), by_variant in sorted(cells.items()):
         classical = best_classical(volume, ratio)
-        any_run = next(iter(by_variant.values()))
-        row = [
-            volume,
-            f"{ratio:g}x",
-            f"{any_run['budget_bytes']:,}",
-            str(any_run["model"]["hidden_features"]),
-        ]
+        any_run = by_variant.get("default") or next(iter(by_variant.values()))
+        shape = "–"
+        if "default" in by_variant:
+            shape = f"{any_run['model']['hidden_features']} × {any_run['model']['num_experts']}"
+        row = [volume, f"{ratio:g}x", f"{any_run['budget_bytes']:,}", shape]
         row.append("–" if classical is None else f"{classical['psnr']:.2f} ({classical['method']})")
         for v in variants:
             r = by_variant.get(v)
             row.append("–" if r is None else " / ".join(_at(r, t) for t in (60, 150, None)))
         d = by_variant.get("default")
+        row.append("–" if d is None else f"{_final(d)['steps']:,}, {_machine(d)}")
         if d is not None and classical is not None:
             row.append(f"{_final(d)['psnr'] - classical['psnr']:+.2f}")
         else:
@@ -236,8 +235,8 @@ def report(args) -> int:
             "budget):",
             "",
             "| volume | ratio | variant | width / experts / top-k / layers | 60 s / 150 s / end "
-            "| − default | − best classical |",
-            "|---|---|---|---|---|---|---|",
+            "| steps | machine | − default | − best classical |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for (volume, ratio), v, r in levers:
             m, end = r["model"], _final(r)["psnr"]
@@ -248,8 +247,28 @@ def report(args) -> int:
             vs_default = "–" if d is None else f"{end - _final(d)['psnr']:+.2f}"
             vs_classical = "–" if classical is None else f"{end - classical['psnr']:+.2f}"
             curve = " / ".join(_at(r, t) for t in (60, 150, None))
-            lines.append(f"| {volume} | {ratio:g}x | {v} | {shape} | {curve} | {vs_default} "
+            lines.append(f"| {volume} | {ratio:g}x | {v} | {shape} | {curve} | "
+                         f"{_final(r)['steps']:,} | {_machine(r)} | {vs_default} "
                          f"| {vs_classical} |")  # fmt: skip
+    grids = [(r, _final(r)) for r in records if "psnr_uniform_grid" in _final(r)]
+    if grids:
+        lines += [
+            "",
+            "Quantization of the same final weights (rate control at equal bytes): the float "
+            "network, one uniform grid for every tensor, and the file as stored, whose encoder "
+            "and router precision the rate controller chose by the error on a fixed set of "
+            "voxels:",
+            "",
+            "| volume | ratio | variant | float | one grid | file | file − one grid | extra bits |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r, end in sorted(grids, key=lambda g: (g[0]["volume"], g[0]["target_ratio"])):
+            extra = ", ".join(f"{k} +{v}" for k, v in end["quant_extra_bits"].items()) or "none"
+            lines.append(
+                f"| {r['volume']} | {r['target_ratio']:g}x | {r['variant']} | "
+                f"{end['psnr_float']:.2f} | {end['psnr_uniform_grid']:.2f} | {end['psnr']:.2f} | "
+                f"{end['psnr'] - end['psnr_uniform_grid']:+.2f} | {extra} |"
+            )
     lines += ["", "Runs:", ""]
     for r in sorted(records, key=lambda r: (r["volume"], r["target_ratio"], r["variant"])):
         m = r["machine"]
@@ -260,11 +279,20 @@ def report(args) -> int:
             f"{m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch "
             f"{m['torch']}, {r['options']['threads']} threads, load "
             f"{m['load_average_1min']} at the end, {r['date']}"
+            + (f". {r['note']}" if "note" in r else "")
         )
     DOC.write_text("\n".join(lines) + "\n")
-    _plot(cells, variants)
+    experts = [v for v in ("experts1", "experts2") if any(v in c for c in cells.values())]
+    _plot(cells, variants + experts)
     print(DOC)
     return 0
+
+
+def _machine(record: dict) -> str:
+    """The CPU, shortened: runs on different hosts differ in steps per second, so a
+    comparison between variants holds only on one machine."""
+    name = record["machine"].get("cpu_model", record["machine"]["processor"])
+    return "Intel Xeon" if "Intel" in name else name
 
 
 def _final(record: dict) -> dict:

@@ -8,6 +8,7 @@ from napari_moec.errors import ConfigError
 from napari_moec.format import Header, count_parameters
 from napari_moec.nn.moe import MoESiren
 from napari_moec.plan import (
+    SINGLE_NETWORK_MAX_WIDTH,
     SINGLE_NETWORK_WIDTH,
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
@@ -114,17 +115,28 @@ def test_auto_stores_one_network_where_it_would_be_wide(top_k):
     assert plan((64, 64, 64), np.uint16, 64).model == wide  # the planner applies the rule
 
 
-def test_the_single_network_threshold_is_exact():
-    h = header()
+def _smallest_budget(h, width: int) -> int:
+    """The smallest budget whose single network is at least ``width`` wide."""
     single = replace(h, model=replace(h.model, num_experts=1))
-    lo, hi = 200, 8192  # the smallest budget whose single network is SINGLE_NETWORK_WIDTH wide
+    lo, hi = 200, 10**6
     while lo < hi:
         mid = (lo + hi) // 2
-        narrow = size_model(single, mid).hidden_features < SINGLE_NETWORK_WIDTH
-        lo, hi = (mid + 1, hi) if narrow else (lo, mid)
-    assert size_model_auto_experts(h, lo).num_experts == 1
-    below = size_model_auto_experts(h, lo - 1)
+        lo, hi = (mid + 1, hi) if size_model(single, mid).hidden_features < width else (lo, mid)
+    return lo
+
+
+def test_the_single_network_window_is_exact():
+    h = header()
+    low = _smallest_budget(h, SINGLE_NETWORK_WIDTH)
+    assert size_model_auto_experts(h, low).num_experts == 1
+    below = size_model_auto_experts(h, low - 1)
     assert below.num_experts == 2 and below.hidden_features < SINGLE_NETWORK_WIDTH
+    high = _smallest_budget(h, SINGLE_NETWORK_MAX_WIDTH + 1)
+    top = size_model_auto_experts(h, high - 1)
+    assert top.num_experts == 1 and top.hidden_features == SINGLE_NETWORK_MAX_WIDTH
+    above = size_model_auto_experts(h, high)
+    assert above.num_experts == 2  # a wide budget goes back to a partition
+    assert above == size_model(h, high)
 
 
 def test_ratio_rule_is_one_rule():

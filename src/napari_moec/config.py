@@ -49,7 +49,7 @@ class ArchConfig:
         ui="basic",
         label="Experts",
         cli="--experts",
-        auto="1 (no router) where one network would be at least 20 wide; else 2, or 1 where "
+        auto="1 (no router) where one network would be 20 to 80 wide; else 2, or 1 where "
         "each of 2 would be narrower than 4",
     )
     top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")

@@ -170,19 +170,23 @@ def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelC
 #: narrowest expert worth a router.
 DEFAULT_EXPERTS = 2
 MIN_EXPERT_WIDTH = 4
-#: Where one network (no router) would be at least this wide, "auto" stores one network.
-#: Measured at equal bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): a single
-#: network of width 25-64 beat two experts on every volume (+0.3 to +2.3 dB: no router, ~1.5x
-#: the steps per second, and each voxel sees the whole width); at width 14 the 4D MRI did
-#: 1.2 dB better with two experts of width 9, while the CT head and HiP-CT at widths 11-14
-#: were within 0.35 dB either way.
+#: "auto" stores one network without a router where it would be at least
+#: ``SINGLE_NETWORK_WIDTH`` and at most ``SINGLE_NETWORK_MAX_WIDTH`` wide. Measured at equal
+#: bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): one network of width 25-64
+#: beat two experts on every volume (+0.2 to +3 dB: no router, more steps per second, each voxel
+#: sees the whole width); two experts won where one network would be narrow (the 4D MRI at
+#: width 14: +1.3 dB) and where it would be wide (HiP-CT 16x, width 108: +0.9 dB; the
+#: macaque at 256x, width 158: +0.7 dB): there two experts of width 72-105 halve the matmuls
+#: a point costs and make 1.2-1.3x the steps of one network. The bound 80 lies between 64 and 108.
 SINGLE_NETWORK_WIDTH = 20
+SINGLE_NETWORK_MAX_WIDTH = 80
 
 
 def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfig:
     """:func:`size_model` with the number of experts chosen too: one network without a router
-    where it would be at least ``SINGLE_NETWORK_WIDTH`` wide; else ``DEFAULT_EXPERTS``, or
-    fewer where the budget would make each expert narrower than ``MIN_EXPERT_WIDTH``.
+    where it would be ``SINGLE_NETWORK_WIDTH`` to ``SINGLE_NETWORK_MAX_WIDTH`` wide; else
+    ``DEFAULT_EXPERTS``, or fewer where the budget would make each expert narrower than
+    ``MIN_EXPERT_WIDTH``.
 
     At 3000x of the 64³ HiP-CT block (174 bytes) two experts get width 2 (24.5 dB) and three
     width 1 (19.6 dB), while one expert with no router gets width 4: 26.8 dB. At 1024x (widths
@@ -193,7 +197,9 @@ def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfi
         single = size_model(replace(header, model=one), budget, **kwargs)
     except ConfigError:
         single = None  # nothing fits; the loop below raises the sizing error
-    if single is not None and single.hidden_features >= SINGLE_NETWORK_WIDTH:
+    if single is not None and (
+        SINGLE_NETWORK_WIDTH <= single.hidden_features <= SINGLE_NETWORK_MAX_WIDTH
+    ):
         return single
     experts = DEFAULT_EXPERTS
     while True:
