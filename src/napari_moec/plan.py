@@ -173,7 +173,7 @@ MIN_EXPERT_WIDTH = 4
 #: "auto" stores one network without a router where it would be at least
 #: ``SINGLE_NETWORK_WIDTH`` and at most ``SINGLE_NETWORK_MAX_WIDTH`` wide. Measured at equal
 #: bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): one network of width 25-64
-#: beat two experts on every volume (+0.2 to +3 dB: no router, more steps per second, each voxel
+#: beat two experts on every volume (+0.3 to +3.3 dB: no router, more steps per second, each voxel
 #: sees the whole width); two experts won where one network would be narrow (the 4D MRI at
 #: width 14: +1.3 dB) and where it would be wide (HiP-CT 16x, width 108: +0.9 dB; the
 #: macaque at 256x, width 158: +0.7 dB): there two experts of width 72-105 halve the matmuls
