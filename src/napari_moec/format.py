@@ -95,6 +95,7 @@ __all__ = [
     "fixed_overhead",
     "frame",
     "int_side_bytes",
+    "layout_group",
     "pack",
     "pack_payload",
     "parameter_layout",
@@ -244,6 +245,12 @@ def parameter_layout(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], .
     return tuple(layout)
 
 
+def layout_group(name: str) -> str:
+    """The group of a layout tensor (``"experts.1.weight"`` -> ``"experts"``): ``encoder``,
+    ``gate``, ``experts`` or ``decoder``, the unit whose precision the rate control sets."""
+    return name.split(".", 1)[0]
+
+
 def count_parameters(model: ModelConfig) -> int:
     """Stored parameters of ``model``."""
     return sum(math.prod(shape) for _, shape in parameter_layout(model))
@@ -292,7 +299,7 @@ def pack_payload(
         dtype = "<f4" if quant.precision == "fp32" else "<f2"
         return b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
     extra = extra_bits or {}
-    steps = [multiplier * 2.0 ** -extra.get(name.split(".")[0], 0) for name, _ in layout]
+    steps = [multiplier * 2.0 ** -extra.get(layout_group(name), 0) for name, _ in layout]
     ints, scales = zip(
         *(
             quantize(t, quant.bits, quant.per_channel, step)

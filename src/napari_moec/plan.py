@@ -195,25 +195,23 @@ def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfi
     one = replace(header.model, num_experts=1, top_k=1)
     try:
         single = size_model(replace(header, model=one), budget, **kwargs)
-    except ConfigError:
-        single = None  # nothing fits; the loop below raises the sizing error
+    except ConfigError as exc:
+        single, too_small = None, exc  # nothing fits; more experts need more bytes still
     if single is not None and (
         SINGLE_NETWORK_WIDTH <= single.hidden_features <= SINGLE_NETWORK_MAX_WIDTH
     ):
         return single
-    experts = DEFAULT_EXPERTS
-    while True:
+    for experts in range(DEFAULT_EXPERTS, 1, -1):
         model = replace(header.model, num_experts=experts, top_k=min(header.model.top_k, experts))
         try:
             sized = size_model(replace(header, model=model), budget, **kwargs)
         except ConfigError:
-            if experts == 1:
-                raise
-            experts -= 1
             continue
-        if sized.hidden_features >= MIN_EXPERT_WIDTH or experts == 1:
+        if sized.hidden_features >= MIN_EXPERT_WIDTH:
             return sized
-        experts -= 1
+    if single is None:
+        raise too_small
+    return single
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from .config import ModelConfig, QuantConfig
 from .errors import TrainingError
-from .format import Header, TrainingSummary, fixed_overhead, frame, pack_payload
+from .format import Header, TrainingSummary, fixed_overhead, frame, layout_group, pack_payload
 
 __all__ = [
     "EXTRA_BITS",
@@ -91,11 +91,11 @@ def fit_payload(
         if len(payload) > budget:
             raise TrainingError(f"weights of {len(payload)} bytes exceed the {budget}-byte budget")
         return Fit(payload, 1.0, {})
-    best = _fit_uniform(model, quant, state, budget, {}, MULTIPLIER_RANGE, _BISECTIONS)
+    best = _fit_multiplier(model, quant, state, budget, {}, MULTIPLIER_RANGE, _BISECTIONS)
     if distortion is None:
         return best
     best_error = distortion(best.payload)
-    groups = {name.split(".")[0] for name in state}
+    groups = {layout_group(name) for name in state}
     for group in (g for g in REFINED_GROUPS if g in groups):
         chosen = best.extra_bits
         base = math.log2(best.multiplier)
@@ -104,7 +104,7 @@ def fit_payload(
             # of it only if the group were the whole payload), so a short bracket suffices.
             bracket = (base - 0.25, base + bits + 0.5)
             try:
-                trial = _fit_uniform(model, quant, state, budget, {**chosen, group: bits},
+                trial = _fit_multiplier(model, quant, state, budget, {**chosen, group: bits},
                                      bracket, _CANDIDATE_BISECTIONS)  # fmt: skip
             except TrainingError:
                 continue
@@ -114,7 +114,7 @@ def fit_payload(
     return best
 
 
-def _fit_uniform(
+def _fit_multiplier(
     model: ModelConfig,
     quant: QuantConfig,
     state: dict[str, torch.Tensor],

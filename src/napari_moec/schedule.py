@@ -39,6 +39,7 @@ __all__ = [
     "EVAL_POINTS",
     "LossGuard",
     "Schedule",
+    "decoded_mse",
     "keep_better",
     "resolve_schedule",
 ]
@@ -156,6 +157,14 @@ class LossGuard:
 
 
 @torch.no_grad()
+def decoded_mse(model, coords: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error of ``model`` at ``coords`` against ``target``, decoded dropless as
+    a reader decodes the file: the judge of every end-of-training choice."""
+    value, _ = model.decode(coords)
+    return float(((value[:, 0].float() - target) ** 2).mean())
+
+
+@torch.no_grad()
 def keep_better(model, best_state: dict | None, coords: torch.Tensor, target: torch.Tensor) -> str:
     """Load into ``model`` whichever of its current (last) weights and ``best_state`` fits
     ``target`` at ``coords`` better, evaluated dropless as the file will be decoded; returns
@@ -170,15 +179,10 @@ def keep_better(model, best_state: dict | None, coords: torch.Tensor, target: to
     """
     if best_state is None:
         return "last"
-
-    def error() -> float:
-        value, _ = model.decode(coords)
-        return float(((value[:, 0].float() - target) ** 2).mean())
-
-    last_error = error()
+    last_error = decoded_mse(model, coords, target)
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    if error() < last_error:
+    if decoded_mse(model, coords, target) < last_error:
         return "best"
     model.load_state_dict(last_state)
     return "last"

@@ -36,7 +36,7 @@ from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
 from .rate import fit_payload, frame_with_summary, payload_budget
 from .sampling import Normalization, flat_index_coords
-from .schedule import EVAL_POINTS, LossGuard, keep_better, resolve_schedule
+from .schedule import EVAL_POINTS, LossGuard, decoded_mse, keep_better, resolve_schedule
 from .volumes import check_volume
 
 __all__ = ["Compressor"]
@@ -339,8 +339,7 @@ class Compressor:
         weights = unpack_payload(header.model, header.quant, payload)
         candidate = model_from_weights(header, weights).to(self.device)
         use_backend(candidate, self.backend)
-        value, _ = candidate.decode(coords)
-        return float(((value[:, 0].float() - target) ** 2).mean())
+        return decoded_mse(candidate, coords, target)
 
     def _eval_set(self, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed random set of voxels (coordinates, normalised targets), the same for a
