@@ -5,8 +5,8 @@ import pytest
 
 from napari_moec.config import ArchConfig, ModelConfig, QuantConfig
 from napari_moec.errors import ConfigError
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.format import Header, count_parameters
-from napari_moec.nn.moe import MoESiren
 from napari_moec.plan import (
     SINGLE_NETWORK_MAX_WIDTH,
     SINGLE_NETWORK_WIDTH,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .decode import evaluate, evaluate_with_labels
+from .families.siren.moe import MoESiren
+from .families.siren.tutel_backend import resolve_backend, use_backend
 from .format import Header, count_parameters, unpack
-from .nn.moe import MoESiren
-from .nn.tutel_backend import resolve_backend, use_backend
 from .sampling import Normalization
 
 __all__ = ["Compressed", "Report", "model_from_weights"]
@@ -162,8 +162,8 @@ class Compressed:
 
     def use_backend(self, backend: str = "auto") -> Compressed:
         """Decode through MoE ``backend`` ("auto", "native" or "tutel";
-        :mod:`napari_moec.nn.tutel_backend`) from now on; returns self. A decoding choice only:
-        the file is the same, and the voxels agree up to float rounding."""
+        :mod:`napari_moec.families.siren.tutel_backend`) from now on; returns self. A decoding
+        choice only: the file is the same, and the voxels agree up to float rounding."""
         device = next(self.model.parameters()).device
         use_backend(self.model, resolve_backend(backend, device))
         return self

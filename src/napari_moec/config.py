@@ -233,7 +233,7 @@ class RunConfig:
     ``device``: "auto" (CUDA when present), "cpu" or "cuda". ``threads``: CPU threads for
     training, None for every core this process may use (on a machine busy with other jobs
     fewer can be much faster: docs/benchmarks.md). ``backend``: which code routes points to
-    experts during training and decoding (:mod:`napari_moec.nn.tutel_backend`).
+    experts during training and decoding (:mod:`napari_moec.families.siren.tutel_backend`).
     """
 
     device: str = option(
@@ -252,8 +252,8 @@ class RunConfig:
         auto="every core this process may use",
     )
     #: A training/decoding choice only: the file is the same whichever computes it.
-    #: "tutel" needs Tutel installed (napari_moec.nn.tutel_backend); "auto" picks the faster
-    #: one measured for the device and thread count (docs/benchmarks/backends.md).
+    #: "tutel" needs Tutel installed (napari_moec.families.siren.tutel_backend); "auto" picks
+    #: the faster one measured for the device and thread count (docs/benchmarks/backends.md).
     backend: str = option(
         "auto",
         "MoE routing backend: auto (measured faster for the device and threads), native, tutel",

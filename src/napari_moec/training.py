@@ -28,10 +28,10 @@ from .decode import evaluate_with_labels, grid_shape, parse_roi
 from .devices import check_threads, resolve_device
 from .errors import TrainingError
 from .events import Finalizing, Preview, Progress, RegionPreview, Started, TrainEvent
+from .families.siren.moe import MoESiren
+from .families.siren.tutel_backend import resolve_backend, use_backend
 from .format import TrainingSummary, unpack_payload
 from .metrics import psnr, ssim, ssim_applies
-from .nn.moe import MoESiren
-from .nn.tutel_backend import resolve_backend, use_backend
 from .plan import Plan, plan, summary_reserve
 from .quantize import fake_quantize
 from .rate import fit_payload, frame_with_summary, payload_budget
@@ -106,8 +106,9 @@ class Compressor:
         )
         self.preview = preview or PreviewConfig()
         self.threads = check_threads(self.run_config.threads)
-        #: The concrete MoE backend, "native" or "tutel" (:mod:`napari_moec.nn.tutel_backend`):
-        #: resolved here so that asking for a missing Tutel fails before any work.
+        #: The concrete MoE backend, "native" or "tutel"
+        #: (:mod:`napari_moec.families.siren.tutel_backend`): resolved here so that asking for a
+        #: missing Tutel fails before any work.
         self.backend = resolve_backend(self.run_config.backend, self.device, self.threads)
         self._stop = threading.Event()
         self._regions_lock = threading.Lock()
