@@ -86,6 +86,7 @@ if TYPE_CHECKING:  # the contract imports no torch at run time: format.py reads 
     import torch
 
     from ..config import QuantConfig, TrainConfig
+    from ..format import Header
 
 __all__ = [
     "DecodableModel",
@@ -148,28 +149,45 @@ class PayloadCodec(Protocol):
 class SizeRequest:
     """What sizing knows before any voxel is read.
 
-    ``budget`` is the whole file's bytes; ``overhead(config)`` the bytes of the file besides
-    the payload (prefix, header with ``config`` in it, CRC, the training summary's reserve),
-    which the planner supplies so a family need not know the container. A family sizes the
-    largest model whose ``overhead(config) + predict_payload_nbytes(config, quant) <=
-    budget``. For containers that are not a ``.moec`` file (tiles), ``budget`` is a payload
-    budget and ``overhead`` returns 0.
+    ``header`` is the file's header with ``model=None`` (shape, dtype, value range or its
+    placeholder, quant, axes, spacing, ``family``); ``budget`` the whole file's bytes
+    (``floor(original / ratio)``, header and CRC included); ``options`` the family's options.
+    A family returns the largest model whose predicted file fits::
+
+        sized = replace(request.header, model=config)
+        sized = replace(sized, train=plan.summary_for(sized, request.budget))
+        format.fixed_overhead(sized) + family.predict_payload_nbytes(config, quant) <= budget
+
+    (:meth:`file_nbytes` computes the left side). The planner then decides the summary and the
+    payload budget once (:class:`napari_moec.plan.Plan`). Tiles are sized from a payload
+    budget by the tiles' allocator (:mod:`napari_moec.tiled.allocate`), not through here.
     """
 
-    shape: tuple[int, ...]
-    dtype: str
+    header: Header
     budget: int
     options: Any
-    quant: QuantConfig
-    overhead: Callable[[Any], int]
+
+    def file_nbytes(self, config: Any, predicted_payload: int) -> int:
+        """Predicted bytes of the whole file holding ``config`` with a payload of
+        ``predicted_payload`` bytes, the training summary's bytes included where it fits."""
+        from dataclasses import replace
+
+        from ..format import fixed_overhead
+        from ..plan import summary_for
+
+        sized = replace(self.header, model=config)
+        sized = replace(sized, train=summary_for(sized, self.budget))
+        return fixed_overhead(sized) + predicted_payload
 
 
 class TrainingTarget(NamedTuple):
     """The data one training run fits: the normalised volume as a flat float32 tensor on the
-    training device (C order of ``shape``) and its shape."""
+    training device (C order of ``shape``), its shape, and the range it was normalised to
+    (the header's ``"n"``: the span of the loop's PSNR)."""
 
     values: torch.Tensor
     shape: tuple[int, ...]
+    norm: tuple[float, float] = (-1.0, 1.0)
 
 
 class StepStats(NamedTuple):
@@ -245,8 +263,9 @@ class ModelFamily(Protocol):
 
     def size(self, request: SizeRequest) -> Any:
         """The model config to train for ``request`` (see :class:`SizeRequest`), all its
-        ``None`` options chosen. Raises :class:`~napari_moec.errors.ConfigError` naming the
-        highest ratio that fits when no model fits the budget."""
+        ``None`` options chosen; options already fixed (e.g. a width) are kept. Raises
+        :class:`~napari_moec.errors.ConfigError` naming the highest ratio that fits when no
+        model fits the budget."""
         ...
 
     def predict_payload_nbytes(self, config: Any, quant: QuantConfig) -> int:

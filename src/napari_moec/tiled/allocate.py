@@ -25,9 +25,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from ..config import QuantConfig
 from ..errors import ConfigError
-from ..plan import predict_payload_nbytes, widest_for_payload
+from ..families.siren.sizing import predict_payload_nbytes, tile_network
 from .scan import TileStats
 from .tileformat import TileSpec, encode_constant_tile, network_overhead
 
@@ -46,8 +45,6 @@ MODES = ("difficulty", "equal", "uniform")
 DIFFICULTY_EXPONENT = 0.3
 #: The widest share of the budget one tile may get, in units of the mean share.
 MAX_SHARE = 8.0
-#: The narrowest expert worth a router (as the core's "auto" experts rule).
-MIN_EXPERT_WIDTH = 4
 
 
 @dataclass(frozen=True)
@@ -72,16 +69,6 @@ class Allocation:
 
     def count(self, kind: str) -> int:
         return sum(t.kind == kind for t in self.tiles)
-
-
-def _size(spec: TileSpec, quant: QuantConfig, budget: int, experts: int | None):
-    """(hidden, experts) of the widest network within ``budget`` payload bytes."""
-    choices = [experts] if experts is not None else [min(2, spec.experts), 1]
-    for n in dict.fromkeys(choices):
-        sized = widest_for_payload(spec.model_config(1, n), quant, budget)
-        if sized is not None and (sized.hidden_features >= MIN_EXPERT_WIDTH or n == choices[-1]):
-            return sized.hidden_features, n
-    return None
 
 
 def choose_fill(stats: list[TileStats], dtype: str) -> float | int:
@@ -154,7 +141,7 @@ def allocate(
         shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
-        sized = _size(spec, spec.quant, share, experts)
+        sized = tile_network(spec.model_config, spec.quant, share, experts, spec.experts)
         if sized is None:
             raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
         plans[s.index] = TilePlan(
