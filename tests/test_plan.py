@@ -6,7 +6,6 @@ import pytest
 from napari_moec.config import ArchConfig, ModelConfig, QuantConfig
 from napari_moec.errors import ConfigError
 from napari_moec.families.siren.moe import MoESiren
-from napari_moec.format import Header, count_parameters
 from napari_moec.families.siren.sizing import (
     SINGLE_NETWORK_MAX_WIDTH,
     SINGLE_NETWORK_WIDTH,
@@ -14,6 +13,7 @@ from napari_moec.families.siren.sizing import (
     size_model,
     size_model_auto_experts,
 )
+from napari_moec.format import Header, count_parameters
 from napari_moec.plan import (
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
