@@ -50,7 +50,8 @@ class ArchConfig:
         label="Experts",
         cli="--experts",
         auto="1 (no router) where one network would be 20 to 80 wide; else 2, or 1 where "
-        "each of 2 would be narrower than 4",
+        "each of 2 would be narrower than 4 (tiles: 2, or 1 where each would be narrower "
+        "than 4)",
     )
     top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")
     expert_layers: int = option(

@@ -244,6 +244,15 @@ class DecodableModel(Protocol):
         """The labels of :meth:`decode` alone (cheaper where the family can skip values)."""
         ...
 
+    def __call__(self, coords: torch.Tensor) -> Any:
+        """In eval mode, an object whose ``.value`` is ``(N, 1)`` normalised values equal to
+        :meth:`decode`'s (``decode.evaluate`` asks for values alone this way)."""
+        ...
+
+    # Also set by the SIREN-only MoE backend switch (``Compressed.use_backend``,
+    # ``families.siren.tutel_backend.use_backend``): a plain attribute ``mixture``, which other
+    # families may hold and ignore.
+
 
 @runtime_checkable
 class ModelFamily(Protocol):

@@ -14,7 +14,12 @@ That is the optimum of a power-law model ``error_i ∝ d_i · b_i^-γ`` with ``p
 per tile) equal split gave 35.68 dB, ``p`` = 0.8 36.17 dB and ``p`` = 0.3 36.56 dB at the same
 bytes (docs/benchmarks/tiled.md). Every network
 tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
-wider than its training schedule can fit wastes its bytes). Tiles whose every voxel is one value
+wider than its training schedule can fit wastes its bytes). Each tile's network is the widest
+its share buys (:func:`~napari_moec.families.siren.sizing.tile_network`): with experts left to
+"auto", two experts, or one network where two would be narrower than
+``MIN_EXPERT_WIDTH``. Tiles do not follow the single-volume rule that stores one network where
+it would be 20-80 wide: that band was measured on whole volumes only, and following it would
+change what every existing tiled setting stores. Tiles whose every voxel is one value
 are stored as that value; the commonest such value becomes the array's fill value, and its tiles
 are not written at all.
 """

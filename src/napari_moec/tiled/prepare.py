@@ -20,6 +20,7 @@ from ..plan import budget_nbytes
 from . import allocate as allocate_module
 from .allocate import Allocation, allocate, choose_fill
 from .events import ScanProgress, TiledEvent
+from .results import TileResult, tile_errors
 from .scan import TileStats, probe_factor, tile_stats
 from .store import (
     OZX_FIXED_OVERHEAD,
@@ -34,7 +35,6 @@ from .store import (
     write_metadata,
     write_state,
 )
-from .task import TileResult, tile_errors
 from .tiledecode import decode_tile
 from .tileformat import TileSpec, encode_constant_tile, parse_tile
 
