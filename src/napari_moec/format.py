@@ -28,8 +28,15 @@ Header JSON (sorted keys; required unless marked optional):
     "u"   optional: spacing unit, str
     "t"   optional: training summary {"steps": int, "psnr": float, "seconds": float,
           "device": str}
+    "f"   optional: model family, str (:mod:`napari_moec.families`); absent means "siren",
+          the MoE SIREN this spec's "m" and payload describe. Written only for other
+          families, whose "m" and payload their family's codec specifies
+          (``families/<name>/codec.py``); a reader that does not know the family raises
+          MoecFormatError. (Added without a version change: SIREN files are unchanged, and
+          a reader of 1.0 rejects "f" as an unknown key rather than misreading the payload.)
 
-Payload. The stored tensors and their order are part of this spec, not of the network code:
+Payload (family "siren"; implemented in :mod:`napari_moec.families.siren.codec`). The stored
+tensors and their order are part of this spec, not of the network code:
 with H = hidden_features, G = gate_hidden, n = num_experts, L = expert_layers, I =
 in_features, O = out_features (all from "m")::
 

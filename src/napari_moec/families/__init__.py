@@ -9,8 +9,8 @@ Layout (the families README)
     Read its docstring before writing a family.
 ``families/siren/``
     Today's Mixture-of-Experts SIREN (the default): ``codec.py`` is the header's ``"m"`` and
-    the payload layout of ``format.py``'s spec, ``family.py`` the :class:`~.base.ModelFamily`,
-    the network modules beside them.
+    the payload layout of ``format.py``'s spec, ``sizing.py`` the width and experts a budget
+    buys, ``family.py`` the :class:`~.base.ModelFamily`, the network modules beside them.
 ``families/<name>/``
     A further family: ``codec.py`` with ``CODEC``, ``__init__.py`` exposing ``FAMILY``.
 

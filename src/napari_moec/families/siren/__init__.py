@@ -3,6 +3,8 @@ experts and a linear decoder. The first model family and the default.
 
 ``codec.py``
     The file side: the header's ``"m"`` and the payload layout (no network code).
+``sizing.py``
+    The width and the experts a byte budget buys (no network built).
 ``family.py``
     :data:`FAMILY`, the :class:`~napari_moec.families.base.ModelFamily`: sizing, building,
     the training step, rate control, decoding.
