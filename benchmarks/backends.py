@@ -1,5 +1,5 @@
 """MoE backends: training step time (and dropless decode time) of the native routing against
-Tutel's (``napari_moec.nn.tutel_backend``), same network, same seed, same device.
+Tutel's (``napari_moec.families.siren.tutel_backend``), same network, same seed, same device.
 
 Two sets of networks:
 
@@ -41,7 +41,7 @@ import torch
 from _common import ROOT, VOLUMES, load_volume, provenance, write_json
 from napari_moec import ArchConfig, Compressor, Progress, RunConfig, TrainConfig
 from napari_moec.decode import CHUNK_VOXELS
-from napari_moec.nn.tutel_backend import TUTEL_COMMIT, tutel_importable
+from napari_moec.families.siren.tutel_backend import TUTEL_COMMIT, tutel_importable
 from napari_moec.plan import plan
 
 OUT = ROOT / "docs" / "benchmarks" / "data" / "backends"

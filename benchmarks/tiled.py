@@ -459,7 +459,7 @@ def _estimate(runs) -> list[str]:
     with the default schedule (2000 steps of 16384 points); GPU times are assumptions (no GPU
     was lent to this work), stated in the text."""
     from napari_moec.config import QuantConfig
-    from napari_moec.plan import widest_for_payload
+    from napari_moec.families.siren.sizing import widest_for_payload
     from napari_moec.tiled.tileformat import TileSpec
     from napari_moec.tiled.tiling import choose_margin, choose_tile
 

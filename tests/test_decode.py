@@ -5,7 +5,7 @@ import torch
 from napari_moec.config import ModelConfig
 from napari_moec.decode import evaluate, parse_roi
 from napari_moec.errors import ConfigError
-from napari_moec.nn.moe import MoESiren
+from napari_moec.families.siren.moe import MoESiren
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import napari_moec as nm
 from napari_moec import entropy
 from napari_moec.config import ModelConfig, QuantConfig
 from napari_moec.errors import MoecFormatError, UnsupportedVersionError
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.format import (
     HEADER_DICT,
     MAGIC,
@@ -26,7 +27,6 @@ from napari_moec.format import (
     parameter_layout,
     unpack,
 )
-from napari_moec.nn.moe import MoESiren
 
 GOLDEN = Path(__file__).parent / "data" / "golden_v1.moec"
 
@@ -211,6 +211,8 @@ def test_newer_minor_with_unknown_optional_key_is_read(valid_file):
         ({"q": ["int3", 0, 1]}, "quantization"),
         ({"sp": [1, -1, 1]}, "spacing"),
         ({"s": "abc"}, "shape"),
+        ({"f": "grid"}, "unknown model family"),
+        ({"f": 3}, "model family"),
     ],
 )
 def test_hostile_header_fields(valid_file, change, match):
@@ -221,6 +223,18 @@ def test_hostile_header_fields(valid_file, change, match):
     data = recrc(MAGIC + b"\x01\x00" + struct.pack("<H", len(head)) + head + b"\0" * 64)
     with pytest.raises(MoecFormatError, match=match):
         unpack(data)
+
+
+def test_siren_files_name_no_family_and_read_as_siren(valid_file):
+    """The family field is written only for other families: SIREN files keep the bytes of
+    format 1.0, and a file without it is read as SIREN (issue 21)."""
+    assert "f" not in valid_doc()
+    header, _ = unpack(valid_file)
+    assert header.family == "siren"
+    _, _, _, hlen = struct.unpack_from("<8sBBH", valid_file)
+    payload = valid_file[12 + hlen : -4]
+    named, _ = unpack(with_header(valid_doc() | {"f": "siren"}, payload))
+    assert named == header
 
 
 def test_header_zip_bomb_and_bad_json():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from napari_moec.config import ModelConfig
-from napari_moec.nn.gate import balance_loss, route
-from napari_moec.nn.moe import MoESiren, dispatch_slots
-from napari_moec.nn.siren import BatchedSineExperts, SineLayer
+from napari_moec.families.siren.gate import balance_loss, route
+from napari_moec.families.siren.moe import MoESiren, dispatch_slots
+from napari_moec.families.siren.sine import BatchedSineExperts, SineLayer
 
 
 def test_siren_init_bounds():

@@ -5,19 +5,21 @@ import pytest
 
 from napari_moec.config import ArchConfig, ModelConfig, QuantConfig
 from napari_moec.errors import ConfigError
-from napari_moec.format import Header, count_parameters
-from napari_moec.nn.moe import MoESiren
-from napari_moec.plan import (
+from napari_moec.families.siren.moe import MoESiren
+from napari_moec.families.siren.sizing import (
     SINGLE_NETWORK_MAX_WIDTH,
     SINGLE_NETWORK_WIDTH,
+    first_layer_w0,
+    size_model,
+    size_model_auto_experts,
+)
+from napari_moec.format import Header, count_parameters
+from napari_moec.plan import (
     SUMMARY_PLACEHOLDER,
     budget_nbytes,
     check_ratio,
-    first_layer_w0,
     plan,
     predict_nbytes,
-    size_model,
-    size_model_auto_experts,
     summary_for,
 )
 

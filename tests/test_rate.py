@@ -6,8 +6,8 @@ import torch
 
 from napari_moec import ArchConfig, Compressor, RunConfig, TrainConfig
 from napari_moec.config import ModelConfig, QuantConfig
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.format import pack_payload, unpack_payload
-from napari_moec.nn.moe import MoESiren
 from napari_moec.rate import EXTRA_BITS, REFINED_GROUPS, fit_payload
 
 MODEL = ModelConfig(hidden_features=12, num_experts=2, gate_hidden=6, w0_first=10.0)

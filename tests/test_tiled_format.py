@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from napari_moec.config import QuantConfig
 from napari_moec.errors import ConfigError, MoecFormatError
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.format import pack_payload
-from napari_moec.nn.moe import MoESiren
 from napari_moec.tiled.allocate import allocate, choose_fill
 from napari_moec.tiled.codec import MoecTileCodec, chunk_index_from_key
 from napari_moec.tiled.reader import open_tiled

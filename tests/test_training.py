@@ -48,7 +48,7 @@ def test_tight_budget_file_leaves_out_the_training_summary(volume16):
 
 
 def test_first_layer_w0_follows_the_width_unless_given(volume16):
-    from napari_moec.plan import first_layer_w0
+    from napari_moec.families.siren.sizing import first_layer_w0
 
     auto = Compressor(volume16, 16, train=FAST)
     assert auto.header.model.w0_first == first_layer_w0(auto.header.model.hidden_features)

@@ -1,4 +1,4 @@
-"""The Tutel backend (napari_moec.nn.tutel_backend) against the native MoE path.
+"""The Tutel backend (napari_moec.families.siren.tutel_backend) against the native MoE path.
 
 Tolerances: float32 throughout. Forward values, the balance loss, kept masks and loads are
 bitwise equal here (the same gate, the same experts on the same rows), but we allow 1e-6 so a
@@ -28,10 +28,10 @@ from napari_moec import ArchConfig, Compressor, RunConfig, TrainConfig
 from napari_moec.config import ModelConfig
 from napari_moec.errors import ConfigError
 from napari_moec.events import Progress
-from napari_moec.nn import tutel_backend
-from napari_moec.nn.gate import balance_loss
-from napari_moec.nn.moe import MoESiren, dispatch_slots, expert_capacity
-from napari_moec.nn.tutel_backend import (
+from napari_moec.families.siren import tutel_backend
+from napari_moec.families.siren.gate import balance_loss
+from napari_moec.families.siren.moe import MoESiren, dispatch_slots, expert_capacity
+from napari_moec.families.siren.tutel_backend import (
     INSTALL_HINT,
     available_backends,
     resolve_backend,
@@ -86,7 +86,10 @@ def drops_any(model: MoESiren, coords: torch.Tensor, capacity_factor) -> bool:
 
 # -- without Tutel: always run ------------------------------------------------------------
 def test_import_does_not_load_tutel():
-    code = "import sys, napari_moec, napari_moec.nn.tutel_backend; print('tutel' in sys.modules)"
+    code = (
+        "import sys, napari_moec, napari_moec.families.siren.tutel_backend; "
+        "print('tutel' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

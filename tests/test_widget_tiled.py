@@ -28,8 +28,8 @@ from napari_moec._layers import layer_names  # noqa: E402
 from napari_moec._lazy_blocks import TiledBlocks  # noqa: E402
 from napari_moec._tiled_run import LazyResult  # noqa: E402
 from napari_moec._widget_settings import SettingsPanel  # noqa: E402
+from napari_moec.families.siren.tutel_backend import available_backends  # noqa: E402
 from napari_moec.metrics import psnr, ssim  # noqa: E402
-from napari_moec.nn.tutel_backend import available_backends  # noqa: E402
 from napari_moec.tiled.events import TileFinished  # noqa: E402
 from napari_moec.tiled.runner import _next_tile  # noqa: E402
 

@@ -14,7 +14,7 @@ import torch
 
 from napari_moec.config import ModelConfig
 from napari_moec.decode import evaluate
-from napari_moec.nn.moe import MoEOutput, MoESiren
+from napari_moec.families.siren.moe import MoEOutput, MoESiren
 
 
 def old_grouped(self, features, routing):

@@ -30,7 +30,7 @@ from superqt import QCollapsible
 from ._widget_tiled_settings import TiledSettings
 from .config import OPTION_CONFIGS, option_fields
 from .errors import ConfigError
-from .nn.tutel_backend import available_backends
+from .families.siren.tutel_backend import available_backends
 from .plan import check_ratio
 
 __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import families
 from .decode import evaluate, evaluate_with_labels
+from .families.siren.tutel_backend import resolve_backend, use_backend
 from .format import Header, count_parameters, unpack
-from .nn.moe import MoESiren
-from .nn.tutel_backend import resolve_backend, use_backend
 from .sampling import Normalization
 
 __all__ = ["Compressed", "Report", "model_from_weights"]
@@ -59,11 +59,10 @@ class Report:
         return dataclasses.asdict(self)
 
 
-def model_from_weights(header: Header, weights: dict[str, torch.Tensor]) -> MoESiren:
-    """The network of ``header`` holding ``weights`` (keyed by layout name), in eval mode."""
-    model = MoESiren(header.model)
-    model.load_layout_state(weights)
-    return model.eval()
+def model_from_weights(header: Header, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The network of ``header`` (its family's) holding ``weights`` (keyed by layout name), in
+    eval mode."""
+    return families.get(header.family).model_from_weights(header.model, weights)
 
 
 @dataclass(eq=False)
@@ -84,7 +83,7 @@ class Compressed:
     data: bytes
     header: Header
     report: Report | None = None
-    _model: MoESiren | None = field(default=None, repr=False)
+    _model: torch.nn.Module | None = field(default=None, repr=False)
     #: Full-resolution (image, labels) decoded once by the compressor, handed out as copies.
     _decoded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -110,7 +109,7 @@ class Compressed:
         return self.original_nbytes / self.nbytes
 
     @property
-    def model(self) -> MoESiren:
+    def model(self) -> torch.nn.Module:
         assert self._model is not None
         return self._model
 
@@ -162,13 +161,13 @@ class Compressed:
 
     def use_backend(self, backend: str = "auto") -> Compressed:
         """Decode through MoE ``backend`` ("auto", "native" or "tutel";
-        :mod:`napari_moec.nn.tutel_backend`) from now on; returns self. A decoding choice only:
-        the file is the same, and the voxels agree up to float rounding."""
+        :mod:`napari_moec.families.siren.tutel_backend`) from now on; returns self. A decoding
+        choice only: the file is the same, and the voxels agree up to float rounding."""
         device = next(self.model.parameters()).device
         use_backend(self.model, resolve_backend(backend, device))
         return self
 
-    def _on(self, device) -> MoESiren:
+    def _on(self, device) -> torch.nn.Module:
         if device is not None:
             self._model = self.model.to(torch.device(device))
         return self.model

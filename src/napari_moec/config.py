@@ -50,7 +50,8 @@ class ArchConfig:
         label="Experts",
         cli="--experts",
         auto="1 (no router) where one network would be 20 to 80 wide; else 2, or 1 where "
-        "each of 2 would be narrower than 4",
+        "each of 2 would be narrower than 4 (tiles: 2, or 1 where each would be narrower "
+        "than 4)",
     )
     top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")
     expert_layers: int = option(
@@ -233,7 +234,7 @@ class RunConfig:
     ``device``: "auto" (CUDA when present), "cpu" or "cuda". ``threads``: CPU threads for
     training, None for every core this process may use (on a machine busy with other jobs
     fewer can be much faster: docs/benchmarks.md). ``backend``: which code routes points to
-    experts during training and decoding (:mod:`napari_moec.nn.tutel_backend`).
+    experts during training and decoding (:mod:`napari_moec.families.siren.tutel_backend`).
     """
 
     device: str = option(
@@ -252,8 +253,8 @@ class RunConfig:
         auto="every core this process may use",
     )
     #: A training/decoding choice only: the file is the same whichever computes it.
-    #: "tutel" needs Tutel installed (napari_moec.nn.tutel_backend); "auto" picks the faster
-    #: one measured for the device and thread count (docs/benchmarks/backends.md).
+    #: "tutel" needs Tutel installed (napari_moec.families.siren.tutel_backend); "auto" picks
+    #: the faster one measured for the device and thread count (docs/benchmarks/backends.md).
     backend: str = option(
         "auto",
         "MoE routing backend: auto (measured faster for the device and threads), native, tutel",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .nn.moe import MoESiren
+from .families.siren.moe import MoESiren
 from .sampling import axis_coords
 
 __all__ = ["evaluate", "evaluate_with_labels", "grid_shape", "parse_roi"]

@@ -28,8 +28,15 @@ Header JSON (sorted keys; required unless marked optional):
     "u"   optional: spacing unit, str
     "t"   optional: training summary {"steps": int, "psnr": float, "seconds": float,
           "device": str}
+    "f"   optional: model family, str (:mod:`napari_moec.families`); absent means "siren",
+          the MoE SIREN this spec's "m" and payload describe. Written only for other
+          families, whose "m" and payload their family's codec specifies
+          (``families/<name>/codec.py``); a reader that does not know the family raises
+          MoecFormatError. (Added without a version change: SIREN files are unchanged, and
+          a reader of 1.0 rejects "f" as an unknown key rather than misreading the payload.)
 
-Payload. The stored tensors and their order are part of this spec, not of the network code:
+Payload (family "siren"; implemented in :mod:`napari_moec.families.siren.codec`). The stored
+tensors and their order are part of this spec, not of the network code:
 with H = hidden_features, G = gate_hidden, n = num_experts, L = expert_layers, I =
 in_features, O = out_features (all from "m")::
 
@@ -73,21 +80,31 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from . import entropy
+from . import families
 from .config import ModelConfig, QuantConfig
 from .errors import ConfigError, MoecFormatError, UnsupportedVersionError
-from .quantize import MAX_LEVEL, dequantize, quantize
+from .families.siren.codec import (  # the SIREN payload, named here as before families
+    MAX_PARAMETERS,
+    count_parameters,
+    int_side_bytes,
+    layout_group,
+    pack_payload,
+    parameter_layout,
+    unpack_payload,
+)
+from .jsonfields import compact as _num
+from .jsonfields import floats as _floats
+from .jsonfields import ints as _ints
 from .volumes import SUPPORTED_DTYPES, check_axes
 
 __all__ = [
     "MAGIC",
+    "MAX_PARAMETERS",
     "VERSION",
     "Header",
     "TrainingSummary",
@@ -107,7 +124,6 @@ MAGIC = b"\x89MoE\r\n\x1a\n"
 VERSION = (1, 0)
 MAX_HEADER_SIZE = 4096
 MAX_HEADER_JSON = 16384
-MAX_PARAMETERS = 1 << 26
 _PREFIX = struct.Struct("<8sBBH")
 _CRC = struct.Struct("<I")
 #: Preset dictionary of version 1: typical header text, so a header costs ~40-70 bytes.
@@ -117,7 +133,7 @@ HEADER_DICT = (
     b'{"device":"cpu","psnr":3{"a":"ZYX","d":"uint16","m":[3,32,2,1,3,16,1,30,30],"n":[-1,1],'
 )
 _REQUIRED = {"s", "a", "d", "r", "n", "m", "q"}
-_KNOWN = _REQUIRED | {"sp", "u", "t"}
+_KNOWN = _REQUIRED | {"sp", "u", "t", "f"}
 _SUMMARY_KEYS = {"steps", "psnr", "seconds", "device"}
 
 
@@ -176,6 +192,9 @@ class Header:
     spacing: tuple[float, ...] | None = None
     unit: str | None = None
     train: TrainingSummary | None = None
+    #: The model family (:mod:`napari_moec.families`): what ``model`` is a config of and how
+    #: the payload is laid out. Stored as ``"f"`` only when not the default ``"siren"``.
+    family: str = "siren"
 
     @property
     def original_nbytes(self) -> int:
@@ -183,24 +202,13 @@ class Header:
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict:
-        m = self.model
         doc = {
             "s": list(self.shape),
             "a": self.axes,
             "d": self.dtype,
             "r": [_num(self.vmin), _num(self.vmax)],
             "n": [_num(self.norm[0]), _num(self.norm[1])],
-            "m": [
-                m.in_features,
-                m.hidden_features,
-                m.num_experts,
-                m.top_k,
-                m.expert_layers,
-                m.gate_hidden,
-                m.out_features,
-                _num(m.w0),
-                _num(m.w0_first),
-            ],
+            "m": families.codec(self.family).config_to_json(self.model),
             "q": [self.quant.precision, int(self.quant.per_channel), int(self.quant.entropy)],
         }
         if self.spacing is not None:
@@ -209,55 +217,9 @@ class Header:
             doc["u"] = self.unit
         if self.train is not None:
             doc["t"] = self.train.to_json()
+        if self.family != families.DEFAULT:
+            doc["f"] = self.family  # only other families: SIREN files keep their 1.0 bytes
         return doc
-
-
-def _num(x: float) -> float | int:
-    # 30.0 -> 30: shorter JSON, same value.
-    x = float(x)
-    return int(x) if x.is_integer() and abs(x) < 2**53 else x
-
-
-@lru_cache(maxsize=64)  # rate control asks ~25 times per file
-def parameter_layout(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Names and shapes of the stored tensors, in file order: the table of the module docstring.
-
-    Computed from the architecture alone (no network is built), so the file format does not
-    depend on how ``nn/`` names its attributes.
-    """
-    h, g, n = model.hidden_features, model.gate_hidden, model.num_experts
-    layout: list[tuple[str, tuple[int, ...]]] = [
-        ("encoder.weight", (h, model.in_features)),
-        ("encoder.bias", (h,)),
-    ]
-    if n > 1:
-        layout += [
-            ("gate.0.weight", (g, h)),
-            ("gate.0.bias", (g,)),
-            ("gate.1.weight", (g, g)),
-            ("gate.1.bias", (g,)),
-            ("gate.2.weight", (n, g)),
-            ("gate.2.bias", (n,)),
-        ]
-    layout += [(f"experts.{i}.weight", (n, h, h)) for i in range(model.expert_layers)]
-    layout += [(f"experts.{i}.bias", (n, 1, h)) for i in range(model.expert_layers)]
-    layout += [("decoder.weight", (model.out_features, h)), ("decoder.bias", (model.out_features,))]
-    return tuple(layout)
-
-
-def layout_group(name: str) -> str:
-    """The group of a layout tensor (``"experts.1.weight"`` -> ``"experts"``): ``encoder``,
-    ``gate``, ``experts`` or ``decoder``, the unit whose precision the rate control sets."""
-    return name.split(".", 1)[0]
-
-
-def count_parameters(model: ModelConfig) -> int:
-    """Stored parameters of ``model``."""
-    return sum(math.prod(shape) for _, shape in parameter_layout(model))
-
-
-def _scale_count(shape: tuple[int, ...], per_channel: bool) -> int:
-    return math.prod(shape) // shape[1] if per_channel and len(shape) >= 2 else 1
 
 
 def _encode_header(header: Header) -> bytes:
@@ -271,53 +233,8 @@ def fixed_overhead(header: Header) -> int:
     return _PREFIX.size + len(_encode_header(header)) + _CRC.size
 
 
-def int_side_bytes(model: ModelConfig, quant: QuantConfig) -> int:
-    """Payload bytes of an ``intN`` file besides the coded stream: scales, models, radius."""
-    shapes = [s for _, s in parameter_layout(model)]
-    return sum(2 * _scale_count(s, quant.per_channel) + 1 for s in shapes) + 2
-
-
-def pack_payload(
-    model: ModelConfig,
-    quant: QuantConfig,
-    state: dict[str, torch.Tensor],
-    multiplier: float = 1.0,
-    extra_bits: Mapping[str, int] | None = None,
-) -> bytes:
-    """The payload bytes of a network's float weights ``state`` (keyed by layout names).
-
-    For ``intN`` the nominal quantization scale of every tensor is multiplied by
-    ``multiplier`` (> 1 coarser, < 1 finer): the rate controller's knob. ``extra_bits`` maps a
-    layout group (the name before the first dot: ``encoder``, ``gate``, ``experts``,
-    ``decoder``) to bits of precision added to (or, negative, taken from) its tensors: their
-    scale is further multiplied by ``2**-bits``. Every scale is stored, so a reader needs
-    neither knob.
-    """
-    layout = parameter_layout(model)
-    tensors = [state[name].detach().to("cpu", torch.float32) for name, _ in layout]
-    if quant.is_float:
-        dtype = "<f4" if quant.precision == "fp32" else "<f2"
-        return b"".join(t.numpy().astype(dtype).tobytes() for t in tensors)
-    extra = extra_bits or {}
-    steps = [multiplier * 2.0 ** -extra.get(layout_group(name), 0) for name, _ in layout]
-    ints, scales = zip(
-        *(
-            quantize(t, quant.bits, quant.per_channel, step)
-            for t, step in zip(tensors, steps, strict=True)
-        ),
-        strict=True,
-    )
-    q = [i.numpy() for i in ints]
-    radius = max(1, max(int(np.abs(a).max(initial=0)) for a in q))
-    models = [entropy.choose_model(a, radius) for a in q] if quant.entropy else [0] * len(q)
-    return b"".join(
-        [s.numpy().astype("<f2").tobytes() for s in scales]
-        + [bytes(models), struct.pack("<H", radius), entropy.encode(q, models, radius)]
-    )
-
-
 def pack(header: Header, state: dict[str, torch.Tensor], multiplier: float = 1.0) -> bytes:
-    """A whole file: ``header`` and the weights ``state`` (see :func:`pack_payload`)."""
+    """A whole SIREN file: ``header`` and the weights ``state`` (see :func:`pack_payload`)."""
     return frame(header, pack_payload(header.model, header.quant, state, multiplier))
 
 
@@ -352,7 +269,10 @@ def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | 
         raise MoecFormatError(f"bad header length {hlen=} for a {len(data)}-byte file")
     header = _decode_header(data[_PREFIX.size : _PREFIX.size + hlen], minor)
     payload = data[_PREFIX.size + hlen : -_CRC.size]
-    weights = unpack_payload(header.model, header.quant, payload, decode_weights=decode_weights)
+    codec = families.codec(header.family)
+    weights = codec.unpack_payload(
+        header.model, header.quant, payload, decode_weights=decode_weights
+    )
     return header, weights
 
 
@@ -380,26 +300,6 @@ def _decode_header(raw: bytes, minor: int) -> Header:
         raise MoecFormatError(f"invalid header field: {exc}") from None
 
 
-def _ints(value, n_min, n_max, lo, hi, what) -> tuple[int, ...]:
-    if not isinstance(value, list) or not n_min <= len(value) <= n_max:
-        raise MoecFormatError(f"{what} must be a list of {n_min}-{n_max} items")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise MoecFormatError(f"{what} has an invalid entry {v!r}")
-    return tuple(value)
-
-
-def _floats(value, n, what, positive=False) -> tuple[float, ...]:
-    if not isinstance(value, list) or len(value) != n:
-        raise MoecFormatError(f"{what} must be a list of {n} numbers")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise MoecFormatError(f"{what} has an invalid entry {v!r}")
-        if positive and not v > 0:
-            raise MoecFormatError(f"{what} must be positive, got {v!r}")
-    return tuple(float(v) for v in value)
-
-
 def _header_from_json(doc: dict) -> Header:
     shape = _ints(doc["s"], 3, 4, 1, 1 << 24, "shape")
     if math.prod(shape) > 1 << 40:
@@ -414,14 +314,10 @@ def _header_from_json(doc: dict) -> Header:
     lo, hi = _floats(doc["n"], 2, "normalisation range")
     if not (vmin < vmax and lo < hi):
         raise MoecFormatError("empty intensity or normalisation range")
-    m = doc["m"]
-    if not isinstance(m, list) or len(m) != 9:
-        raise MoecFormatError("model must be a list of 9 numbers")
-    dims = _ints(m[:7], 7, 7, 0, 4096, "model")
-    w0, w0_first = _floats(m[7:], 2, "model frequencies")
-    model = ModelConfig(*dims, w0=w0, w0_first=w0_first)
-    if model.in_features != len(shape):
-        raise MoecFormatError(f"model has {model.in_features} inputs for a {len(shape)}D volume")
+    family = doc.get("f", families.DEFAULT)
+    if not isinstance(family, str):
+        raise MoecFormatError(f"invalid model family {family!r}")
+    model = families.codec(family).config_from_json(doc["m"], shape)
     q = doc["q"]
     if (
         not isinstance(q, list)
@@ -438,62 +334,6 @@ def _header_from_json(doc: dict) -> Header:
     if unit is not None and (not isinstance(unit, str) or len(unit) > 16):
         raise MoecFormatError(f"invalid spacing unit {unit!r}")
     train = None if "t" not in doc else TrainingSummary.from_json(doc["t"])
-    return Header(shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train)
-
-
-def unpack_payload(
-    model: ModelConfig, quant: QuantConfig, payload: bytes, *, decode_weights: bool = True
-) -> dict[str, torch.Tensor] | None:
-    """Validate a payload against the architecture and return its float32 weights by layout
-    name (None with ``decode_weights=False``). Raises MoecFormatError for any inconsistency."""
-    shapes = parameter_layout(model)
-    counts = [math.prod(s) for _, s in shapes]
-    if sum(counts) > MAX_PARAMETERS:
-        raise MoecFormatError(f"model has {sum(counts)} parameters > {MAX_PARAMETERS}")
-    if quant.is_float:
-        itemsize = quant.bits // 8
-        if len(payload) != sum(counts) * itemsize:
-            raise MoecFormatError(
-                f"payload is {len(payload)} bytes, the model needs {sum(counts) * itemsize}"
-            )
-        if not decode_weights:
-            return None
-        flat = np.frombuffer(payload, dtype="<f4" if itemsize == 4 else "<f2")
-        values = np.split(flat.astype(np.float32), np.cumsum(counts)[:-1])
-    else:
-        n_scales = [_scale_count(s, quant.per_channel) for _, s in shapes]
-        side = int_side_bytes(model, quant)
-        if len(payload) < side or (len(payload) - side) % 4:
-            raise MoecFormatError(f"payload of {len(payload)} bytes does not fit the model")
-        if not decode_weights:
-            return None
-        scales = np.frombuffer(payload, "<f2", sum(n_scales)).astype(np.float32)
-        if not (np.isfinite(scales).all() and (scales > 0).all()):
-            raise MoecFormatError("invalid quantization scale in payload")
-        pos = 2 * sum(n_scales)
-        models = list(payload[pos : pos + len(shapes)])
-        (radius,) = struct.unpack_from("<H", payload, pos + len(shapes))
-        if not 1 <= radius <= MAX_LEVEL:
-            raise MoecFormatError(f"invalid quantization radius {radius}")
-        try:
-            ints = entropy.decode(payload[side:], counts, models, radius)
-        except (ValueError, RuntimeError, OverflowError) as exc:
-            raise MoecFormatError(f"corrupted weight stream: {exc}") from None
-        scale_parts = np.split(scales, np.cumsum(n_scales)[:-1])
-        values = [
-            _dequantize_flat(i, sc, s, quant.per_channel)
-            for i, sc, (_, s) in zip(ints, scale_parts, shapes, strict=True)
-        ]
-    return {
-        name: torch.from_numpy(np.ascontiguousarray(v).reshape(shape))
-        for (name, shape), v in zip(shapes, values, strict=True)
-    }
-
-
-def _dequantize_flat(ints: np.ndarray, scales: np.ndarray, shape, per_channel: bool) -> np.ndarray:
-    q = torch.from_numpy(ints.reshape(shape))
-    if per_channel and len(shape) >= 2:
-        scale_shape = (shape[0], 1, *shape[2:])
-    else:
-        scale_shape = (1,) * len(shape)
-    return dequantize(q, torch.from_numpy(scales.reshape(scale_shape))).numpy()
+    return Header(
+        shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train, family
+    )

@@ -1,13 +1,22 @@
 """Planning: "what will this cost?" From a volume's shape and dtype and a target ratio to the
-byte budget, the file header and the widest network that fits, without training.
+byte budget, the file header and the model that fits, without training: the one budget policy.
+
+The policy lives here once: the budget of a ratio (:func:`budget_nbytes`, the only
+``nbytes // ratio``), whether the training summary is stored (:func:`summary_for`), and the
+bytes the payload may take (:func:`payload_budget`), all carried by :class:`Plan` so nothing
+downstream recomputes them. *Which* model fits is the family's answer
+(:meth:`~napari_moec.families.base.ModelFamily.size`; SIREN's in
+:mod:`napari_moec.families.siren.sizing`); tiled stores share their budget in
+:mod:`napari_moec.tiled.allocate` with the same budget rule and the family's sizing.
 
 :func:`plan` needs only shape, dtype and (optionally) the value range, so the napari widget can
 show its size estimate on every keystroke without reading a voxel. The budget is
 ``floor(original bytes / ratio)`` bytes of *file*, header and checksum included. Parameters are
 sized for the precision they will be stored in, so an entropy-coded int8 network is ~4x wider in
 parameters than an fp32 one at the same ratio. The estimate of coded bits per weight
-(``BITS_ESTIMATE``) was measured on trained networks (docs/format.md); after training the rate
-controller (``rate``) picks the quantization that fills the real budget exactly.
+(``families.siren.sizing.BITS_ESTIMATE``) was measured on trained networks (docs/format.md);
+after training the rate controller (``rate``) picks the quantization that fills the real budget
+exactly.
 """
 
 from __future__ import annotations
@@ -17,30 +26,25 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import families
 from .config import ArchConfig, ModelConfig, QuantConfig
 from .errors import ConfigError
-from .format import Header, TrainingSummary, count_parameters, fixed_overhead, int_side_bytes
+from .families.base import SizeRequest
+from .format import Header, TrainingSummary, fixed_overhead
 from .volumes import check_axes, check_spacing, check_volume_shape
 
 __all__ = [
-    "BITS_ESTIMATE",
+    "SUMMARY_PLACEHOLDER",
     "Plan",
     "budget_nbytes",
     "check_ratio",
-    "first_layer_w0",
-    "gate_width",
+    "payload_budget",
     "plan",
     "predict_nbytes",
-    "predict_payload_nbytes",
-    "size_model",
-    "size_model_auto_experts",
     "summary_for",
     "summary_reserve",
-    "widest_for_payload",
 ]
 
-#: Coded bits per weight at the nominal step (entropy coding on), measured on trained networks.
-BITS_ESTIMATE = {"int8": 7.2, "int6": 5.3, "int4": 3.4}
 #: Placeholder training summary whose JSON is as long as a real one, for sizing the header.
 SUMMARY_PLACEHOLDER = TrainingSummary(steps=99999, psnr=99.99, seconds=9999.9, device="cuda")
 #: Largest share of the budget the optional training summary may take (it costs ~25 bytes).
@@ -80,138 +84,19 @@ def budget_nbytes(original_nbytes: int, ratio: float) -> int:
     return int(original_nbytes // check_ratio(ratio))
 
 
-def predict_payload_nbytes(model: ModelConfig, quant: QuantConfig) -> int:
-    """Predicted payload (weights) size: exact for fp32/fp16, an estimate for coded integers."""
-    params = count_parameters(model)
-    if quant.is_float:
-        return params * quant.bits // 8
-    bits = BITS_ESTIMATE[quant.precision] if quant.entropy else math.log2(2**quant.bits - 1)
-    # + 8: the ANS coder's 32-bit state and the final partial word.
-    return int_side_bytes(model, quant) + math.ceil(params * bits / 8) + 8
-
-
 def predict_nbytes(header: Header) -> int:
     """Predicted file size: exact for fp32/fp16, an estimate for coded integers."""
-    return fixed_overhead(header) + predict_payload_nbytes(header.model, header.quant)
+    predicted = families.get(header.family).predict_payload_nbytes(header.model, header.quant)
+    return fixed_overhead(header) + predicted
 
 
-def widest_for_payload(
-    model: ModelConfig, quant: QuantConfig, payload_budget: int, *, max_hidden: int = 4096
-) -> ModelConfig | None:
-    """``model`` at the widest width whose predicted payload fits ``payload_budget`` bytes, or
-    None when even width 1 does not (for containers other than a ``.moec`` file, e.g. tiles)."""
-
-    def size(hidden: int) -> int:
-        wider = replace(model, hidden_features=hidden, gate_hidden=gate_width(hidden))
-        return predict_payload_nbytes(wider, quant)
-
-    if size(1) > payload_budget:
-        return None
-    lo, hi = 1, max_hidden
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if size(mid) <= payload_budget else (lo, mid - 1)
-    return replace(model, hidden_features=lo, gate_hidden=gate_width(lo))
-
-
-#: First-layer ω0 per unit of network width, and its bounds (measured: docs/benchmarks/notes.md).
-W0_PER_WIDTH = 0.75
-W0_FIRST_MIN = 5.0
-W0_FIRST_MAX = 30.0
-
-
-def first_layer_w0(hidden: int) -> float:
-    """The first sine layer's frequency factor for a network of width ``hidden``.
-
-    ω0 = 30 (SIREN's and the paper's value) makes the first layer's sines span several periods
-    of the volume. A wide network combines them into any detail; a narrow one (the extreme
-    ratios) cannot, and fits noise-like ripples instead: on the 64³ HiP-CT block at 1024x
-    (width 7) ω0 = 5 gave 28.8 dB against 24.1 dB at ω0 = 30, at 3000x (width 2) 24.5 against
-    20.5 dB (docs/benchmarks.md, ablations). The measured best grows with the width, so
-    ω0 = 0.75·width within [5, 30] (an integer, so the header stays short). Hidden layers keep
-    ω0 = 30.
-    """
-    w0 = min(W0_FIRST_MAX, max(W0_FIRST_MIN, W0_PER_WIDTH * hidden))
-    return float(round(w0))
-
-
-def gate_width(hidden: int) -> int:
-    """Router width for an expert width: half of it (the router is ~11% of the bytes)."""
-    return max(2, hidden // 2)
-
-
-def size_model(header: Header, budget: int, *, max_hidden: int = 4096) -> ModelConfig:
-    """The widest ``hidden_features`` (router width = hidden // 2) whose file fits ``budget``.
-
-    ``header.model`` supplies everything else (experts, top-k, depth, w0). Raises ConfigError
-    naming the smallest ratio that fits when even width 1 does not.
-    """
-    header = replace(header, train=summary_for(header, budget))
-
-    def size(hidden: int) -> int:
-        model = replace(header.model, hidden_features=hidden, gate_hidden=gate_width(hidden))
-        return predict_nbytes(replace(header, model=model))
-
-    smallest = size(1)
-    if smallest > budget:
-        original = header.original_nbytes
-        raise ConfigError(
-            f"no network fits {budget} bytes: the smallest needs {smallest} bytes, "
-            f"so the highest possible ratio is {original / smallest:.0f}x"
-        )
-    lo, hi = 1, max_hidden
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid - 1)
-    return replace(header.model, hidden_features=lo, gate_hidden=gate_width(lo))
-
-
-#: Experts of an automatically sized model where one network would be narrow, and the
-#: narrowest expert worth a router.
-DEFAULT_EXPERTS = 2
-MIN_EXPERT_WIDTH = 4
-#: "auto" stores one network without a router where it would be at least
-#: ``SINGLE_NETWORK_WIDTH`` and at most ``SINGLE_NETWORK_MAX_WIDTH`` wide. Measured at equal
-#: bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): one network of width 25-64
-#: beat two experts on every volume (+0.3 to +3.3 dB: no router, more steps per second, each voxel
-#: sees the whole width); two experts won where one network would be narrow (the 4D MRI at
-#: width 14: +1.3 dB) and where it would be wide (HiP-CT 16x, width 108: +0.9 dB; the
-#: macaque at 256x, width 158: +0.7 dB): there two experts of width 72-105 halve the matmuls
-#: a point costs and make 1.2-1.3x the steps of one network. The bound 80 lies between 64 and 108.
-SINGLE_NETWORK_WIDTH = 20
-SINGLE_NETWORK_MAX_WIDTH = 80
-
-
-def size_model_auto_experts(header: Header, budget: int, **kwargs) -> ModelConfig:
-    """:func:`size_model` with the number of experts chosen too: one network without a router
-    where it would be ``SINGLE_NETWORK_WIDTH`` to ``SINGLE_NETWORK_MAX_WIDTH`` wide; else
-    ``DEFAULT_EXPERTS``, or fewer where the budget would make each expert narrower than
-    ``MIN_EXPERT_WIDTH``.
-
-    At 3000x of the 64³ HiP-CT block (174 bytes) two experts get width 2 (24.5 dB) and three
-    width 1 (19.6 dB), while one expert with no router gets width 4: 26.8 dB. At 1024x (widths
-    11, 7, 5) the three are within 0.2 dB, so experts are only dropped below width 4.
-    """
-    one = replace(header.model, num_experts=1, top_k=1)
-    try:
-        single = size_model(replace(header, model=one), budget, **kwargs)
-    except ConfigError as exc:
-        single, too_small = None, exc  # nothing fits; more experts need more bytes still
-    if single is not None and (
-        SINGLE_NETWORK_WIDTH <= single.hidden_features <= SINGLE_NETWORK_MAX_WIDTH
-    ):
-        return single
-    for experts in range(DEFAULT_EXPERTS, 1, -1):
-        model = replace(header.model, num_experts=experts, top_k=min(header.model.top_k, experts))
-        try:
-            sized = size_model(replace(header, model=model), budget, **kwargs)
-        except ConfigError:
-            continue
-        if sized.hidden_features >= MIN_EXPERT_WIDTH:
-            return sized
-    if single is None:
-        raise too_small
-    return single
+def payload_budget(header: Header, budget: int, stores_summary: bool) -> int:
+    """Bytes the payload of a ``budget``-byte file whose header (without summary) is ``header``
+    may take: the budget less the header and the bytes reserved for the training summary
+    (float payloads cannot shrink, so they get the summary's too; their summary is written
+    only where it fits, see :func:`~napari_moec.rate.frame_with_summary`)."""
+    reserve = summary_reserve(header) if stores_summary and not header.quant.is_float else 0
+    return budget - reserve - fixed_overhead(header)
 
 
 @dataclass(frozen=True)
@@ -228,20 +113,28 @@ class Plan:
         Whether the file will hold the training summary (not in the tightest budgets).
     predicted_nbytes
         Predicted file size (exact for fp32/fp16, an estimate for coded integers).
+    payload_budget
+        Bytes the stored payload may take (:func:`payload_budget`): what the family's rate
+        control fills. Decided here, once, with the summary.
     """
 
     header: Header
     budget: int
     stores_summary: bool
     predicted_nbytes: int
+    payload_budget: int
 
     @property
     def model(self) -> ModelConfig:
         return self.header.model
 
     @property
+    def family(self) -> str:
+        return self.header.family
+
+    @property
     def num_parameters(self) -> int:
-        return count_parameters(self.header.model)
+        return families.codec(self.header.family).count_parameters(self.header.model)
 
 
 #: Stand-in value ranges for the header when the real one is not known yet (estimates only).
@@ -258,15 +151,21 @@ def plan(
     dtype,
     ratio: float,
     *,
-    arch: ArchConfig | None = None,
+    arch: ArchConfig | object | None = None,
     quant: QuantConfig | None = None,
     axes: str | None = None,
     spacing=None,
     unit: str | None = None,
     value_range: tuple[float, float] | None = None,
     norm_range: tuple[float, float] = (-1.0, 1.0),
+    family: str | None = None,
 ) -> Plan:
-    """Check the settings and size the network for a volume of ``shape`` and ``dtype``.
+    """Check the settings and size the network for a volume of ``shape`` and ``dtype``: the
+    one sizing and budget policy of single volumes (the CLI, ``api.compress``, both widget
+    paths' estimates and :class:`~napari_moec.training.Compressor` call it).
+
+    ``arch`` is the family's options (:class:`ArchConfig` for ``family`` "siren", the
+    default); the family sizes the model (:meth:`~napari_moec.families.base.ModelFamily.size`).
 
     Reads no voxel. ``value_range`` is the volume's (min, max); when None (a size estimate before
     the data is scanned) a placeholder of the dtype's range is used, which can move the header,
@@ -281,39 +180,26 @@ def plan(
     dtype = np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
     check_volume_shape(shape, dtype)
-    arch = arch or ArchConfig()
     quant = quant or QuantConfig()
     vmin, vmax = value_range if value_range is not None else _RANGE_PLACEHOLDER[dtype.name]
-    base = Header(
+    family = families.get(families.DEFAULT if family is None else family)
+    template = Header(
         shape=shape,
         axes=check_axes(axes, len(shape)),
         dtype=dtype.name,
         vmin=float(vmin),
         vmax=float(vmax),
-        model=ModelConfig(
-            in_features=len(shape),
-            num_experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
-            top_k=arch.top_k,
-            expert_layers=arch.expert_layers,
-            w0=arch.w0,
-            w0_first=30.0 if arch.w0_first is None else arch.w0_first,
-        ),
+        model=None,
         quant=quant,
         norm=(float(norm_range[0]), float(norm_range[1])),
         spacing=check_spacing(spacing, len(shape)),
         unit=unit,
+        family=family.name,
     )
-    budget = budget_nbytes(base.original_nbytes, ratio)
-    if arch.hidden_features is not None:
-        hidden = arch.hidden_features
-        model = replace(base.model, hidden_features=hidden, gate_hidden=gate_width(hidden))
-    elif arch.num_experts is None:
-        model = size_model_auto_experts(base, budget)
-    else:
-        model = size_model(base, budget)
-    if arch.w0_first is None:
-        model = replace(model, w0_first=first_layer_w0(model.hidden_features))
-    header = replace(base, model=model)
+    budget = budget_nbytes(template.original_nbytes, ratio)
+    options = family.default_options() if arch is None else arch
+    model = family.size(SizeRequest(template, budget, options))
+    header = replace(template, model=model)
     summary = summary_for(header, budget)
     predicted = predict_nbytes(replace(header, train=summary))
     if quant.is_float and predicted > budget:
@@ -321,4 +207,5 @@ def plan(
             f"a width-{model.hidden_features} network needs {predicted} bytes, "
             f"over the {budget}-byte budget"
         )
-    return Plan(header, budget, summary is not None, predicted)
+    stores = summary is not None
+    return Plan(header, budget, stores, predicted, payload_budget(header, budget, stores))

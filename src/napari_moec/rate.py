@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import NamedTuple
 
 import torch
 
 from .config import ModelConfig, QuantConfig
 from .errors import TrainingError
-from .format import Header, TrainingSummary, fixed_overhead, frame, layout_group, pack_payload
+from .families.base import Fit
+from .format import Header, TrainingSummary, frame, layout_group, pack_payload
 
 __all__ = [
     "EXTRA_BITS",
@@ -31,7 +31,6 @@ __all__ = [
     "Fit",
     "fit_payload",
     "frame_with_summary",
-    "payload_budget",
 ]
 
 #: log2 bounds of the quantization-scale multiplier searched (1 = nominal N-bit levels).
@@ -53,15 +52,6 @@ _CANDIDATE_BISECTIONS = 11
 #: +0.22 to +0.57 dB at equal bytes.
 REFINED_GROUPS = ("encoder", "gate")
 EXTRA_BITS = (1, 2, 3)
-
-
-class Fit(NamedTuple):
-    """A stored payload and the knobs that made it: the scale ``multiplier`` of every tensor
-    (1.0 for float precisions) and the bits added per layout group on top of it."""
-
-    payload: bytes
-    multiplier: float
-    extra_bits: dict[str, int]
 
 
 def fit_payload(
@@ -147,17 +137,15 @@ def _fit_multiplier(
     return Fit(best, 2.0**hi, extra)
 
 
-def payload_budget(header: Header, budget: int, reserve: int) -> int:
-    """Bytes left for the payload in a ``budget``-byte file whose header (without summary) is
-    ``header``, keeping ``reserve`` bytes for the training summary."""
-    return budget - reserve - fixed_overhead(header)
-
-
 def frame_with_summary(
     header: Header, payload: bytes, summary: TrainingSummary | None, budget: int
 ) -> tuple[bytes, Header]:
     """The file around ``payload`` and the header it holds: ``header`` with ``summary``, or
-    without the summary in the rare case that it does not fit the bytes reserved for it."""
+    without it where it does not fit. The plan decided whether a summary is stored and
+    reserved its bytes in integer payloads (:attr:`~napari_moec.plan.Plan.payload_budget`);
+    float payloads have no reserve (they cannot shrink), so for them this is where the
+    summary is dropped when the weights leave too little room. For integer payloads the check
+    is a guard: DEFLATE may code a real summary a few bytes longer than the placeholder."""
     if summary is not None:
         with_summary = replace(header, train=summary)
         data = frame(with_summary, payload)

@@ -1,14 +1,25 @@
-"""The compression loop: ``Compressor.run()`` trains a MoE SIREN on a volume as a generator of
-progress events and returns the finished :class:`~napari_moec.compressed.Compressed`.
+"""Training, and the compression job that chains plan → train → store.
+
+:func:`train` is the training loop of every model family, without a ratio: it fits a built
+model to a normalised volume under a schedule, as a generator of progress events, and returns
+the trained model (:class:`Trained`). What one optimiser step does is the family's
+(:class:`~napari_moec.families.base.FamilyTrainer`); the loop owns steps and time, stopping,
+reporting, the loss guard, the best-so-far snapshot, the end-of-training choice and previews.
+Tiles call it directly (:func:`napari_moec.tiled.task.compress_tile`).
+
+:class:`Compressor` is one volume's job: ``Compressor.run()`` plans
+(:func:`~napari_moec.plan.plan`), trains and stores at the plan's payload budget, and returns
+the finished :class:`~napari_moec.compressed.Compressed`.
 
 Front ends drive it: the CLI drains it with a progress bar, the napari widget runs it in a
 worker thread (``worker.pause()`` acts between yields, which come once per optimiser step) and
 calls :meth:`Compressor.stop` to end training early, which still quantizes, codes and returns
 the best model so far. Paper §3.5/§4.1: joint router + expert training with MSE plus the
-balance loss, expert capacity with uniform dispatch, router frozen late in the schedule.
+balance loss, expert capacity with uniform dispatch, router frozen late in the schedule
+(:mod:`napari_moec.families.siren.family`).
 
 Planning (checks, sizing) is :mod:`napari_moec.plan`; storing the result at the finest
-quantization that fits is :mod:`napari_moec.rate`.
+quantization that fits is the family's rate control (SIREN: :mod:`napari_moec.rate`).
 """
 
 from __future__ import annotations
@@ -16,30 +27,163 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
-from .compressed import Compressed, Report, model_from_weights
+from . import families
+from .compressed import Compressed, Report
 from .config import ArchConfig, PreviewConfig, QuantConfig, RunConfig, TrainConfig
-from .decode import evaluate_with_labels, grid_shape, parse_roi
+from .decode import grid_shape, parse_roi
 from .devices import check_threads, resolve_device
 from .errors import TrainingError
 from .events import Finalizing, Preview, Progress, RegionPreview, Started, TrainEvent
-from .format import TrainingSummary, unpack_payload
+from .families.base import ModelFamily, TrainingTarget
+from .families.siren.tutel_backend import resolve_backend, use_backend
+from .format import TrainingSummary
+from .generators import drain
 from .metrics import psnr, ssim, ssim_applies
-from .nn.moe import MoESiren
-from .nn.tutel_backend import resolve_backend, use_backend
-from .plan import Plan, plan, summary_reserve
-from .quantize import fake_quantize
-from .rate import fit_payload, frame_with_summary, payload_budget
+from .plan import Plan, plan
+from .rate import frame_with_summary
 from .sampling import Normalization, flat_index_coords
-from .schedule import EVAL_POINTS, LossGuard, decoded_mse, keep_better, resolve_schedule
+from .schedule import EVAL_POINTS, LossGuard, decoded_mse, keep_better
 from .volumes import check_volume
 
-__all__ = ["Compressor"]
+__all__ = ["Compressor", "Trained", "eval_set", "train"]
+
+
+class Trained(NamedTuple):
+    """What :func:`train` returns: the model with the better of its last and best-so-far
+    weights loaded (``final_choice`` says which), the steps and active seconds it trained,
+    and the fixed (coordinates, targets) set that chose (the rate control's judge too)."""
+
+    model: torch.nn.Module
+    steps: int
+    seconds: float
+    final_choice: str
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+
+
+def eval_set(
+    target: TrainingTarget, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random set of voxels (coordinates, normalised targets), the same for a seed
+    (drawn from ``seed + 1``, apart from training's draws): the judge of the end-of-training
+    choices (which weights, which quantization)."""
+    n_voxels = target.values.numel()
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    index = torch.randint(n_voxels, (min(n_voxels, EVAL_POINTS),), device=device,
+                          generator=gen)  # fmt: skip
+    return flat_index_coords(index, target.shape), target.values.to(device)[index]
+
+
+def train(
+    volume: TrainingTarget,
+    model: torch.nn.Module,
+    schedule: TrainConfig,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    family: ModelFamily,
+    config,
+    quant: QuantConfig,
+    stop: threading.Event | None = None,
+    preview: PreviewConfig | None = None,
+    make_preview: Callable[[torch.nn.Module, int], Preview] | None = None,
+) -> Generator[Progress | Preview, None, Trained]:
+    """Train ``model`` (built by ``family`` for ``config``, on ``device``) on the normalised
+    ``volume`` under ``schedule``; yields :class:`Progress` once per step (and
+    :class:`Preview` when ``preview`` says, made by ``make_preview(model, step)``); returns
+    :class:`Trained`.
+
+    No ratio, no plan: the byte budget shaped ``config`` before, and storing comes after.
+    ``generator`` (on ``device``) is training's only randomness (the family's trainer draws
+    from it); ``stop`` ends training at the next step, keeping the better weights as usual.
+    """
+    cfg = schedule
+    trainer = family.trainer(model, config, quant, cfg, volume, device=device,
+                             generator=generator)  # fmt: skip
+    guard = LossGuard(model, trainer.optimizer) if cfg.guard else None
+    span = (volume.norm[1] - volume.norm[0]) ** 2  # PSNR of the normalised values
+    experts = trainer.num_experts
+    step, active = 0, 0.0
+    best_loss, best_state = math.inf, None
+    ema = None
+    acc_mse = torch.zeros((), device=device)
+    acc_drop = torch.zeros((), device=device)
+    acc_load = torch.zeros(experts, device=device)
+    acc_n = 0
+    loss_value, psnr_value = math.nan, math.nan
+    load_value = np.full(experts, 1.0 / experts)
+    drop_value = 0.0
+    preview = preview or PreviewConfig()
+    previews = _PreviewSchedule(preview)
+    previewing = make_preview is not None and preview.enabled
+    while stop is None or not stop.is_set():
+        progress = step / cfg.steps
+        if cfg.time_limit:
+            progress = max(progress, active / cfg.time_limit)
+        if progress >= 1.0:
+            break
+        t0 = time.perf_counter()
+        stats = trainer.step(progress, guard.lr_scale if guard else 1.0)
+        if stats.restart_best:
+            best_loss, best_state, ema = math.inf, None, None
+        step += 1
+        acc_mse += stats.distortion
+        acc_drop += 1.0 - stats.kept
+        acc_load += stats.load
+        acc_n += 1
+
+        if step % cfg.report_every == 0 or step == cfg.steps:
+            loss_value = float(acc_mse) / acc_n  # the one host sync per report
+            rolled_back = guard is not None and guard.observe(step, loss_value)
+            if not math.isfinite(loss_value) and not rolled_back:
+                peak = getattr(trainer, "peak_lr", None)
+                raise TrainingError(
+                    f"loss became {loss_value} at step {step}; try a lower lr"
+                    + ("" if peak is None else f" (now {peak:g})")
+                )
+            psnr_value = 10 * math.log10(span / max(loss_value, 1e-30))
+            load_value = (acc_load / acc_n).cpu().numpy()
+            drop_value = float(acc_drop) / acc_n
+            acc_mse.zero_(), acc_drop.zero_(), acc_load.zero_()
+            acc_n = 0
+            if rolled_back:
+                ema = None  # the loss that tripped the guard belongs to discarded weights
+            else:
+                ema = loss_value if ema is None else 0.7 * ema + 0.3 * loss_value
+            if ema is not None and ema < best_loss:
+                best_loss = ema
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        active += time.perf_counter() - t0
+        eta = active / step * (cfg.steps - step)
+        if cfg.time_limit:
+            eta = min(eta, max(0.0, cfg.time_limit - active))
+        yield Progress(
+            step=step,
+            total_steps=cfg.steps,
+            loss=loss_value,
+            psnr=psnr_value,
+            expert_load=load_value,
+            dropped_fraction=drop_value,
+            lr=stats.lr,
+            elapsed=active,
+            eta=eta,
+            phase=stats.phase,
+        )
+        if previewing and previews.due(step, active):
+            yield make_preview(model, step)
+
+    if previewing and previews.last_step != step:
+        # Always one preview of the end of training, before the result (which takes a
+        # moment more to quantize, code and measure).
+        yield make_preview(model, step)
+    judge = eval_set(volume, cfg.seed, device)
+    final_choice = keep_better(model, best_state, *judge)
+    return Trained(model, step, active, final_choice, judge)
 
 
 class Compressor:
@@ -84,6 +228,7 @@ class Compressor:
         norm_range: tuple[float, float] = (-1.0, 1.0),
         run: RunConfig | None = None,
         preview: PreviewConfig | None = None,
+        family: str | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume
@@ -103,21 +248,25 @@ class Compressor:
             unit=unit,
             value_range=(self.normalization.vmin, self.normalization.vmax),
             norm_range=norm_range,
+            family=family,
         )
+        #: The model family the plan sized (:mod:`napari_moec.families`).
+        self.family: ModelFamily = families.get(self.plan.family)
         self.preview = preview or PreviewConfig()
         self.threads = check_threads(self.run_config.threads)
-        #: The concrete MoE backend, "native" or "tutel" (:mod:`napari_moec.nn.tutel_backend`):
-        #: resolved here so that asking for a missing Tutel fails before any work.
+        #: The concrete MoE backend, "native" or "tutel"
+        #: (:mod:`napari_moec.families.siren.tutel_backend`): resolved here so that asking for a
+        #: missing Tutel fails before any work.
         self.backend = resolve_backend(self.run_config.backend, self.device, self.threads)
         self._stop = threading.Event()
         self._regions_lock = threading.Lock()
         self._regions: tuple[tuple[slice, ...], ...] = ()
         #: The network being trained (None before ``run`` starts). Read it only between
         #: events, from the thread that drives ``run``.
-        self.model: MoESiren | None = None
+        self.model: torch.nn.Module | None = None
         #: After training: "last" or "best", the weights kept (see schedule.keep_better).
         self.final_choice: str | None = None
-        #: (coordinates, targets) of :meth:`_eval_set`, made on first use.
+        #: (coordinates, targets) of :func:`eval_set`, made on first use.
         self._eval: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- what the plan decided -------------------------------------------------------------
@@ -157,12 +306,7 @@ class Compressor:
     # ------------------------------------------------------------------------------------
     def fit(self) -> Compressed:
         """Run to the end, ignoring the events: the blocking form of :meth:`run`."""
-        run = self.run()
-        while True:
-            try:
-                next(run)
-            except StopIteration as done:
-                return done.value
+        return drain(self.run())
 
     def run(self) -> Generator[TrainEvent, None, Compressed]:
         """Train, then quantize and code. Yields events; returns the :class:`Compressed`."""
@@ -181,31 +325,17 @@ class Compressor:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def train(self) -> Generator[TrainEvent, None, tuple[MoESiren, int, float]]:
-        """The training loop alone: yields events, returns ``(model, steps, seconds)`` with the
-        best weights so far loaded (float, not yet quantized). :meth:`run` is this followed by
-        storing the result as a ``.moec`` file; other containers (tiles of a zarr store) store
-        the model themselves (:func:`~napari_moec.rate.fit_payload`). Call it from inside
+    def train(self) -> Generator[TrainEvent, None, tuple[torch.nn.Module, int, float]]:
+        """Build the planned model and train it (:func:`train`): yields events, returns
+        ``(model, steps, seconds)`` with the better of the last and best weights loaded (float,
+        not yet stored). :meth:`run` is this followed by :meth:`store`. Call it from inside
         :meth:`run`, or set the threads yourself (``torch.set_num_threads(self.threads)``)."""
-        device = self.device
-        cfg = self.train_config
-        mcfg = self.header.model
-        quant = self.header.quant
-        shape = self.header.shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = MoESiren(mcfg).to(device)
+        device, cfg, header = self.device, self.train_config, self.header
+        model = self.family.build(header.model, generator=torch.Generator().manual_seed(cfg.seed))
+        model = model.to(device)
         use_backend(model, self.backend)
         self.model = model
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
         target = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1)).to(device)
-        n_voxels = target.numel()
-        batch = min(cfg.batch_size, n_voxels)
-        span = (self.header.norm[1] - self.header.norm[0]) ** 2
-        schedule = resolve_schedule(cfg, mcfg)
-        # fused: one kernel per step instead of ~64 small ops (the CPU profile's advice).
-        optimizer = torch.optim.Adam(model.parameters(), lr=schedule.peak, fused=True)
-        guard = LossGuard(model, optimizer) if cfg.guard else None
         yield Started(
             total_steps=cfg.steps,
             time_limit=cfg.time_limit,
@@ -213,145 +343,44 @@ class Compressor:
             predicted_nbytes=self.plan.predicted_nbytes,
             budget_nbytes=self.budget,
             device=str(device),
-            model=mcfg,
+            model=header.model,
         )
-
-        step, active = 0, 0.0
-        frozen = mcfg.num_experts == 1
-        qat = False
-        best_loss, best_state = math.inf, None
-        ema = None
-        acc_mse = torch.zeros((), device=device)
-        acc_drop = torch.zeros((), device=device)
-        acc_load = torch.zeros(mcfg.num_experts, device=device)
-        acc_n = 0
-        loss_value, psnr_value = math.nan, math.nan
-        load_value = np.full(mcfg.num_experts, 1.0 / mcfg.num_experts)
-        drop_value = 0.0
-        previews = _PreviewSchedule(self.preview)
-        while not self._stop.is_set():
-            progress = step / cfg.steps
-            if cfg.time_limit:
-                progress = max(progress, active / cfg.time_limit)
-            if progress >= 1.0:
-                break
-            t0 = time.perf_counter()
-            lr = schedule.lr(progress) * (guard.lr_scale if guard else 1.0)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if not frozen and progress >= cfg.freeze_router_at:
-                for p in model.gate_parameters():
-                    p.requires_grad_(False)
-                    p.grad = None
-                frozen = True
-            if not qat and not quant.is_float and progress >= 1.0 - cfg.qat_fraction:
-                qat = True
-                best_loss, best_state, ema = math.inf, None, None
-
-            index = torch.randint(n_voxels, (batch,), device=device, generator=gen)
-            coords = flat_index_coords(index, shape)
-            if qat:
-                params = {
-                    name: fake_quantize(p, quant.bits, quant.per_channel)
-                    for name, p in model.named_parameters()
-                }
-                out = functional_call(model, params, (coords, cfg.capacity_factor))
-            else:
-                out = model(coords, cfg.capacity_factor)
-            kept = out.kept.to(out.value.dtype)
-            err = (out.value[:, 0].float() - target[index]) ** 2
-            mse = (err * kept).sum() / kept.sum().clamp(min=1.0)
-            loss = mse if frozen else mse + cfg.balance_weight * out.aux_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            acc_mse += mse.detach()
-            acc_drop += 1.0 - kept.mean().detach()
-            acc_load += out.load.detach()
-            acc_n += 1
-
-            if step % cfg.report_every == 0 or step == cfg.steps:
-                loss_value = float(acc_mse) / acc_n  # the one host sync per report
-                rolled_back = guard is not None and guard.observe(step, loss_value)
-                if not math.isfinite(loss_value) and not rolled_back:
-                    raise TrainingError(
-                        f"loss became {loss_value} at step {step}; try a lower lr "
-                        f"(now {schedule.peak:g})"
-                    )
-                psnr_value = 10 * math.log10(span / max(loss_value, 1e-30))
-                load_value = (acc_load / acc_n).cpu().numpy()
-                drop_value = float(acc_drop) / acc_n
-                acc_mse.zero_(), acc_drop.zero_(), acc_load.zero_()
-                acc_n = 0
-                if rolled_back:
-                    ema = None  # the loss that tripped the guard belongs to discarded weights
-                else:
-                    ema = loss_value if ema is None else 0.7 * ema + 0.3 * loss_value
-                if ema is not None and ema < best_loss:
-                    best_loss = ema
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            active += time.perf_counter() - t0
-            eta = active / step * (cfg.steps - step)
-            if cfg.time_limit:
-                eta = min(eta, max(0.0, cfg.time_limit - active))
-            phase = "qat" if qat else ("frozen" if frozen and mcfg.num_experts > 1 else "train")
-            yield Progress(
-                step=step,
-                total_steps=cfg.steps,
-                loss=loss_value,
-                psnr=psnr_value,
-                expert_load=load_value,
-                dropped_fraction=drop_value,
-                lr=lr,
-                elapsed=active,
-                eta=eta,
-                phase=phase,
-            )
-            if previews.due(step, active):
-                yield self._preview(model, step, device)
-
-        if self.preview.enabled and previews.last_step != step:
-            # Always one preview of the end of training, before the result (which takes a
-            # moment more to quantize, code and measure).
-            yield self._preview(model, step, device)
-        self._eval = self._eval_set(target)
-        self.final_choice = keep_better(model, best_state, *self._eval)
-        return model, step, active
+        trained = yield from train(
+            TrainingTarget(target, header.shape, header.norm),
+            model,
+            cfg,
+            device=device,
+            generator=torch.Generator(device=device).manual_seed(cfg.seed),
+            family=self.family,
+            config=header.model,
+            quant=header.quant,
+            stop=self._stop,
+            preview=self.preview,
+            make_preview=self._preview,
+        )
+        self._eval = trained.eval_set
+        self.final_choice = trained.final_choice
+        return trained.model, trained.steps, trained.seconds
 
     @property
     def payload_budget(self) -> int:
-        """Bytes the weights may take: the budget less the header and the bytes reserved for
-        the training summary (float payloads cannot shrink, so they get the summary's too)."""
-        header = self.header
-        stores_summary = self.plan.stores_summary and not header.quant.is_float
-        reserve = summary_reserve(header) if stores_summary else 0
-        return payload_budget(header, self.budget, reserve)
+        """Bytes the weights may take (the plan's :attr:`~napari_moec.plan.Plan.payload_budget`)."""
+        return self.plan.payload_budget
 
     def payload_error(self, payload: bytes) -> float:
-        """Mean squared error (normalised units) on :meth:`_eval_set` of the network a payload
+        """Mean squared error (normalised units) on :func:`eval_set` of the network a payload
         holds, decoded as a reader will: the rate controller's judge of quantization choices
         (:func:`~napari_moec.rate.fit_payload`)."""
         if self._eval is None:
-            self._eval = self._eval_set()
+            values = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1))
+            target = TrainingTarget(values, self.header.shape, self.header.norm)
+            self._eval = eval_set(target, self.train_config.seed, self.device)
         coords, target = self._eval
         header = self.header
-        weights = unpack_payload(header.model, header.quant, payload)
-        candidate = model_from_weights(header, weights).to(self.device)
+        weights = self.family.codec.unpack_payload(header.model, header.quant, payload)
+        candidate = self.family.model_from_weights(header.model, weights).to(self.device)
         use_backend(candidate, self.backend)
         return decoded_mse(candidate, coords, target)
-
-    def _eval_set(self, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed random set of voxels (coordinates, normalised targets), the same for a
-        seed: the judge of the end-of-training choices (which weights, which quantization)."""
-        device = self.device
-        if target is None:
-            target = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1))
-        n_voxels = target.numel()
-        gen = torch.Generator(device=device).manual_seed(self.train_config.seed + 1)
-        index = torch.randint(n_voxels, (min(n_voxels, EVAL_POINTS),), device=device,
-                              generator=gen)  # fmt: skip
-        return flat_index_coords(index, self.header.shape), target.to(device)[index]
 
     def preview_stride(self) -> tuple[int, ...]:
         """The stride of a preview's whole-volume grid: at most ``preview.voxels`` voxels."""
@@ -364,37 +393,39 @@ class Compressor:
         """Shape of a preview's whole-volume grid."""
         return grid_shape(self.header.shape, None, self.preview_stride())
 
-    def _preview(self, model: MoESiren, step: int, device) -> Preview:
+    def _preview(self, model: torch.nn.Module, step: int) -> Preview:
+        device = self.device
         shape, dtype = self.header.shape, self.volume.dtype
         stride = self.preview_stride()
-        values, labels = evaluate_with_labels(model, shape, None, stride, device=device)
+        values, labels = self.family.decode_region(model, shape, None, stride, device=device)
         with self._regions_lock:
             rois = self._regions
         regions = []
         for roi in rois:
-            r_values, r_labels = evaluate_with_labels(model, shape, roi, 1, device=device)
+            r_values, r_labels = self.family.decode_region(model, shape, roi, 1, device=device)
             regions.append(RegionPreview(roi, self.normalization.invert(r_values, dtype), r_labels))
         image = self.normalization.invert(values, dtype)
         return Preview(step=step, stride=stride, image=image, labels=labels, regions=tuple(regions))
 
     # ------------------------------------------------------------------------------------
     def store(
-        self, model: MoESiren, steps: int, seconds: float, *, stopped: bool = False
+        self, model: torch.nn.Module, steps: int, seconds: float, *, stopped: bool = False
     ) -> Compressed:
         """Store ``model``'s weights as this compression's ``.moec`` file: at the finest
         quantization that fits (:mod:`rate`), decoded once as the file holds them, measured,
         and framed with the training summary. :meth:`run` calls it with the trained model;
         benchmarks call it on snapshots to measure quality along training.
         """
-        device = self.device
+        device, family = self.device, self.family
         header, budget = self.header, self.budget
-        state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
-        payload, multiplier, extra_bits = fit_payload(
-            header.model, header.quant, state, self.payload_budget, distortion=self.payload_error
-        )
-        stored = model_from_weights(header, unpack_payload(header.model, header.quant, payload))
+        payload, multiplier, extra_bits = family.fit_payload(
+            model, header.model, header.quant, self.plan.payload_budget,
+            distortion=self.payload_error,
+        )  # fmt: skip
+        weights = family.codec.unpack_payload(header.model, header.quant, payload)
+        stored = family.model_from_weights(header.model, weights)
         use_backend(stored, self.backend)
-        values, labels = evaluate_with_labels(stored.to(device), header.shape, device=device)
+        values, labels = family.decode_region(stored.to(device), header.shape, device=device)
         decoded = self.normalization.invert(values, self.volume.dtype)
         psnr_value = round(psnr(self.volume, decoded), 2)
         summary = None

@@ -2,7 +2,7 @@ import torch, time, resource, os, sys
 torch.set_num_threads(1)
 import harness, levers as L
 from napari_moec.training import Compressor
-from napari_moec.nn.moe import MoESiren
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.sampling import flat_index_coords
 L.keep_heap()
 vol = harness.load(sys.argv[1]); c = Compressor(vol, float(sys.argv[2]), threads=1)

@@ -127,7 +127,7 @@ def run(name: str, volume_name: str, ratio: float, cfg: dict, out_dir=None) -> d
     from napari_moec.budget import summary_reserve
     from napari_moec.compressed import Compressed
     from napari_moec.metrics import psnr
-    from napari_moec.nn.moe import MoESiren
+    from napari_moec.families.siren.moe import MoESiren
     from napari_moec.sampling import flat_index_coords
     from napari_moec.training import Compressor
 

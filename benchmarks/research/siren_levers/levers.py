@@ -117,7 +117,7 @@ def fast_forward(model, coords: torch.Tensor, capacity_factor: float | None, *,
     REPORT.md (the casts eat the AMX gain at these widths), never trained with.
     Plug-in: the body of ``MoESiren.forward`` (training path); decoding can keep the old one.
     """
-    from napari_moec.nn.moe import MoEOutput, dispatch_slots, gather_rows
+    from napari_moec.families.siren.moe import MoEOutput, dispatch_slots, gather_rows
 
     cfg = model.config
     batch = coords.shape[0]
@@ -172,7 +172,7 @@ def fast_forward(model, coords: torch.Tensor, capacity_factor: float | None, *,
 
 def _bf16_forward(model, coords, capacity_factor):
     """The product forward with the sine layers' matmuls in bf16 (AMX), sin in fp32."""
-    from napari_moec.nn.moe import MoEOutput
+    from napari_moec.families.siren.moe import MoEOutput
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(coords, capacity_factor)

@@ -2,7 +2,7 @@ import time, torch, numpy as np, tifffile, sys
 torch.set_num_threads(1)
 from napari_moec.training import Compressor
 from napari_moec.sampling import flat_index_coords
-from napari_moec.nn.moe import MoESiren
+from napari_moec.families.siren.moe import MoESiren
 vol = tifffile.imread(__import__("os").path.join(__import__("os").environ.get("MOEC_DATA", str(__import__("pathlib").Path(__file__).resolve().parents[3].parent / "shared" / "data")), "hipct_brain_sci_64.tif"))
 c = Compressor(vol, 64)
 m = MoESiren(c.header.model)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from napari_moec.format import pack, parameter_shapes
-from napari_moec.nn.moe import MoESiren
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.quantize import quantize
 from napari_moec.sampling import flat_index_coords
 

@@ -14,7 +14,12 @@ That is the optimum of a power-law model ``error_i ∝ d_i · b_i^-γ`` with ``p
 per tile) equal split gave 35.68 dB, ``p`` = 0.8 36.17 dB and ``p`` = 0.3 36.56 dB at the same
 bytes (docs/benchmarks/tiled.md). Every network
 tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
-wider than its training schedule can fit wastes its bytes). Tiles whose every voxel is one value
+wider than its training schedule can fit wastes its bytes). Each tile's network is the widest
+its share buys (:func:`~napari_moec.families.siren.sizing.tile_network`): with experts left to
+"auto", two experts, or one network where two would be narrower than
+``MIN_EXPERT_WIDTH``. Tiles do not follow the single-volume rule that stores one network where
+it would be 20-80 wide: that band was measured on whole volumes only, and following it would
+change what every existing tiled setting stores. Tiles whose every voxel is one value
 are stored as that value; the commonest such value becomes the array's fill value, and its tiles
 are not written at all.
 """
@@ -25,9 +30,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from ..config import QuantConfig
 from ..errors import ConfigError
-from ..plan import predict_payload_nbytes, widest_for_payload
+from ..families.siren.sizing import predict_payload_nbytes, tile_network
 from .scan import TileStats
 from .tileformat import TileSpec, encode_constant_tile, network_overhead
 
@@ -46,8 +50,6 @@ MODES = ("difficulty", "equal", "uniform")
 DIFFICULTY_EXPONENT = 0.3
 #: The widest share of the budget one tile may get, in units of the mean share.
 MAX_SHARE = 8.0
-#: The narrowest expert worth a router (as the core's "auto" experts rule).
-MIN_EXPERT_WIDTH = 4
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,6 @@ class Allocation:
 
     def count(self, kind: str) -> int:
         return sum(t.kind == kind for t in self.tiles)
-
-
-def _size(spec: TileSpec, quant: QuantConfig, budget: int, experts: int | None):
-    """(hidden, experts) of the widest network within ``budget`` payload bytes."""
-    choices = [experts] if experts is not None else [min(2, spec.experts), 1]
-    for n in dict.fromkeys(choices):
-        sized = widest_for_payload(spec.model_config(1, n), quant, budget)
-        if sized is not None and (sized.hidden_features >= MIN_EXPERT_WIDTH or n == choices[-1]):
-            return sized.hidden_features, n
-    return None
 
 
 def choose_fill(stats: list[TileStats], dtype: str) -> float | int:
@@ -154,7 +146,7 @@ def allocate(
         shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
-        sized = _size(spec, spec.quant, share, experts)
+        sized = tile_network(spec.model_config, spec.quant, share, experts, spec.experts)
         if sized is None:
             raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
         plans[s.index] = TilePlan(

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MoecError
+from ..families.siren.sizing import DEFAULT_EXPERTS
+from ..plan import budget_nbytes
 from . import allocate as allocate_module
 from .allocate import Allocation, allocate, choose_fill
 from .events import ScanProgress, TiledEvent
+from .results import TileResult, tile_errors
 from .scan import TileStats, probe_factor, tile_stats
 from .store import (
     OZX_FIXED_OVERHEAD,
@@ -32,12 +35,11 @@ from .store import (
     write_metadata,
     write_state,
 )
-from .task import TileResult, tile_errors
 from .tiledecode import decode_tile
 from .tileformat import TileSpec, encode_constant_tile, parse_tile
 
 __all__ = [
-    "Plan",
+    "StorePlan",
     "check_regions",
     "documents",
     "make_plan",
@@ -52,8 +54,9 @@ STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a run will write: the shared spec, every tile's kind and bytes, the budget."""
+class StorePlan:
+    """What a tiled run will write: the shared spec, every tile's kind and bytes, the budget
+    (named apart from :class:`napari_moec.plan.Plan`, a single volume's plan)."""
 
     spec: TileSpec
     allocation: Allocation
@@ -122,7 +125,7 @@ def scan(job, client) -> Generator[TiledEvent, None, list[TileStats]]:
     return ordered
 
 
-def make_plan(job, stats: list[TileStats]) -> Plan:
+def make_plan(job, stats: list[TileStats]) -> StorePlan:
     vmin = min(s.vmin for s in stats)
     vmax = max(s.vmax for s in stats)
     if vmin == vmax:  # every tile is this one value: no network; any range decodes it
@@ -132,11 +135,12 @@ def make_plan(job, stats: list[TileStats]) -> Plan:
         shape=job.source.shape, tile=job.tile, margin=job.margin,
         dtype=job.source.dtype.name, vmin=vmin, vmax=vmax, quant=job.quant,
         top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
-        w0_first=arch.w0_first, experts=arch.num_experts or 2,
+        w0_first=arch.w0_first,
+        experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
     )  # fmt: skip
     fill = choose_fill(stats, spec.dtype)
     docs = documents(job, spec, fill, {"ratio": job.ratio, "summary": SUMMARY_PLACEHOLDER})
-    budget = int(job.source.nbytes // job.ratio)
+    budget = budget_nbytes(job.source.nbytes, job.ratio)
     reserved = sum(len(d) for d in docs.values())
     overhead = lambda index: 0  # noqa: E731
     if job.zipped:
@@ -160,7 +164,7 @@ def make_plan(job, stats: list[TileStats]) -> Plan:
         [asdict(t) for t in allocation.tiles],
     ):
         digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
-    return Plan(spec, allocation, docs, budget, digest.hexdigest())
+    return StorePlan(spec, allocation, docs, budget, digest.hexdigest())
 
 
 def documents(job, spec: TileSpec, fill, extra: dict) -> dict:
@@ -170,7 +174,7 @@ def documents(job, spec: TileSpec, fill, extra: dict) -> dict:
     )  # fmt: skip
 
 
-def prepare_store(job, plan: Plan) -> int:
+def prepare_store(job, plan: StorePlan) -> int:
     root, spec = job.root, plan.spec
     state = read_state(root) if root.is_dir() else None
     resuming = state is not None and state.get("fingerprint") == plan.fingerprint

@@ -32,7 +32,15 @@ from ..plan import check_ratio
 from .allocate import MODES
 from .cluster import ClusterShape, connect, default_shape, total_threads
 from .events import TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
-from .prepare import Plan, check_regions, documents, make_plan, prepare_store, remove_store, scan
+from .prepare import (
+    StorePlan,
+    check_regions,
+    documents,
+    make_plan,
+    prepare_store,
+    remove_store,
+    scan,
+)
 from .sources import open_source
 from .store import (
     ResultsLog,
@@ -205,7 +213,7 @@ class TiledCompressor:
 
     # -- 1. scan ---------------------------------------------------------------------------
     # -- 4. the tiles ------------------------------------------------------------------------
-    def _compress(self, client, plan: Plan, todo, workers: int):
+    def _compress(self, client, plan: StorePlan, todo, workers: int):
         from distributed import Event, wait
 
         # Names unique to this run: a task key seen before would give the scheduler's old
@@ -262,7 +270,7 @@ class TiledCompressor:
                 stop_event.set()
                 client.cancel(list(running))
 
-    def _submit(self, client, plan: Plan, t, run: RunConfig, signals: Signals):
+    def _submit(self, client, plan: StorePlan, t, run: RunConfig, signals: Signals):
         source = self.source
         job = TileJob(plan.spec, t, str(self.root), self.train, run, source.ref, signals, self.hook)
         key = "moec-tile-" + "-".join(map(str, t.index)) + f"-{self._run_id}"
@@ -295,7 +303,7 @@ class TiledCompressor:
         )  # fmt: skip
 
     # -- 5. the end ----------------------------------------------------------------------------
-    def _finish(self, plan: Plan, stopped: bool, resumed: int, start: float, workers: int):
+    def _finish(self, plan: StorePlan, stopped: bool, resumed: int, start: float, workers: int):
         results = list(self.results.values())
         complete = not stopped and len(results) == len(plan.allocation.tiles)
         sse = sum(r.sse for r in results)

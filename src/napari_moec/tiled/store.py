@@ -26,6 +26,7 @@ from zarr.storage import MemoryStore
 
 from ..errors import ConfigError
 from .codec import MoecTileCodec, chunk_index_from_key
+from .results import TileResult
 from .tileformat import TileSpec
 
 __all__ = [
@@ -237,8 +238,6 @@ class ResultsLog:
             fh.write(json.dumps(doc, separators=(",", ":")) + "\n")
 
     def read(self) -> dict:
-        from .task import TileResult
-
         results = {}
         if not self.path.is_file():
             return results

@@ -1,6 +1,7 @@
 """One tile, compressed where a Dask worker runs it: read the tile and its margin, train its
-network (the core's training loop), store it at the finest quantization that fits its byte
-share, measure it as a reader will decode it, write its chunk atomically.
+network (the core's :func:`~napari_moec.training.train`: no ratio and no plan, the allocator
+sized it), store it at the finest quantization that fits its byte share (the family's rate
+control), measure it as a reader will decode it, write its chunk atomically.
 
 Nothing here talks to the scheduler except :class:`Signals`, which lets the client's stop and
 pause reach a tile that is training: the task looks at two Dask ``Event``s about once a second.
@@ -20,12 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ArchConfig, RunConfig, TrainConfig
+from .. import families
+from ..config import RunConfig, TrainConfig
+from ..devices import check_threads, resolve_device
 from ..errors import MoecError
-from ..rate import fit_payload
+from ..families.base import TrainingTarget
+from ..families.siren.tutel_backend import resolve_backend, use_backend
+from ..generators import drain
 from ..sampling import Normalization
-from ..training import Compressor
+from ..training import train
 from .allocate import TilePlan
+from .results import TileResult, tile_errors
 from .sources import SourceRef
 from .store import chunk_path, write_atomic
 from .tiledecode import decode_tile
@@ -75,40 +81,6 @@ class TileJob:
     hook: Callable | None = None
 
 
-@dataclass(frozen=True)
-class TileResult:
-    """What a tile cost and how well it decodes (squared errors over the volume's range)."""
-
-    index: tuple[int, ...]
-    kind: str
-    nbytes: int
-    hidden: int = 0
-    experts: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    multiplier: float = 1.0
-    voxels: int = 0
-    sse: float = 0.0
-    face_voxels: int = 0
-    face_sse: float = 0.0
-    peak_rss: int = 0
-
-
-def tile_errors(spec: TileSpec, index, original: np.ndarray, decoded: np.ndarray):
-    """(sse, face_sse, face_voxels) of a tile over the volume's range; faces are the voxel
-    layers the tile shares with a neighbouring tile (where seams would show)."""
-    span = spec.vmax - spec.vmin
-    err = ((decoded.astype(np.float64) - original.astype(np.float64)) / span) ** 2
-    face = np.zeros(err.shape, dtype=bool)
-    for axis, (s, n) in enumerate(zip(spec.tile_slices(index), spec.shape, strict=True)):
-        view = np.moveaxis(face, axis, 0)
-        if s.start > 0:
-            view[0] = True
-        if s.stop < n:
-            view[-1] = True
-    return float(err.sum()), float(err[face].sum()), int(face.sum())
-
-
 def _peak_rss() -> int:
     """Peak resident memory of this process, bytes (the worker's high-water mark)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -126,39 +98,42 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     if region is None:
         region = job.source.read(spec.region_slices(plan.index))
     model_config = spec.model_config(plan.hidden, plan.experts)
-    compressor = Compressor(
-        region,
-        1.0,
-        arch=ArchConfig(
-            num_experts=plan.experts,
-            top_k=model_config.top_k,
-            expert_layers=spec.expert_layers,
-            hidden_features=plan.hidden,
-            w0=spec.w0,
-            w0_first=model_config.w0_first,
-        ),
-        train=job.train,
-        quant=spec.quant,
-        run=job.run,
-    )
-    if compressor.model_config != model_config:
-        raise MoecError(f"the core sized {compressor.model_config}, the tile spec {model_config}")
+    family = families.get("siren")  # the tile stream holds SIREN networks (tileformat)
+    device = resolve_device(job.run.device)
+    threads = check_threads(job.run.threads)
+    backend = resolve_backend(job.run.backend, device, threads)
+    seed = job.train.seed
     # All tiles share the volume's normalisation, stated once in the store's metadata.
-    compressor.normalization = Normalization(spec.vmin, spec.vmax, *spec.norm)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(compressor.threads)
+    normalization = Normalization(spec.vmin, spec.vmax, *spec.norm)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        model, steps, seconds = _train(compressor, job.signals)
-        state = {k: v.detach().cpu() for k, v in model.layout_state().items()}
+        model = family.build(model_config, generator=torch.Generator().manual_seed(seed))
+        model = model.to(device)
+        use_backend(model, backend)
+        values = torch.from_numpy(normalization.apply(region).reshape(-1)).to(device)
+        training = train(
+            TrainingTarget(values, region.shape, spec.norm),
+            model,
+            job.train,
+            device=device,
+            generator=torch.Generator(device=device).manual_seed(seed),
+            family=family,
+            config=model_config,
+            quant=spec.quant,
+        )
+        trained = drain(training, _signal_check(job.signals))
         # One grid for every tensor: the per-group precision of single volumes
         # (rate.REFINED_GROUPS) has not been measured on tiles, and costs ~0.5 s a tile.
-        payload, multiplier, _ = fit_payload(model_config, spec.quant, state, plan.payload_budget)
+        payload, multiplier, _ = family.fit_payload(
+            trained.model, model_config, spec.quant, plan.payload_budget
+        )
         data = encode_network_tile(spec, plan.index, model_config, payload)
         original = region[spec.tile_in_region(plan.index)]
         axes = [np.arange(n) for n in original.shape]
         decoded = decode_tile(spec, data, axes, expected_index=plan.index)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous_threads)
     sse, face_sse, face_voxels = tile_errors(spec, plan.index, original, decoded)
     write_atomic(chunk_path(Path(job.root), plan.index), data)
     return TileResult(
@@ -167,8 +142,8 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         nbytes=len(data),
         hidden=plan.hidden,
         experts=plan.experts,
-        steps=steps,
-        seconds=seconds,
+        steps=trained.steps,
+        seconds=trained.seconds,
         multiplier=multiplier,
         voxels=original.size,
         sse=sse,
@@ -178,15 +153,17 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     )
 
 
-def _train(compressor: Compressor, signals: Signals | None):
-    """Drain the core's training loop, looking at the run's signals about once a second."""
-    run = compressor.train()
+def _signal_check(signals: Signals | None) -> Callable[[object], None] | None:
+    """An event callback for :func:`~napari_moec.generators.drain` that looks at the run's
+    signals about once a second (None without signals)."""
+    if signals is None:
+        return None
     last = time.monotonic()
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            return done.value
-        if signals is not None and time.monotonic() - last >= CHECK_EVERY:
+
+    def check(_event) -> None:
+        nonlocal last
+        if time.monotonic() - last >= CHECK_EVERY:
             signals.check()
             last = time.monotonic()
+
+    return check

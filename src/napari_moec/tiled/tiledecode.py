@@ -19,8 +19,8 @@ import torch
 from ..compressed import model_from_weights
 from ..decode import evaluate_with_labels
 from ..errors import MoecFormatError
+from ..families.siren.moe import MoESiren
 from ..format import Header, unpack_payload
-from ..nn.moe import MoESiren
 from ..sampling import Normalization
 from .tileformat import KIND_CONSTANT, Tile, TileSpec, parse_tile
 

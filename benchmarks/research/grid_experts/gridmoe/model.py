@@ -329,14 +329,14 @@ class MoESynthesis(nn.Module):
 
 
 class SirenSynthesis(nn.Module):
-    """Design (c): the product's MoE SIREN (napari_moec.nn.MoESiren, unchanged) whose first
+    """Design (c): the product's MoE SIREN (napari_moec.families.siren.moe.MoESiren, unchanged) whose first
     sine layer reads ``[coords, grid features]`` instead of the coordinates alone."""
 
     def __init__(self, cfg: GridConfig) -> None:
         super().__init__()
         from napari_moec.budget import first_layer_w0
         from napari_moec.config import ModelConfig
-        from napari_moec.nn.moe import MoESiren
+        from napari_moec.families.siren.moe import MoESiren
         mc = ModelConfig(in_features=len(cfg.shape), hidden_features=cfg.hidden,
                          num_experts=cfg.num_experts, top_k=cfg.top_k,
                          expert_layers=cfg.expert_layers, gate_hidden=cfg.gate_hidden,

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 from .gate import Gate, route
-from .siren import BatchedSineExperts, SineLayer
+from .sine import BatchedSineExperts, SineLayer
 
 __all__ = ["MoEOutput", "MoESiren", "dispatch_slots", "expert_capacity"]
 
@@ -108,8 +108,8 @@ class MoESiren(nn.Module):
         #: The route -> dispatch -> experts -> combine step of a routed model, or None for the
         #: native one in :meth:`_run`. Called as ``mixture(model, features, logits,
         #: capacity_factor)``, it returns a :class:`MoEOutput` whose value is the combined
-        #: (B, hidden) features before the decoder. Set by
-        #: :func:`napari_moec.nn.tutel_backend.use_backend`; a plain attribute, not a module,
+        #: (B, hidden) features before the decoder. Set by :func:`.tutel_backend.use_backend`;
+        #: a plain attribute, not a module,
         #: so parameters, state_dict and the stored layout do not depend on it.
         self.mixture = None
 

@@ -2,7 +2,7 @@
 backend for the MoE layer's routing step.
 
 With ``backend="tutel"`` the route -> dispatch -> experts -> combine step of
-:class:`~napari_moec.nn.moe.MoESiren` runs through Tutel's own machinery: its top-k gating
+:class:`~.moe.MoESiren` runs through Tutel's own machinery: its top-k gating
 (``tutel.impls.fast_dispatch.extract_critical``: top-k of the softmax scores, gate weights,
 per-expert slot locations) and its fast dispatch/combine kernels (``fast_encode`` /
 ``fast_decode``: the C++ loops of ``tutel_custom_kernel`` on CPU, JIT-compiled CUDA kernels on
@@ -20,12 +20,12 @@ Semantics match the native path; each point below is checked in ``tests/test_tut
   choices in batch order, then all second choices: the native choice-major (GShard) order.
 - Capacity: Tutel sizes buffers as ``k * floor(Cf * ceil(B / n))``, which differs from our
   ``ceil(Cf * k * B / n)`` (e.g. B=10, n=3, k=2, Cf=1.25: 10 slots against 9). We replace its
-  capacity with ours (:func:`~napari_moec.nn.moe.expert_capacity`) in the routing data
+  capacity with ours (:func:`~napari_moec.families.siren.moe.expert_capacity`) in the routing data
   before dispatching, so the same assignments are dropped. Dropless decoding asks Tutel for
   ``capacity_factor=0``: the busiest expert's count, as natively.
 - Padding: Tutel's empty slots hold zeros, the native ones a copy of point 0. Neither is ever
   combined and neither gets a gradient, so outputs and gradients do not depend on it.
-- Balance loss: Eq. 3 from :func:`~napari_moec.nn.gate.balance_loss`, passed to Tutel as its
+- Balance loss: Eq. 3 from :func:`~.gate.balance_loss`, passed to Tutel as its
   ``loss_fn`` (Tutel's own ``gshard_loss`` is the same formula).
 - Numbers: not bitwise. Tutel's CPU kernels sum a gate's gradient as a sequential dot product,
   torch as a vectorised reduction, so float32 results differ in the last bits.
@@ -42,7 +42,7 @@ from types import ModuleType
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .gate import balance_loss
 from .moe import MoEOutput, MoESiren, expert_capacity
 

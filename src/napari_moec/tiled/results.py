@@ -1,0 +1,48 @@
+"""What one tile cost and how well it decodes: the record a worker returns, the run's log
+keeps (:class:`~.store.ResultsLog`) and the report sums. Its own module so that the store
+(which reads the log) and the task (which makes the records) do not import each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tileformat import TileSpec
+
+__all__ = ["TileResult", "tile_errors"]
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What a tile cost and how well it decodes (squared errors over the volume's range)."""
+
+    index: tuple[int, ...]
+    kind: str
+    nbytes: int
+    hidden: int = 0
+    experts: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    multiplier: float = 1.0
+    voxels: int = 0
+    sse: float = 0.0
+    face_voxels: int = 0
+    face_sse: float = 0.0
+    peak_rss: int = 0
+
+
+def tile_errors(spec: TileSpec, index, original: np.ndarray, decoded: np.ndarray):
+    """(sse, face_sse, face_voxels) of a tile over the volume's range; faces are the voxel
+    layers the tile shares with a neighbouring tile (where seams would show)."""
+    span = spec.vmax - spec.vmin
+    err = ((decoded.astype(np.float64) - original.astype(np.float64)) / span) ** 2
+    face = np.zeros(err.shape, dtype=bool)
+    for axis, (s, n) in enumerate(zip(spec.tile_slices(index), spec.shape, strict=True)):
+        view = np.moveaxis(face, axis, 0)
+        if s.start > 0:
+            view[0] = True
+        if s.stop < n:
+            view[-1] = True
+    return float(err.sum()), float(err[face].sum()), int(face.sum())
