@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ._layers import EXPERT_OFFSET
 from ._widget_run import Loaded, Outcome, WorkerFailure
+from .generators import relay
 
 __all__ = ["LazyResult", "ViewPrefetch", "compress_tiles", "open_result"]
 
@@ -82,19 +83,16 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
     """
     from .tiled.events import TiledStarted, TileFinished
 
+    def passed_on(event):
+        if isinstance(event, TiledStarted):
+            live.attach()
+        elif isinstance(event, TileFinished):
+            prefetch.warm()
+        return event
+
     run = job.run()
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                report = done.value
-                break
-            if isinstance(event, TiledStarted):
-                live.attach()
-            elif isinstance(event, TileFinished):
-                prefetch.warm()
-            yield event
+        report = yield from relay(run, passed_on)
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
     finally:

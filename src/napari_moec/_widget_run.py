@@ -21,6 +21,7 @@ from ._reader import read_moec
 from .compressed import Compressed
 from .errors import MoecError, TrainingError
 from .events import Preview, TrainEvent
+from .generators import relay
 from .metrics import psnr, ssim, ssim_applies
 from .training import Compressor
 
@@ -113,15 +114,13 @@ def compress(compressor: Compressor) -> Generator[TrainEvent | LiveFrame, None, 
     a copy of it, no network pass).
     """
     shape = compressor.header.shape
+
+    def framed(event):
+        return compose_frame(event, shape) if isinstance(event, Preview) else event
+
     run = compressor.run()
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                compressed = done.value
-                break
-            yield compose_frame(event, shape) if isinstance(event, Preview) else event
+        compressed = yield from relay(run, framed)
         image, labels = compressed.decode_with_labels()
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc

@@ -27,6 +27,7 @@ from ._terminal import RunProgress, stop_on_interrupt
 from .api import load
 from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
+from .generators import drain
 from .tiled import cli as tiled_cli
 from .training import Compressor
 
@@ -159,18 +160,16 @@ def _compress(args: argparse.Namespace) -> int:
     )
     progress = RunProgress(enabled=not args.quiet)
     told = False
+
+    def on_event(event) -> None:
+        nonlocal told
+        if interrupted.is_set() and not told:
+            progress.note("stopping: keeping the best model so far (Ctrl-C again to abort)")
+            told = True
+        progress.update(event)
+
     with progress, stop_on_interrupt(compressor) as interrupted:
-        run = compressor.run()
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                result = done.value
-                break
-            if interrupted.is_set() and not told:
-                progress.note("stopping: keeping the best model so far (Ctrl-C again to abort)")
-                told = True
-            progress.update(event)
+        result = drain(compressor.run(), on_event)
     result.save(args.output)
     r = result.report
     print(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..generators import drain
 
 __all__ = [
     "add_compress_arguments",
@@ -111,12 +112,8 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
     )  # fmt: skip
     bar = TerminalProgress(enabled=not getattr(args, "quiet", False))
     with _stop_on_interrupt(job, bar):
-        run = job.run()
         try:
-            while True:
-                bar.update(next(run))
-        except StopIteration as done:
-            report = done.value
+            report = drain(job.run(), bar.update)
         finally:
             bar.close()
     if report.stopped:

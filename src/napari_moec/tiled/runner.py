@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, MoecError
+from ..generators import drain
 from ..plan import check_ratio
 from .allocate import MODES
 from .cluster import ClusterShape, connect, default_shape, total_threads
@@ -167,12 +168,7 @@ class TiledCompressor:
     # -- the job ---------------------------------------------------------------------------
     def fit(self) -> TiledReport:
         """Run to the end, ignoring the events."""
-        run = self.run()
-        while True:
-            try:
-                next(run)
-            except StopIteration as done:
-                return done.value
+        return drain(self.run())
 
     def run(self) -> Generator[TiledEvent, None, TiledReport]:
         """Scan, plan, compress. Yields :mod:`.events`; returns the :class:`TiledReport`."""
@@ -389,14 +385,9 @@ def compress_tiled(
 
     job = TiledCompressor(source, dest, ratio, tile=tile, client=client, **options)
     bar = TerminalProgress(enabled=progress)
-    run = job.run()
     try:
-        while True:
-            bar.update(next(run))
-    except StopIteration as done:
-        return done.value
+        return drain(job.run(), bar.update)  # an interrupt in bar.update closes the run first
     except KeyboardInterrupt:
-        run.close()
         bar.note(
             "interrupted: finished tiles are kept; run again with the same arguments to resume"
         )
