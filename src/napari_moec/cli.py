@@ -28,6 +28,7 @@ from .api import load
 from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
 from .generators import drain
+from .run_options import configs_from_options
 from .tiled import cli as tiled_cli
 from .training import Compressor
 
@@ -128,12 +129,9 @@ def add_option_flags(parser: argparse.ArgumentParser, configs: dict = OPTION_CON
 
 def configs_from(args: argparse.Namespace, configs: dict = OPTION_CONFIGS) -> dict:
     """The config dataclasses for the options given on the command line, by keyword
-    (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError)."""
-    given = vars(args)
-    return {
-        key: cls(**{f.name: given[f.name] for f in option_fields(cls) if f.name in given})
-        for key, cls in configs.items()
-    }
+    (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError). Flags not
+    given are absent from ``args`` (SUPPRESS), so the declared defaults apply."""
+    return configs_from_options(vars(args), configs=configs)
 
 
 # -- subcommands ---------------------------------------------------------------------------
