@@ -20,6 +20,7 @@ __all__ = [
     "LABELS_OPACITY",
     "LayerNames",
     "difference",
+    "expert_indices",
     "expert_labels_for_display",
     "layer_names",
     "lazy_layer_data",
@@ -169,9 +170,21 @@ def lazy_layer_data(
     ]
 
 
-def expert_labels_for_display(labels: np.ndarray) -> np.ndarray:
-    """Raw top-1 expert indices (uint8) -> label values shown by napari (index + 1)."""
-    return labels.astype(np.uint8) + np.uint8(EXPERT_OFFSET)
+def expert_labels_for_display(labels: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """Raw top-1 expert indices -> the uint8 label values napari shows (index + EXPERT_OFFSET).
+
+    The one place the offset is added. ``copy=False`` adds it in place when ``labels`` is
+    already a uint8 array the caller owns (a frame composed for the live view), saving a copy.
+    """
+    shown = labels.astype(np.uint8, copy=copy)
+    shown += np.uint8(EXPERT_OFFSET)
+    return shown
+
+
+def expert_indices(shown: np.ndarray) -> np.ndarray:
+    """Label values shown by napari -> raw expert indices: the inverse of
+    :func:`expert_labels_for_display`, the one place the offset is taken off."""
+    return shown - np.uint8(EXPERT_OFFSET)
 
 
 def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._layers import EXPERT_OFFSET, LABELS_OPACITY, layer_names
+from ._layers import LABELS_OPACITY, expert_labels_for_display, layer_names
 from .events import Preview
 
 __all__ = [
@@ -86,14 +86,14 @@ def compose_frame(preview: Preview, shape: Sequence[int]) -> LiveFrame:
     for region in preview.regions:
         image[region.roi] = region.image
         labels[region.roi] = region.labels
-    labels += np.uint8(EXPERT_OFFSET)
+    labels = expert_labels_for_display(labels, copy=False)  # a fresh array: offset in place
     regions = tuple(region.roi for region in preview.regions)
     return LiveFrame(preview.step, image, labels, regions)
 
 
 def final_frame(step: int, image: np.ndarray, labels: np.ndarray) -> LiveFrame:
     """The frame of a finished run: its full decode (``labels`` as raw expert indices)."""
-    shown = labels.astype(np.uint8) + np.uint8(EXPERT_OFFSET)
+    shown = expert_labels_for_display(labels)
     return LiveFrame(step, image, shown, (tuple(slice(0, n) for n in image.shape),), final=True)
 
 

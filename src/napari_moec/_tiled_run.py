@@ -13,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._layers import EXPERT_OFFSET
+from ._layers import expert_indices
 from ._widget_run import Loaded, Outcome, WorkerFailure
 from .generators import relay
 
@@ -111,7 +111,6 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
 def open_result(path: str) -> Loaded:
     """Open a ``.moec`` file (lazily when big) or a tiled store (always lazily) for Load…;
     runs in a worker (a small file is decoded whole here)."""
-    import numpy as np
 
     from ._reader import _is_tiled, read_moec, read_tiled, store_name
 
@@ -131,5 +130,5 @@ def open_result(path: str) -> Loaded:
         result = LazyResult(Path(path).name.removesuffix(".moec"), image[0].blocks,
                             float(header.vmax - header.vmin), compressed=compressed)  # fmt: skip
         return Loaded(str(path), result, layer_data)
-    labels = shown - np.uint8(EXPERT_OFFSET)
+    labels = expert_indices(shown)
     return Loaded(str(path), Outcome(compressed, image, labels), layer_data)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._layers import EXPERT_OFFSET, difference
+from ._layers import difference, expert_indices
 from ._live_view import LiveFrame, compose_frame, final_frame
 from ._reader import read_moec
 from .compressed import Compressed
@@ -146,7 +146,7 @@ def open_moec(path: str) -> Loaded:
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
     (image, _, _), (shown, _, _) = layer_data
-    labels = shown - np.uint8(EXPERT_OFFSET)
+    labels = expert_indices(shown)
     return Loaded(str(path), Outcome(compressed, image, labels), layer_data)
 
 
