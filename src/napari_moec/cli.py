@@ -183,7 +183,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _add_decompress(d: argparse.ArgumentParser) -> None:
     d.add_argument("input", help=".moec file or tiled store")
-    d.add_argument("output", help="output .tif or .npy")
+    d.add_argument("output", help="output .tif or .npy (a tiled store also writes .zarr)")
     d.add_argument("--labels", help="also write the expert-assignment map here")
     d.add_argument("--roi", help="region, e.g. 10:50,:,0:32 (one start:stop per axis)")
     d.add_argument("--stride", type=int, default=1, help="keep every N-th voxel per axis")
@@ -248,10 +248,18 @@ def _info(args: argparse.Namespace) -> int:
 #: ``moec``'s subcommands, in ``--help`` order.
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
-        "compress", "compress a TIFF/.npy volume into a .moec file", _add_compress, _compress
+        "compress",
+        "compress a volume into a .moec file, or tile by tile into a store (.ome.zarr, .ozx)",
+        _add_compress,
+        _compress,
     ),
-    Subcommand("decompress", "decode a .moec file to TIFF/.npy", _add_decompress, _decompress),
-    Subcommand("info", "print a .moec file's header", _add_info, _info),
+    Subcommand(
+        "decompress",
+        "decode a .moec file or a tiled store to TIFF/.npy (or .zarr from a store)",
+        _add_decompress,
+        _decompress,
+    ),
+    Subcommand("info", "print what a .moec file or a tiled store holds", _add_info, _info),
 ]
 
 
