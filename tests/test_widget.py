@@ -277,7 +277,7 @@ def test_changing_the_slice_sharpens_the_new_plane(viewer_widget, qtbot):
     viewer.dims.set_point(0, 3 + CT_HEAD_SPACING[0] * 20)
     qtbot.waitUntil(lambda: any(plane(20) in f.regions for f in frames), timeout=60_000)
     # The widget's slot runs before this test's (connected first): it shows the latest frame.
-    np.testing.assert_array_equal(widget._live.image_layer.data, frames[-1].image)
+    np.testing.assert_array_equal(widget.run.live.image_layer.data, frames[-1].image)
     frame = next(f for f in frames if plane(20) in f.regions)
     worker = widget.worker
     with qtbot.waitSignal(worker.finished, timeout=60_000):

@@ -1,13 +1,13 @@
 """The tiled run of the dock widget: big or lazy layers compressed tile by tile on Dask.
 
-A mixin of :class:`~napari_moec._widget.MoecWidget`. A layer goes this way when it is lazy
-(dask, zarr, multiscale: never read whole, here or anywhere on the GUI thread), has more than
-``TILED_ABOVE_VOXELS`` voxels, or the mode says "tiled". Start builds a
-:class:`~napari_moec.tiled.runner.TiledCompressor` (it reads no voxel) writing a scratch
-``.ozx`` (a folder while it runs), makes the live layers over that store (``_tiled_live``) and
-drives the job in a napari worker (``_tiled_run``). Pause and Stop act on the job, which reaches
-the Dask workers; a stopped run leaves a resumable folder, and Start with the same layer and
-settings resumes it. Save copies the ``.ozx`` or unpacks it into an ``.ome.zarr`` folder.
+A layer goes this way when it is lazy (dask, zarr, multiscale: never read whole, here or anywhere
+on the GUI thread), has more than ``TILED_ABOVE_VOXELS`` voxels, or the mode says "tiled"
+(:attr:`~._widget_request.RunRequest.tiled_mode`). :class:`TiledRun` builds a
+:class:`~napari_moec.tiled.runner.TiledCompressor` (it reads no voxel) writing a scratch ``.ozx``
+(a folder while it runs), makes the live layers over that store (``_tiled_live``) and drives the
+job in a napari worker (``_tiled_run``). Pause and Stop act on the job, which reaches the Dask
+workers; a stopped run leaves a resumable folder (:class:`TiledStores` remembers it), and Start
+with the same layer and settings resumes it.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import atexit
 import math
 import shutil
 import tempfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 from napari.qt.threading import create_worker
 
 from ._lazy_blocks import LiveStoreBlocks
 from ._tiled_live import TiledLiveLayers
 from ._tiled_run import LazyResult, ViewPrefetch, compress_tiles
-from ._widget_lifecycle import is_lazy, volume_data
+from ._widget_panel import RunPanel
+from ._widget_request import RunRequest
+from ._widget_results import ResultsController
 from ._widget_run import freeze_gc, thaw_gc
-from ._widget_tiled_settings import TILED_ABOVE_VOXELS
 from .errors import ConfigError
 
 #: How far the workers of a LocalCluster started from the widget lower their CPU priority: as
@@ -35,48 +36,7 @@ from .errors import ConfigError
 #: (a scheduler address in Advanced is the user's cluster: its workers are left as they are).
 WORKER_NICENESS = 10
 
-__all__ = ["TiledMixin", "save_store", "wants_tiled"]
-
-
-def wants_tiled(layer, mode: str) -> bool:
-    """Whether ``layer`` is compressed tile by tile (from its metadata only)."""
-    data = volume_data(layer)
-    return mode == "tiled" or is_lazy(layer) or math.prod(data.shape) > TILED_ABOVE_VOXELS
-
-
-def save_store(store: str, path: str | Path) -> Path:
-    """Write the store ``store`` (a ``.ozx`` file, or the folder of a stopped run) to ``path``:
-    one ``.ozx`` file, or a folder (``.ome.zarr`` appended when the name has no zarr suffix).
-    Atomic: made beside the target and renamed into place; an existing target is refused.
-
-    A finished run's store is an ``.ozx`` budgeted with its ZIP records, so both forms keep
-    the target ratio (the folder is the smaller). A stopped run's folder keeps its run state
-    (``moec compress`` with the same source and settings resumes it).
-    """
-    from .tiled.store import pack_ozx
-
-    source, path = Path(store), Path(path)
-    if path.suffix.lower() not in (".ozx", ".zarr"):
-        path = path.with_name(path.name + ".ome.zarr")
-    if path.exists():
-        raise ConfigError(f"{path} exists; choose another name")
-    partial = path.with_name(f".{path.name}.partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    else:
-        partial.unlink(missing_ok=True)
-    if path.suffix.lower() == ".ozx":
-        if source.is_dir():
-            pack_ozx(source, path)  # writes atomically itself
-            return path
-        shutil.copyfile(source, partial)
-    elif source.is_dir():
-        shutil.copytree(source, partial)
-    else:
-        with zipfile.ZipFile(source) as zf:
-            zf.extractall(partial)
-    partial.rename(path)
-    return path
+__all__ = ["TiledRun", "TiledStores", "scratch_folder", "tiled_estimate"]
 
 
 _scratch: Path | None = None
@@ -92,172 +52,193 @@ def scratch_folder() -> Path:
     return _scratch
 
 
-class TiledMixin:
-    """Start, follow, stop/resume and save a tiled compression."""
+def engine_kwargs(request: RunRequest) -> dict:
+    """TiledCompressor keywords for ``request`` (no source, no destination); raises
+    ConfigError for what the tiled engine cannot do."""
+    if request.arch.hidden_features is not None:
+        raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
+    return {"ratio": request.ratio, **request.configs, "niceness": WORKER_NICENESS,
+            **request.tiled.engine_kwargs}  # fmt: skip
 
-    def _tiled_kwargs(self, layer, settings) -> dict:
-        """TiledCompressor keywords for ``layer`` and the settings; raises ConfigError."""
-        tiled = self.settings.tiled.compressor_kwargs()
-        if settings["arch"].hidden_features is not None:
-            raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
-        return {"ratio": settings["ratio"], "arch": settings["arch"], "train": settings["train"],
-                "quant": settings["quant"], "run": settings["run"], "niceness": WORKER_NICENESS,
-                **tiled}  # fmt: skip
 
-    def tiled_estimate(self, layer, physical, settings) -> str:
-        """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""
-        from .plan import check_ratio
-        from .tiled.cluster import default_shape
-        from .tiled.tiling import choose_margin, choose_tile
+def tiled_estimate(request: RunRequest) -> str:
+    """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""
+    from .plan import check_ratio
+    from .tiled.cluster import default_shape
+    from .tiled.tiling import choose_margin, choose_tile
 
-        data = volume_data(layer)
-        shape, dtype = tuple(data.shape), np.dtype(data.dtype)
-        kwargs = self._tiled_kwargs(layer, settings)
-        ratio = check_ratio(kwargs["ratio"])
-        tile = choose_tile(shape, dtype, ratio, kwargs["tile"])
-        margin = choose_margin(tile, "auto")
-        tiles = math.prod(math.ceil(n / t) for n, t in zip(shape, tile, strict=True))
-        budget = int(math.prod(shape) * dtype.itemsize // ratio)
-        workers = default_shape(settings["run"].device, kwargs["workers"]).workers
-        where = kwargs["scheduler"] or f"local Dask cluster, {workers} workers"
-        return (f"tiled: {tiles:,} tiles of {'×'.join(map(str, tile))} (margin {max(margin)}) · "
-                f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · {where}")  # fmt: skip
+    shape, dtype = request.shape, request.dtype
+    kwargs = engine_kwargs(request)
+    ratio = check_ratio(kwargs["ratio"])
+    tile = choose_tile(shape, dtype, ratio, kwargs["tile"])
+    margin = choose_margin(tile, "auto")
+    tiles = math.prod(math.ceil(n / t) for n, t in zip(shape, tile, strict=True))
+    budget = int(math.prod(shape) * dtype.itemsize // ratio)  # TODO(A-merge): plan's budget
+    workers = default_shape(request.run.device, kwargs["workers"]).workers
+    where = kwargs["scheduler"] or f"local Dask cluster, {workers} workers"
+    return (f"tiled: {tiles:,} tiles of {'×'.join(map(str, tile))} (margin {max(margin)}) · "
+            f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · {where}")  # fmt: skip
 
-    def _resume_key(self, layer, kwargs) -> tuple:
-        return (id(volume_data(layer)), layer.name, repr(sorted(kwargs.items())))
 
-    def _make_tiled(self):
-        """A TiledCompressor for the Source layer (a stopped run of the same layer and settings
-        is resumed); raises ConfigError. Reads no voxel."""
+class _LabelSpace(NamedTuple):
+    """What the store's label dtype depends on (``tiledecode.label_dtype`` reads these two
+    fields of a ``TileSpec``), known before the store's metadata exists."""
+
+    num_tiles: int
+    experts: int
+
+
+class TiledStores:
+    """The stores of the widget's tiled runs, across runs: where a new run writes, and the
+    stopped ones that Start resumes (by layer and settings). Owned by the widget."""
+
+    def __init__(self) -> None:
+        self._resumable: dict[tuple, str] = {}
+
+    @staticmethod
+    def key(request: RunRequest, kwargs: dict) -> tuple:
+        return (id(request.data), request.name, repr(sorted(kwargs.items())))
+
+    def dest(self, key: tuple, name: str) -> str:
+        """A stopped run's ``.ozx`` (its ``.partial`` folder is kept) for ``key``, else a new
+        scratch ``.ozx``: the run budgets its ZIP records, so Save keeps the ratio either way."""
+        dest = self._resumable.get(key)
+        if dest is not None and Path(dest + ".partial").is_dir():
+            return dest
+        scratch = scratch_folder()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "volume"
+        return str(scratch / f"{safe}-{len(list(scratch.iterdir()))}.ozx")
+
+    def ended(self, key: tuple, dest: str, stopped: bool) -> None:
+        if stopped:
+            self._resumable[key] = dest
+        else:
+            self._resumable.pop(key, None)
+
+
+class TiledRun:
+    """Compress the request's layer tile by tile on Dask, its live layers filling in.
+
+    Owns the :class:`~napari_moec.tiled.runner.TiledCompressor` (``job``), the worker, the
+    live layers, the pause state and the tiles done; writes progress into ``panel`` and hands
+    the result to ``results``. Reads no voxel on the GUI thread.
+
+    Raises
+    ------
+    ConfigError
+        The tiled engine rejects the request.
+    """
+
+    def __init__(
+        self,
+        request: RunRequest,
+        panel: RunPanel,
+        results: ResultsController,
+        stores: TiledStores,
+        *,
+        on_finished: Callable[[], None],
+    ) -> None:
         from .tiled.runner import TiledCompressor
+        from .tiled.tiledecode import label_dtype
 
-        layer, physical, settings = self._source_and_settings()
-        kwargs = self._tiled_kwargs(layer, settings)
-        key = self._resume_key(layer, kwargs)
-        dest = self._resumable.get(key)  # a stopped run's .ozx, whose folder is kept
-        if dest is None or not Path(dest + ".partial").is_dir():
-            scratch = scratch_folder()
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name) or "volume"
-            count = len(list(scratch.iterdir()))
-            # An .ozx: the run budgets its ZIP records, so Save keeps the ratio either way.
-            dest = str(scratch / f"{safe}-{count}.ozx")
-        job = TiledCompressor(volume_data(layer), dest, **kwargs, **physical)
-        self._tiled_key, self._tiled_dest = key, job.dest
-        return job
-
-    def _start_tiled(self) -> None:
-        job = self._make_tiled()
-        source = self.source_layer()
-        experts = job.arch.num_experts or 2
+        kwargs = engine_kwargs(request)
+        self._key = TiledStores.key(request, kwargs)
+        dest = stores.dest(self._key, request.name)
+        self.job = job = TiledCompressor(request.data, dest, **kwargs, **request.physical)
+        self.request, self.panel, self.results, self.stores = request, panel, results, stores
+        self.on_finished = on_finished
+        experts = job.arch.num_experts or 2  # TODO(A-merge): the sizing policy's most experts
         tiles = math.prod(math.ceil(n / t) for n, t in zip(job.source.shape, job.tile, strict=True))
-        label_dtype = np.uint32 if tiles * experts < 2**32 - 1 else np.uint64
-        blocks = LiveStoreBlocks(job.root, job.source.shape, job.tile, job.source.dtype,
-                                 label_dtype)  # fmt: skip
-        prefetch = ViewPrefetch()
-        self._compressor = job
+        self.blocks = LiveStoreBlocks(job.root, job.source.shape, job.tile, job.source.dtype,
+                                      label_dtype(_LabelSpace(tiles, experts)))  # fmt: skip
+        self.worker = None
+        self.live: TiledLiveLayers | None = None
+        self.paused = False
+        self.tiles_done = (0, 0)
         self._closing = False
-        self._paused = False
-        self._tiled_live = TiledLiveLayers(self.viewer, source, blocks, prefetch, job)
-        self._watch_window()
-        worker = create_worker(compress_tiles, job, prefetch, blocks, source.name,
+
+    def start(self) -> None:
+        job, panel, source = self.job, self.panel, self.request.layer
+        prefetch = ViewPrefetch()
+        self.live = TiledLiveLayers(panel.viewer, source, self.blocks, prefetch, job)
+        worker = create_worker(compress_tiles, job, prefetch, self.blocks, source.name,
                                _start_thread=False, _ignore_errors=True)  # fmt: skip
-        worker.yielded.connect(self._on_tiled_event)
-        worker.returned.connect(self._on_tiled_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_tiled_finished)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(panel.worker_failed)
+        worker.finished.connect(self._on_finished)
         worker.finished.connect(thaw_gc)
         self.worker = worker
-        self.progress.setRange(0, 0)  # busy: the cluster starts, then the scan
-        self.status.setText("Starting the Dask cluster and scanning the tiles…")
+        panel.progress.setRange(0, 0)  # busy: the cluster starts, then the scan
+        panel.status.setText("Starting the Dask cluster and scanning the tiles…")
         for key in ("step", "loss", "psnr", "load"):  # the tiled run reports tiles and PSNR
-            self.readouts[key].setText("–")
-        self._set_running(True)
+            panel.readouts[key].setText("–")
+        panel.set_running(True)
         freeze_gc()
         worker.start()
 
-    def _on_tiled_event(self, event) -> None:
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+        panel = self.panel
+        if self.paused:
+            self.job.pause()  # workers hold between training steps; no new tile is sent
+            panel.pause_button.setText("Resume")
+            panel.status.setText("Paused: the Dask workers hold between training steps.")
+        else:
+            self.job.resume()
+            panel.pause_button.setText("Pause")
+            panel.status.setText("Compressing…")
+
+    def stop(self) -> None:
+        """Finished tiles stay in the store, which Start resumes."""
+        self.job.stop()  # reaches the Dask workers, paused ones too
+        self.panel.stopping("Stopping: keeping the finished tiles…")
+
+    def shutdown(self) -> None:
+        self._closing = True
+        self.job.stop()
+        self.worker.quit()
+
+    # -- worker signals ----------------------------------------------------------------------
+    def _on_event(self, event) -> None:
         from .tiled.events import ScanProgress, TiledStarted, TileFinished
 
         if self._closing:
             return
+        progress, readouts = self.panel.progress, self.panel.readouts
         if isinstance(event, TileFinished):
-            self.progress.setValue(event.done)
+            progress.setValue(event.done)
             eta = f"  ·  ETA {event.eta:.0f} s" if math.isfinite(event.eta) else ""
-            self.progress.setFormat(f"%v / %m tiles{eta}")
-            self.readouts["step"].setText(f"{event.done} / {event.total} tiles")
-            self._tiles_done = (event.done, event.total)
+            progress.setFormat(f"%v / %m tiles{eta}")
+            readouts["step"].setText(f"{event.done} / {event.total} tiles")
+            self.tiles_done = (event.done, event.total)
             if math.isfinite(event.running_psnr):
-                self.readouts["psnr"].setText(f"{event.running_psnr:.2f} dB (finished tiles)")
-            self._tiled_live.tile_finished()
+                readouts["psnr"].setText(f"{event.running_psnr:.2f} dB (finished tiles)")
+            self.live.tile_finished()
         elif isinstance(event, ScanProgress):
-            self.progress.setRange(0, event.total)
-            self.progress.setValue(event.done)
-            self.progress.setFormat("scanning %v / %m tiles")
+            progress.setRange(0, event.total)
+            progress.setValue(event.done)
+            progress.setFormat("scanning %v / %m tiles")
         elif isinstance(event, TiledStarted):
-            self.progress.setRange(0, event.total_tiles)
-            self.progress.setValue(event.total_tiles - event.todo)
-            self.progress.setFormat("%v / %m tiles")
-            self._tiles_done = (event.total_tiles - event.todo, event.total_tiles)
+            progress.setRange(0, event.total_tiles)
+            progress.setValue(event.total_tiles - event.todo)
+            progress.setFormat("%v / %m tiles")
+            self.tiles_done = (event.total_tiles - event.todo, event.total_tiles)
             kept = f", {event.resumed} kept from the stopped run" if event.resumed else ""
-            self.status.setText(
+            self.panel.status.setText(
                 f"Compressing {event.todo:,} of {event.total_tiles:,} tiles on {event.workers} "
                 f"Dask worker threads{kept}; store ≤ {event.budget_bytes:,} B."
             )
-            self._tiled_live.refresh()
+            self.live.refresh()
 
-    def _on_tiled_returned(self, result: LazyResult) -> None:
+    def _on_returned(self, result: LazyResult) -> None:
         if self._closing:
             return
-        self.result = result
-        if result.stopped:
-            self._resumable[self._tiled_key] = str(self._tiled_dest)
-        else:
-            self._resumable.pop(self._tiled_key, None)
-        self._show_lazy_result(result)
+        self.stores.ended(self._key, str(self.job.dest), result.stopped)
+        self.results.take_lazy(result, self.tiles_done)
 
-    def _on_tiled_finished(self) -> None:
-        self.worker = None
-        self._compressor = None
-        if self._tiled_live is not None:
-            self._tiled_live.finish()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.result is not None else 0)
-        self.progress.setFormat("%p%")
-        self._set_running(False)
-
-    def _toggle_tiled_pause(self) -> None:
-        job = self._compressor
-        self._paused = not self._paused
-        if self._paused:
-            job.pause()  # workers hold between training steps; no new tile is sent
-            self.pause_button.setText("Resume")
-            self.status.setText("Paused: the Dask workers hold between training steps.")
-        else:
-            job.resume()
-            self.pause_button.setText("Pause")
-            self.status.setText("Compressing…")
-
-    def _show_lazy_result(self, result: LazyResult) -> None:
-        """Readouts and status of a tiled run, an opened store or a big ``.moec``."""
-        report = result.report
-        if report is not None:
-            text = (f"{report.store_bytes:,} B, {report.ratio:.0f}x, "
-                    f"PSNR {report.psnr:.2f} dB")  # fmt: skip
-            if report.stopped:
-                done, total = self._tiles_done
-                text += f" over the {done} of {total} tiles finished"
-        elif result.compressed is not None:
-            c = result.compressed
-            psnr = f"PSNR {c.psnr:.2f} dB" if c.psnr is not None else "PSNR unknown"
-            text = f"{c.nbytes:,} B, {c.ratio:.0f}x, {psnr}"
-        else:
-            text = f"tiled store {result.store}"
-        self._result_name = result.name
-        self.readouts["result"].setText(text)
-        if report is not None and report.stopped:
-            self.status.setText(
-                f"Stopped: {text}. Finished tiles are kept; Start (same layer and settings) "
-                "resumes, Save keeps the store as it is."
-            )
-        else:
-            self.status.setText(f"Done: {text}.")
+    def _on_finished(self) -> None:
+        if self.live is not None:
+            self.live.finish()
+        self.panel.progress.setFormat("%p%")
+        self.on_finished()
