@@ -129,6 +129,11 @@ class TiledCompressor:
         self.hook = hook
         self._stop = threading.Event()
         self._pause = threading.Event()
+        #: Set while the run has taken a pause in (no new tile is sent; the workers hold).
+        self._held = threading.Event()
+        #: The tiles sent to the workers and not back yet (read from any thread; a tile leaves
+        #: it only after its TileFinished event was taken from :meth:`run`).
+        self.in_flight: frozenset[tuple[int, ...]] = frozenset()
         #: Results of every tile in the store so far (index -> TileResult).
         self.results: dict[tuple[int, ...], TileResult] = {}
         self._totals: list | None = None
@@ -145,6 +150,11 @@ class TiledCompressor:
 
     def resume(self) -> None:
         self._pause.clear()
+
+    def wait_held(self, timeout: float | None = None) -> bool:
+        """Block until the run has taken a :meth:`pause` in: from then on no new tile is sent
+        and only the tiles in :attr:`in_flight` may still finish. False on timeout."""
+        return self._held.wait(timeout)
 
     def prioritize(self, indices) -> None:
         """Train the tiles ``indices`` next, when they are still waiting (thread-safe): a viewer
@@ -236,6 +246,10 @@ class TiledCompressor:
                 while not paused and pending and len(running) < window:
                     t = _next_tile(pending, self._priority)
                     running[self._submit(client, plan, t, run, signals)] = t.index
+                # Updated here only, after the events of the tiles that came back were taken:
+                # a tile that leaves in_flight has had its TileFinished consumed.
+                self.in_flight = frozenset(running.values())
+                self._held.set() if paused else self._held.clear()
                 if not running:
                     time.sleep(0.2)
                     continue
@@ -254,6 +268,8 @@ class TiledCompressor:
             finished = True
             return False
         finally:
+            self.in_flight = frozenset()
+            self._held.clear()
             if not finished:  # stopped, failed or interrupted: tiles in training drop out
                 stop_event.set()
                 client.cancel(list(running))
