@@ -23,11 +23,13 @@ da = pytest.importorskip("dask.array")
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 import napari_moec  # noqa: E402
-from napari_moec import _widget, _widget_results, open_tiled  # noqa: E402
-from napari_moec._layers import layer_names  # noqa: E402
-from napari_moec._lazy_blocks import TiledBlocks  # noqa: E402
-from napari_moec._tiled_run import LazyResult  # noqa: E402
-from napari_moec._widget_settings import SettingsPanel  # noqa: E402
+from napari_moec import open_tiled  # noqa: E402
+from napari_moec._napari import widget as _widget  # noqa: E402
+from napari_moec._napari import widget_results as _widget_results  # noqa: E402
+from napari_moec._napari.layers import layer_names  # noqa: E402
+from napari_moec._napari.lazy_blocks import TiledBlocks  # noqa: E402
+from napari_moec._napari.tiled_run import LazyResult  # noqa: E402
+from napari_moec._napari.widget_settings import SettingsPanel  # noqa: E402
 from napari_moec.metrics import psnr, ssim  # noqa: E402
 from napari_moec.nn.tutel_backend import available_backends  # noqa: E402
 from napari_moec.tiled.events import TileFinished  # noqa: E402

@@ -27,12 +27,12 @@ from qtpy.QtGui import QRegularExpressionValidator
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ._widget_tiled_settings import TiledSettings
-from .config import OPTION_CONFIGS, option_fields
-from .errors import ConfigError
-from .nn.tutel_backend import available_backends
-from .plan import check_ratio
-from .run_options import configs_from_options, option_names
+from ..config import OPTION_CONFIGS, option_fields
+from ..errors import ConfigError
+from ..nn.tutel_backend import available_backends
+from ..plan import check_ratio
+from ..run_options import configs_from_options, option_names
+from .widget_tiled_settings import TiledSettings
 
 __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
 
@@ -207,7 +207,7 @@ class SettingsPanel(QWidget):
                 (basic if place == "basic" else advanced).addRow(label, control.widget.native)
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(advanced_form)
-        #: Big volumes: tiled compression on Dask (``_widget_tiled_settings``).
+        #: Big volumes: tiled compression on Dask (``widget_tiled_settings``).
         self.tiled = TiledSettings()
         self.tiled.changed.connect(self._emit_changed)
         self.big = QCollapsible("Big volumes (tiled, Dask)")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._layers import LABELS_OPACITY, expert_labels_for_display, layer_names
-from .events import Preview
+from ..events import Preview
+from .layers import LABELS_OPACITY, expert_labels_for_display, layer_names
 
 __all__ = [
     "CONTOUR_OPACITY",
@@ -44,7 +44,7 @@ __all__ = [
 #: In 2D view the live partition is drawn as outlines this many data pixels wide (napari's
 #: Labels ``contour``) at ``CONTOUR_OPACITY``, so the reconstruction between the outlines is not
 #: tinted at all. napari cannot draw contours in 3D (it warns on every redraw): there the labels
-#: are filled at ``_layers.LABELS_OPACITY``, like a file opened from the File menu.
+#: are filled at ``layers.LABELS_OPACITY``, like a file opened from the File menu.
 LABELS_CONTOUR = 1
 CONTOUR_OPACITY = 0.4
 

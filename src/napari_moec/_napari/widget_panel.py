@@ -1,8 +1,8 @@
 """The seams between the dock widget's parts: the displays a run drives (:class:`RunPanel`) and
 what every run offers the widget (:class:`Run`).
 
-The widget owns the Qt controls and one run at a time; a run (``_widget_single.SingleRun`` for
-an in-memory layer, ``_widget_tiled.TiledRun`` for a big or lazy one) owns its job, its napari
+The widget owns the Qt controls and one run at a time; a run (``widget_single.SingleRun`` for
+an in-memory layer, ``widget_tiled.TiledRun`` for a big or lazy one) owns its job, its napari
 worker and its live layers, and writes progress into the panel. The widget never asks which kind
 of run it holds: Pause, Stop and closing go through the protocol.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._widget_run import describe_error
+from .widget_run import describe_error
 
 __all__ = ["Run", "RunPanel"]
 

@@ -7,7 +7,7 @@ only when Compare is pressed. Load… and Compare run in napari workers (decodin
 seconds); their results come back to the GUI thread, which only adds or updates layers. A
 result is an in-memory ``Outcome`` (a ``.moec`` decoded whole) or a ``LazyResult`` (a tiled
 store, or a big ``.moec``, decoded on demand): those are saved as stores and compared block by
-block (``_stream_compare``), never read whole. Runs hand their result over with :meth:`take`
+block (``stream_compare``), never read whole. Runs hand their result over with :meth:`take`
 and :meth:`take_lazy`.
 """
 
@@ -23,15 +23,15 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
-from ._layers import layer_names, moec_metadata
-from ._lazy import pyramid
-from ._stream_compare import CompareProgress, StreamComparison, stream_compare
-from ._tiled_run import LazyResult, open_result
-from ._widget_lifecycle import is_lazy, volume_data
-from ._widget_panel import RunPanel
-from ._widget_run import Comparison, Loaded, describe_error, measure
-from .compressed import Compressed
-from .errors import ConfigError
+from ..compressed import Compressed
+from ..errors import ConfigError
+from .layers import layer_names, moec_metadata
+from .lazy import pyramid
+from .stream_compare import CompareProgress, StreamComparison, stream_compare
+from .tiled_run import LazyResult, open_result
+from .widget_lifecycle import is_lazy, volume_data
+from .widget_panel import RunPanel
+from .widget_run import Comparison, Loaded, describe_error, measure
 
 __all__ = ["ResultsController", "grid_of", "save_store"]
 
@@ -251,7 +251,7 @@ class ResultsController:
         self.status.setText("Comparing…")
         if lazy or is_lazy(original):
             if not lazy:  # an in-memory result against a lazy original: cheap to wrap
-                from ._lazy_blocks import MoecBlocks
+                from .lazy_blocks import MoecBlocks
 
                 c = self.result.compressed
                 span = float(c.header.vmax - c.header.vmin)
@@ -343,7 +343,7 @@ def save_store(store: str, path: str | Path) -> Path:
     the target ratio (the folder is the smaller). A stopped run's folder keeps its run state
     (``moec compress`` with the same source and settings resumes it).
     """
-    from .tiled.store import pack_ozx
+    from ..tiled.store import pack_ozx
 
     source, path = Path(store), Path(path)
     if path.suffix.lower() not in (".ozx", ".zarr"):

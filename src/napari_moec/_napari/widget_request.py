@@ -4,7 +4,7 @@ ratio and the configs, as one frozen value the runs take.
 The widget builds a :class:`RunRequest` on Start (and for each size estimate) with
 :func:`make_request`: the Source layer is looked up by name once, its spacing and unit read once,
 the settings translated once (``run_options.configs_from_options`` via the settings panel). The
-runs (``_widget_single``, ``_widget_tiled``) and the estimates take the request and never reach
+runs (``widget_single``, ``widget_tiled``) and the estimates take the request and never reach
 back into the panel. No Qt here.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ._widget_lifecycle import is_lazy, is_volume, no_source_message, volume_data
-from ._widget_tiled_settings import TILED_ABOVE_VOXELS
-from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig
-from .errors import ConfigError
+from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
+from ..errors import ConfigError
+from .widget_lifecycle import is_lazy, is_volume, no_source_message, volume_data
+from .widget_tiled_settings import TILED_ABOVE_VOXELS
 
 __all__ = ["RunRequest", "TiledOptions", "find_source", "make_request"]
 

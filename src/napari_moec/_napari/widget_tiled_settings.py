@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MODES", "TILED_ABOVE_VOXELS", "TiledSettings"]
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._layers import difference, expert_indices
-from ._live_view import LiveFrame, compose_frame, final_frame
-from ._reader import read_moec
-from .compressed import Compressed
-from .errors import MoecError, TrainingError
-from .events import Preview, TrainEvent
-from .generators import relay
-from .metrics import psnr, ssim, ssim_applies
-from .training import Compressor
+from ..compressed import Compressed
+from ..errors import MoecError, TrainingError
+from ..events import Preview, TrainEvent
+from ..generators import relay
+from ..metrics import psnr, ssim, ssim_applies
+from ..training import Compressor
+from .layers import difference, expert_indices
+from .live_view import LiveFrame, compose_frame, final_frame
+from .reader import read_moec
 
 __all__ = [
     "Comparison",
@@ -108,7 +108,7 @@ def compress(compressor: Compressor) -> Generator[TrainEvent | LiveFrame, None, 
 
     A real generator function, so napari builds a GeneratorWorker (with ``yielded``, pause and
     quit between yields). It yields the run's events, except that each
-    :class:`~napari_moec.events.Preview` becomes a :class:`~napari_moec._live_view.LiveFrame`
+    :class:`~napari_moec.events.Preview` becomes a :class:`~napari_moec._napari.live_view.LiveFrame`
     (upsampled here, so the GUI thread only copies), and at the end a final frame of the
     stored file's full decode, which the run already made once (``Compressed.decode`` hands out
     a copy of it, no network pass).

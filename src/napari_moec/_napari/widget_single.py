@@ -1,8 +1,8 @@
 """The single-volume run of the dock widget: one network on an in-memory layer, its previews
-shown as full-resolution live layers (``_live_view``), the ``.moec`` result.
+shown as full-resolution live layers (``live_view``), the ``.moec`` result.
 
-:class:`SingleRun` is one :class:`~napari_moec._widget_panel.Run`; the tiled run of big layers
-is ``_widget_tiled.TiledRun``.
+:class:`SingleRun` is one :class:`~.widget_panel.Run`; the tiled run of big layers is
+``widget_tiled.TiledRun``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from dataclasses import replace
 import numpy as np
 from napari.qt.threading import create_worker
 
-from ._live_view import FollowView, LiveFrame, LiveLayers
-from ._widget_panel import RunPanel
-from ._widget_request import RunRequest
-from ._widget_results import ResultsController
-from ._widget_run import Outcome, compress, freeze_gc, thaw_gc
-from .config import PreviewConfig
-from .events import Finalizing, Progress, Started
-from .training import Compressor
+from ..config import PreviewConfig
+from ..events import Finalizing, Progress, Started
+from ..training import Compressor
+from .live_view import FollowView, LiveFrame, LiveLayers
+from .widget_panel import RunPanel
+from .widget_request import RunRequest
+from .widget_results import ResultsController
+from .widget_run import Outcome, compress, freeze_gc, thaw_gc
 
 __all__ = ["READOUT_INTERVAL", "SingleRun"]
 

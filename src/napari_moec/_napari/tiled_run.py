@@ -1,7 +1,7 @@
 """What runs off the GUI thread for big volumes: a tiled compression driven from a napari worker,
 warming the live view's cache as tiles land, and opening a store or a big ``.moec`` lazily.
 
-Like ``_widget_run`` for the single-volume path, this module holds no Qt: its generators are
+Like ``widget_run`` for the single-volume path, this module holds no Qt: its generators are
 handed to napari workers, which relay their events to the dock widget.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._layers import expert_indices
-from ._widget_run import Loaded, Outcome, WorkerFailure
-from .generators import relay
+from ..generators import relay
+from .layers import expert_indices
+from .widget_run import Loaded, Outcome, WorkerFailure
 
 __all__ = ["LazyResult", "ViewPrefetch", "compress_tiles", "open_result"]
 
@@ -76,12 +76,12 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
     events and returns a :class:`LazyResult` (called ``name``) on the store, also when stopped
     (then resumable).
 
-    ``live`` (:class:`~._lazy_blocks.LiveStoreBlocks`) is attached to the store as soon as its
+    ``live`` (:class:`~.lazy_blocks.LiveStoreBlocks`) is attached to the store as soon as its
     metadata exists, and the views in ``prefetch`` are decoded after each tile, both here so
     that the GUI thread only copies. A finished ``.ozx`` run has packed its folder: ``live``
     then reads the ``.ozx`` (a stopped one keeps its folder, which a new run resumes).
     """
-    from .tiled.events import TiledStarted, TileFinished
+    from ..tiled.events import TiledStarted, TileFinished
 
     def passed_on(event):
         if isinstance(event, TiledStarted):
@@ -112,7 +112,7 @@ def open_result(path: str) -> Loaded:
     """Open a ``.moec`` file (lazily when big) or a tiled store (always lazily) for Load…;
     runs in a worker (a small file is decoded whole here)."""
 
-    from ._reader import _is_tiled, read_moec, read_tiled, store_name
+    from .reader import _is_tiled, read_moec, read_tiled, store_name
 
     try:
         if _is_tiled(path):

@@ -1,4 +1,4 @@
-"""What napari's lazy layers decode from (:class:`~._lazy.Blocks`): the tiles of a tiled store,
+"""What napari's lazy layers decode from (:class:`~.lazy.Blocks`): the tiles of a tiled store,
 fixed cubes of a single ``.moec`` file, and the difference between a decoded volume and its
 original (Compare on data that does not fit in memory).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import expert_labels_for_display
+from .layers import expert_labels_for_display
 
 __all__ = [
     "DECODED_BLOCKS",

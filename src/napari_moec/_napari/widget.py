@@ -2,16 +2,16 @@
 
 It holds no ML and is made of parts that own their state:
 
-- :class:`~._widget_settings.SettingsPanel`: the controls, generated from the option
+- :class:`~.widget_settings.SettingsPanel`: the controls, generated from the option
   declarations; it gives the ratio and the configs (``run_options.configs_from_options``).
-- :class:`~._widget_request.RunRequest`: what Start asks for (layer, spacing, unit, ratio,
+- :class:`~.widget_request.RunRequest`: what Start asks for (layer, spacing, unit, ratio,
   configs), read once from the Source picker and the panel.
-- a :class:`~._widget_panel.Run`: :class:`~._widget_single.SingleRun` (one network, live
-  full-resolution previews) or :class:`~._widget_tiled.TiledRun` (big or lazy layers, tile by
+- a :class:`~.widget_panel.Run`: :class:`~.widget_single.SingleRun` (one network, live
+  full-resolution previews) or :class:`~.widget_tiled.TiledRun` (big or lazy layers, tile by
   tile on Dask); each owns its job, worker and live layers, and writes into the
-  :class:`~._widget_panel.RunPanel` (the displays this module builds).
-- :class:`~._widget_results.ResultsController`: the current result and Save, Load, Compare.
-- :class:`~._widget_lifecycle.CloseWatcher`: stops the run when the widget or napari closes.
+  :class:`~.widget_panel.RunPanel` (the displays this module builds).
+- :class:`~.widget_results.ResultsController`: the current result and Save, Load, Compare.
+- :class:`~.widget_lifecycle.CloseWatcher`: stops the run when the widget or napari closes.
 
 This module builds the panel, turns the buttons into calls on those parts and keeps the
 controls' enabled state.
@@ -32,18 +32,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import warm_up_layer_machinery
-from ._widget_lifecycle import CloseWatcher, is_volume
-from ._widget_panel import Run, RunPanel
-from ._widget_request import RunRequest, find_source, make_request
-from ._widget_results import ResultsController
-from ._widget_settings import SettingsPanel
-from ._widget_single import SingleRun
-from ._widget_tiled import TiledRun, TiledStores, tiled_estimate
-from .config import PreviewConfig
-from .devices import available_cores
-from .errors import ConfigError
-from .plan import plan
+from ..config import PreviewConfig
+from ..devices import available_cores
+from ..errors import ConfigError
+from ..plan import plan
+from .layers import warm_up_layer_machinery
+from .widget_lifecycle import CloseWatcher, is_volume
+from .widget_panel import Run, RunPanel
+from .widget_request import RunRequest, find_source, make_request
+from .widget_results import ResultsController
+from .widget_settings import SettingsPanel
+from .widget_single import SingleRun
+from .widget_tiled import TiledRun, TiledStores, tiled_estimate
 
 __all__ = ["MoecWidget"]
 
@@ -61,7 +61,7 @@ class MoecWidget(QWidget):
     ----------
     preview : PreviewConfig
         When live previews come (every N steps and/or T seconds, and once at the end of
-        training) and what they may cost (see ``_live_view`` for the bound).
+        training) and what they may cost (see ``live_view`` for the bound).
     threads : int
         CPU threads for training unless the settings set them; one core fewer than available,
         so the GUI stays smooth.

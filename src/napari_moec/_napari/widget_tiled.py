@@ -2,10 +2,10 @@
 
 A layer goes this way when it is lazy (dask, zarr, multiscale: never read whole, here or anywhere
 on the GUI thread), has more than ``TILED_ABOVE_VOXELS`` voxels, or the mode says "tiled"
-(:attr:`~._widget_request.RunRequest.tiled_mode`). :class:`TiledRun` builds a
+(:attr:`~.widget_request.RunRequest.tiled_mode`). :class:`TiledRun` builds a
 :class:`~napari_moec.tiled.runner.TiledCompressor` (it reads no voxel) writing a scratch ``.ozx``
-(a folder while it runs), makes the live layers over that store (``_tiled_live``) and drives the
-job in a napari worker (``_tiled_run``). Pause and Stop act on the job, which reaches the Dask
+(a folder while it runs), makes the live layers over that store (``tiled_live``) and drives the
+job in a napari worker (``tiled_run``). Pause and Stop act on the job, which reaches the Dask
 workers; a stopped run leaves a resumable folder (:class:`TiledStores` remembers it), and Start
 with the same layer and settings resumes it.
 """
@@ -22,14 +22,14 @@ from typing import NamedTuple
 
 from napari.qt.threading import create_worker
 
-from ._lazy_blocks import LiveStoreBlocks
-from ._tiled_live import TiledLiveLayers
-from ._tiled_run import LazyResult, ViewPrefetch, compress_tiles
-from ._widget_panel import RunPanel
-from ._widget_request import RunRequest
-from ._widget_results import ResultsController
-from ._widget_run import freeze_gc, thaw_gc
-from .errors import ConfigError
+from ..errors import ConfigError
+from .lazy_blocks import LiveStoreBlocks
+from .tiled_live import TiledLiveLayers
+from .tiled_run import LazyResult, ViewPrefetch, compress_tiles
+from .widget_panel import RunPanel
+from .widget_request import RunRequest
+from .widget_results import ResultsController
+from .widget_run import freeze_gc, thaw_gc
 
 #: How far the workers of a LocalCluster started from the widget lower their CPU priority: as
 #: fast as ever on an idle machine, and on a busy one napari keeps the CPU its event loop needs
@@ -63,9 +63,9 @@ def engine_kwargs(request: RunRequest) -> dict:
 
 def tiled_estimate(request: RunRequest) -> str:
     """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""
-    from .plan import check_ratio
-    from .tiled.cluster import default_shape
-    from .tiled.tiling import choose_margin, choose_tile
+    from ..plan import check_ratio
+    from ..tiled.cluster import default_shape
+    from ..tiled.tiling import choose_margin, choose_tile
 
     shape, dtype = request.shape, request.dtype
     kwargs = engine_kwargs(request)
@@ -138,8 +138,8 @@ class TiledRun:
         *,
         on_finished: Callable[[], None],
     ) -> None:
-        from .tiled.runner import TiledCompressor
-        from .tiled.tiledecode import label_dtype
+        from ..tiled.runner import TiledCompressor
+        from ..tiled.tiledecode import label_dtype
 
         kwargs = engine_kwargs(request)
         self._key = TiledStores.key(request, kwargs)
@@ -201,7 +201,7 @@ class TiledRun:
 
     # -- worker signals ----------------------------------------------------------------------
     def _on_event(self, event) -> None:
-        from .tiled.events import ScanProgress, TiledStarted, TileFinished
+        from ..tiled.events import ScanProgress, TiledStarted, TileFinished
 
         if self._closing:
             return
