@@ -7,7 +7,8 @@ or napari; the core (``napari_moec``) never imports this package.
   declarations), ``widget_request`` (``RunRequest``: what Start asks for, read once),
   ``widget_panel`` (``RunPanel``, the ``Run`` protocol), ``widget_single`` (``SingleRun``),
   ``widget_tiled`` (``TiledRun``, ``TiledStores``), ``widget_results``
-  (``ResultsController``: Save, Load, Compare), ``widget_lifecycle`` (``CloseWatcher``);
+  (``ResultsController``: Save, Load, Compare), ``widget_lifecycle`` (``CloseWatcher``),
+  ``store_files`` (the scratch stores of tiled runs, Save of a store);
 - what runs in napari workers: ``widget_run`` (training, decoding, measuring), ``tiled_run``;
 - live and lazy layers: ``live_view``, ``tiled_live``, ``lazy``/``lazy_blocks`` (multiscale
   arrays decoded on demand), ``stream_compare``, ``layers`` (names, styles, the label offset);

@@ -13,8 +13,6 @@ and :meth:`take_lazy`.
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +25,14 @@ from ..compressed import Compressed
 from ..errors import ConfigError
 from .layers import layer_names, moec_metadata
 from .lazy import pyramid
+from .store_files import save_store
 from .stream_compare import CompareProgress, StreamComparison, stream_compare
 from .tiled_run import LazyResult, open_result
 from .widget_lifecycle import is_lazy, volume_data
 from .widget_panel import RunPanel
 from .widget_run import Comparison, Loaded, describe_error, measure
 
-__all__ = ["ResultsController", "grid_of", "save_store"]
+__all__ = ["ResultsController", "grid_of"]
 
 
 def grid_of(viewer):
@@ -332,38 +331,3 @@ class ResultsController:
         self.status.setText(f"Compared '{original.name}' with '{decoded_name}': {text}.")
         self.last_comparison = cmp
         show_info(f"MoEC compare: {text}")
-
-
-def save_store(store: str, path: str | Path) -> Path:
-    """Write the store ``store`` (a ``.ozx`` file, or the folder of a stopped run) to ``path``:
-    one ``.ozx`` file, or a folder (``.ome.zarr`` appended when the name has no zarr suffix).
-    Atomic: made beside the target and renamed into place; an existing target is refused.
-
-    A finished run's store is an ``.ozx`` budgeted with its ZIP records, so both forms keep
-    the target ratio (the folder is the smaller). A stopped run's folder keeps its run state
-    (``moec compress`` with the same source and settings resumes it).
-    """
-    from ..tiled.store import pack_ozx
-
-    source, path = Path(store), Path(path)
-    if path.suffix.lower() not in (".ozx", ".zarr"):
-        path = path.with_name(path.name + ".ome.zarr")
-    if path.exists():
-        raise ConfigError(f"{path} exists; choose another name")
-    partial = path.with_name(f".{path.name}.partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    else:
-        partial.unlink(missing_ok=True)
-    if path.suffix.lower() == ".ozx":
-        if source.is_dir():
-            pack_ozx(source, path)  # writes atomically itself
-            return path
-        shutil.copyfile(source, partial)
-    elif source.is_dir():
-        shutil.copytree(source, partial)
-    else:
-        with zipfile.ZipFile(source) as zf:
-            zf.extractall(partial)
-    partial.rename(path)
-    return path

@@ -12,10 +12,7 @@ with the same layer and settings resumes it.
 
 from __future__ import annotations
 
-import atexit
 import math
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +21,7 @@ from napari.qt.threading import create_worker
 
 from ..errors import ConfigError
 from .lazy_blocks import LiveStoreBlocks
+from .store_files import scratch_folder
 from .tiled_live import TiledLiveLayers
 from .tiled_run import LazyResult, ViewPrefetch, compress_tiles
 from .widget_panel import RunPanel
@@ -36,20 +34,7 @@ from .widget_run import freeze_gc, thaw_gc
 #: (a scheduler address in Advanced is the user's cluster: its workers are left as they are).
 WORKER_NICENESS = 10
 
-__all__ = ["TiledRun", "TiledStores", "scratch_folder", "tiled_estimate"]
-
-
-_scratch: Path | None = None
-
-
-def scratch_folder() -> Path:
-    """Where this process's tiled runs write their stores until saved: one temporary folder,
-    removed when the process exits (the result layers read from it until then)."""
-    global _scratch
-    if _scratch is None:
-        _scratch = Path(tempfile.mkdtemp(prefix="napari-moec-"))
-        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
-    return _scratch
+__all__ = ["TiledRun", "TiledStores", "tiled_estimate"]
 
 
 def engine_kwargs(request: RunRequest) -> dict:
