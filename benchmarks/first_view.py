@@ -67,9 +67,9 @@ def _open(viewer, path: str, reader: str):
     if reader == "moec":
         return viewer.open(path, plugin="napari-moec")
     from napari_moec import open_tiled
-    from napari_moec._lazy import pyramid
-    from napari_moec._lazy_blocks import TiledBlocks
-    from napari_moec._reader import store_name
+    from napari_moec._napari.lazy import pyramid
+    from napari_moec._napari.lazy_blocks import TiledBlocks
+    from napari_moec._napari.reader import store_name
 
     store = open_tiled(path)
     strides = [lv.stride for lv in pyramid(TiledBlocks(store))]  # the same levels as ours
@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_moec import open_tiled
-    from napari_moec._lazy import CACHE
+    from napari_moec._napari.lazy import CACHE
     from napari_moec.tiled.tiledecode import DECODE_COUNTS
 
     store = open_tiled(args.store)

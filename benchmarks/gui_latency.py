@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
+    from napari_moec._napari.sample_data import CT_HEAD_SPACING, ct_head
     from napari_moec.config import PreviewConfig
 
     stacks = open(args.stacks, "w")  # noqa: SIM115 (the watchdog writes to it until the end)

@@ -249,3 +249,28 @@ def test_ctrl_c_stops_training_and_keeps_the_best_model(tmp_path):
     assert "stopping: keeping the best model so far" in stderr
     assert "stopped early" in stdout
     assert nm.load(out).nbytes <= 10**3 * 2 // 4
+
+
+def test_the_one_ctrl_c_handler_stops_first_and_interrupts_second():
+    """``stop_on_interrupt`` (both ``moec compress`` paths): the first SIGINT asks the job to
+    stop and calls ``on_stop``; the second raises KeyboardInterrupt; the old handler returns."""
+    import os
+
+    from napari_moec._terminal import stop_on_interrupt
+
+    calls = []
+
+    class Job:
+        def stop(self):
+            calls.append("stop")
+
+    previous = signal.getsignal(signal.SIGINT)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        stop_on_interrupt(Job(), lambda: calls.append("note")) as interrupted,
+    ):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupted.is_set() and calls == ["stop", "note"]
+        os.kill(os.getpid(), signal.SIGINT)
+    assert calls == ["stop", "note"]
+    assert signal.getsignal(signal.SIGINT) is previous

@@ -7,9 +7,9 @@ import pytest
 
 import napari_moec
 from napari_moec import MoecFormatError, TrainConfig
-from napari_moec._layers import EXPERT_OFFSET, layer_names
-from napari_moec._reader import napari_get_reader
-from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
+from napari_moec._napari.layers import EXPERT_OFFSET, layer_names
+from napari_moec._napari.reader import napari_get_reader
+from napari_moec._napari.sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec.format import MAGIC
 
 

@@ -13,16 +13,16 @@ import pytest
 
 import napari_moec
 from napari_moec import TrainConfig, open_tiled
-from napari_moec._layers import EXPERT_OFFSET, layer_names
-from napari_moec._lazy import CACHE, DecodedCache, LazyVolume, pyramid
-from napari_moec._lazy_blocks import DECODED_BLOCKS, MoecBlocks, TiledBlocks
-from napari_moec._reader import (
+from napari_moec._napari.layers import EXPERT_OFFSET, layer_names
+from napari_moec._napari.lazy import CACHE, DecodedCache, LazyVolume, pyramid
+from napari_moec._napari.lazy_blocks import DECODED_BLOCKS, MoecBlocks, TiledBlocks
+from napari_moec._napari.reader import (
     napari_get_reader,
     napari_get_tiled_reader,
     read_moec,
     store_name,
 )
-from napari_moec._stream_compare import CompareProgress, stream_compare
+from napari_moec._napari.stream_compare import CompareProgress, stream_compare
 from napari_moec.metrics import psnr, ssim
 from napari_moec.tiled.store import pack_ozx
 from napari_moec.tiled.tiledecode import DECODE_COUNTS
@@ -158,7 +158,7 @@ def test_big_moec_opens_lazily(moec_file, monkeypatch):
     np.testing.assert_array_equal(
         np.asarray(labels[0][5, ::3]), compressed.expert_labels()[5, ::3] + EXPERT_OFFSET
     )
-    import napari_moec._reader as reader
+    import napari_moec._napari.reader as reader
 
     monkeypatch.setattr(reader, "LAZY_VOXELS", 1000)  # a "big" file: the reader goes lazy
     assert reader.reader_function(str(moec_file))[0][1]["multiscale"]

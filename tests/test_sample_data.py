@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_moec
-from napari_moec._sample_data import CT_HEAD_SPACING, ct_head, ct_head_sample
+from napari_moec._napari.sample_data import CT_HEAD_SPACING, ct_head, ct_head_sample
 
 DATA = Path(napari_moec.__file__).parent / "data"
 

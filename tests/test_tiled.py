@@ -23,6 +23,7 @@ import zarr
 from napari_moec import compress_tiled, open_tiled
 from napari_moec.config import ArchConfig, TrainConfig
 from napari_moec.errors import ConfigError
+from napari_moec.generators import drain
 from napari_moec.tiled.cluster import connect, default_shape
 from napari_moec.tiled.events import TiledStarted, TileFinished
 from napari_moec.tiled.runner import TiledCompressor
@@ -275,18 +276,15 @@ def test_pause_holds_new_tiles_until_resumed(client, volume, tmp_path):
     box: list = []
     thread = threading.Thread(target=lambda: box.append(next(run)))
     thread.start()
-    thread.join(timeout=3)
-    assert thread.is_alive() and not box  # paused: no tile was sent to the workers
+    # The run takes the pause in before it sends any tile; then nothing is in flight and the
+    # generator holds (a generous timeout: the verdict waits on the run, not on the clock).
+    assert job.wait_held(timeout=120)
+    assert thread.is_alive() and not box and job.in_flight == frozenset()
     assert [index for index, _ in existing_chunks(dest)] == [(1, 1, 1)]  # the constant tile
     job.resume()
     thread.join()
     assert isinstance(box[0], TileFinished)
-    events, report = [], None
-    while report is None:
-        try:
-            events.append(next(run))
-        except StopIteration as done:
-            report = done.value
+    report = drain(run)
     assert not report.stopped and len(dict(existing_chunks(dest))) == 26
 
 

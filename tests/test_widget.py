@@ -18,9 +18,11 @@ pytest.importorskip("pytestqt")
 from qtpy.QtWidgets import QApplication
 
 import napari_moec
-from napari_moec import _widget, _widget_results, _widget_single
-from napari_moec._layers import LABELS_OPACITY, layer_names
-from napari_moec._live_view import (
+from napari_moec._napari import widget as _widget
+from napari_moec._napari import widget_results as _widget_results
+from napari_moec._napari import widget_single as _widget_single
+from napari_moec._napari.layers import LABELS_OPACITY, layer_names
+from napari_moec._napari.live_view import (
     CONTOUR_OPACITY,
     LABELS_CONTOUR,
     LiveFrame,
@@ -28,10 +30,10 @@ from napari_moec._live_view import (
     compose_frame,
     displayed_plane,
 )
-from napari_moec._sample_data import CT_HEAD_SPACING, ct_head
-from napari_moec._widget import MoecWidget
-from napari_moec._widget_results import grid_of
-from napari_moec._widget_settings import SettingsPanel
+from napari_moec._napari.sample_data import CT_HEAD_SPACING, ct_head
+from napari_moec._napari.widget import MoecWidget
+from napari_moec._napari.widget_results import grid_of
+from napari_moec._napari.widget_settings import SettingsPanel
 from napari_moec.config import OPTION_CONFIGS, PreviewConfig, option_fields
 from napari_moec.errors import TrainingError
 from napari_moec.events import Preview, Progress, RegionPreview
@@ -277,7 +279,7 @@ def test_changing_the_slice_sharpens_the_new_plane(viewer_widget, qtbot):
     viewer.dims.set_point(0, 3 + CT_HEAD_SPACING[0] * 20)
     qtbot.waitUntil(lambda: any(plane(20) in f.regions for f in frames), timeout=60_000)
     # The widget's slot runs before this test's (connected first): it shows the latest frame.
-    np.testing.assert_array_equal(widget._live.image_layer.data, frames[-1].image)
+    np.testing.assert_array_equal(widget.run.live.image_layer.data, frames[-1].image)
     frame = next(f for f in frames if plane(20) in f.regions)
     worker = widget.worker
     with qtbot.waitSignal(worker.finished, timeout=60_000):

@@ -2,7 +2,7 @@
 
 A volume is compressed by overfitting a Mixture-of-Experts SIREN to it; the quantized,
 entropy-coded weights are the ``.moec`` file. This package imports no Qt: the napari plugin
-lives in ``napari_moec._widget`` and friends, loaded by napari through ``napari.yaml``.
+lives in ``napari_moec._napari.widget`` and friends, loaded by napari through ``napari.yaml``.
 """
 
 from .api import compress, load

@@ -2,8 +2,9 @@
 
 Used by ``moec compress``: :class:`RunProgress` draws :class:`~napari_moec.events.Progress`
 events with tqdm (whole lines every 10 s when stderr is a log or a pipe), and
-:func:`stop_on_interrupt` turns the first Ctrl-C into a request to stop training that still
-stores the best model so far.
+:func:`stop_on_interrupt` turns the first Ctrl-C into a request to stop the job (training keeps
+the best model so far; a tiled run keeps its finished tiles), for both the single-volume and
+the tiled ``moec compress``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from tqdm import tqdm
@@ -23,15 +24,19 @@ __all__ = ["RunProgress", "stop_on_interrupt"]
 
 
 class Stoppable(Protocol):
-    """A job that can be asked to stop early (e.g. a :class:`~napari_moec.training.Compressor`)."""
+    """A job that can be asked to stop early (a :class:`~napari_moec.training.Compressor`, a
+    :class:`~napari_moec.tiled.runner.TiledCompressor`)."""
 
     def stop(self) -> None: ...
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(compressor: Stoppable) -> Iterator[threading.Event]:
-    """The first Ctrl-C asks ``compressor`` to stop training (the best model so far is still
-    stored); a second one interrupts (KeyboardInterrupt). Yields the "Ctrl-C seen" event.
+def stop_on_interrupt(
+    compressor: Stoppable, on_stop: Callable[[], None] | None = None
+) -> Iterator[threading.Event]:
+    """The first Ctrl-C asks ``compressor`` to stop (a training still stores the best model so
+    far, a tiled run keeps its finished tiles) and calls ``on_stop`` (e.g. a note saying so);
+    a second one interrupts (KeyboardInterrupt). Yields the "Ctrl-C seen" event.
 
     A handler, not ``except KeyboardInterrupt``: the interrupt would land inside the training
     generator most of the time, and an exception raised in a generator finishes it, losing the
@@ -47,6 +52,8 @@ def stop_on_interrupt(compressor: Stoppable) -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         interrupted.set()
         compressor.stop()
+        if on_stop is not None:
+            on_stop()
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

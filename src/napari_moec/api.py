@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from .compressed import Compressed
 from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from .errors import ConfigError, MoecFormatError
 from .format import MAGIC
+from .run_options import configs_from_options, option_names
 from .training import Compressor
 
 __all__ = ["compress", "load"]
@@ -20,8 +20,6 @@ __all__ = ["compress", "load"]
 MAX_FILE_BYTES = 1 << 30
 #: Keywords of :class:`Compressor` that are not options of the config dataclasses.
 _COMPRESSOR_KEYWORDS = {"axes", "spacing", "unit", "norm_range", "preview"}
-#: The config dataclasses whose single options ``compress`` takes by name.
-_CONFIGS = (ArchConfig, TrainConfig, QuantConfig, RunConfig)
 
 
 def compress(
@@ -57,28 +55,13 @@ def compress(
     >>> c.save("head.moec"); c.ratio, c.report.psnr              # doctest: +SKIP
     """
     keywords = {k: options.pop(k) for k in list(options) if k in _COMPRESSOR_KEYWORDS}
-    arch, train, quant, run = (
-        replace(base or cls(), **given) if given else base
-        for base, cls, given in zip(
-            (arch, train, quant, run), _CONFIGS, _split(options), strict=True
-        )
-    )
-    return Compressor(array, ratio, arch=arch, train=train, quant=quant, run=run, **keywords).fit()
-
-
-def _split(options: dict) -> list[dict]:
-    """Flat option names -> the fields given for each config; unknown names raise."""
-    groups: list[dict] = [{} for _ in _CONFIGS]
-    for name, value in options.items():
-        owners = [
-            group
-            for group, cls in zip(groups, _CONFIGS, strict=True)
-            if name in cls.__dataclass_fields__
-        ]
-        if not owners:
+    names = option_names()
+    for name in options:
+        if name not in names:  # a typo must not pass silently
             raise ConfigError(f"compress() got an unknown option {name!r}")
-        owners[0][name] = value
-    return groups
+    base = {"arch": arch, "train": train, "quant": quant, "run": run}
+    configs = configs_from_options(options, base)
+    return Compressor(array, ratio, **configs, **keywords).fit()
 
 
 def load(path: str | os.PathLike) -> Compressed:

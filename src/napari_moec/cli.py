@@ -27,6 +27,8 @@ from ._terminal import RunProgress, stop_on_interrupt
 from .api import load
 from .config import OPTION_CONFIGS, option_fields
 from .errors import MoecError
+from .generators import drain
+from .run_options import configs_from_options
 from .tiled import cli as tiled_cli
 from .training import Compressor
 
@@ -127,12 +129,9 @@ def add_option_flags(parser: argparse.ArgumentParser, configs: dict = OPTION_CON
 
 def configs_from(args: argparse.Namespace, configs: dict = OPTION_CONFIGS) -> dict:
     """The config dataclasses for the options given on the command line, by keyword
-    (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError)."""
-    given = vars(args)
-    return {
-        key: cls(**{f.name: given[f.name] for f in option_fields(cls) if f.name in given})
-        for key, cls in configs.items()
-    }
+    (``{"arch": ArchConfig(...), ...}``); they validate the values (ConfigError). Flags not
+    given are absent from ``args`` (SUPPRESS), so the declared defaults apply."""
+    return configs_from_options(vars(args), configs=configs)
 
 
 # -- subcommands ---------------------------------------------------------------------------
@@ -159,18 +158,16 @@ def _compress(args: argparse.Namespace) -> int:
     )
     progress = RunProgress(enabled=not args.quiet)
     told = False
+
+    def on_event(event) -> None:
+        nonlocal told
+        if interrupted.is_set() and not told:
+            progress.note("stopping: keeping the best model so far (Ctrl-C again to abort)")
+            told = True
+        progress.update(event)
+
     with progress, stop_on_interrupt(compressor) as interrupted:
-        run = compressor.run()
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                result = done.value
-                break
-            if interrupted.is_set() and not told:
-                progress.note("stopping: keeping the best model so far (Ctrl-C again to abort)")
-                told = True
-            progress.update(event)
+        result = drain(compressor.run(), on_event)
     result.save(args.output)
     r = result.report
     print(
@@ -186,7 +183,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _add_decompress(d: argparse.ArgumentParser) -> None:
     d.add_argument("input", help=".moec file or tiled store")
-    d.add_argument("output", help="output .tif or .npy")
+    d.add_argument("output", help="output .tif or .npy (a tiled store also writes .zarr)")
     d.add_argument("--labels", help="also write the expert-assignment map here")
     d.add_argument("--roi", help="region, e.g. 10:50,:,0:32 (one start:stop per axis)")
     d.add_argument("--stride", type=int, default=1, help="keep every N-th voxel per axis")
@@ -251,10 +248,18 @@ def _info(args: argparse.Namespace) -> int:
 #: ``moec``'s subcommands, in ``--help`` order.
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
-        "compress", "compress a TIFF/.npy volume into a .moec file", _add_compress, _compress
+        "compress",
+        "compress a volume into a .moec file, or tile by tile into a store (.ome.zarr, .ozx)",
+        _add_compress,
+        _compress,
     ),
-    Subcommand("decompress", "decode a .moec file to TIFF/.npy", _add_decompress, _decompress),
-    Subcommand("info", "print a .moec file's header", _add_info, _info),
+    Subcommand(
+        "decompress",
+        "decode a .moec file or a tiled store to TIFF/.npy (or .zarr from a store)",
+        _add_decompress,
+        _decompress,
+    ),
+    Subcommand("info", "print what a .moec file or a tiled store holds", _add_info, _info),
 ]
 
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
-    from ._live_view import LiveFrame
+    from ._napari.live_view import LiveFrame
 
     viewer = napari.Viewer(title="napari-moec demo")
     viewer.window.resize(1400, 860)

@@ -7,17 +7,16 @@ its parsed arguments. Importing this module imports no Dask.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from .._terminal import stop_on_interrupt
 from ..errors import ConfigError
+from ..generators import drain
 
 __all__ = [
     "add_compress_arguments",
@@ -110,13 +109,10 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
         memory_limit=args.memory_limit, overwrite=args.overwrite, **configs,
     )  # fmt: skip
     bar = TerminalProgress(enabled=not getattr(args, "quiet", False))
-    with _stop_on_interrupt(job, bar):
-        run = job.run()
+    note = "stopping: finished tiles are kept (Ctrl-C again to abort)"
+    with stop_on_interrupt(job, lambda: bar.note(note)):
         try:
-            while True:
-                bar.update(next(run))
-        except StopIteration as done:
-            report = done.value
+            report = drain(job.run(), bar.update)
         finally:
             bar.close()
     if report.stopped:
@@ -131,29 +127,6 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
         f"{report.workers} workers"
     )
     return 0
-
-
-@contextlib.contextmanager
-def _stop_on_interrupt(job, bar):
-    """First Ctrl-C: ``job.stop()`` (a signal handler, so the interrupt never lands inside the
-    generator and ends it); the second raises KeyboardInterrupt. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen = threading.Event()
-
-    def handler(signum, frame) -> None:
-        if seen.is_set():
-            raise KeyboardInterrupt
-        seen.set()
-        job.stop()
-        bar.note("stopping: finished tiles are kept (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def decompress(args: argparse.Namespace) -> int:

@@ -1,14 +1,23 @@
 """A terminal progress bar for a tiled run (tqdm): tiles done / total, bytes, running PSNR and
-ETA, on stderr."""
+ETA, on stderr.
+
+What it writes is the progress display the user asked for (``moec compress``, or
+``compress_tiled(progress=True)``), so it goes to the terminal through tqdm, which keeps the bar
+intact around the note lines; it is silent when disabled. The run's plan is also a log record
+(``logging``, INFO) for programs that keep logs rather than watch a bar.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 
 from .events import ScanProgress, TiledStarted, TileFinished
 
 __all__ = ["TerminalProgress"]
+
+log = logging.getLogger(__name__)
 
 
 class TerminalProgress:
@@ -26,6 +35,13 @@ class TerminalProgress:
                         dynamic_ncols=True, smoothing=0.1)  # fmt: skip
 
     def update(self, event) -> None:
+        if isinstance(event, TiledStarted):
+            log.info(
+                "%d tiles of %s (%d networks, %d constant, %d empty; %d resumed), budget %d "
+                "bytes (%gx) on %d workers", event.total_tiles, event.tile, event.network_tiles,
+                event.constant_tiles, event.empty_tiles, event.resumed, event.budget_bytes,
+                event.ratio, event.workers,
+            )  # fmt: skip
         if not self.enabled:
             return
         if isinstance(event, ScanProgress):
@@ -47,12 +63,13 @@ class TerminalProgress:
             self.bar.set_postfix_str(f"{event.bytes_done} B, PSNR {psnr}", refresh=True)
 
     def note(self, text: str) -> None:
+        """A line of the progress display (not a log record: it is what the bar says in
+        words), written so that a running bar is redrawn below it."""
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

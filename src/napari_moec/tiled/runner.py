@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, MoecError
+from ..generators import drain
 from ..plan import check_ratio
 from .allocate import MODES
 from .cluster import ClusterShape, connect, default_shape, total_threads
@@ -136,6 +137,11 @@ class TiledCompressor:
         self.hook = hook
         self._stop = threading.Event()
         self._pause = threading.Event()
+        #: Set while the run has taken a pause in (no new tile is sent; the workers hold).
+        self._held = threading.Event()
+        #: The tiles sent to the workers and not back yet (read from any thread; a tile leaves
+        #: it only after its TileFinished event was taken from :meth:`run`).
+        self.in_flight: frozenset[tuple[int, ...]] = frozenset()
         #: Results of every tile in the store so far (index -> TileResult).
         self.results: dict[tuple[int, ...], TileResult] = {}
         self._totals: list | None = None
@@ -152,6 +158,11 @@ class TiledCompressor:
 
     def resume(self) -> None:
         self._pause.clear()
+
+    def wait_held(self, timeout: float | None = None) -> bool:
+        """Block until the run has taken a :meth:`pause` in: from then on no new tile is sent
+        and only the tiles in :attr:`in_flight` may still finish. False on timeout."""
+        return self._held.wait(timeout)
 
     def prioritize(self, indices) -> None:
         """Train the tiles ``indices`` next, when they are still waiting (thread-safe): a viewer
@@ -175,12 +186,7 @@ class TiledCompressor:
     # -- the job ---------------------------------------------------------------------------
     def fit(self) -> TiledReport:
         """Run to the end, ignoring the events."""
-        run = self.run()
-        while True:
-            try:
-                next(run)
-            except StopIteration as done:
-                return done.value
+        return drain(self.run())
 
     def run(self) -> Generator[TiledEvent, None, TiledReport]:
         """Scan, plan, compress. Yields :mod:`.events`; returns the :class:`TiledReport`."""
@@ -248,6 +254,10 @@ class TiledCompressor:
                 while not paused and pending and len(running) < window:
                     t = _next_tile(pending, self._priority)
                     running[self._submit(client, plan, t, run, signals)] = t.index
+                # Updated here only, after the events of the tiles that came back were taken:
+                # a tile that leaves in_flight has had its TileFinished consumed.
+                self.in_flight = frozenset(running.values())
+                self._held.set() if paused else self._held.clear()
                 if not running:
                     time.sleep(0.2)
                     continue
@@ -266,6 +276,8 @@ class TiledCompressor:
             finished = True
             return False
         finally:
+            self.in_flight = frozenset()
+            self._held.clear()
             if not finished:  # stopped, failed or interrupted: tiles in training drop out
                 stop_event.set()
                 client.cancel(list(running))
@@ -397,14 +409,9 @@ def compress_tiled(
 
     job = TiledCompressor(source, dest, ratio, tile=tile, client=client, **options)
     bar = TerminalProgress(enabled=progress)
-    run = job.run()
     try:
-        while True:
-            bar.update(next(run))
-    except StopIteration as done:
-        return done.value
+        return drain(job.run(), bar.update)  # an interrupt in bar.update closes the run first
     except KeyboardInterrupt:
-        run.close()
         bar.note(
             "interrupted: finished tiles are kept; run again with the same arguments to resume"
         )

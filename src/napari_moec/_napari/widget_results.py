@@ -1,15 +1,19 @@
-"""Results half of the dock widget: Save…, Load… and Compare.
+"""Results of the dock widget: the current result and Save…, Load… and Compare on it.
 
-A mixin of :class:`~napari_moec._widget.MoecWidget` so the widget module stays readable; it uses
-the widget's ``viewer``, ``result``, ``readouts`` and ``source_layer()``. Load… and Compare run
-in napari workers (decoding and SSIM take seconds); their results come back to the GUI thread,
-which only adds or updates layers. A result is an in-memory ``Outcome`` (a ``.moec`` decoded
-whole) or a ``LazyResult`` (a tiled store, or a big ``.moec``, decoded on demand): those are
-saved as stores and compared block by block (``_stream_compare``), never read whole.
+:class:`ResultsController` owns the result (of the last run or load), its name, the Load and
+Compare workers and the last comparison; it writes into the widget's panel (``RunPanel``: the
+status line, the Result readout, the progress bar) and asks the widget for the Source layer
+only when Compare is pressed. Load… and Compare run in napari workers (decoding and SSIM take
+seconds); their results come back to the GUI thread, which only adds or updates layers. A
+result is an in-memory ``Outcome`` (a ``.moec`` decoded whole) or a ``LazyResult`` (a tiled
+store, or a big ``.moec``, decoded on demand): those are saved as stores and compared block by
+block (``stream_compare``), never read whole. Runs hand their result over with :meth:`take`
+and :meth:`take_lazy`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +21,18 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
-from ._layers import layer_names, moec_metadata
-from ._lazy import pyramid
-from ._stream_compare import CompareProgress, StreamComparison, stream_compare
-from ._tiled_run import LazyResult, open_result
-from ._widget_lifecycle import is_lazy, volume_data
-from ._widget_run import Comparison, Loaded, describe_error, measure
-from ._widget_tiled import save_store
-from .compressed import Compressed
-from .errors import ConfigError
+from ..compressed import Compressed
+from ..errors import ConfigError
+from .layers import layer_names, moec_metadata
+from .lazy import pyramid
+from .store_files import save_store
+from .stream_compare import CompareProgress, StreamComparison, stream_compare
+from .tiled_run import LazyResult, open_result
+from .widget_lifecycle import is_lazy, volume_data
+from .widget_panel import RunPanel
+from .widget_run import Comparison, Loaded, describe_error, measure
 
-__all__ = ["ResultsMixin"]
+__all__ = ["ResultsController", "grid_of"]
 
 
 def grid_of(viewer):
@@ -36,8 +41,88 @@ def grid_of(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-class ResultsMixin:
-    """Save, load and compare the widget's current result (``self.result``, an Outcome)."""
+class ResultsController:
+    """Save, load and compare the current result.
+
+    Parameters
+    ----------
+    panel
+        The widget's displays (status, Result readout, progress bar, viewer).
+    parent
+        The widget, parent of the file dialogs.
+    compare_button
+        Greyed while a comparison runs.
+    source
+        The widget's Source layer now (or None), for Compare.
+    busy_changed
+        Called when a load starts or ends (the widget greys Start and Load… meanwhile).
+
+    Attributes
+    ----------
+    result
+        ``Outcome`` or ``LazyResult`` of the last run or load, or None.
+    load_worker, compare_worker
+        The running Load… and Compare workers, or None.
+    last_comparison
+        The last ``Comparison`` or ``StreamComparison`` shown.
+    """
+
+    def __init__(
+        self,
+        panel: RunPanel,
+        parent,
+        compare_button,
+        source: Callable[[], object],
+        busy_changed: Callable[[], None],
+    ) -> None:
+        self.panel, self.parent, self.compare_button = panel, parent, compare_button
+        self.viewer = panel.viewer
+        self.readouts, self.status, self.progress = panel.readouts, panel.status, panel.progress
+        self.source_layer = source
+        self.busy_changed = busy_changed
+        self.result = None
+        self.result_name = "volume"
+        self.load_worker = None
+        self.compare_worker = None
+        self.last_comparison = None
+        self._loading_path = ""
+        self._compare_original = None
+
+    def take(self, outcome, name: str) -> None:
+        """A finished single-volume run's outcome becomes the result (its layers are shown)."""
+        self.result = outcome
+        self._show_result(outcome.compressed, name)
+
+    def take_lazy(self, result: LazyResult, tiles_done: tuple[int, int] = (0, 0)) -> None:
+        """A tiled run's result becomes the current one; ``tiles_done`` (done, total) words
+        a stopped run's readout."""
+        self.result = result
+        self._show_lazy_result(result, tiles_done)
+
+    def _show_lazy_result(self, result: LazyResult, tiles_done: tuple[int, int] = (0, 0)) -> None:
+        """Readouts and status of a tiled run, an opened store or a big ``.moec``."""
+        report = result.report
+        if report is not None:
+            text = (f"{report.store_bytes:,} B, {report.ratio:.0f}x, "
+                    f"PSNR {report.psnr:.2f} dB")  # fmt: skip
+            if report.stopped:
+                done, total = tiles_done
+                text += f" over the {done} of {total} tiles finished"
+        elif result.compressed is not None:
+            c = result.compressed
+            psnr = f"PSNR {c.psnr:.2f} dB" if c.psnr is not None else "PSNR unknown"
+            text = f"{c.nbytes:,} B, {c.ratio:.0f}x, {psnr}"
+        else:
+            text = f"tiled store {result.store}"
+        self.result_name = result.name
+        self.readouts["result"].setText(text)
+        if report is not None and report.stopped:
+            self.status.setText(
+                f"Stopped: {text}. Finished tiles are kept; Start (same layer and settings) "
+                "resumes, Save keeps the store as it is."
+            )
+        else:
+            self.status.setText(f"Done: {text}.")
 
     def _show_result(self, compressed: Compressed, name: str) -> None:
         """Readouts, layer metadata and a notification for a finished or loaded volume."""
@@ -47,7 +132,7 @@ class ResultsMixin:
         if ssim is not None:
             quality += f", SSIM {ssim:.3f}"
         text = f"{compressed.nbytes:,} B, {compressed.ratio:.0f}x, {quality}"
-        self._result_name = name
+        self.result_name = name
         self.readouts["result"].setText(text)
         names = layer_names(name)
         for layer in self.viewer.layers:
@@ -73,14 +158,14 @@ class ResultsMixin:
             return None
         store = isinstance(self.result, LazyResult) and self.result.store is not None
         if path is None:
-            base = getattr(self, "_result_name", "volume")
+            base = self.result_name
             if store:
                 path, _ = QFileDialog.getSaveFileName(
-                    self, "Save tiled store", f"{base}.ozx",
+                    self.parent, "Save tiled store", f"{base}.ozx",
                     "Zipped OME-Zarr (*.ozx);;OME-Zarr folder (*.ome.zarr)",
                 )  # fmt: skip
             else:
-                path, _ = QFileDialog.getSaveFileName(self, "Save .moec", f"{base}.moec",
+                path, _ = QFileDialog.getSaveFileName(self.parent, "Save .moec", f"{base}.moec",
                                                       "MoEC (*.moec)")  # fmt: skip
             if not path:
                 return None
@@ -113,7 +198,7 @@ class ResultsMixin:
             return None
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self, "Open .moec or tiled store", "", "MoEC (*.moec *.ozx)"
+                self.parent, "Open .moec or tiled store", "", "MoEC (*.moec *.ozx)"
             )
             if not path:
                 return None
@@ -124,7 +209,7 @@ class ResultsMixin:
         self.load_worker = worker
         self._loading_path = str(path)
         self.status.setText(f"Opening {Path(path).name}…")
-        self._set_running(False)
+        self.busy_changed()
         worker.start()
         return worker
 
@@ -146,7 +231,7 @@ class ResultsMixin:
 
     def _on_load_finished(self) -> None:
         self.load_worker = None
-        self._set_running(False)
+        self.busy_changed()
 
     def compare(self) -> None:
         """PSNR/SSIM, a difference layer and a grid view of original vs decompressed: whole
@@ -165,11 +250,11 @@ class ResultsMixin:
         self.status.setText("Comparing…")
         if lazy or is_lazy(original):
             if not lazy:  # an in-memory result against a lazy original: cheap to wrap
-                from ._lazy_blocks import MoecBlocks
+                from .lazy_blocks import MoecBlocks
 
                 c = self.result.compressed
                 span = float(c.header.vmax - c.header.vmin)
-                self.result = LazyResult(self._result_name, MoecBlocks(c), span, compressed=c)
+                self.result = LazyResult(self.result_name, MoecBlocks(c), span, compressed=c)
             result = self.result
             worker = create_worker(stream_compare, volume_data(original), result.blocks,
                                    result.data_range, _start_thread=False,
@@ -191,12 +276,6 @@ class ResultsMixin:
         self.progress.setValue(event.done)
         self.progress.setFormat("comparing %v / %m blocks")
 
-    def _save_clicked(self) -> None:
-        self.save()
-
-    def _load_clicked(self) -> None:
-        self.load()
-
     def _on_compare_error(self, exc: BaseException) -> None:
         show_error(describe_error(exc))
 
@@ -210,7 +289,7 @@ class ResultsMixin:
 
     def _show_comparison(self, cmp: Comparison | StreamComparison) -> None:
         original = self._compare_original
-        names = layer_names(getattr(self, "_result_name", original.name))
+        names = layer_names(self.result_name)
         decoded_name, diff_name = names.image, names.difference
         layers = {layer.name: layer for layer in self.viewer.layers}
         common = {

@@ -1,6 +1,6 @@
 """Turning compressed volumes into napari layers: shared by the reader and the dock widget.
 
-The reader, the widget's Load…, its live view (``_live_view``) and Compare all go through here,
+The reader, the widget's Load…, its live view (``live_view``) and Compare all go through here,
 so a ``.moec`` opened from the File menu and one produced by training look the same: same names
 (:func:`layer_names`), same scale, same metadata keys, same partition style. Expert labels are
 shown as ``expert index + 1`` because napari draws label 0 as transparent, and every expert
@@ -13,13 +13,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .compressed import Compressed
+from ..compressed import Compressed
 
 __all__ = [
     "EXPERT_OFFSET",
     "LABELS_OPACITY",
     "LayerNames",
     "difference",
+    "expert_indices",
     "expert_labels_for_display",
     "layer_names",
     "lazy_layer_data",
@@ -45,7 +46,7 @@ def layer_names(base: str) -> LayerNames:
 
 #: Opacity of the partition (Labels) layer a file opens with. Filled at 0.4 it hid the
 #: reconstruction under it; at 0.25 the tint still tells the experts apart and the anatomy shows
-#: through. The live view draws outlines instead (``_live_view.LABELS_CONTOUR``): napari takes
+#: through. The live view draws outlines instead (``live_view.LABELS_CONTOUR``): napari takes
 #: ``contour`` only as a property set on a layer, not from a reader's layer data.
 LABELS_OPACITY = 0.25
 
@@ -153,7 +154,7 @@ def lazy_layer_data(
     ``contrast_limits`` (the original's range, stored with the volume) spares napari its own
     estimate, which would decode the coarsest level whole before the first view.
     """
-    from ._lazy import pyramid
+    from .lazy import pyramid
 
     common: dict[str, Any] = {"multiscale": True, "metadata": metadata}
     common["scale"] = tuple(spacing) if spacing else (1.0,) * len(blocks.shape)
@@ -169,9 +170,21 @@ def lazy_layer_data(
     ]
 
 
-def expert_labels_for_display(labels: np.ndarray) -> np.ndarray:
-    """Raw top-1 expert indices (uint8) -> label values shown by napari (index + 1)."""
-    return labels.astype(np.uint8) + np.uint8(EXPERT_OFFSET)
+def expert_labels_for_display(labels: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """Raw top-1 expert indices -> the uint8 label values napari shows (index + EXPERT_OFFSET).
+
+    The one place the offset is added. ``copy=False`` adds it in place when ``labels`` is
+    already a uint8 array the caller owns (a frame composed for the live view), saving a copy.
+    """
+    shown = labels.astype(np.uint8, copy=copy)
+    shown += np.uint8(EXPERT_OFFSET)
+    return shown
+
+
+def expert_indices(shown: np.ndarray) -> np.ndarray:
+    """Label values shown by napari -> raw expert indices: the inverse of
+    :func:`expert_labels_for_display`, the one place the offset is taken off."""
+    return shown - np.uint8(EXPERT_OFFSET)
 
 
 def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:

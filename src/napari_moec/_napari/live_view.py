@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._layers import EXPERT_OFFSET, LABELS_OPACITY, layer_names
-from .events import Preview
+from ..events import Preview
+from .layers import LABELS_OPACITY, expert_labels_for_display, layer_names
 
 __all__ = [
     "CONTOUR_OPACITY",
@@ -44,7 +44,7 @@ __all__ = [
 #: In 2D view the live partition is drawn as outlines this many data pixels wide (napari's
 #: Labels ``contour``) at ``CONTOUR_OPACITY``, so the reconstruction between the outlines is not
 #: tinted at all. napari cannot draw contours in 3D (it warns on every redraw): there the labels
-#: are filled at ``_layers.LABELS_OPACITY``, like a file opened from the File menu.
+#: are filled at ``layers.LABELS_OPACITY``, like a file opened from the File menu.
 LABELS_CONTOUR = 1
 CONTOUR_OPACITY = 0.4
 
@@ -86,14 +86,14 @@ def compose_frame(preview: Preview, shape: Sequence[int]) -> LiveFrame:
     for region in preview.regions:
         image[region.roi] = region.image
         labels[region.roi] = region.labels
-    labels += np.uint8(EXPERT_OFFSET)
+    labels = expert_labels_for_display(labels, copy=False)  # a fresh array: offset in place
     regions = tuple(region.roi for region in preview.regions)
     return LiveFrame(preview.step, image, labels, regions)
 
 
 def final_frame(step: int, image: np.ndarray, labels: np.ndarray) -> LiveFrame:
     """The frame of a finished run: its full decode (``labels`` as raw expert indices)."""
-    shown = labels.astype(np.uint8) + np.uint8(EXPERT_OFFSET)
+    shown = expert_labels_for_display(labels)
     return LiveFrame(step, image, shown, (tuple(slice(0, n) for n in image.shape),), final=True)
 
 

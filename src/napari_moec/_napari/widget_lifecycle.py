@@ -1,17 +1,19 @@
 """Lifetime of the dock widget: which layers it may compress, and stopping work on close.
 
 napari gives a plugin widget no "closing" signal: a closed dock widget is un-parented, and closing
-the viewer closes its main window. The mixin watches both so that a running worker is stopped
-(it would otherwise keep training, and post previews into a dead viewer).
+the viewer closes its main window. :class:`CloseWatcher` watches both so that a running worker is
+stopped (it would otherwise keep training, and post previews into a dead viewer).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import QEvent, QObject
 
-__all__ = ["LifecycleMixin", "is_lazy", "is_volume", "no_source_message", "volume_data"]
+__all__ = ["CloseWatcher", "is_lazy", "is_volume", "no_source_message", "volume_data"]
 
 
 def is_volume(layer) -> bool:
@@ -43,39 +45,46 @@ def no_source_message(layers) -> str:
     return "MoEC compresses 3D (ZYX) or 4D volumes, but " + "; ".join(why) + "."
 
 
-class LifecycleMixin:
-    """Stop the worker of :class:`~napari_moec._widget.MoecWidget` when it or napari closes."""
+class CloseWatcher(QObject):
+    """Calls the widget's ``shutdown()`` when the dock widget or napari's main window closes.
 
-    def shutdown(self) -> None:
-        """Stop the worker without finishing the file: the widget or the viewer is closing."""
-        if self.worker is not None:
-            self._closing = True  # queued previews must not touch a closing viewer
-            if self._compressor is not None:
-                self._compressor.stop()
-            self.worker.quit()  # acts at the next yield, also while paused
+    An event filter on the widget (napari undocks a closed plugin widget with ``setParent(None)``;
+    a plain close sends Close) and, once :meth:`watch_window` is called, on the main window
+    (closing the viewer closes it). A child of the widget that holds it weakly, so closing
+    napari still frees the widget.
+    """
 
-    def _watch_window(self) -> None:
+    def __init__(self, widget) -> None:
+        super().__init__(widget)
+        self._widget = weakref.ref(widget)
+        self._window: QObject | None = None
+        widget.installEventFilter(self)
+
+    def watch_window(self) -> None:
         """Watch the napari main window for Close: closing the viewer must end the worker."""
-        window = self.window()
-        if window is not self and window is not self._watched:
-            if self._watched is not None:
-                self._watched.removeEventFilter(self)
+        widget = self._widget()
+        window = widget.window() if widget is not None else None
+        if window is not None and window is not widget and window is not self._window:
+            if self._window is not None:
+                self._window.removeEventFilter(self)
             window.installEventFilter(self)
-            self._watched = window
+            self._window = window
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         # getattr: Qt may still deliver events while Python tears the widget down at exit,
         # when its attributes are gone; an exception here makes Qt abort the interpreter.
-        if obj is getattr(self, "_watched", None) and event.type() == QEvent.Type.Close:
-            self.shutdown()
-        return super().eventFilter(obj, event)
-
-    def event(self, event: QEvent) -> bool:
-        # napari undocks a closed plugin widget with setParent(None): that is our "closed".
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.shutdown()
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:
-        self.shutdown()
-        super().closeEvent(event)
+        ref = getattr(self, "_widget", None)
+        widget = ref() if ref is not None else None
+        if widget is None:
+            return False
+        kind = event.type()
+        closing = (obj is getattr(self, "_window", None) and kind == QEvent.Type.Close) or (
+            obj is widget
+            and (
+                kind == QEvent.Type.Close
+                or (kind == QEvent.Type.ParentChange and widget.parent() is None)
+            )
+        )
+        if closing:
+            widget.shutdown()
+        return False

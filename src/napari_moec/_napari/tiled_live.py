@@ -6,7 +6,7 @@ job's geometry, blank until the run has written the store's metadata; every fini
 shows at the next refresh (at most :data:`REFRESH_INTERVAL` apart). What the user looks at
 drives the work: the tiles in view are trained first (``TiledCompressor.prioritize``) and the
 worker decodes the view's new tile into the shared cache before the GUI thread refreshes
-(:class:`~._tiled_run.ViewPrefetch`), so the GUI thread reads chunks' bytes and copies.
+(:class:`~.tiled_run.ViewPrefetch`), so the GUI thread reads chunks' bytes and copies.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from ._layers import LABELS_OPACITY, layer_names
-from ._lazy import pyramid
+from .layers import LABELS_OPACITY, layer_names
+from .lazy import pyramid
 
 __all__ = ["REFRESH_INTERVAL", "TiledLiveLayers", "shown_views"]
 
@@ -55,7 +55,7 @@ def shown_views(viewer, layer) -> list:
 
 class TiledLiveLayers:
     """The "<name> MoEC" and "<name> experts" layers of a tiled run, over ``blocks``
-    (:class:`~._lazy_blocks.LiveStoreBlocks`), with the source's scale, translate, units and
+    (:class:`~.lazy_blocks.LiveStoreBlocks`), with the source's scale, translate, units and
     contrast limits. Layers of those names from an earlier run are replaced.
 
     Parameters

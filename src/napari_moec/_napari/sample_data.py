@@ -14,7 +14,7 @@ import tifffile
 
 __all__ = ["CT_HEAD_SPACING", "ct_head", "ct_head_sample"]
 
-_DATA = Path(__file__).parent / "data"
+_DATA = Path(__file__).parent.parent / "data"  # napari_moec/data, beside the package's code
 #: Voxel size (Z, Y, X) in mm, the value VTK's medical examples use for this data set.
 CT_HEAD_SPACING = (1.5, 3.2, 3.2)
 

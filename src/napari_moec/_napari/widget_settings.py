@@ -27,11 +27,12 @@ from qtpy.QtGui import QRegularExpressionValidator
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ._widget_tiled_settings import TiledSettings
-from .config import OPTION_CONFIGS, option_fields
-from .errors import ConfigError
-from .families.siren.tutel_backend import available_backends
-from .plan import check_ratio
+from ..config import OPTION_CONFIGS, option_fields
+from ..errors import ConfigError
+from ..families.siren.tutel_backend import available_backends
+from ..plan import check_ratio
+from ..run_options import configs_from_options, option_names
+from .widget_tiled_settings import TiledSettings
 
 __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
 
@@ -206,7 +207,7 @@ class SettingsPanel(QWidget):
                 (basic if place == "basic" else advanced).addRow(label, control.widget.native)
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(advanced_form)
-        #: Big volumes: tiled compression on Dask (``_widget_tiled_settings``).
+        #: Big volumes: tiled compression on Dask (``widget_tiled_settings``).
         self.tiled = TiledSettings()
         self.tiled.changed.connect(self._emit_changed)
         self.big = QCollapsible("Big volumes (tiled, Dask)")
@@ -237,18 +238,14 @@ class SettingsPanel(QWidget):
         ConfigError
             A value the core rejects, with the core's message.
         """
-        values = self.values()
-        configs = {
-            key: cls(**{f.name: values[f.name] for f in option_fields(cls) if f.name in values})
-            for key, cls in OPTION_CONFIGS.items()
-        }
+        configs = configs_from_options(self.values())
         return {"ratio": parse_ratio(self.ratio.native.currentText()), **configs}
 
     def set_values(self, **values: Any) -> None:
         """Set options by name (``ratio=64, steps=60, num_experts=None, tile=16, ...``; None =
         auto): for scripts, the demo and tests. Options without a control are kept as overrides;
         ``mode``, ``tile``, ``workers`` and ``scheduler`` are the big-volume settings."""
-        declared = {f.name for cls in OPTION_CONFIGS.values() for f in option_fields(cls)}
+        declared = option_names()
         for name, value in values.items():
             if name == "ratio":
                 self.ratio.native.setCurrentText(f"{value:g}x")

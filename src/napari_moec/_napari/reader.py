@@ -19,10 +19,10 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ._layers import lazy_layer_data, moec_metadata, result_layer_data
-from .api import load
-from .compressed import Compressed
-from .format import MAGIC
+from ..api import load
+from ..compressed import Compressed
+from ..format import MAGIC
+from .layers import lazy_layer_data, moec_metadata, result_layer_data
 
 __all__ = [
     "LAZY_VOXELS",
@@ -114,7 +114,7 @@ def read_moec(path: str | os.PathLike, *, lazy: bool | None = None) -> tuple[Com
         lazy = math.prod(header.shape) > LAZY_VOXELS
     if not lazy:
         return compressed, result_layer_data(compressed, name, path=str(path))
-    from ._lazy_blocks import MoecBlocks
+    from .lazy_blocks import MoecBlocks
 
     return compressed, lazy_layer_data(
         MoecBlocks(compressed), name, spacing=header.spacing, unit=header.unit,
@@ -150,8 +150,8 @@ def tiled_metadata(store) -> dict:
 def read_tiled(path: str | os.PathLike) -> tuple[object, list[tuple]]:
     """Open a tiled store lazily: the :class:`~napari_moec.tiled.reader.TiledStore` and its
     multiscale Image and Labels layer data (nothing decoded yet)."""
-    from ._lazy_blocks import TiledBlocks
-    from .tiled.reader import open_tiled
+    from ..tiled.reader import open_tiled
+    from .lazy_blocks import TiledBlocks
 
     store = open_tiled(path)
     spec = store.spec

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MODES", "TILED_ABOVE_VOXELS", "TiledSettings"]
 
@@ -117,8 +117,3 @@ class TiledSettings(QWidget):
             self.scheduler.setText(value or "")
         else:
             getattr(self, name).value = value
-
-    def compressor_kwargs(self) -> dict[str, Any]:
-        """Keywords of :class:`~napari_moec.tiled.runner.TiledCompressor` (no ``mode``)."""
-        v = self.values()
-        return {"tile": v["tile"] or "auto", "workers": v["workers"], "scheduler": v["scheduler"]}

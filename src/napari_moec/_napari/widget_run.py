@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._layers import EXPERT_OFFSET, difference
-from ._live_view import LiveFrame, compose_frame, final_frame
-from ._reader import read_moec
-from .compressed import Compressed
-from .errors import MoecError, TrainingError
-from .events import Preview, TrainEvent
-from .metrics import psnr, ssim, ssim_applies
-from .training import Compressor
+from ..compressed import Compressed
+from ..errors import MoecError, TrainingError
+from ..events import Preview, TrainEvent
+from ..generators import relay
+from ..metrics import psnr, ssim, ssim_applies
+from ..training import Compressor
+from .layers import difference, expert_indices
+from .live_view import LiveFrame, compose_frame, final_frame
+from .reader import read_moec
 
 __all__ = [
     "Comparison",
@@ -107,21 +108,19 @@ def compress(compressor: Compressor) -> Generator[TrainEvent | LiveFrame, None, 
 
     A real generator function, so napari builds a GeneratorWorker (with ``yielded``, pause and
     quit between yields). It yields the run's events, except that each
-    :class:`~napari_moec.events.Preview` becomes a :class:`~napari_moec._live_view.LiveFrame`
+    :class:`~napari_moec.events.Preview` becomes a :class:`~napari_moec._napari.live_view.LiveFrame`
     (upsampled here, so the GUI thread only copies), and at the end a final frame of the
     stored file's full decode, which the run already made once (``Compressed.decode`` hands out
     a copy of it, no network pass).
     """
     shape = compressor.header.shape
+
+    def framed(event):
+        return compose_frame(event, shape) if isinstance(event, Preview) else event
+
     run = compressor.run()
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                compressed = done.value
-                break
-            yield compose_frame(event, shape) if isinstance(event, Preview) else event
+        compressed = yield from relay(run, framed)
         image, labels = compressed.decode_with_labels()
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
@@ -147,7 +146,7 @@ def open_moec(path: str) -> Loaded:
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
     (image, _, _), (shown, _, _) = layer_data
-    labels = shown - np.uint8(EXPERT_OFFSET)
+    labels = expert_indices(shown)
     return Loaded(str(path), Outcome(compressed, image, labels), layer_data)
 
 

@@ -6,7 +6,7 @@ the whole volume (tested): PSNR sums squared errors over blocks and uses the ori
 seen on the way; SSIM sums its map over blocks that overlap by ``SSIM_WINDOW - 1`` voxels, each
 window counted once, in the block where it starts. Memory is a few arrays of one block (at most
 :data:`BLOCK`\\ ³ voxels plus the overlap), whatever the volume. Runs in a napari worker: a
-generator that yields :class:`CompareProgress` and returns a :class:`~._widget_run.Comparison`.
+generator that yields :class:`CompareProgress` and returns a :class:`~.widget_run.Comparison`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from itertools import product
 
 import numpy as np
 
-from ._lazy import LazyVolume, pyramid
-from ._lazy_blocks import DifferenceBlocks
-from .metrics import SSIM_WINDOW, ssim_applies, ssim_map
+from ..metrics import SSIM_WINDOW, ssim_applies, ssim_map
+from .lazy import LazyVolume, pyramid
+from .lazy_blocks import DifferenceBlocks
 
 __all__ = ["BLOCK", "CompareProgress", "StreamComparison", "stream_compare"]
 

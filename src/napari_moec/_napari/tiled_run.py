@@ -1,7 +1,7 @@
 """What runs off the GUI thread for big volumes: a tiled compression driven from a napari worker,
 warming the live view's cache as tiles land, and opening a store or a big ``.moec`` lazily.
 
-Like ``_widget_run`` for the single-volume path, this module holds no Qt: its generators are
+Like ``widget_run`` for the single-volume path, this module holds no Qt: its generators are
 handed to napari workers, which relay their events to the dock widget.
 """
 
@@ -13,8 +13,9 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._layers import EXPERT_OFFSET
-from ._widget_run import Loaded, Outcome, WorkerFailure
+from ..generators import relay
+from .layers import expert_indices
+from .widget_run import Loaded, Outcome, WorkerFailure
 
 __all__ = ["LazyResult", "ViewPrefetch", "compress_tiles", "open_result"]
 
@@ -75,26 +76,23 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
     events and returns a :class:`LazyResult` (called ``name``) on the store, also when stopped
     (then resumable).
 
-    ``live`` (:class:`~._lazy_blocks.LiveStoreBlocks`) is attached to the store as soon as its
+    ``live`` (:class:`~.lazy_blocks.LiveStoreBlocks`) is attached to the store as soon as its
     metadata exists, and the views in ``prefetch`` are decoded after each tile, both here so
     that the GUI thread only copies. A finished ``.ozx`` run has packed its folder: ``live``
     then reads the ``.ozx`` (a stopped one keeps its folder, which a new run resumes).
     """
-    from .tiled.events import TiledStarted, TileFinished
+    from ..tiled.events import TiledStarted, TileFinished
+
+    def passed_on(event):
+        if isinstance(event, TiledStarted):
+            live.attach()
+        elif isinstance(event, TileFinished):
+            prefetch.warm()
+        return event
 
     run = job.run()
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                report = done.value
-                break
-            if isinstance(event, TiledStarted):
-                live.attach()
-            elif isinstance(event, TileFinished):
-                prefetch.warm()
-            yield event
+        report = yield from relay(run, passed_on)
     except Exception as exc:
         raise WorkerFailure(str(exc)) from exc
     finally:
@@ -113,9 +111,8 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
 def open_result(path: str) -> Loaded:
     """Open a ``.moec`` file (lazily when big) or a tiled store (always lazily) for Load…;
     runs in a worker (a small file is decoded whole here)."""
-    import numpy as np
 
-    from ._reader import _is_tiled, read_moec, read_tiled, store_name
+    from .reader import _is_tiled, read_moec, read_tiled, store_name
 
     try:
         if _is_tiled(path):
@@ -133,5 +130,5 @@ def open_result(path: str) -> Loaded:
         result = LazyResult(Path(path).name.removesuffix(".moec"), image[0].blocks,
                             float(header.vmax - header.vmin), compressed=compressed)  # fmt: skip
         return Loaded(str(path), result, layer_data)
-    labels = shown - np.uint8(EXPERT_OFFSET)
+    labels = expert_indices(shown)
     return Loaded(str(path), Outcome(compressed, image, labels), layer_data)

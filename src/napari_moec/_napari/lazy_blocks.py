@@ -1,4 +1,4 @@
-"""What napari's lazy layers decode from (:class:`~._lazy.Blocks`): the tiles of a tiled store,
+"""What napari's lazy layers decode from (:class:`~.lazy.Blocks`): the tiles of a tiled store,
 fixed cubes of a single ``.moec`` file, and the difference between a decoded volume and its
 original (Compare on data that does not fit in memory).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import EXPERT_OFFSET
+from .layers import expert_labels_for_display
 
 __all__ = [
     "DECODED_BLOCKS",
@@ -124,7 +124,7 @@ class MoecBlocks:
             values, labels = self.compressed.decode_with_labels(roi)
             grid = np.ix_(*[a - a[0] for a in volume])
             values, labels = values[grid], labels[grid]
-        return values, labels.astype(np.uint8) + np.uint8(EXPERT_OFFSET)
+        return values, expert_labels_for_display(labels)
 
 
 class DifferenceBlocks:

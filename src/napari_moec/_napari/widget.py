@@ -1,17 +1,26 @@
 """The "MoEC compression" dock widget: pick a volume, press Start, watch it compress.
 
-It holds no ML: settings become ``Compressor(...)`` arguments (``_widget_settings``), the core's
-generator runs in a napari worker (``_widget_run``) and its previews become full-resolution
-frames of the live layers, sharp on the plane the viewer shows (``_live_view``, run by
-``_widget_single``). Big or lazy layers (dask, zarr, multiscale) are compressed tile by tile on
-Dask instead (``_widget_tiled``), their live layers filling in as tiles land. Results (save,
-load, compare) live in ``_widget_results``; this module builds the panel and dispatches.
+It holds no ML and is made of parts that own their state:
+
+- :class:`~.widget_settings.SettingsPanel`: the controls, generated from the option
+  declarations; it gives the ratio and the configs (``run_options.configs_from_options``).
+- :class:`~.widget_request.RunRequest`: what Start asks for (layer, spacing, unit, ratio,
+  configs), read once from the Source picker and the panel.
+- a :class:`~.widget_panel.Run`: :class:`~.widget_single.SingleRun` (one network, live
+  full-resolution previews) or :class:`~.widget_tiled.TiledRun` (big or lazy layers, tile by
+  tile on Dask); each owns its job, worker and live layers, and writes into the
+  :class:`~.widget_panel.RunPanel` (the displays this module builds).
+- :class:`~.widget_results.ResultsController`: the current result and Save, Load, Compare.
+- :class:`~.widget_lifecycle.CloseWatcher`: stops the run when the widget or napari closes.
+
+This module builds the panel, turns the buttons into calls on those parts and keeps the
+controls' enabled state.
 """
 
 from __future__ import annotations
 
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -23,22 +32,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import warm_up_layer_machinery
-from ._live_view import FollowView, LiveLayers
-from ._widget_lifecycle import LifecycleMixin, is_volume, no_source_message, volume_data
-from ._widget_results import ResultsMixin
-from ._widget_settings import SettingsPanel
-from ._widget_single import SingleRunMixin
-from ._widget_tiled import TiledMixin, wants_tiled
-from .config import PreviewConfig
-from .devices import available_cores
-from .errors import ConfigError
-from .plan import plan
+from ..config import PreviewConfig
+from ..devices import available_cores
+from ..errors import ConfigError
+from ..plan import plan
+from .layers import warm_up_layer_machinery
+from .widget_lifecycle import CloseWatcher, is_volume
+from .widget_panel import Run, RunPanel
+from .widget_request import RunRequest, find_source, make_request
+from .widget_results import ResultsController
+from .widget_settings import SettingsPanel
+from .widget_single import SingleRun
+from .widget_tiled import TiledRun, TiledStores, tiled_estimate
 
 __all__ = ["MoecWidget"]
 
 
-class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidget):
+class MoecWidget(QWidget):
     """Dock widget that compresses an Image layer into a ``.moec`` file, or a big / lazy one
     into a tiled store on Dask, live.
 
@@ -51,12 +61,14 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
     ----------
     preview : PreviewConfig
         When live previews come (every N steps and/or T seconds, and once at the end of
-        training) and what they may cost (see ``_live_view`` for the bound).
+        training) and what they may cost (see ``live_view`` for the bound).
     threads : int
         CPU threads for training unless the settings set them; one core fewer than available,
         so the GUI stays smooth.
-    worker
-        The running GeneratorWorker, or None.
+    run : Run or None
+        The running compression (a SingleRun or a TiledRun), None between runs.
+    results : ResultsController
+        The current result, Save, Load and Compare.
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
@@ -66,21 +78,8 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
         #: Torch threads for CPU training: one core is left to napari's event loop.
         self.threads = max(1, available_cores() - 1)
         warm_up_layer_machinery()
-        self.worker = None
-        self.compare_worker = None
-        self.load_worker = None
-        self.result = None  # Outcome of the last run or load
-        #: The running job: a Compressor, or a TiledCompressor for big layers.
-        self._compressor = None
-        self._live: LiveLayers | None = None
-        self._follow: FollowView | None = None
-        self._tiled_live = None
-        self._paused = False
-        self._resumable: dict[tuple, str] = {}  # stopped tiled runs by (layer, settings)
-        self._tiles_done = (0, 0)
-        self._watched: QObject | None = None
-        self._last_readout = 0.0
-        self._closing = False
+        self.run: Run | None = None
+        self._stores = TiledStores()  # stopped tiled runs, resumed by Start
 
         self.source = QComboBox()
         self.settings = SettingsPanel()
@@ -96,6 +95,21 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
         self.save_button = QPushButton("Save…")
         self.load_button = QPushButton("Load…")
         self.compare_button = QPushButton("Compare")
+
+        self.panel = RunPanel(
+            viewer=self.viewer,
+            progress=self.progress,
+            status=self.status,
+            readouts=self.readouts,
+            pause_button=self.pause_button,
+            stop_button=self.stop_button,
+            show_error=self._show_error,
+            set_running=self._set_running,
+        )
+        self.results = ResultsController(
+            self.panel, self, self.compare_button, self.source_layer, self._load_changed
+        )
+        self._close_watcher = CloseWatcher(self)
 
         top = QFormLayout()
         top.addRow("Source", self.source)
@@ -139,6 +153,41 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
         self._set_running(False)
         self.update_estimate()
 
+    # -- what tests, scripts and the demo read --------------------------------------------
+    @property
+    def worker(self):
+        """The running compression's napari worker, or None."""
+        return None if self.run is None else self.run.worker
+
+    @property
+    def result(self):
+        """The last run's or load's result (``Outcome`` or ``LazyResult``), or None."""
+        return self.results.result
+
+    @property
+    def load_worker(self):
+        return self.results.load_worker
+
+    @property
+    def compare_worker(self):
+        return self.results.compare_worker
+
+    @property
+    def last_comparison(self):
+        return self.results.last_comparison
+
+    def save(self, path=None):
+        """Save the result (see :meth:`ResultsController.save`)."""
+        return self.results.save(path)
+
+    def load(self, path=None):
+        """Open a ``.moec`` or a store (see :meth:`ResultsController.load`)."""
+        return self.results.load(path)
+
+    def compare(self) -> None:
+        """Compare the result with the Source layer (see :meth:`ResultsController.compare`)."""
+        self.results.compare()
+
     # -- source picker ---------------------------------------------------------------------
     def refresh_sources(self, event=None) -> None:
         """Keep the picker equal to the viewer's 3D/4D Image layers, keeping the selection."""
@@ -161,37 +210,29 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
 
     def source_layer(self):
         """The Image layer chosen in Source, or None."""
-        name = self.source.currentText()
-        for layer in self.viewer.layers:
-            if layer.name == name and is_volume(layer):
-                return layer
-        return None
+        return find_source(self.viewer.layers, self.source.currentText())
 
-    def _source_and_settings(self):
-        """The source layer, its physical metadata and the settings as Compressor keywords;
-        raises ConfigError when there is no usable source or a setting is invalid."""
-        layer = self.source_layer()
-        if layer is None:
-            raise ConfigError(no_source_message(self.viewer.layers).removeprefix("MoEC: "))
-        units = {format(u, "~") for u in layer.units}
-        unit = units.pop() if len(units) == 1 and "px" not in units else None
-        physical = {"spacing": tuple(float(s) for s in layer.scale), "unit": unit}
-        return layer, physical, self.settings.compressor_kwargs()
-
-    def _tiled(self, layer) -> bool:
-        return wants_tiled(layer, self.settings.tiled.values()["mode"])
+    def request(self) -> RunRequest:
+        """What Start would run now: the Source layer and the settings, read once; raises
+        ConfigError when there is no usable source or a setting is invalid."""
+        return make_request(
+            self.viewer.layers,
+            self.source.currentText(),
+            self.settings.compressor_kwargs,
+            self.settings.tiled.values,
+        )
 
     def update_estimate(self) -> None:
         """Predicted file size and parameter count (or the tiled plan) for the settings as
         typed: from the layer's shape and dtype, never its voxels, so it stays instant."""
         try:
-            layer, physical, settings = self._source_and_settings()
-            if self._tiled(layer):
-                self.settings.show_estimate(self.tiled_estimate(layer, physical, settings))
+            request = self.request()
+            if request.tiled_mode:
+                self.settings.show_estimate(tiled_estimate(request))
                 return
-            data = volume_data(layer)
-            p = plan(data.shape, data.dtype, settings["ratio"], arch=settings["arch"],
-                     quant=settings["quant"], **physical)  # fmt: skip
+            # TODO(A-merge): the sizing policy's public function instead of plan()
+            p = plan(request.shape, request.dtype, request.ratio, arch=request.arch,
+                     quant=request.quant, **request.physical)  # fmt: skip
         except ConfigError as exc:
             self.settings.show_estimate(str(exc), error=True)
             return
@@ -209,56 +250,53 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
     # -- runs --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start compressing the Source layer in a worker thread: one network for an in-memory
-        layer, tile by tile on Dask for a big or lazy one (``_widget_tiled``)."""
-        if self.worker is not None:
+        layer (:class:`SingleRun`), tile by tile on Dask for a big or lazy one
+        (:class:`TiledRun`)."""
+        if self.run is not None:
             return
-        layer = self.source_layer()
         try:
-            if layer is not None and self._tiled(layer):
-                self._start_tiled()
-                return
-            compressor = self._make_compressor()
+            request = self.request()
+            if request.tiled_mode:
+                run = TiledRun(request, self.panel, self.results, self._stores,
+                               on_finished=self._run_finished)  # fmt: skip
+            else:
+                run = SingleRun(request, self.panel, self.results, preview=self.preview,
+                                threads=self.threads, on_finished=self._run_finished)  # fmt: skip
         except ConfigError as exc:
             message = str(exc)
             self._show_error(message if message.startswith("MoEC") else f"MoEC: {message}")
             return
-        self._start_single(compressor)
-
-    def _is_tiled_run(self) -> bool:
-        return self._compressor is not None and hasattr(self._compressor, "prioritize")
+        self.run = run
+        self._close_watcher.watch_window()
+        run.start()
 
     def toggle_pause(self) -> None:
         """Pause or resume: between two optimiser steps, on every Dask worker for tiled runs."""
-        if self.worker is None:
-            return
-        if self._is_tiled_run():
-            self._toggle_tiled_pause()
-        elif self.worker.is_paused:
-            self.worker.resume()
-            self.pause_button.setText("Pause")
-        else:
-            self.worker.pause()
-            self.pause_button.setText("Resume")
+        if self.run is not None:
+            self.run.toggle_pause()
 
     def stop(self) -> None:
         """End the run now. Single volume: the best model so far is still quantized, coded and
         returned. Tiled: finished tiles stay in the store, which Start resumes."""
-        if self.worker is None or self._compressor is None:
-            return
-        tiled = self._is_tiled_run()
-        self._compressor.stop()  # a tiled job reaches its Dask workers, paused ones too
-        if not tiled and self.worker.is_paused:
-            self.worker.resume()
-        self.pause_button.setText("Pause")
-        self.pause_button.setEnabled(False)
-        self.stop_button.setEnabled(False)
-        self.status.setText(
-            "Stopping: keeping the finished tiles…" if tiled
-            else "Stopping: keeping the best model so far…"
-        )  # fmt: skip
+        if self.run is not None:
+            self.run.stop()
+
+    def shutdown(self) -> None:
+        """Stop the run without finishing the file: the widget or the viewer is closing."""
+        if self.run is not None:
+            self.run.shutdown()
+
+    def _run_finished(self) -> None:
+        self.run = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self.result is not None else 0)
+        self._set_running(False)
+
+    def _load_changed(self) -> None:
+        self._set_running(self.run is not None)
 
     def _set_running(self, running: bool) -> None:
-        loading = self.load_worker is not None
+        loading = self.results.load_worker is not None
         self.start_button.setEnabled(not running and not loading)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
@@ -269,6 +307,12 @@ class MoecWidget(LifecycleMixin, ResultsMixin, SingleRunMixin, TiledMixin, QWidg
         has_result = self.result is not None and not running
         self.save_button.setEnabled(has_result)
         self.compare_button.setEnabled(has_result)
+
+    def _save_clicked(self) -> None:
+        self.results.save()
+
+    def _load_clicked(self) -> None:
+        self.results.load()
 
     def _show_error(self, message: str) -> None:
         show_error(message)
