@@ -27,9 +27,9 @@ __all__ = [
 
 KERNELS = ("linear", "cubic")
 CONTEXTS = ("none", "cb")
-#: Stored latents at most (int32 each while decoding: 256 MiB), the same bound as
-#: ``format.MAX_PARAMETERS``; a 512^3 volume at 64x with levels from 1/2 needs ~19 M.
-MAX_LATENTS = 1 << 26
+#: Stored latents at most: 64 MiB of int32 while decoding. A 256^3 volume with levels from 1/2
+#: has 2.4 M; ``sizing.auto_config`` raises ``first_level`` to stay below it.
+MAX_LATENTS = 1 << 24
 #: (field, lowest, highest) of the stored configuration bytes, in file order.
 _FIELDS = (
     ("num_levels", 1, 12),

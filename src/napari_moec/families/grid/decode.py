@@ -10,7 +10,6 @@ state across voxels, so ``decode_region(roi)`` equals the same slice of the full
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import torch
@@ -91,9 +90,14 @@ def decode_region(
     if labels and not values and cfg.num_experts == 1:
         return None, out_l
     lat = [y.detach() for y in model.grids.latents]
+    # The region's rows of every axis matrix, built once; a block takes a slice of them.
+    mats = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, region, device)
     for sub, where in _blocks(region, chunk):
-        mats = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, sub, device)
-        f = model.grids.features(lat, mats)
+        block = [
+            [_rows(m, w, n, device) for m, w, n in zip(level, where, cfg.shape, strict=True)]
+            for level in mats
+        ]
+        f = model.grids.features(lat, block)
         coords = region_coords(cfg.shape, sub, device) if model.needs_coords else None
         bshape = tuple(len(range(*r)) for r in sub)
         if values:
@@ -102,10 +106,18 @@ def decode_region(
             if labels:
                 out_l[where] = top1.to(torch.uint8).cpu().numpy().reshape(bshape)
         elif labels:
-            out_l[where] = (
-                model.synth.labels(f, coords).to(torch.uint8).cpu().numpy().reshape(bshape)
-            )
+            top1 = model.synth.labels(f, coords)
+            out_l[where] = top1.to(torch.uint8).cpu().numpy().reshape(bshape)
     return out_v, out_l
+
+
+def _rows(m: torch.Tensor | None, where: slice, n: int, device) -> torch.Tensor | None:
+    """Rows ``where`` of an axis matrix (``None``: the identity of the whole axis)."""
+    if m is None:
+        if where == slice(0, n):
+            return None
+        return torch.eye(n, device=device)[where]
+    return m[where]
 
 
 def region_coords(shape: tuple[int, ...], region: Region, device) -> torch.Tensor:
@@ -115,7 +127,3 @@ def region_coords(shape: tuple[int, ...], region: Region, device) -> torch.Tenso
     ]
     grids = torch.meshgrid(*axes, indexing="ij")
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
-
-
-def voxel_count(region: Region) -> int:
-    return math.prod(len(range(*r)) for r in region)

@@ -15,7 +15,9 @@ case to 1/4 and leaves the 64x and 256x choices of the shared volumes as measure
 
 from __future__ import annotations
 
-from .config import GridConfig, level_shapes
+import math
+
+from .config import MAX_LATENTS, GridConfig, level_shapes
 
 __all__ = ["MIN_BITS_PER_LATENT", "auto_config"]
 
@@ -42,7 +44,7 @@ def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> Grid
         first = 1
         while first < 12:
             count = sum(n for n in _counts(shape, first))
-            if latent_bits / count >= MIN_BITS_PER_LATENT:
+            if latent_bits / count >= MIN_BITS_PER_LATENT and count <= MAX_LATENTS:
                 break
             first += 1
     kw = {
@@ -56,6 +58,4 @@ def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> Grid
 
 
 def _counts(shape: tuple[int, ...], first: int) -> list[int]:
-    import math
-
     return [math.prod(g) for g in level_shapes(shape, _levels_from(shape, first), first)]
