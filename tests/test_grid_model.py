@@ -56,7 +56,7 @@ def _rounded_forward(model: GridModel) -> np.ndarray:
 def test_bytes_decode_to_the_rounded_forward(shape, kw):
     cfg = GridConfig(shape, **kw)
     model = _random_model(cfg)
-    decoded = model_from_payload(unpack_payload(pack_model(model), shape))
+    decoded = model_from_payload(unpack_payload(pack_model(model), cfg))
     values, labels = decode_region(decoded, values=True, labels=True)
     assert values.shape == shape and values.dtype == np.float32
     np.testing.assert_allclose(values, _rounded_forward(model), atol=1e-5)
@@ -68,9 +68,8 @@ def test_bytes_decode_to_the_rounded_forward(shape, kw):
 
 @pytest.mark.parametrize(("shape", "kw"), CASES)
 def test_region_equals_slice_of_full_decode(shape, kw):
-    model = model_from_payload(
-        unpack_payload(pack_model(_random_model(GridConfig(shape, **kw))), shape)
-    )
+    cfg = GridConfig(shape, **kw)
+    model = model_from_payload(unpack_payload(pack_model(_random_model(cfg)), cfg))
     full, full_labels = decode_region(model, labels=True)
     roi = tuple((1, n) if n > 2 else (0, n) for n in shape)
     stride = tuple(2 if n > 3 else 1 for n in shape)
@@ -130,7 +129,7 @@ def test_cuda_decode_matches_cpu_and_trains():
 
     best = drain(trainer.run())
     assert len(best.payload) <= 1500 and -best.score < first
-    payload = unpack_payload(best.payload, shape)
+    payload = unpack_payload(best.payload, cfg)
     cpu, cpu_labels = decode_region(model_from_payload(payload, "cpu"), labels=True)
     gpu, gpu_labels = decode_region(model_from_payload(payload, "cuda"), labels=True)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)

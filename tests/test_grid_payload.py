@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_moec.errors import ConfigError, MoecFormatError
+from napari_moec.families.grid.codec import CODEC
 from napari_moec.families.grid.config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
 from napari_moec.families.grid.context import context_slots, even_mask
 from napari_moec.families.grid.payload import (
@@ -46,7 +47,7 @@ def test_round_trip_exact(shape, kw):
     cfg = GridConfig(shape, **kw)
     data, latents, weights = _random_payload(cfg)
     assert len(data) > side_bytes(cfg)
-    out = unpack_payload(data, shape)
+    out = unpack_payload(data, cfg)
     assert isinstance(out, GridPayload) and out.config == cfg
     assert out.latent_step == 0.5 and set(out.scales) == {0.015625}
     for a, b in zip(out.latents, latents, strict=True):
@@ -75,9 +76,12 @@ def test_context_numpy_equals_torch():
     assert set(np.unique(a[even])) == {0} and a[~even].min() >= 1
 
 
-def test_config_bytes_checked():
+def test_config_json_checked():
     cfg = GridConfig(SHAPE, num_experts=2)
-    assert GridConfig.from_bytes(cfg.to_bytes(), SHAPE) == cfg
+    assert CODEC.config_from_json(CODEC.config_to_json(cfg), SHAPE) == cfg
+    for bad in (None, [1] * 8, [*cfg.to_json()[:-1], 2], [True, *cfg.to_json()[1:]], [1.0] * 9):
+        with pytest.raises(MoecFormatError):
+            CODEC.config_from_json(bad, SHAPE)
     with pytest.raises(ConfigError):
         GridConfig(SHAPE, top_k=2)
     with pytest.raises(ConfigError):
@@ -98,34 +102,59 @@ def test_hostile_payloads_raise_format_error():
     bad = {
         "empty": b"",
         "short": data[:5],
-        "version": _corrupt(data, 0, b"\x07"),
-        "levels 0": _corrupt(data, 1, b"\x00"),
-        "kernel": _corrupt(data, 3, b"\x05"),
-        "top_k > experts": _corrupt(data, 6, b"\x09"),
         "truncated stream": data[:-4],
         "unaligned": data[:-1],
         "extra word": data + b"\x01\x00\x00\x00",
-        "nan step": _corrupt(data, 10, struct.pack("<e", float("nan"))),
-        "zero scale": _corrupt(data, 12, struct.pack("<e", 0.0)),
-        "negative scale": _corrupt(data, 10 + 2 * (n_floats - 1), struct.pack("<e", -1.0)),
-        "model 255": _corrupt(data, 10 + 2 * n_floats, b"\xff"),
+        "nan step": _corrupt(data, 0, struct.pack("<e", float("nan"))),
+        "inf step": _corrupt(data, 0, struct.pack("<e", float("inf"))),
+        "zero scale": _corrupt(data, 2, struct.pack("<e", 0.0)),
+        "negative scale": _corrupt(data, 2 * (n_floats - 1), struct.pack("<e", -1.0)),
+        "model 255": _corrupt(data, 2 * n_floats, b"\xff"),
         "radius 0": _corrupt(data, radius_at, struct.pack("<H", 0)),
         "radius huge": _corrupt(data, radius_at, struct.pack("<H", 65535)),
     }
     for name, payload in bad.items():
         with pytest.raises(MoecFormatError):
-            unpack_payload(payload, SHAPE)
+            unpack_payload(payload, cfg)
             pytest.fail(name)
+    with pytest.raises(MoecFormatError):
+        CODEC.unpack_payload(cfg, None, data[:-1], decode_weights=False)
+    assert CODEC.unpack_payload(cfg, None, data, decode_weights=False) is None
 
 
 def test_latent_count_checked_before_allocation():
-    # A payload claiming full-resolution levels of a huge volume (from a valid header) must be
-    # refused from its config bytes alone, before any grid is allocated.
-    cfg = GridConfig(SHAPE, num_levels=1, first_level=0)
-    data, _, _ = _random_payload(cfg)
+    # A header claiming full-resolution levels of a huge volume (shape valid for format.py)
+    # must be refused from "m" alone, before any grid is allocated.
+    doc = GridConfig(SHAPE, num_levels=1, first_level=0).to_json()
     with pytest.raises(MoecFormatError, match="latents"):
-        unpack_payload(data, (4096, 4096, 4096))
+        CODEC.config_from_json(doc, (4096, 4096, 4096))
     assert MAX_LATENTS <= 1 << 24
+
+
+def test_file_side_imports_no_torch():
+    # payload/codec/config/context must stay readable without the network code (and torch).
+    import ast
+    import pathlib
+
+    import napari_moec.families.grid as grid
+
+    allowed = {"__future__", "math", "struct", "dataclasses", "functools", "numpy", "constriction"}
+    allowed |= {"entropy", "errors", "config", "context", "payload", ""}
+    for name in ("payload", "codec", "config", "context"):
+        tree = ast.parse((pathlib.Path(grid.__file__).parent / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            for mod in mods:
+                assert mod.split(".")[-1] in allowed or mod in allowed, (name, mod)
+    from napari_moec.families.grid.payload import MAX_LEVEL
+    from napari_moec.quantize import MAX_LEVEL as product_max
+
+    assert product_max == MAX_LEVEL
 
 
 FUZZ_CFG = GridConfig(SHAPE, num_levels=3, num_experts=2)
@@ -134,7 +163,7 @@ FUZZ_DATA = _random_payload(FUZZ_CFG)[0]
 
 def _accepts_or_refuses(payload: bytes) -> None:
     try:
-        out = unpack_payload(payload, SHAPE)
+        out = unpack_payload(payload, FUZZ_CFG)
     except MoecFormatError:
         return
     # A corruption the checks cannot see (a flipped bit in the ANS stream) decodes to a

@@ -12,4 +12,21 @@ fit       quantization and the exact fit of a payload to a byte budget
 train     GridTrainer: a step-based schedule, sampling, checkpoints, the best payload kept
 decode    decode_region (values and labels) in bounded-memory blocks
 sizing    auto_config: a config for a shape and a payload budget
+codec     CODEC, the contract's PayloadCodec (the header's "m", the payload; no network code)
+family    FAMILY, the contract's ModelFamily (thin adapters over the modules above)
+
+Importing this package imports no network code; ``FAMILY`` is loaded on first access, so
+``format.py`` can read ``codec`` without it.
 """
+
+from __future__ import annotations
+
+__all__ = ["FAMILY"]
+
+
+def __getattr__(name: str):
+    if name == "FAMILY":
+        from .family import FAMILY
+
+        return FAMILY
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 
 __all__ = [
-    "CONFIG_BYTES",
+    "FIELDS",
     "KERNELS",
     "MAX_LATENTS",
     "GridConfig",
@@ -31,7 +31,7 @@ CONTEXTS = ("none", "cb")
 #: has 2.4 M; ``sizing.auto_config`` raises ``first_level`` to stay below it.
 MAX_LATENTS = 1 << 24
 #: (field, lowest, highest) of the stored configuration bytes, in file order.
-_FIELDS = (
+FIELDS = (
     ("num_levels", 1, 12),
     ("first_level", 0, 24),
     ("kernel", 0, len(KERNELS) - 1),
@@ -42,7 +42,6 @@ _FIELDS = (
     ("gate_hidden", 1, 64),
     ("context", 0, len(CONTEXTS) - 1),
 )
-CONFIG_BYTES = len(_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class GridConfig:
             raise ConfigError(f"unknown kernel {self.kernel!r}, use one of {KERNELS}")
         if self.context not in CONTEXTS:
             raise ConfigError(f"unknown context {self.context!r}, use one of {CONTEXTS}")
-        for name, lo, hi in _FIELDS:
+        for name, lo, hi in FIELDS:
             value = self._code(name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -118,19 +117,21 @@ class GridConfig:
     def latent_count(self) -> int:
         return sum(math.prod(g) for g in self.grid_shapes)
 
-    def to_bytes(self) -> bytes:
-        """The 9 configuration bytes of the payload (order of ``_FIELDS``)."""
-        return bytes(self._code(name) for name, _, _ in _FIELDS)
+    def to_json(self) -> list[int]:
+        """The header's ``"m"``: the fields of ``FIELDS`` as integers, in order."""
+        return [self._code(name) for name, _, _ in FIELDS]
 
     @classmethod
-    def from_bytes(cls, raw: bytes, shape: tuple[int, ...]) -> GridConfig:
-        """Inverse of :meth:`to_bytes`; raises ConfigError for a value out of range."""
-        if len(raw) != CONFIG_BYTES:
-            raise ConfigError(f"grid config needs {CONFIG_BYTES} bytes, got {len(raw)}")
-        values = dict(zip((f[0] for f in _FIELDS), raw, strict=True))
-        for name, lo, hi in _FIELDS:  # before indexing KERNELS/CONTEXTS or sizing anything
-            if not lo <= values[name] <= hi:
-                raise ConfigError(f"grid config {name}={values[name]} is not in [{lo}, {hi}]")
+    def from_json(cls, doc: object, shape: tuple[int, ...]) -> GridConfig:
+        """Inverse of :meth:`to_json`; raises ConfigError for anything out of range (before
+        a string table is indexed or anything is sized)."""
+        if not isinstance(doc, list) or len(doc) != len(FIELDS):
+            raise ConfigError(f"grid model must be a list of {len(FIELDS)} integers")
+        values = dict(zip((f[0] for f in FIELDS), doc, strict=True))
+        for name, lo, hi in FIELDS:
+            v = values[name]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"grid model {name}={v!r} is not an integer in [{lo}, {hi}]")
         values["kernel"] = KERNELS[values["kernel"]]
         values["context"] = CONTEXTS[values["context"]]
         return cls(shape=tuple(shape), **values)

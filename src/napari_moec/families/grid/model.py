@@ -101,7 +101,7 @@ class _GatherRows(torch.autograd.Function):
 class Synthesis(nn.Module):
     """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder."""
 
-    def __init__(self, cfg: GridConfig) -> None:
+    def __init__(self, cfg: GridConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         n, h = cfg.num_experts, cfg.hidden
@@ -124,6 +124,15 @@ class Synthesis(nn.Module):
             self.gate = nn.Sequential(
                 nn.Linear(cfg.ndim + cfg.num_levels, g), nn.ReLU(), nn.Linear(g, n)
             )
+        if generator is not None:  # nn.Linear's bounds, drawn from the caller's generator
+            params = dict(self.named_parameters())
+            with torch.no_grad():
+                for name, p in params.items():
+                    # dim 1 is the input of (out, in) Linear weights and (n, in, out) experts
+                    fan_in = params[name.rsplit(".", 1)[0] + ".weight"].shape[1]
+                    p.uniform_(-1.0, 1.0, generator=generator).mul_(1.0 / math.sqrt(fan_in))
+                self.decoder.weight.mul_(0.5)
+                self.decoder.bias.zero_()
 
     def stored(self) -> dict[str, torch.Tensor]:
         """The stored tensors by ``config.mlp_layout`` name (same order)."""
@@ -194,13 +203,18 @@ class Synthesis(nn.Module):
 
 
 class GridModel(nn.Module):
-    """Latent grids + synthesis for one volume."""
+    """Latent grids + synthesis for one volume.
 
-    def __init__(self, cfg: GridConfig) -> None:
+    ``best_payload`` holds the best real payload seen while training (set by the trainer at
+    its checkpoints, never stored in the state dict), so the final budget fit can keep it.
+    """
+
+    def __init__(self, cfg: GridConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.grids = LatentGrids(cfg)
-        self.synth = Synthesis(cfg)
+        self.synth = Synthesis(cfg, generator)
+        self.best_payload: bytes | None = None
 
     def forward(self, mats, coords=None, mode: QuantMode = "none", frozen_router: bool = False):
         f = self.grids.features(self.grids.quantized(mode), mats)
@@ -209,3 +223,58 @@ class GridModel(nn.Module):
     @property
     def needs_coords(self) -> bool:
         return self.cfg.num_experts > 1
+
+    @torch.no_grad()
+    def decode(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values (N, 1), top-1 labels (N,))`` at coordinates in [-1, 1] (the contract's
+        ``DecodableModel``); regions decode faster through ``decode.decode_region``."""
+        value, _, _, top1 = self.synth(point_features(self, coords), coords)
+        return value[:, None], top1
+
+    @torch.no_grad()
+    def expert_labels(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.synth.labels(point_features(self, coords), coords)
+
+
+def _axis_taps(c: torch.Tensor, n: int, g: int, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node indices and weights (N, taps) along one axis at coordinates ``c`` in [-1, 1]: the
+    per-point form of ``interp.interp_matrix`` (same special cases, same formulas)."""
+    if g == 1 or n == 1:
+        return torch.zeros_like(c, dtype=torch.long)[:, None], torch.ones_like(c)[:, None]
+    u = (c.double() + 1.0) * 0.5 * (g - 1)
+    if g == n:  # one node per voxel: the separable path picks the node
+        return torch.round(u).long().clamp(0, g - 1)[:, None], torch.ones_like(c)[:, None]
+    i0 = torch.floor(u).long().clamp(max=g - 2)
+    t = u - i0
+    if kernel == "linear":
+        idx = torch.stack([i0, i0 + 1], dim=1)
+        w = torch.stack([1 - t, t], dim=1)
+    else:
+        t2, t3 = t * t, t * t * t
+        idx = torch.stack([i0 + k for k in range(-1, 3)], dim=1).clamp(0, g - 1)
+        w = torch.stack(
+            [
+                (1 - 3 * t + 3 * t2 - t3) / 6,
+                (4 - 6 * t2 + 3 * t3) / 6,
+                (1 + 3 * t + 3 * t2 - 3 * t3) / 6,
+                t3 / 6,
+            ],
+            dim=1,
+        )
+    return idx, w.float()
+
+
+def point_features(model: GridModel, coords: torch.Tensor) -> torch.Tensor:
+    """(N, L) features at arbitrary coordinates (N, ndim) in [-1, 1]: ``taps^ndim`` nodes
+    gathered per level (64 in 3D with the cubic kernel). Equal, up to float rounding, to the
+    separable path on voxel coordinates; used where a caller has points, not a region."""
+    cfg, cols = model.cfg, []
+    for y, g in zip(model.grids.latents, cfg.grid_shapes, strict=True):
+        flat = torch.zeros(coords.shape[0], 1, dtype=torch.long, device=coords.device)
+        weight = torch.ones(coords.shape[0], 1, device=coords.device)
+        for axis, (n, gk) in enumerate(zip(cfg.shape, g, strict=True)):
+            idx, w = _axis_taps(coords[:, axis], n, gk, cfg.kernel)
+            flat = (flat[:, :, None] * gk + idx[:, None, :]).reshape(coords.shape[0], -1)
+            weight = (weight[:, :, None] * w[:, None, :]).reshape(coords.shape[0], -1)
+        cols.append((y.detach().reshape(-1)[flat] * weight).sum(dim=1))
+    return torch.stack(cols, dim=1)

@@ -1,16 +1,14 @@
 """The grid family's payload: the bytes between the ``.moec`` header and its CRC.
 
-Torch-free (numpy, constriction through :mod:`napari_moec.entropy`). The outer frame
-(:mod:`napari_moec.format`) already holds the magic, the version, the volume's shape, dtype and
-intensity range, and a CRC-32 of every byte, so none of them is repeated here. Layout (all
-integers little-endian; ``T`` = stored network tensors, ``G`` = latent symbol groups)::
+Torch-free (numpy, constriction and :mod:`napari_moec.entropy`). The outer frame
+(:mod:`napari_moec.format`) already holds the magic, the versions, the volume's shape, dtype and
+intensity range, the model config (the header's ``"m"``, :mod:`.codec`) and a CRC-32 of every
+byte, so none of them is repeated here. Layout (all integers little-endian; ``T`` = stored
+network tensors, ``G`` = latent symbol groups, both fixed by the config and the shape)::
 
     offset  size  field
-    0       1     u8 payload version (1)
-    1       9     u8 config: num_levels, first_level, kernel (0 linear, 1 cubic), hidden,
-                  num_experts, top_k, expert_layers, gate_hidden, context (0 none, 1 cb)
-    10      2     f16 latent step s > 0 (1 unless the budget fit changed it)
-    12      2T    f16 scale > 0 of each network tensor (``config.mlp_layout`` order)
+    0       2     f16 latent step s > 0 (1 unless the budget fit changed it)
+    2       2T    f16 scale > 0 of each network tensor (``config.mlp_layout`` order)
     .       G+T   u8 entropy model of each latent group, then of each network tensor
                   (``napari_moec.entropy``: 0 uniform, 1..127 geometric, 128..254 Gaussian)
     .       2     u16 radius R, 1 <= R <= 32767: every integer is in [-R, R]
@@ -22,10 +20,10 @@ The shapes of the latent levels follow from the config and the header's shape
 latents, then the odd ones of each context bucket (:mod:`.context`), each in C order.
 A latent is ``integer * s``, a network weight ``integer * scale``.
 
-Reading checks every number before it sizes anything: the payload length against the fixed
-part, the config ranges, the latent count (``MAX_LATENTS``), scales and step finite and > 0,
-model bytes <= 254, the radius, the stream length (a multiple of 4, consumed exactly). Every
-failure raises :class:`~napari_moec.errors.MoecFormatError`.
+Reading checks every number before it sizes anything: the config (``GridConfig`` bounds the
+latent count by ``MAX_LATENTS`` when it is built), the payload length against the side bytes,
+scales and step finite and > 0, model bytes <= 254, the radius, the stream length (a multiple
+of 4, consumed exactly). Every failure raises :class:`~napari_moec.errors.MoecFormatError`.
 """
 
 from __future__ import annotations
@@ -39,14 +37,14 @@ import numpy as np
 
 from ... import entropy
 from ...errors import ConfigError, MoecFormatError
-from ...quantize import MAX_LEVEL
-from .config import CONFIG_BYTES, GridConfig, mlp_layout
+from .config import GridConfig, mlp_layout
 from .context import N_SLOTS, context_slots, even_mask, uses_cb
 
-__all__ = ["PAYLOAD_VERSION", "GridPayload", "pack_payload", "side_bytes", "unpack_payload"]
+__all__ = ["GridPayload", "pack_payload", "side_bytes", "unpack_payload"]
 
-PAYLOAD_VERSION = 1
 _MAX_MODEL = 254
+#: Largest integer magnitude (``napari_moec.quantize.MAX_LEVEL``, not imported: it imports torch).
+MAX_LEVEL = 32767
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def side_bytes(config: GridConfig) -> int:
     """Bytes of a payload besides its ANS stream (what :func:`pack_payload` adds)."""
     groups = sum(N_SLOTS if uses_cb(config.context, g) else 1 for g in config.grid_shapes)
     tensors = len(mlp_layout(config))
-    return 1 + CONFIG_BYTES + 2 + 2 * tensors + groups + tensors + 2
+    return 2 + 2 * tensors + groups + tensors + 2
 
 
 def pack_payload(
@@ -122,8 +120,6 @@ def pack_payload(
     models = [entropy.choose_model(t, radius) if t.size else 0 for t in tensors]
     return b"".join(
         [
-            bytes([PAYLOAD_VERSION]),
-            config.to_bytes(),
             struct.pack(f"<{len(floats)}e", *floats),
             bytes(models),
             struct.pack("<H", radius),
@@ -132,8 +128,8 @@ def pack_payload(
     )
 
 
-def unpack_payload(payload: bytes, shape: tuple[int, ...]) -> GridPayload:
-    """Parse and check a payload for a volume of ``shape`` (from the already checked header).
+def unpack_payload(payload: bytes, config: GridConfig) -> GridPayload:
+    """Parse and check a payload of a model of ``config`` (from the already checked header).
 
     Raises
     ------
@@ -141,23 +137,14 @@ def unpack_payload(payload: bytes, shape: tuple[int, ...]) -> GridPayload:
         For any inconsistency (module docstring), never a struct/numpy/constriction error.
     """
     payload = bytes(payload)
-    if len(payload) < 1 + CONFIG_BYTES:
-        raise MoecFormatError(f"grid payload of {len(payload)} bytes is too short")
-    if payload[0] != PAYLOAD_VERSION:
-        raise MoecFormatError(f"unknown grid payload version {payload[0]}")
-    try:
-        config = GridConfig.from_bytes(payload[1 : 1 + CONFIG_BYTES], tuple(shape))
-    except ConfigError as exc:  # includes the MAX_LATENTS bound, checked before allocating
-        raise MoecFormatError(f"invalid grid config: {exc}") from None
     layout = mlp_layout(config)
     side = side_bytes(config)
     if len(payload) < side or (len(payload) - side) % 4:
         raise MoecFormatError(f"grid payload of {len(payload)} bytes does not fit its config")
-    pos = 1 + CONFIG_BYTES
-    floats = struct.unpack_from(f"<{1 + len(layout)}e", payload, pos)
+    floats = struct.unpack_from(f"<{1 + len(layout)}e", payload, 0)
     if not all(math.isfinite(v) and v > 0 for v in floats):
         raise MoecFormatError("invalid latent step or weight scale in grid payload")
-    pos += 2 * len(floats)
+    pos = 2 * len(floats)
     n_models = side - pos - 2
     models = list(payload[pos : pos + n_models])
     if max(models) > _MAX_MODEL:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 
-from .config import MAX_LATENTS, GridConfig, level_shapes
+from .config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
 
-__all__ = ["MIN_BITS_PER_LATENT", "auto_config"]
+__all__ = ["MIN_BITS_PER_LATENT", "auto_config", "network_bytes"]
 
 MIN_BITS_PER_LATENT = 0.5
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
@@ -59,3 +59,8 @@ def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> Grid
 
 def _counts(shape: tuple[int, ...], first: int) -> list[int]:
     return [math.prod(g) for g in level_shapes(shape, _levels_from(shape, first), first)]
+
+
+def network_bytes(cfg: GridConfig) -> int:
+    """Predicted coded bytes of the network at nominal int8 (~7 bits a weight, measured)."""
+    return math.ceil(sum(math.prod(s) for _, s in mlp_layout(cfg)) * 7 / 8)

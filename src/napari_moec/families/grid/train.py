@@ -88,19 +88,25 @@ class GridTrainer:
         *,
         device="cpu",
         seed: int = 0,
+        model: GridModel | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         if tuple(target.shape) != cfg.shape:
             raise TrainingError(f"volume {target.shape} does not match the config's {cfg.shape}")
         self.cfg, self.limit = cfg, int(limit)
         self.st = settings or TrainSettings()
         self.device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
-            torch.manual_seed(seed)
-            self.model = GridModel(cfg).to(self.device)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
-        self.target_np = target.astype(np.float32, copy=False)
-        self.target = torch.from_numpy(self.target_np).to(self.device)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        if model is None:
+            model = GridModel(cfg, generator=torch.Generator().manual_seed(seed))
+        self.model = model.to(self.device)
+        self.gen = generator
+        if isinstance(target, torch.Tensor):
+            self.target = target.detach().to(self.device, torch.float32)
+        else:
+            self.target = torch.from_numpy(np.asarray(target, np.float32)).to(self.device)
+        self.target_np = self.target.cpu().numpy()
         self.full = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, None, self.device)
         self.dense = [
             [
@@ -169,11 +175,11 @@ class GridTrainer:
             )
             return self.full, coords, self.target.reshape(-1)
         rows = (
-            _stride_rows(cfg.shape, st.max_voxels, self.rng)
+            _stride_rows(cfg.shape, st.max_voxels, self.gen)
             if st.sampling == "stride"
-            else _box_rows(cfg.shape, st.max_voxels, self.rng)
+            else _box_rows(cfg.shape, st.max_voxels, self.gen)
         )
-        index = [torch.from_numpy(r).to(self.device) for r in rows]
+        index = rows
         mats = [
             [m.index_select(0, i) for m, i in zip(lvl, index, strict=True)] for lvl in self.dense
         ]
@@ -191,12 +197,14 @@ class GridTrainer:
             )
         return mats, coords, tgt.reshape(-1)
 
-    def step(self) -> GridStep:
+    def step(self, progress: float | None = None, lr_scale: float = 1.0) -> GridStep:
+        """One optimiser step at ``progress`` (default: this trainer's own, module
+        docstring); every learning rate is multiplied by ``lr_scale`` (a guard's back-off)."""
         st, grids = self.st, self.model.grids
-        progress = self.progress
+        progress = self.progress if progress is None else progress
         cos = 0.5 * (1 + math.cos(math.pi * progress))
         for g in self.opt.param_groups:
-            g["lr"] = g["base"] * (st.lr_floor + (1 - st.lr_floor) * cos)
+            g["lr"] = g["base"] * (st.lr_floor + (1 - st.lr_floor) * cos) * lr_scale
         frozen = progress >= st.freeze_router_at
         mats, coords, tgt = self._batch()
         noisy = [
@@ -246,7 +254,7 @@ class GridTrainer:
     # -- files ------------------------------------------------------------------------------
     def score(self, payload: bytes) -> float:
         """Minus the MSE (training range) of a payload decoded from its bytes."""
-        model = model_from_payload(unpack_payload(payload, self.cfg.shape), self.device)
+        model = model_from_payload(unpack_payload(payload, self.cfg), self.device)
         values, _ = decode_region(model)
         return -float(np.mean((values.astype(np.float64) - self.target_np) ** 2))
 
@@ -256,6 +264,7 @@ class GridTrainer:
         self._overhead = _overhead_bytes(self.model, result.network_step)
         if self.best is None or result.score > self.best.score:
             self.best = result
+            self.model.best_payload = result.payload  # a candidate of the final fit
         self.history.append(
             {
                 "step": self.step_count,
@@ -290,8 +299,8 @@ def _overhead_bytes(model: GridModel, network_step: float = 1.0) -> int:
 
 
 def _stride_rows(
-    shape: tuple[int, ...], max_voxels: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+    shape: tuple[int, ...], max_voxels: int, gen: torch.Generator
+) -> list[torch.Tensor]:
     """Per axis, one random index in each cell of its stride; strides grow on the axis with the
     most samples until the subset has at most ``max_voxels`` voxels."""
     strides = [1] * len(shape)
@@ -300,17 +309,22 @@ def _stride_rows(
         axis = int(np.argmax(counts))
         strides[axis] += 1
         counts[axis] = math.ceil(shape[axis] / strides[axis])
-    rows = []
-    for n, s, c in zip(shape, strides, counts, strict=True):
-        idx = np.arange(c) * s + rng.integers(0, s, size=c)
-        rows.append(np.minimum(idx, n - 1))
-    return rows
+    dev = gen.device
+    return [
+        (
+            torch.arange(c, device=dev) * s + torch.randint(0, s, (c,), generator=gen, device=dev)
+        ).clamp(max=n - 1)
+        for n, s, c in zip(shape, strides, counts, strict=True)
+    ]
 
 
-def _box_rows(
-    shape: tuple[int, ...], max_voxels: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _box_rows(shape: tuple[int, ...], max_voxels: int, gen: torch.Generator) -> list[torch.Tensor]:
     """The prototype's random box of about ``max_voxels`` voxels (kept to measure against)."""
     f = (max_voxels / math.prod(shape)) ** (1 / len(shape))
     box = [max(1, min(n, round(n * f))) for n in shape]
-    return [int(rng.integers(0, n - b + 1)) + np.arange(b) for n, b in zip(shape, box, strict=True)]
+    dev = gen.device
+    return [
+        int(torch.randint(0, n - b + 1, (1,), generator=gen, device=dev))
+        + torch.arange(b, device=dev)
+        for n, b in zip(shape, box, strict=True)
+    ]
