@@ -3,8 +3,9 @@ over :mod:`.sizing`, :mod:`.train`, :mod:`.fit` and :mod:`.decode`.
 
 Contract notes (what the shared code gets):
 
-* ``size`` takes the whole-file budget and the planner's ``overhead(config)``; the payload
-  budget is ``budget - overhead``; ``predict_payload_nbytes`` is the payload the sizing
+* ``size`` takes the whole-file budget and ``request.file_nbytes``; the payload budget is
+  the budget minus the file's bytes besides the payload; ``predict_payload_nbytes`` is the
+  payload the sizing
   *assumed* (side bytes, the network, ``MIN_BITS_PER_LATENT`` per latent): a grid payload is
   filled to the budget by the rate control, whatever the config.
 * The trainer reports the step's MSE, load and phase ("noise", then "ste" with
@@ -82,15 +83,19 @@ class GridFamily:
         return GridOptions()
 
     def size(self, request) -> GridConfig:
+        """The config for ``request`` (``base.SizeRequest``): the payload budget is the file
+        budget minus ``request.file_nbytes(config, 0)`` (frame, header with ``config``,
+        summary), then :func:`auto_config` chooses levels and width for it."""
+        header = request.header
         opts = request.options or GridOptions()
         kw = {k: v for k, v in vars(opts).items() if v is not None}
-        cfg = auto_config(request.shape, max(1, request.budget - 64), **kw)
+        cfg = auto_config(header.shape, max(1, request.budget - 64), **kw)
         for _ in range(2):  # the header's size depends (weakly) on the config
-            payload = request.budget - request.overhead(cfg)
-            cfg = auto_config(request.shape, max(1, payload), **kw)
-        need = request.overhead(cfg) + self.predict_payload_nbytes(cfg, request.quant)
+            payload = request.budget - request.file_nbytes(cfg, 0)
+            cfg = auto_config(header.shape, max(1, payload), **kw)
+        need = request.file_nbytes(cfg, self.predict_payload_nbytes(cfg, header.quant))
         if need > request.budget:
-            nbytes = int(np.prod(request.shape)) * np.dtype(request.dtype).itemsize
+            nbytes = int(np.prod(header.shape)) * np.dtype(header.dtype).itemsize
             raise ConfigError(
                 f"no grid model fits {request.budget} bytes; the highest ratio that fits is "
                 f"about {nbytes / need:.0f}x"

@@ -12,9 +12,9 @@ it made results depend on the machine's load. Wall time is what a user waits for
 Sampling. Volumes of at most ``max_voxels`` train on every voxel each step. Larger ones train,
 by default, on a **strided subset**: per axis one random index in each cell of ``stride``
 voxels, re-drawn every step, so every latent gets a gradient at every step and each voxel is
-drawn once per ``prod(strides)`` steps on average. The prototype's random box (``sampling="box"``) updated only the
-latents under the box (~9% of them on the macaque), which grew too slowly: the macaque 256x
-file filled 31 kB of its 69 kB budget (REPORT.md 9).
+drawn once per ``prod(strides)`` steps on average. The prototype's random box
+(``sampling="box"``) updated only the latents under the box (~9% of them on the macaque),
+which grew too slowly: the macaque 256x file filled 31 kB of its 69 kB budget (REPORT.md 9).
 
 Loss: ``MSE + rate weight * bits(latents + U) + balance_weight * balance`` (see :mod:`.rate`).
 """
