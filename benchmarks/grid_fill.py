@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--sampling", choices=("stride", "box"), default="stride")
     ap.add_argument("--lr-latent", type=float, default=0.05)
     ap.add_argument("--checkpoint-every", type=int, default=500)
+    ap.add_argument("--calibrate-every", type=int, default=100, help="0: never")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experts", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -63,9 +65,12 @@ def main() -> None:
         sampling=args.sampling,
         lr_latent=args.lr_latent,
         checkpoint_every=args.checkpoint_every,
+        calibrate_every=args.calibrate_every or 10**9,
     )
     t0 = time.perf_counter()
-    trainer = GridTrainer(norm.apply(volume), cfg, limit, settings, device=args.device)
+    trainer = GridTrainer(
+        norm.apply(volume), cfg, limit, settings, device=args.device, seed=args.seed
+    )
     best = drain(trainer.run())
     wall = time.perf_counter() - t0
     model = model_from_payload(unpack_payload(best.payload, cfg), args.device)
@@ -77,6 +82,8 @@ def main() -> None:
         "device": args.device,
         "sampling": args.sampling,
         "lr_latent": args.lr_latent,
+        "calibrate_every": args.calibrate_every,
+        "seed": args.seed,
         "steps": trainer.step_count,
         "payload_bytes": len(best.payload),
         "payload_budget": limit,
