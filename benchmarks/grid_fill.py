@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--calibrate-every", type=int, default=100, help="0: never")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experts", type=int, default=1)
+    ap.add_argument("--first-level", type=int, default=None, help="override auto sizing")
+    ap.add_argument("--hidden", type=int, default=None, help="override auto sizing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
@@ -59,7 +61,10 @@ def main() -> None:
     volume = tifffile.imread(DATA / VOLUMES[args.volume])
     norm = Normalization.of(volume)
     limit = int(volume.nbytes // args.ratio) - FRAME
-    cfg = auto_config(volume.shape, limit, num_experts=args.experts)
+    fixed = {"first_level": args.first_level, "hidden": args.hidden}
+    cfg = auto_config(
+        volume.shape, limit, num_experts=args.experts, **{k: v for k, v in fixed.items() if v}
+    )
     settings = TrainSettings(
         steps=args.steps,
         sampling=args.sampling,
