@@ -12,8 +12,9 @@ from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import fit_budget
 from napari_moec.families.grid.model import GridModel, point_features
 from napari_moec.families.grid.payload import unpack_payload
+from napari_moec.families.grid.sampling import stride_rows
 from napari_moec.families.grid.sizing import auto_config
-from napari_moec.families.grid.train import GridTrainer, TrainSettings, _stride_rows
+from napari_moec.families.grid.train import GridTrainer, TrainSettings
 from napari_moec.generators import drain
 from napari_moec.metrics import psnr
 from napari_moec.sampling import Normalization
@@ -59,7 +60,7 @@ def test_strided_sampling_covers_the_volume():
     shape = (37, 50, 23)
     seen = np.zeros(shape, bool)
     for _ in range(100):  # each voxel is drawn with probability ~1/10.6 per step
-        rows = _stride_rows(shape, 4000, gen)
+        rows = stride_rows(shape, 4000, gen)
         assert np.prod([len(r) for r in rows]) <= 4000
         seen[np.ix_(*[r.numpy() for r in rows])] = True
     assert seen.mean() > 0.99

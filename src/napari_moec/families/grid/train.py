@@ -38,6 +38,7 @@ from .interp import axis_matrices
 from .model import GridModel
 from .payload import pack_payload, unpack_payload
 from .rate import RateController, laplace_bits, start_lambda
+from .sampling import box_rows, stride_rows
 
 __all__ = ["GridStep", "GridTrainer", "TrainSettings"]
 
@@ -178,9 +179,9 @@ class GridTrainer:
             )
             return self.full, coords, self.target.reshape(-1)
         rows = (
-            _stride_rows(cfg.shape, st.max_voxels, self.gen)
+            stride_rows(cfg.shape, st.max_voxels, self.gen)
             if st.sampling == "stride"
-            else _box_rows(cfg.shape, st.max_voxels, self.gen)
+            else box_rows(cfg.shape, st.max_voxels, self.gen)
         )
         index = rows
         mats = [
@@ -317,35 +318,3 @@ def _overhead_bytes(model: GridModel, network_step: float = 1.0) -> int:
     weights, scales = quantize_weights(model, network_step)
     zeros = [np.zeros(g, np.int32) for g in model.cfg.grid_shapes]
     return len(pack_payload(model.cfg, zeros, weights, scales))
-
-
-def _stride_rows(
-    shape: tuple[int, ...], max_voxels: int, gen: torch.Generator
-) -> list[torch.Tensor]:
-    """Per axis, one random index in each cell of its stride; strides grow on the axis with the
-    most samples until the subset has at most ``max_voxels`` voxels."""
-    strides = [1] * len(shape)
-    counts = list(shape)
-    while math.prod(counts) > max_voxels:
-        axis = int(np.argmax(counts))
-        strides[axis] += 1
-        counts[axis] = math.ceil(shape[axis] / strides[axis])
-    dev = gen.device
-    return [
-        (
-            torch.arange(c, device=dev) * s + torch.randint(0, s, (c,), generator=gen, device=dev)
-        ).clamp(max=n - 1)
-        for n, s, c in zip(shape, strides, counts, strict=True)
-    ]
-
-
-def _box_rows(shape: tuple[int, ...], max_voxels: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """The prototype's random box of about ``max_voxels`` voxels (kept to measure against)."""
-    f = (max_voxels / math.prod(shape)) ** (1 / len(shape))
-    box = [max(1, min(n, round(n * f))) for n in shape]
-    dev = gen.device
-    return [
-        int(torch.randint(0, n - b + 1, (1,), generator=gen, device=dev))
-        + torch.arange(b, device=dev)
-        for n, b in zip(shape, box, strict=True)
-    ]
