@@ -4,10 +4,10 @@ over :mod:`.sizing`, :mod:`.train`, :mod:`.fit` and :mod:`.decode`.
 Contract notes (what the shared code gets):
 
 * ``size`` takes the whole-file budget and ``request.file_nbytes``; the payload budget is
-  the budget minus the file's bytes besides the payload; ``predict_payload_nbytes`` is the
-  payload the sizing
-  *assumed* (side bytes, the network, ``MIN_BITS_PER_LATENT`` per latent): a grid payload is
-  filled to the budget by the rate control, whatever the config.
+  the budget minus the file's bytes besides the payload. ``predict_payload_nbytes`` is the
+  payload the sizing *assumed* (side bytes, the network, ``MIN_BITS_PER_LATENT`` per
+  latent): a grid payload is filled to the budget by the rate control, whatever the config.
+* ``trainer`` needs the payload budget (``budget=``), which the contract does not pass yet.
 * The trainer reports the step's MSE, load and phase ("noise", then "ste" with
   ``restart_best`` on the switch: distortions of noisy and rounded latents do not compare).
 * ``fit_payload`` keeps the best real payload the trainer's checkpoints saw
