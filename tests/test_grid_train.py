@@ -96,3 +96,19 @@ def test_same_generator_same_model():
     a = GridModel(cfg, generator=torch.Generator().manual_seed(7)).state_dict()
     b = GridModel(cfg, generator=torch.Generator().manual_seed(7)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rate_controller_does_not_wind_up_before_the_target_is_reached():
+    from napari_moec.families.grid.rate import RateController
+
+    ctl = RateController(0.5, free_after=0.2)
+    for i in range(100):  # all-zero latents at the start: bits far under the target
+        ctl.update(10.0, 1e5, progress=i / 1000)
+    assert ctl.lam == 0.5  # held at its start value, not 100-fold lower
+    ctl.update(2e5, 1e5, progress=0.11)  # over the target once: the floor is lifted
+    for _ in range(100):
+        ctl.update(5e4, 1e5, progress=0.12)
+    assert ctl.lam < 0.5
+    late = RateController(0.5, free_after=0.2)
+    late.update(10.0, 1e5, progress=0.5)  # after free_after the floor never applies
+    assert late.lam < 0.5
