@@ -1,0 +1,129 @@
+"""Decoding a grid model, whole or any region at any stride, in bounded-memory blocks.
+
+Only the interpolation rows of the requested voxels are built (``interp.axis_matrices``), so a
+region costs its own voxels plus the one-off entropy decoding of the (small) latent grids and
+network. A block of the output is computed at a time (at most ``chunk_voxels``), and a block
+of a region gives exactly the rows the whole decode would: separable interpolation has no
+state across voxels, so ``decode_region(roi)`` equals the same slice of the full decode.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from ...decode import grid_shape, parse_roi
+from ...sampling import axis_coords
+from .interp import Region, axis_matrices
+from .model import GridModel
+from .payload import GridPayload
+
+__all__ = ["CHUNK_VOXELS", "decode_region", "model_from_payload", "region_of"]
+
+#: Voxels per block: ~40 B per voxel and level on a CPU (features, expert activations).
+CHUNK_VOXELS = {"cpu": 1 << 18, "cuda": 1 << 22}
+
+
+def model_from_payload(payload: GridPayload, device: torch.device | str = "cpu") -> GridModel:
+    """A model holding exactly the payload's values (latents = integer x step)."""
+    model = GridModel(payload.config)
+    with torch.no_grad():
+        for p, v in zip(model.grids.latents, payload.latent_values(), strict=True):
+            p.copy_(torch.from_numpy(v))
+        stored = model.synth.stored()
+        for name, v in payload.weight_values().items():
+            stored[name].copy_(torch.from_numpy(v))
+    return model.to(device).eval()
+
+
+def region_of(shape: tuple[int, ...], roi=None, stride=1) -> Region:
+    """``(start, stop, step)`` per axis of ``roi[::stride]`` (``napari_moec.decode`` rules)."""
+    slices = parse_roi(roi, shape)
+    grid_shape(shape, roi, stride)  # checks the stride
+    strides = (stride,) * len(shape) if isinstance(stride, int) else tuple(stride)
+    return tuple((s.start, s.stop, st) for s, st in zip(slices, strides, strict=True))
+
+
+def _blocks(region: Region, chunk_voxels: int):
+    """Sub-regions of at most ``chunk_voxels`` voxels tiling ``region`` (C order)."""
+    sizes = [len(range(*r)) for r in region]
+    block = [1] * len(sizes)
+    room = max(1, chunk_voxels)
+    for axis in reversed(range(len(sizes))):  # whole trailing axes first, then part of one
+        block[axis] = max(1, min(sizes[axis], room))
+        room //= block[axis]
+        if block[axis] < sizes[axis]:
+            break
+    starts = [range(0, n, b) for n, b in zip(sizes, block, strict=True)]
+    for corner in itertools.product(*starts):
+        sub, where = [], []
+        for (start, _, step), c, b, n in zip(region, corner, block, sizes, strict=True):
+            end = min(c + b, n)
+            sub.append((start + c * step, start + (end - 1) * step + 1, step))
+            where.append(slice(c, end))
+        yield tuple(sub), tuple(where)
+
+
+@torch.no_grad()
+def decode_region(
+    model: GridModel,
+    roi=None,
+    stride=1,
+    *,
+    values: bool = True,
+    labels: bool = False,
+    chunk_voxels: int | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Normalised float32 values and/or uint8 top-1 expert labels of ``roi[::stride]``.
+
+    Routing is dropless (every voxel gets its experts). Labels of a 1-expert model are all 0.
+    """
+    cfg = model.cfg
+    region = region_of(cfg.shape, roi, stride)
+    out_shape = tuple(len(range(*r)) for r in region)
+    device = next(model.parameters()).device
+    chunk = chunk_voxels or CHUNK_VOXELS.get(device.type, CHUNK_VOXELS["cuda"])
+    out_v = np.empty(out_shape, np.float32) if values else None
+    out_l = np.zeros(out_shape, np.uint8) if labels else None
+    if labels and not values and cfg.num_experts == 1:
+        return None, out_l
+    lat = [y.detach() for y in model.grids.latents]
+    # The region's rows of every axis matrix, built once; a block takes a slice of them.
+    mats = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, region, device)
+    for sub, where in _blocks(region, chunk):
+        block = [
+            [_rows(m, w, n, device) for m, w, n in zip(level, where, cfg.shape, strict=True)]
+            for level in mats
+        ]
+        f = model.grids.features(lat, block)
+        coords = region_coords(cfg.shape, sub, device) if model.needs_coords else None
+        bshape = tuple(len(range(*r)) for r in sub)
+        if values:
+            value, _, _, top1 = model.synth(f, coords)
+            out_v[where] = value.float().cpu().numpy().reshape(bshape)
+            if labels:
+                out_l[where] = top1.to(torch.uint8).cpu().numpy().reshape(bshape)
+        elif labels:
+            top1 = model.synth.labels(f, coords)
+            out_l[where] = top1.to(torch.uint8).cpu().numpy().reshape(bshape)
+    return out_v, out_l
+
+
+def _rows(m: torch.Tensor | None, where: slice, n: int, device) -> torch.Tensor | None:
+    """Rows ``where`` of an axis matrix (``None``: the identity of the whole axis)."""
+    if m is None:
+        if where == slice(0, n):
+            return None
+        return torch.eye(n, device=device)[where]
+    return m[where]
+
+
+def region_coords(shape: tuple[int, ...], region: Region, device) -> torch.Tensor:
+    """(B, ndim) coordinates in [-1, 1] (``napari_moec.sampling``) of a region, C order."""
+    axes = [
+        torch.from_numpy(axis_coords(n, *r)).to(device) for n, r in zip(shape, region, strict=True)
+    ]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)

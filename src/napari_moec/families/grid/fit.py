@@ -1,0 +1,160 @@
+"""Storing a trained grid model in a byte budget exactly: quantize, pack, and pick the best.
+
+The training loop's rate control lands near the budget; this module makes the payload fit it
+*exactly* (never over, little under):
+
+1. for each network step (nominal int8 times 1, 1.5, 2, 3): pack with plain rounding;
+2. if that is over the budget, zero the ``k`` nonzero latents of smallest ``|y|`` (over all
+   levels), with ``k`` found by bisection (~14 packs of a few ms);
+3. if zeroing half of them is not enough, coarsen the latent step ``s > 1`` (bisection);
+4. if the plain rounding is more than 3% under the budget, also try a finer step ``s < 1``;
+
+then every candidate is decoded *from its bytes* (``evaluate``) and the best score wins. A
+coarser network step stops the search as soon as it scores worse than the previous one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...errors import TrainingError
+from ...quantize import quantize
+from .model import GridModel
+from .payload import pack_payload
+
+__all__ = ["FitResult", "fit_budget", "pack_model", "quantize_latents", "quantize_weights"]
+
+NETWORK_STEPS = (1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    score: float  # higher is better (what ``evaluate`` returned)
+    payload: bytes
+    network_step: float
+    latent_step: float
+    zeroed: int  # nonzero latents set to 0 to fit
+
+
+def quantize_latents(model: GridModel, zero_k: int = 0, step: float = 1.0) -> list[np.ndarray]:
+    """Integers ``round(y / s)`` of every level, then the ``zero_k`` nonzero ones of smallest
+    ``|y / s|`` set to 0 (the fine rate knob)."""
+    step = float(np.float16(step))
+    vals = [y.detach().cpu().double().numpy() / step for y in model.grids.latents]
+    ints = [np.clip(np.rint(v), -32767, 32767).astype(np.int32) for v in vals]
+    if zero_k > 0:
+        mags = np.concatenate([np.abs(v).ravel() for v in vals])
+        flat = np.concatenate([q.ravel() for q in ints])
+        nonzero = np.flatnonzero(flat)
+        flat[nonzero[np.argsort(mags[nonzero], kind="stable")][:zero_k]] = 0
+        ints = [
+            p.reshape(q.shape)
+            for p, q in zip(
+                np.split(flat, np.cumsum([q.size for q in ints])[:-1]), ints, strict=True
+            )
+        ]
+    return ints
+
+
+def quantize_weights(model: GridModel, step: float = 1.0) -> tuple[list[np.ndarray], list[float]]:
+    """(integers, float16-exact scales) of the stored network tensors, nominal int8 x ``step``."""
+    ints, scales = [], []
+    for p in model.synth.stored().values():
+        q, s = quantize(p.detach().float().cpu(), 8, False, step)
+        ints.append(q.numpy().astype(np.int32))
+        scales.append(float(s.reshape(-1)[0]))
+    return ints, scales
+
+
+def pack_model(
+    model: GridModel, network_step: float = 1.0, zero_k: int = 0, latent_step: float = 1.0
+) -> bytes:
+    """The payload of ``model`` at these knob settings."""
+    weights, scales = quantize_weights(model, network_step)
+    latent_step = float(np.float16(latent_step))
+    return pack_payload(
+        model.cfg, quantize_latents(model, zero_k, latent_step), weights, scales, latent_step
+    )
+
+
+def _bisect_int(fits: Callable[[int], bytes | None], hi: int, tol: int) -> tuple[int, bytes] | None:
+    """Smallest k in [0, hi] (to ``tol``) whose payload fits, assuming ``fits(hi)`` does."""
+    best = fits(hi)
+    if best is None:
+        return None
+    lo, k = 0, hi
+    while k - lo > tol:
+        mid = (lo + k) // 2
+        data = fits(mid)
+        if data is None:
+            lo = mid
+        else:
+            k, best = mid, data
+    return k, best
+
+
+def _candidates(model: GridModel, limit: int, ms: float):
+    """(payload, latent_step, zeroed) candidates for network step ``ms`` (module docstring)."""
+
+    def fits(zero_k: int = 0, s: float = 1.0) -> bytes | None:
+        data = pack_model(model, ms, zero_k, s)
+        return data if len(data) <= limit else None
+
+    plain = pack_model(model, ms)
+    if len(plain) <= limit:
+        yield plain, 1.0, 0
+        if len(plain) < 0.97 * limit:  # slack: a finer latent step may spend it well
+            lo, hi, fine = 0.5, 1.0, None
+            for _ in range(6):
+                mid = (lo + hi) / 2
+                data = fits(0, mid)
+                hi, fine, lo = (mid, (data, mid), lo) if data is not None else (hi, fine, mid)
+            if fine is not None:
+                yield fine[0], float(np.float16(fine[1])), 0
+        return
+    nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+    found = _bisect_int(lambda k: fits(k), nonzero // 2, max(1, nonzero // 2000))
+    if found is not None:
+        yield found[1], 1.0, found[0]
+        return
+    lo, hi, best = 0.0, 8.0, None  # latent step 2**x
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        data = fits(0, 2.0**mid)
+        hi, best, lo = (mid, (data, 2.0**mid), lo) if data is not None else (hi, best, mid)
+    if best is not None:
+        yield best[0], float(np.float16(best[1])), 0
+
+
+@torch.no_grad()
+def fit_budget(
+    model: GridModel, limit: int, evaluate: Callable[[bytes], float], network_steps=NETWORK_STEPS
+) -> FitResult:
+    """The best-scoring payload of at most ``limit`` bytes (module docstring).
+
+    Raises
+    ------
+    TrainingError
+        When nothing fits (the budget is smaller than the network at its coarsest step).
+    """
+    results: list[FitResult] = []
+    per_step: list[float] = []
+    for ms in network_steps:
+        scores = []
+        for data, s, k in _candidates(model, limit, ms):
+            assert len(data) <= limit
+            results.append(FitResult(evaluate(data), data, ms, s, k))
+            scores.append(results[-1].score)
+        if scores:
+            per_step.append(max(scores))
+            if len(per_step) >= 2 and per_step[-1] < per_step[-2]:
+                break
+    if not results:
+        raise TrainingError(
+            f"no grid payload fits {limit} bytes: the budget is too small for the network"
+        )
+    return max(results, key=lambda r: r.score)

@@ -1,0 +1,280 @@
+"""The grid family's network: integer latent grids -> router -> ReLU-MLP experts -> decoder.
+
+::
+
+    voxel (t,)z,y,x --separable interpolation of L latent grids (interp.py)--> features f (L,)
+    [coords, f] --router Linear(ndim+L, G) ReLU Linear(G, n)--> softmax, top-k    [n > 1]
+    f --expert e: Linear(L, h) ReLU (Linear(h, h) ReLU)*--> z_e --decoder Linear(h, 1)--> v_e
+    value = sum_k p_k v_{e_k}        (intensities in the training range [-1, 1])
+
+Latents are stored as integers (Cool-chic: quantization step 1, the first expert layer absorbs
+the scale). Training sees them with additive U(-0.5, 0.5) noise, then rounded with a straight-
+through gradient (``quantized``). The decoder is linear, so applying it inside each expert's
+block equals applying it to the gate-weighted sum, and only one scalar per assignment is
+scattered back: the dispatch is a counting sort by expert, dropless (no capacity), and runs the
+same on a CPU or a GPU (index_select/index_add only, no custom kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GridConfig, mlp_layout
+from .context import N_SLOTS, context_slots, even_mask, uses_cb
+from .interp import upsample
+
+__all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
+
+QuantMode = Literal["none", "noise", "ste", "hard"]
+
+
+class LatentGrids(nn.Module):
+    """The L latent grids (float parameters while training, integers in the file) and the
+    learned Laplace scales of the rate proxy, one per (level, context slot)."""
+
+    def __init__(self, cfg: GridConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.latents = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in cfg.grid_shapes])
+        self.use_cb = [uses_cb(cfg.context, g) for g in cfg.grid_shapes]
+        self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, N_SLOTS))
+        for i, g in enumerate(cfg.grid_shapes):
+            self.register_buffer(
+                f"even{i}", torch.from_numpy(even_mask(g).copy()), persistent=False
+            )
+
+    def quantized(self, mode: QuantMode) -> list[torch.Tensor]:
+        """Latents as the synthesis sees them: as they are, with U(-.5, .5) noise, rounded with
+        a straight-through gradient, or rounded and detached."""
+        if mode == "none":
+            return list(self.latents)
+        if mode == "noise":
+            return [y + torch.rand_like(y) - 0.5 for y in self.latents]
+        if mode == "ste":
+            return [y + (torch.round(y) - y).detach() for y in self.latents]
+        if mode == "hard":
+            return [torch.round(y).detach() for y in self.latents]
+        raise ValueError(f"unknown quantization mode {mode!r}")
+
+    @torch.no_grad()
+    def slots(self) -> list[torch.Tensor]:
+        """Context slot of every latent, from the rounded values (what the coder will see)."""
+        out = []
+        for i, (y, cb) in enumerate(zip(self.latents, self.use_cb, strict=True)):
+            if cb:
+                out.append(context_slots(torch.round(y).abs(), getattr(self, f"even{i}")))
+            else:
+                out.append(torch.zeros(y.shape, dtype=torch.long, device=y.device))
+        return out
+
+    def features(self, grids: list[torch.Tensor], mats) -> torch.Tensor:
+        """(B, L) features of the voxels selected by ``mats`` (``interp.axis_matrices``)."""
+        return torch.stack(
+            [upsample(g, m).reshape(-1) for g, m in zip(grids, mats, strict=True)], dim=1
+        )
+
+
+class _GatherRows(torch.autograd.Function):
+    """``src.index_select(0, index)`` whose backward is a gather too: with top-1 routing each
+    source row is read once, so its gradient is one row of ``grad`` picked by ``inverse``
+    (k rows for top-k) and no scatter-add is needed (-30% per step on a CPU, REPORT.md 6)."""
+
+    @staticmethod
+    def forward(ctx, src, index, inverse):
+        ctx.save_for_backward(inverse)
+        return src.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        out = grad.index_select(0, inverse[0])
+        for j in range(1, inverse.shape[0]):
+            out = out + grad.index_select(0, inverse[j])
+        return out, None, None
+
+
+class Synthesis(nn.Module):
+    """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder."""
+
+    def __init__(self, cfg: GridConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, h = cfg.num_experts, cfg.hidden
+        self.experts = nn.ModuleList()
+        fan_in = cfg.num_levels
+        for _ in range(cfg.expert_layers):  # nn.Linear's default init, per expert
+            bound = 1.0 / math.sqrt(fan_in)
+            layer = nn.Module()
+            layer.weight = nn.Parameter(torch.empty(n, fan_in, h).uniform_(-bound, bound))
+            layer.bias = nn.Parameter(torch.empty(n, 1, h).uniform_(-bound, bound))
+            self.experts.append(layer)
+            fan_in = h
+        self.decoder = nn.Linear(h, 1)
+        with torch.no_grad():
+            self.decoder.weight.mul_(0.5)
+            self.decoder.bias.zero_()
+        self.gate = None
+        if n > 1:
+            g = cfg.gate_hidden
+            self.gate = nn.Sequential(
+                nn.Linear(cfg.ndim + cfg.num_levels, g), nn.ReLU(), nn.Linear(g, n)
+            )
+        if generator is not None:  # nn.Linear's bounds, drawn from the caller's generator
+            params = dict(self.named_parameters())
+            with torch.no_grad():
+                for name, p in params.items():
+                    # dim 1 is the input of (out, in) Linear weights and (n, in, out) experts
+                    fan_in = params[name.rsplit(".", 1)[0] + ".weight"].shape[1]
+                    p.uniform_(-1.0, 1.0, generator=generator).mul_(1.0 / math.sqrt(fan_in))
+                self.decoder.weight.mul_(0.5)
+                self.decoder.bias.zero_()
+
+    def stored(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by ``config.mlp_layout`` name (same order)."""
+        params = dict(self.named_parameters())
+        return {name: params[name] for name, _ in mlp_layout(self.cfg)}
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.experts:
+            x = F.relu(torch.addmm(layer.bias[e], x, layer.weight[e]))
+        return x @ self.decoder.weight.t()
+
+    def logits(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return self.gate(torch.cat([coords, f], dim=1))
+
+    def forward(
+        self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
+    ):
+        """Returns value (B,), balance loss (scalar), load (n,) and the top-1 expert (B,)."""
+        B, n, k = f.shape[0], self.cfg.num_experts, self.cfg.top_k
+        dev = f.device
+        if self.gate is None:
+            value = self._expert(0, f)[:, 0] + self.decoder.bias
+            return (
+                value,
+                value.new_zeros(()),
+                value.new_ones(1),
+                torch.zeros(B, dtype=torch.long, device=dev),
+            )
+        logits = self.logits(f.detach() if frozen_router else f, coords)
+        # Softmax written out: torch's CPU kernel for a last dim of 2-8 costs more than the
+        # experts (profiled in the prototype: 130 ms for 262k x 2).
+        z = torch.exp(logits - logits.max(dim=-1, keepdim=True).values.detach())
+        probs = z / z.sum(dim=-1, keepdim=True)
+        if k == 1:
+            weight, index = probs.max(dim=-1, keepdim=True)
+        else:
+            weight, index = torch.topk(probs, k, dim=-1)
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+        top1 = index[:, 0]
+        flat_e = index.t().reshape(-1)  # choice-major assignments (k * B,)
+        flat_v = torch.arange(B, device=dev).repeat(k)
+        order = torch.argsort(flat_e, stable=True)
+        counts = torch.bincount(flat_e, minlength=n)
+        load = torch.bincount(top1, minlength=n).to(probs.dtype) / B
+        # Switch-style balance loss: n * sum_e (top-1 share) * (mean probability).
+        aux = n * torch.sum(load * probs.mean(dim=0))
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel(), device=dev)
+        xs = _GatherRows.apply(f, flat_v[order], position.view(k, B))
+        outs, start = [], 0
+        for e, size in enumerate(counts.tolist()):
+            if size:
+                outs.append(self._expert(e, xs[start : start + size]))
+            start += size
+        y = torch.cat(outs)[:, 0] * weight.t().reshape(-1)[order]
+        value = (
+            torch.zeros(B, device=dev, dtype=y.dtype).index_add(0, flat_v[order], y)
+            + self.decoder.bias
+        )
+        return value, aux, load, top1
+
+    @torch.no_grad()
+    def labels(self, f: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """Top-1 expert of every voxel (the partition a Labels layer shows)."""
+        if self.gate is None:
+            return torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
+        return torch.argmax(self.logits(f, coords), dim=-1)
+
+
+class GridModel(nn.Module):
+    """Latent grids + synthesis for one volume.
+
+    ``best_payload`` holds the best real payload seen while training (set by the trainer at
+    its checkpoints, never stored in the state dict), so the final budget fit can keep it.
+    """
+
+    def __init__(self, cfg: GridConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.grids = LatentGrids(cfg)
+        self.synth = Synthesis(cfg, generator)
+        self.best_payload: bytes | None = None
+
+    def forward(self, mats, coords=None, mode: QuantMode = "none", frozen_router: bool = False):
+        f = self.grids.features(self.grids.quantized(mode), mats)
+        return self.synth(f, coords, frozen_router)
+
+    @property
+    def needs_coords(self) -> bool:
+        return self.cfg.num_experts > 1
+
+    @torch.no_grad()
+    def decode(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values (N, 1), top-1 labels (N,))`` at coordinates in [-1, 1] (the contract's
+        ``DecodableModel``); regions decode faster through ``decode.decode_region``."""
+        value, _, _, top1 = self.synth(point_features(self, coords), coords)
+        return value[:, None], top1
+
+    @torch.no_grad()
+    def expert_labels(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.synth.labels(point_features(self, coords), coords)
+
+
+def _axis_taps(c: torch.Tensor, n: int, g: int, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node indices and weights (N, taps) along one axis at coordinates ``c`` in [-1, 1]: the
+    per-point form of ``interp.interp_matrix`` (same special cases, same formulas)."""
+    if g == 1 or n == 1:
+        return torch.zeros_like(c, dtype=torch.long)[:, None], torch.ones_like(c)[:, None]
+    u = (c.double() + 1.0) * 0.5 * (g - 1)
+    if g == n:  # one node per voxel: the separable path picks the node
+        return torch.round(u).long().clamp(0, g - 1)[:, None], torch.ones_like(c)[:, None]
+    i0 = torch.floor(u).long().clamp(max=g - 2)
+    t = u - i0
+    if kernel == "linear":
+        idx = torch.stack([i0, i0 + 1], dim=1)
+        w = torch.stack([1 - t, t], dim=1)
+    else:
+        t2, t3 = t * t, t * t * t
+        idx = torch.stack([i0 + k for k in range(-1, 3)], dim=1).clamp(0, g - 1)
+        w = torch.stack(
+            [
+                (1 - 3 * t + 3 * t2 - t3) / 6,
+                (4 - 6 * t2 + 3 * t3) / 6,
+                (1 + 3 * t + 3 * t2 - 3 * t3) / 6,
+                t3 / 6,
+            ],
+            dim=1,
+        )
+    return idx, w.float()
+
+
+def point_features(model: GridModel, coords: torch.Tensor) -> torch.Tensor:
+    """(N, L) features at arbitrary coordinates (N, ndim) in [-1, 1]: ``taps^ndim`` nodes
+    gathered per level (64 in 3D with the cubic kernel). Equal, up to float rounding, to the
+    separable path on voxel coordinates; used where a caller has points, not a region."""
+    cfg, cols = model.cfg, []
+    for y, g in zip(model.grids.latents, cfg.grid_shapes, strict=True):
+        flat = torch.zeros(coords.shape[0], 1, dtype=torch.long, device=coords.device)
+        weight = torch.ones(coords.shape[0], 1, device=coords.device)
+        for axis, (n, gk) in enumerate(zip(cfg.shape, g, strict=True)):
+            idx, w = _axis_taps(coords[:, axis], n, gk, cfg.kernel)
+            flat = (flat[:, :, None] * gk + idx[:, None, :]).reshape(coords.shape[0], -1)
+            weight = (weight[:, :, None] * w[:, None, :]).reshape(coords.shape[0], -1)
+        cols.append((y.detach().reshape(-1)[flat] * weight).sum(dim=1))
+    return torch.stack(cols, dim=1)

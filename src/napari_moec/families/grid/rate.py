@@ -1,0 +1,77 @@
+"""The rate term of the grid family's loss and the controller that lands it on the budget.
+
+Rate proxy: ``-log2 P(y + u)`` with P a zero-mean Laplace of learned scale per (level,
+context slot), integrated over the unit bin: the bits a coder with that model would spend
+(``napari_moec.entropy`` then picks its own tables for the real file).
+
+Loss: ``MSE + lam * 2 ln2 * D_ema * bits / N_latents``. ``lam`` is relative to high-rate
+theory's slope ``dD/dR = -2 ln2 D`` per bit and latent, so one value fits every volume and
+training stage (measured in the prototype: lam ~0.08 at 1.5 bits/latent, 0.3-1.5 at 0.3-0.6).
+
+Control: dual ascent in log space on ``e = clamp(log(hard_bits / target), +-0.5)`` with a
+derivative term that damps the latents' lag, ``log lam += eta e + kd (e - e_prev)``.
+Anti-windup (new in the product): while the rounded latents have never reached the target,
+lam may not fall below its start value. At initialisation every latent is 0, so the error sits
+at its negative clamp; the prototype's lam fell 100-fold in the first few hundred steps, the
+latents then overshot and the budget fit zeroed them again: the 1-2 dB checkpoint drops at the
+smallest budgets (REPORT.md 9). The start value comes from the bits per latent the budget
+allows; after ``free_after`` of the schedule the floor is lifted anyway, so a start value that
+is too high cannot leave the budget under-filled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["RateController", "laplace_bits", "start_lambda"]
+
+LN2 = math.log(2.0)
+
+
+def laplace_bits(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Bits of each ``x`` (a real proxy of an integer) under a zero-mean Laplace of scale
+    ``exp(log_scale)``, integrated over ``[x - 0.5, x + 0.5]``; stable in both regimes."""
+    b = torch.exp(log_scale)
+    a = x.abs()
+    # |x| >= 0.5: P = 0.5 exp(-(a - .5)/b) (1 - exp(-1/b))
+    log_tail = -(a - 0.5) / b + math.log(0.5) + torch.log1p(-torch.exp(-1.0 / b)).clamp(min=-30)
+    # |x| < 0.5: P = 1 - 0.5 exp(-(a + .5)/b) - 0.5 exp(-(.5 - a)/b)
+    center = 1.0 - 0.5 * torch.exp(-(a + 0.5) / b) - 0.5 * torch.exp(-(0.5 - a).clamp(min=0) / b)
+    logp = torch.where(a >= 0.5, log_tail, torch.log(center.clamp(min=1e-9)))
+    return -logp.clamp(min=-40.0) / LN2
+
+
+def start_lambda(bits_per_latent: float, lam0: float = 0.08) -> float:
+    """Start value from the bits per latent the budget allows (the prototype's fit of its
+    measurements: 0.08 at 1.5 bits/latent, ~0.8 at 0.3)."""
+    return min(10.0, lam0 * (1.5 / max(bits_per_latent, 0.02)) ** 1.45)
+
+
+class RateController:
+    """Adapts ``lam`` once per step toward a bit target (module docstring)."""
+
+    def __init__(
+        self, lam: float, eta: float = 0.03, kd: float = 0.5, free_after: float = 0.2
+    ) -> None:
+        self.lam = lam
+        self.floor = lam
+        self.eta, self.kd, self.free_after = eta, kd, free_after
+        self.reached = False
+        self._err_prev: float | None = None
+
+    def update(self, hard_bits: float, target_bits: float, progress: float) -> float:
+        err = min(0.5, max(-0.5, math.log(max(hard_bits, 1.0) / max(target_bits, 1.0))))
+        self.reached = self.reached or err >= 0.0
+        d_err = 0.0 if self._err_prev is None else err - self._err_prev
+        self._err_prev = err
+        lam = self.lam * math.exp(self.eta * err + self.kd * d_err)
+        if not self.reached and progress < self.free_after:
+            lam = max(lam, self.floor)
+        self.lam = min(max(lam, 1e-4), 100.0)
+        return self.lam
+
+    def weight(self, d_ref: float, n_latents: int) -> float:
+        """Factor of the rate proxy's bits in the loss."""
+        return self.lam * 2 * LN2 * d_ref / max(n_latents, 1)

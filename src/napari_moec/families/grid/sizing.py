@@ -1,0 +1,66 @@
+"""Choosing a grid model for a volume and a payload budget.
+
+* Levels: from ``first_level`` down to the level whose largest axis has <= 3 nodes (at most
+  12). ``first_level`` is the finest level at which the latents get at least
+  ``MIN_BITS_PER_LATENT`` bits each on average: finer grids at lower rates spend bytes on
+  (cheap, not free) zeros and train slower.
+* Width from the payload: 16 from 4 kB, 8 from 1.2 kB, else 4 (the network is then ~5-25%
+  of the payload).
+* One expert unless asked (``num_experts``): the router's cost is measured in REPORT.md 6.
+
+The prototype used 1.0 bit per latent; at ct_head 1024x that chose levels from 1/8 and
+reached 24.24 dB in 60 s, while levels from 1/4 reached 25.82 (REPORT.md 1). 0.5 moves that
+case to 1/4 and leaves the 64x and 256x choices of the shared volumes as measured (1/2 and 1/4).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
+
+__all__ = ["MIN_BITS_PER_LATENT", "auto_config", "network_bytes"]
+
+MIN_BITS_PER_LATENT = 0.5
+_NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
+
+
+def _levels_from(shape: tuple[int, ...], first: int) -> int:
+    n = 1
+    while n < 12 and max(level_shapes(shape, 1, first + n - 1)[0]) > 3:
+        n += 1
+    return n
+
+
+def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> GridConfig:
+    """A :class:`GridConfig` for ``shape`` and a payload of ``payload_bytes``; ``overrides``
+    replace any field (``num_experts=4`` for a partition)."""
+    hidden = overrides.get("hidden") or (
+        16 if payload_bytes >= 4000 else 8 if payload_bytes >= 1200 else 4
+    )
+    latent_bits = 8 * max(32, payload_bytes - _NETWORK_BYTES.get(hidden, 400))
+    first = overrides.get("first_level")
+    if first is None:
+        first = 1
+        while first < 12:
+            count = sum(n for n in _counts(shape, first))
+            if latent_bits / count >= MIN_BITS_PER_LATENT and count <= MAX_LATENTS:
+                break
+            first += 1
+    kw = {
+        "shape": tuple(shape),
+        "num_levels": _levels_from(shape, first),
+        "first_level": first,
+        "hidden": hidden,
+    }
+    kw.update(overrides)
+    return GridConfig(**kw)
+
+
+def _counts(shape: tuple[int, ...], first: int) -> list[int]:
+    return [math.prod(g) for g in level_shapes(shape, _levels_from(shape, first), first)]
+
+
+def network_bytes(cfg: GridConfig) -> int:
+    """Predicted coded bytes of the network at nominal int8 (~7 bits a weight, measured)."""
+    return math.ceil(sum(math.prod(s) for _, s in mlp_layout(cfg)) * 7 / 8)

@@ -1,0 +1,320 @@
+"""Training a grid model to a byte budget: rate-distortion loss, online rate control, real
+files at checkpoints, the best one kept.
+
+Schedule in **steps**. ``progress = step / steps``, or with a wall-clock ``time_limit``
+``max(step / steps, elapsed / time_limit)``: the cosine learning-rate decay, the switch from
+noise to straight-through rounding (``ste_at``) and the router freeze follow ``progress``, so a
+time limit *compresses* the whole schedule instead of cutting it in its high-lr phase, and a run
+without one is reproducible on any machine and device. The prototype followed the training
+thread's CPU time (``time.thread_time``): on a GPU that clock barely moves, and on a loaded CPU
+it made results depend on the machine's load. Wall time is what a user waits for.
+
+Sampling. Volumes of at most ``max_voxels`` train on every voxel each step. Larger ones train,
+by default, on a **strided subset**: per axis one random index in each cell of ``stride``
+voxels, re-drawn every step, so every latent gets a gradient at every step and each voxel is
+drawn once per ``prod(strides)`` steps on average. The prototype's random box
+(``sampling="box"``) updated only the latents under the box (~9% of them on the macaque),
+which grew too slowly: the macaque 256x file filled 31 kB of its 69 kB budget (REPORT.md 9).
+
+Loss: ``MSE + rate weight * bits(latents + U) + balance_weight * balance`` (see :mod:`.rate`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ...errors import TrainingError
+from .config import GridConfig
+from .decode import decode_region, model_from_payload, region_coords
+from .fit import FitResult, fit_budget, pack_model, quantize_weights
+from .interp import axis_matrices
+from .model import GridModel
+from .payload import pack_payload, unpack_payload
+from .rate import RateController, laplace_bits, start_lambda
+from .sampling import box_rows, stride_rows
+
+__all__ = ["GridStep", "GridTrainer", "TrainSettings"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 2000
+    time_limit: float | None = None  # wall seconds; compresses the schedule (module docstring)
+    lr_latent: float = 0.05
+    lr_network: float = 0.005
+    lr_floor: float = 0.02  # the cosine decays to lr * lr_floor
+    ste_at: float = 0.9
+    balance_weight: float = 0.01
+    freeze_router_at: float = 0.8
+    checkpoint_every: int = 250  # steps; a real payload is fitted, decoded and scored
+    calibrate_every: int = 100  # steps; the rate proxy is compared with the real coder
+    max_voxels: int = 400_000
+    sampling: Literal["stride", "box"] = "stride"
+    lam0: float = 0.08
+    lam_eta: float = 0.03
+    lam_kd: float = 0.5
+    lam_free_after: float = 0.2
+
+
+@dataclass(frozen=True)
+class GridStep:
+    """One optimiser step done (numbers only, CPU side)."""
+
+    step: int
+    progress: float
+    mse: float  # of the training batch, in the [-1, 1] range
+    bits: float  # rounded latents under the learned rate model
+    target_bits: float
+    lam: float
+    load: np.ndarray  # top-1 share of each expert
+    phase: str  # "noise" | "ste"
+
+
+class GridTrainer:
+    """Trains a :class:`GridModel` on ``target`` (normalised float32 volume) for a payload of
+    at most ``limit`` bytes. Drive it with :meth:`step`/:meth:`checkpoint` or :meth:`run`."""
+
+    def __init__(
+        self,
+        target: np.ndarray,
+        cfg: GridConfig,
+        limit: int,
+        settings: TrainSettings | None = None,
+        *,
+        device="cpu",
+        seed: int = 0,
+        model: GridModel | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if tuple(target.shape) != cfg.shape:
+            raise TrainingError(f"volume {target.shape} does not match the config's {cfg.shape}")
+        self.cfg, self.limit = cfg, int(limit)
+        self.st = settings or TrainSettings()
+        self.device = torch.device(device)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        if model is None:
+            model = GridModel(cfg, generator=torch.Generator().manual_seed(seed))
+        self.model = model.to(self.device)
+        self.gen = generator
+        if isinstance(target, torch.Tensor):
+            self.target = target.detach().to(self.device, torch.float32)
+        else:
+            self.target = torch.from_numpy(np.asarray(target, np.float32)).to(self.device)
+        self.target_np = self.target.cpu().numpy()
+        self.full = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, None, self.device)
+        self.dense = [
+            [
+                torch.eye(n, device=self.device) if m is None else m
+                for m, n in zip(lvl, cfg.shape, strict=True)
+            ]
+            for lvl in self.full
+        ]
+        self.n_lat = cfg.latent_count
+        self.step_count, self.t0 = 0, time.perf_counter()
+        self.best: FitResult | None = None
+        self.history: list[dict] = []
+        self._overhead = _overhead_bytes(self.model)
+        self._network_step = 1.0
+        self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
+        self.rate = RateController(
+            start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
+            self.st.lam_eta,
+            self.st.lam_kd,
+            self.st.lam_free_after,
+        )
+        self._d_ema: float | None = None
+        self.opt = torch.optim.Adam(
+            [
+                {
+                    "params": list(self.model.grids.latents),
+                    "lr": self.st.lr_latent,
+                    "base": self.st.lr_latent,
+                },
+                {
+                    "params": [self.model.grids.log_scale],
+                    "lr": 2 * self.st.lr_network,
+                    "base": 2 * self.st.lr_network,
+                },
+                {
+                    "params": list(self.model.synth.parameters()),
+                    "lr": self.st.lr_network,
+                    "base": self.st.lr_network,
+                },
+            ]
+        )
+
+    # -- schedule ---------------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        p = self.step_count / max(self.st.steps, 1)
+        if self.st.time_limit:
+            p = max(p, (time.perf_counter() - self.t0) / self.st.time_limit)
+        return min(p, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= 1.0
+
+    def target_bits(self) -> float:
+        """Bits the latents may spend: the budget minus the payload's side and network bytes."""
+        return max(64.0, 8.0 * (self.limit - self._overhead))
+
+    # -- one step ---------------------------------------------------------------------------
+    def _batch(self):
+        """(interpolation matrices, coordinates or None, targets) of this step's voxels."""
+        cfg, st = self.cfg, self.st
+        if self.target.numel() <= st.max_voxels:
+            coords = (
+                region_coords(cfg.shape, tuple((0, n, 1) for n in cfg.shape), self.device)
+                if self.model.needs_coords
+                else None
+            )
+            return self.full, coords, self.target.reshape(-1)
+        rows = (
+            stride_rows(cfg.shape, st.max_voxels, self.gen)
+            if st.sampling == "stride"
+            else box_rows(cfg.shape, st.max_voxels, self.gen)
+        )
+        index = rows
+        mats = [
+            [m.index_select(0, i) for m, i in zip(lvl, index, strict=True)] for lvl in self.dense
+        ]
+        tgt = self.target
+        for axis, i in enumerate(index):
+            tgt = tgt.index_select(axis, i)
+        coords = None
+        if self.model.needs_coords:
+            axes = [
+                i.float() * (2.0 / (n - 1)) - 1.0 if n > 1 else i.float() * 0
+                for i, n in zip(index, cfg.shape, strict=True)
+            ]
+            coords = torch.stack(
+                [g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], dim=1
+            )
+        return mats, coords, tgt.reshape(-1)
+
+    def step(self, progress: float | None = None, lr_scale: float = 1.0) -> GridStep:
+        """One optimiser step at ``progress`` (default: this trainer's own, module
+        docstring); every learning rate is multiplied by ``lr_scale`` (a guard's back-off)."""
+        st, grids = self.st, self.model.grids
+        progress = self.progress if progress is None else progress
+        cos = 0.5 * (1 + math.cos(math.pi * progress))
+        for g in self.opt.param_groups:
+            g["lr"] = g["base"] * (st.lr_floor + (1 - st.lr_floor) * cos) * lr_scale
+        frozen = progress >= st.freeze_router_at
+        mats, coords, tgt = self._batch()
+        noisy = [
+            y + torch.rand(y.shape, generator=self.gen, device=self.device) - 0.5
+            for y in grids.latents
+        ]
+        phase = "noise" if progress < st.ste_at else "ste"
+        synth_in = noisy if phase == "noise" else grids.quantized("ste")
+        value, aux, load, _ = self.model.synth(grids.features(synth_in, mats), coords, frozen)
+        mse = torch.mean((value - tgt) ** 2)
+        slots = grids.slots()
+        rate = sum(
+            laplace_bits(v, grids.log_scale[i][s]).sum()
+            for i, (v, s) in enumerate(zip(noisy, slots, strict=True))
+        )
+        mse_f = float(mse.detach())
+        if not math.isfinite(mse_f):
+            raise TrainingError(f"the loss became {mse_f} at step {self.step_count}")
+        d_ref = mse_f if self._d_ema is None else self._d_ema
+        self._d_ema = 0.9 * d_ref + 0.1 * mse_f
+        loss = mse + self.rate.weight(d_ref, self.n_lat) * rate
+        if self.cfg.num_experts > 1 and not frozen:
+            loss = loss + st.balance_weight * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step_count += 1
+        with torch.no_grad():
+            hard = float(
+                sum(
+                    laplace_bits(torch.round(y), grids.log_scale[i][s]).sum()
+                    for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
+                )
+            )
+        if self.step_count % st.calibrate_every == 0:
+            self.calibrate(hard)
+        lam = self.rate.update(hard, self.target_bits() * self.calibration, progress)
+        return GridStep(
+            self.step_count,
+            progress,
+            mse_f,
+            hard,
+            self.target_bits() * self.calibration,
+            lam,
+            load.detach().cpu().numpy(),
+            phase,
+        )
+
+    # -- files ------------------------------------------------------------------------------
+    def score(self, payload: bytes) -> float:
+        """Minus the MSE (training range) of a payload decoded from its bytes."""
+        model = model_from_payload(unpack_payload(payload, self.cfg), self.device)
+        values, _ = decode_region(model)
+        return -float(np.mean((values.astype(np.float64) - self.target_np) ** 2))
+
+    def calibrate(self, proxy_bits: float) -> None:
+        """Aim the controller at the real coder: ``calibration`` = the rate proxy's bits of
+        the rounded latents over the bits they really take in a payload (plain packing).
+
+        The proxy's learned Laplace scales move slowly (their gradient is the small rate
+        term), so on large volumes the proxy overstated the bits by up to 2x: the controller
+        then held lam high while the real payload used 62% of the budget (macaque 256x,
+        strided sampling, 1500 steps on a GPU). Measured every ``calibrate_every`` steps
+        with one plain pack (no decoding); clamped to [0.25, 4].
+        """
+        plain = len(pack_model(self.model, self._network_step))
+        real_bits = 8.0 * max(plain - self._overhead, 1)
+        self.calibration = min(4.0, max(0.25, proxy_bits / real_bits))
+
+    def checkpoint(self) -> FitResult:
+        """Fit a real payload to the budget, score it, keep it if it is the best so far."""
+        result = fit_budget(self.model, self.limit, self.score)
+        self._overhead = _overhead_bytes(self.model, result.network_step)
+        self._network_step = result.network_step
+        if self.best is None or result.score > self.best.score:
+            self.best = result
+            self.model.best_payload = result.payload  # a candidate of the final fit
+        self.history.append(
+            {
+                "step": self.step_count,
+                "mse": -result.score,
+                "bytes": len(result.payload),
+                "network_step": result.network_step,
+                "latent_step": result.latent_step,
+                "zeroed": result.zeroed,
+                "calibration": round(self.calibration, 3),
+                "lam": self.rate.lam,
+            }
+        )
+        return result
+
+    def run(self) -> Generator[GridStep, None, FitResult]:
+        """Steps until the schedule ends (a checkpoint every ``checkpoint_every`` steps and at
+        the end); returns the best payload."""
+        while not self.done:
+            event = self.step()
+            yield event
+            if self.step_count % self.st.checkpoint_every == 0 and not self.done:
+                self.checkpoint()
+        self.checkpoint()
+        assert self.best is not None
+        return self.best
+
+
+def _overhead_bytes(model: GridModel, network_step: float = 1.0) -> int:
+    """Payload bytes besides the latents' stream: side bytes and the coded network."""
+    weights, scales = quantize_weights(model, network_step)
+    zeros = [np.zeros(g, np.int32) for g in model.cfg.grid_shapes]
+    return len(pack_payload(model.cfg, zeros, weights, scales))

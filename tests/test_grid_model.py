@@ -1,0 +1,136 @@
+"""The grid family's network and decoding: file bytes decode to the model's rounded forward,
+regions equal slices of the whole decode, labels, the dispatch's gradients, CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_moec.families.grid.config import GridConfig
+from napari_moec.families.grid.decode import decode_region, model_from_payload
+from napari_moec.families.grid.fit import pack_model, quantize_latents, quantize_weights
+from napari_moec.families.grid.interp import axis_matrices
+from napari_moec.families.grid.model import GridModel, Synthesis
+from napari_moec.families.grid.payload import unpack_payload
+
+CASES = [
+    ((21, 30, 17), {"num_levels": 4, "num_experts": 3, "top_k": 2}),
+    ((3, 9, 14, 11), {"num_levels": 3, "num_experts": 2}),
+    ((40, 33, 9), {"kernel": "linear", "context": "none", "num_levels": 4}),
+    ((3, 25, 41, 33), {"num_levels": 5, "num_experts": 4}),
+    ((1, 7, 5), {"num_levels": 2}),
+]
+
+
+def _random_model(cfg: GridConfig, seed: int = 0) -> GridModel:
+    torch.manual_seed(seed)
+    model = GridModel(cfg)
+    with torch.no_grad():
+        for y in model.grids.latents:
+            y.copy_(torch.randn(y.shape) * 2 * (torch.rand(y.shape) < 0.4))
+        for p in model.synth.parameters():  # a router that really splits the volume
+            p.add_(torch.randn(p.shape) * 0.3)
+    return model
+
+
+def _rounded_forward(model: GridModel) -> np.ndarray:
+    """The float model with rounded latents and its network at the stored precision."""
+    cfg = model.cfg
+    q = GridModel(cfg)
+    with torch.no_grad():
+        for p, ints in zip(q.grids.latents, quantize_latents(model), strict=True):
+            p.copy_(torch.from_numpy(ints.astype(np.float32)))
+        ints, scales = quantize_weights(model)
+        for p, i, s in zip(q.synth.stored().values(), ints, scales, strict=True):
+            p.copy_(torch.from_numpy(i.astype(np.float32)) * s)
+        from napari_moec.families.grid.decode import region_coords
+
+        region = tuple((0, n, 1) for n in cfg.shape)
+        coords = region_coords(cfg.shape, region, "cpu") if q.needs_coords else None
+        value, *_ = q(axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel), coords, "hard")
+    return value.numpy().reshape(cfg.shape)
+
+
+@pytest.mark.parametrize(("shape", "kw"), CASES)
+def test_bytes_decode_to_the_rounded_forward(shape, kw):
+    cfg = GridConfig(shape, **kw)
+    model = _random_model(cfg)
+    decoded = model_from_payload(unpack_payload(pack_model(model), cfg))
+    values, labels = decode_region(decoded, values=True, labels=True)
+    assert values.shape == shape and values.dtype == np.float32
+    np.testing.assert_allclose(values, _rounded_forward(model), atol=1e-5)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert labels.max() < cfg.num_experts
+    if cfg.num_experts > 1:
+        assert len(np.unique(labels)) > 1  # the random router splits the volume
+
+
+@pytest.mark.parametrize(("shape", "kw"), CASES)
+def test_region_equals_slice_of_full_decode(shape, kw):
+    cfg = GridConfig(shape, **kw)
+    model = model_from_payload(unpack_payload(pack_model(_random_model(cfg)), cfg))
+    full, full_labels = decode_region(model, labels=True)
+    roi = tuple((1, n) if n > 2 else (0, n) for n in shape)
+    stride = tuple(2 if n > 3 else 1 for n in shape)
+    part, part_labels = decode_region(model, roi, stride, labels=True, chunk_voxels=97)
+    sl = tuple(slice(a, b, s) for (a, b), s in zip(roi, stride, strict=True))
+    np.testing.assert_allclose(part, full[sl], atol=1e-5)
+    assert np.array_equal(part_labels, full_labels[sl])
+    only, _ = decode_region(model, chunk_voxels=max(1, full.size // 13))  # more blocks
+    np.testing.assert_allclose(only, full, atol=1e-5)
+    _, labels_only = decode_region(model, roi, stride, values=False, labels=True)
+    assert np.array_equal(labels_only, full_labels[sl])
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
+    import napari_moec.families.grid.model as model_module
+
+    cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=3, top_k=top_k)
+    torch.manual_seed(0)
+    synth = Synthesis(cfg)
+    f, coords = torch.randn(200, 4), torch.randn(200, 3)
+    grads = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setattr(
+                model_module._GatherRows, "apply", lambda src, idx, inv: src.index_select(0, idx)
+            )
+        x = f.clone().requires_grad_(True)
+        value, aux, load, _ = synth(x, coords)
+        (value.square().sum() + aux).backward()
+        grads.append(x.grad.clone())
+        assert torch.isclose(load.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_weights_sum_to_one_and_one_expert_is_plain():
+    cfg = GridConfig((4, 5, 6), num_levels=2, hidden=4)
+    model = _random_model(cfg)
+    _, labels = decode_region(model, values=False, labels=True)
+    assert labels.dtype == np.uint8 and not labels.any()
+    assert model.synth.gate is None
+
+
+@pytest.mark.cuda
+def test_cuda_decode_matches_cpu_and_trains():
+    from napari_moec.families.grid.train import GridTrainer, TrainSettings
+
+    shape = (20, 24, 28)
+    cfg = GridConfig(shape, num_levels=3, num_experts=2, hidden=8)
+    rng = np.random.default_rng(0)
+    target = np.tanh(rng.normal(size=shape).cumsum(0).cumsum(1) / 20).astype(np.float32)
+    trainer = GridTrainer(
+        target, cfg, 1500, TrainSettings(steps=60, checkpoint_every=30), device="cuda"
+    )
+    first = trainer.step().mse
+    from napari_moec.generators import drain
+
+    best = drain(trainer.run())
+    assert len(best.payload) <= 1500 and -best.score < first
+    payload = unpack_payload(best.payload, cfg)
+    cpu, cpu_labels = decode_region(model_from_payload(payload, "cpu"), labels=True)
+    gpu, gpu_labels = decode_region(model_from_payload(payload, "cuda"), labels=True)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+    assert (gpu_labels == cpu_labels).mean() > 0.999

@@ -1,0 +1,114 @@
+"""Training the grid family: a real shared volume reaches a stated PSNR in a fixed number of
+steps, every payload fits its budget, the best checkpoint is kept, sampling covers the volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_moec.families.grid.config import GridConfig
+from napari_moec.families.grid.decode import decode_region, model_from_payload
+from napari_moec.families.grid.fit import fit_budget
+from napari_moec.families.grid.model import GridModel, point_features
+from napari_moec.families.grid.payload import unpack_payload
+from napari_moec.families.grid.sampling import stride_rows
+from napari_moec.families.grid.sizing import auto_config
+from napari_moec.families.grid.train import GridTrainer, TrainSettings
+from napari_moec.generators import drain
+from napari_moec.metrics import psnr
+from napari_moec.sampling import Normalization
+
+
+def test_hipct_256x_reaches_psnr_in_fixed_steps(hipct):
+    torch.set_num_threads(1)
+    norm = Normalization.of(hipct)
+    limit = hipct.nbytes // 256 - 60  # the payload of a 256x file with a 60-byte frame
+    cfg = auto_config(hipct.shape, limit)
+    trainer = GridTrainer(
+        norm.apply(hipct), cfg, limit, TrainSettings(steps=150, checkpoint_every=50)
+    )
+    best = drain(trainer.run())
+    assert [h["step"] for h in trainer.history] == [50, 100, 150]
+    assert all(h["bytes"] <= limit for h in trainer.history)
+    assert -best.score == min(h["mse"] for h in trainer.history)  # the best checkpoint is kept
+    decoded, _ = decode_region(model_from_payload(unpack_payload(best.payload, cfg)))
+    quality = psnr(hipct, norm.invert(decoded, hipct.dtype))
+    # 150 steps measured 29.1 dB here (the prototype: 31.0 dB after ~1900 steps, 60 CPU-s).
+    assert quality > 27.0
+    assert len(best.payload) > 0.9 * limit  # the budget is used, not left empty
+
+
+@pytest.mark.parametrize("ratio", [64, 1024])
+def test_payload_never_exceeds_budget(ratio):
+    rng = np.random.default_rng(ratio)
+    vol = np.tanh(rng.normal(size=(40, 52, 61)).cumsum(0).cumsum(2) / 60).astype(np.float32)
+    limit = vol.nbytes // ratio - 60
+    cfg = auto_config(vol.shape, limit)
+    trainer = GridTrainer(vol, cfg, limit, TrainSettings(steps=40, checkpoint_every=10))
+    best = drain(trainer.run())
+    assert all(h["bytes"] <= limit for h in trainer.history) and len(best.payload) <= limit
+    # Far too many latents for the budget: the fit zeroes or coarsens them until it fits.
+    with torch.no_grad():
+        for y in trainer.model.grids.latents:
+            y.copy_(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)) * 20)
+    assert len(fit_budget(trainer.model, limit, trainer.score).payload) <= limit
+
+
+def test_strided_sampling_covers_the_volume():
+    gen = torch.Generator().manual_seed(0)
+    shape = (37, 50, 23)
+    seen = np.zeros(shape, bool)
+    for _ in range(100):  # each voxel is drawn with probability ~1/10.6 per step
+        rows = stride_rows(shape, 4000, gen)
+        assert np.prod([len(r) for r in rows]) <= 4000
+        seen[np.ix_(*[r.numpy() for r in rows])] = True
+    assert seen.mean() > 0.99
+
+
+def test_large_volume_trains_on_strided_subsets(hipct):
+    norm = Normalization.of(hipct)
+    cfg = auto_config(hipct.shape, 2000)
+    settings = TrainSettings(steps=30, checkpoint_every=30, max_voxels=20_000)
+    trainer = GridTrainer(norm.apply(hipct), cfg, 2000, settings)
+    first = trainer.step().mse
+    best = drain(trainer.run())
+    assert -best.score < first and len(best.payload) <= 2000
+
+
+def test_point_decode_equals_region_decode():
+    cfg = GridConfig((9, 12, 7), num_levels=3, num_experts=3, hidden=8)
+    model = GridModel(cfg, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for y in model.grids.latents:
+            y.copy_(torch.randn(y.shape, generator=torch.Generator().manual_seed(4)) * 3)
+    values, labels = decode_region(model, labels=True)
+    axes = [torch.linspace(-1, 1, n) for n in cfg.shape]
+    coords = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], 1)
+    point_values, point_labels = model.decode(coords)
+    np.testing.assert_allclose(point_values[:, 0].numpy().reshape(cfg.shape), values, atol=1e-4)
+    assert (point_labels.numpy().reshape(cfg.shape) == labels).mean() > 0.99
+    assert point_features(model, coords).shape == (coords.shape[0], cfg.num_levels)
+
+
+def test_same_generator_same_model():
+    cfg = GridConfig((5, 6, 7), num_levels=2, num_experts=2)
+    a = GridModel(cfg, generator=torch.Generator().manual_seed(7)).state_dict()
+    b = GridModel(cfg, generator=torch.Generator().manual_seed(7)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rate_controller_does_not_wind_up_before_the_target_is_reached():
+    from napari_moec.families.grid.rate import RateController
+
+    ctl = RateController(0.5, free_after=0.2)
+    for i in range(100):  # all-zero latents at the start: bits far under the target
+        ctl.update(10.0, 1e5, progress=i / 1000)
+    assert ctl.lam == 0.5  # held at its start value, not 100-fold lower
+    ctl.update(2e5, 1e5, progress=0.11)  # over the target once: the floor is lifted
+    for _ in range(100):
+        ctl.update(5e4, 1e5, progress=0.12)
+    assert ctl.lam < 0.5
+    late = RateController(0.5, free_after=0.2)
+    late.update(10.0, 1e5, progress=0.5)  # after free_after the floor never applies
+    assert late.lam < 0.5
