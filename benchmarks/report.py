@@ -32,6 +32,10 @@ LABELS = {
     "decimate": "decimate",
     "hevc_ds2": "HEVC-ds2",
     "hevc_ds2_lean": "HEVC-ds2 (no SEI)",
+    "sz3": "SZ3",
+    "zfp": "ZFP",
+    "sperr": "SPERR",
+    "tthresh": "TTHRESH",
     "zstd": "zstd-19 lossless",
 }
 STYLE = {
@@ -45,6 +49,10 @@ STYLE = {
     "decimate": ("k", "v", "-", 1.5),
     "hevc_ds2": ("C4", "x", "-", 1.2),
     "hevc_ds2_lean": ("C4", "x", ":", 1.2),
+    "sz3": ("C5", "P", "--", 1.2),
+    "zfp": ("C6", "*", "--", 1.2),
+    "sperr": ("C8", "h", "--", 1.5),
+    "tthresh": ("C9", "p", "--", 1.2),
 }
 
 
@@ -90,9 +98,13 @@ def _time_limited(record: dict) -> bool:
 
 
 def _provenance(records: list[dict]) -> list[str]:
-    runs = defaultdict(lambda: {"seconds": 0.0, "n": 0, "commits": set(), "machines": set()})
+    runs = defaultdict(
+        lambda: {"seconds": 0.0, "n": 0, "commits": set(), "machines": set(), "versions": set()}
+    )
     for r in records:
         run = runs[r.get("command", "?")]
+        if r.get("versions"):  # the scientific codecs' libraries
+            run["versions"].add(", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items())))
         run["seconds"] += float(r.get("seconds") or 0.0)
         run["n"] += 1
         run["commits"].add(r.get("commit", "?")[:10] + (" (dirty)" if r.get("dirty") else ""))
@@ -107,6 +119,7 @@ def _provenance(records: list[dict]) -> list[str]:
         lines.append(
             f"- `{command}`: {run['n']} runs, {run['seconds']:.0f} s of compute; "
             f"commit {', '.join(sorted(run['commits']))}; {'; '.join(sorted(run['machines']))}"
+            + (f"; {'; '.join(sorted(run['versions']))}" if run["versions"] else "")
         )
     return lines
 
