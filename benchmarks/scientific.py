@@ -86,6 +86,7 @@ def tune(
     grid: Sequence[float],
     refine: int = 8,
     scan: int = 0,
+    give_up: float = 4.0,
 ) -> Candidate | None:
     """The best-quality candidate of ``encode(t)`` whose bytes fit ``budget_bytes``.
 
@@ -95,14 +96,20 @@ def tune(
     then bisected ``refine`` times between the last fitting grid point and the next, and
     ``scan`` evenly spaced points of that bracket are tried as well (for codecs whose bytes
     jump up and down with the knob: SZ3). Every fitting encode is decoded and measured; the
-    lowest MSE wins. Returns None when no grid point fits.
+    lowest MSE wins. Returns None when no grid point fits, or as soon as, nothing having fit,
+    a grid point's bytes exceed ``give_up`` times the budget and those of the point below it
+    (the bytes are growing with the quality there: TTHRESH's smallest stream of a volume
+    is reached below 15 dB, and a volume of 4 M voxels costs seconds per encode).
     """
     grid = sorted(float(t) for t in grid)
     best: Candidate | None = None
 
+    sizes: dict[float, int] = {}
+
     def fits(t: float) -> bool:
         nonlocal best
         data = encode(t)
+        sizes[t] = len(data)
         if len(data) > budget_bytes:
             return False
         recon = to_dtype(np.asarray(decode(data)).reshape(vol.shape), vol.dtype)
@@ -111,12 +118,15 @@ def tune(
             best = Candidate(t, len(data), recon, mse)
         return True
 
-    last_fit = None
+    last_fit, previous = None, None
     for i, t in enumerate(grid):
         if fits(t):
             last_fit = i
         elif last_fit is not None:
             break
+        elif previous is not None and sizes[t] > max(give_up * budget_bytes, sizes[previous]):
+            return None  # growing and far over the budget: the higher qualities will not fit
+        previous = t
     if last_fit is None:
         return None
     if last_fit + 1 < len(grid):
