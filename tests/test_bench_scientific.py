@@ -149,3 +149,18 @@ def test_tune_gives_up_once_the_bytes_grow_far_past_the_budget():
     codec = FakeCodec(vol, _size)  # t = 2: 208 B, 3: 308, 4: 408 > 4 x 100 and growing
     assert scientific.tune(vol, 100, codec.encode, codec.decode, range(11)) is None
     assert codec.tried == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_stream_that_does_not_decode_is_no_result():
+    vol = smooth_volume((8, 8, 8))
+    codec = FakeCodec(vol, _size)
+
+    def decode(buffer: bytes) -> np.ndarray:
+        if struct.unpack("<d", buffer[:8])[0] >= 4:
+            raise RuntimeError("trap")
+        return codec.decode(buffer)
+
+    found = scientific.tune(vol, 558, codec.encode, decode, range(11), undecodable=(RuntimeError,))
+    assert found is not None and found.knob < 4  # the scan stopped at the first failure
+    with pytest.raises(RuntimeError):  # not caught unless asked
+        scientific.tune(vol, 558, codec.encode, decode, range(11))
