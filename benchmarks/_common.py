@@ -161,6 +161,10 @@ CLASSICAL = [
     "decimate",
     "hevc_ds2",
     "hevc_ds2_lean",
+    "sz3",
+    "zfp",
+    "sperr",
+    "tthresh",
 ]
 
 

@@ -19,6 +19,8 @@ Every function takes a 3D (ZYX) or 4D (TZYX) ndarray and a budget in bytes and r
   dtype, fit; cubic (order-3 spline) upsampling back. What anyone can do by hand.
 * ``hevc_ds2``: ``hevc`` on the volume downsampled 2x on Z, Y, X, cubic upsampling back.
 * ``zstd_lossless``: zstd level 19 of the raw array (for reference, no budget).
+* ``sz3``, ``zfp``, ``sperr``, ``tthresh``: the scientific lossy compressors, each tuned by
+  its own knob (``benchmarks/scientific.py``, which says how, and how they count bytes).
 
 Bytes counted: the raw elementary stream (``-f hevc`` / ``-f h264``, including the
 parameter sets and the encoder's informational SEI, as BASELINES.md counts them), the sum of
@@ -45,6 +47,8 @@ import imagecodecs
 import numpy as np
 import zstandard
 from skimage.transform import resize
+
+import scientific  # benchmarks/ is on sys.path wherever this module is loaded from
 
 __all__ = [
     "METHODS",
@@ -428,6 +432,7 @@ METHODS: dict[str, Callable[[np.ndarray, int], Result]] = {
     "decimate": decimate,
     "hevc_ds2": hevc_ds2,
     "hevc_ds2_lean": hevc_ds2_lean,
+    **scientific.METHODS,
 }
 
 #: Only to reproduce BASELINES.md (see :func:`h264`).

@@ -81,6 +81,8 @@ def run_classical(name: str, vol: np.ndarray, ratio: float, method: str) -> dict
     t0 = time.perf_counter()
     result = codecs.METHODS[method](vol, record["budget_bytes"])
     record["seconds"] = time.perf_counter() - t0
+    if method in codecs.scientific.METHODS:
+        record["versions"] = codecs.scientific.versions()
     if result is None:
         record.update(status="cannot", reason="even the lowest quality does not fit the budget")
         return record
