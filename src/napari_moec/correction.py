@@ -26,6 +26,21 @@ on every voxel. Choices of ``E_c``:
 ``2^-14`` of the range is ~1000 float32 ULPs of a network output in [-1, 1]; 1/4 of an
 integer level on uint16 is ~30 of them. A predictor that disagrees by more than ``m`` (e.g.
 TF32 matmuls) is outside the promise.
+
+Wiring (container, Compressor, reader, tiles):
+
+* writer, after the model is packed: ``y = data_units(evaluate(stored_model, shape), norm)``
+  from the *stored* (dequantized) weights, then ``raw = encode(volume, y, E)``; ``encode``
+  has already decoded ``raw`` and verified every voxel at ``y`` and ``y ± margin``
+  (:class:`BoundViolation` otherwise: keep no file). ``E`` comes from
+  ``resolve_max_error(max_error=..., max_error_rel=..., value_range=(vmin, vmax))``.
+* container: store ``raw`` after the weights and its length in the header; the stream holds
+  its shape, dtype, bound, step and clip range itself.
+* reader, once per file: ``stream = parse(raw, header.shape, header.dtype)``; per region:
+  ``apply(stream, data_units(evaluate(model, shape, roi, stride), norm), roi, stride)``
+  replaces ``norm.invert(...)`` (never clip or round before ``apply``).
+* tiles: one stream per tile, encoded from the tile and its prediction; each keeps the bound.
+* ``stream.max_error`` is the promise (``moec info``, the widget's Compare).
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ __all__ = [
     "Stream",
     "apply",
     "codes",
+    "data_units",
     "encode",
     "parse",
     "plan_bound",
@@ -124,6 +140,13 @@ def plan_bound(max_error: float, dtype, value_range, margin: float | None = None
             f"at least {width * 2.0**-MAX_CLASSES:.3g} is needed"
         )
     return step, margin
+
+
+def data_units(values: np.ndarray, norm) -> np.ndarray:
+    """The network's output (training range) in the data's units, float64, neither clipped
+    nor rounded: what :func:`encode` and :func:`apply` take. ``norm`` is the file's
+    :class:`~napari_moec.sampling.Normalization`. Writer and reader must both use this."""
+    return (np.asarray(values, dtype=np.float64) - norm.lo) / norm.scale + norm.vmin
 
 
 def _check_pair(original: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

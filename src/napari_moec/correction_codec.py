@@ -8,38 +8,43 @@ docstring is the byte-level specification. All integers little-endian::
     1           u8  version (1)
     1           u8  dtype code: 0 uint8, 1 uint16, 2 int16, 3 float32
     1           u8  ndim, 3 or 4
-    4 ndim      u32 shape, each >= 1, product <= MAX_VOXELS
+    4 ndim      u32 shape, each >= 1; must equal the container's shape (and dtype)
     6           3 x u16 chunk edge along the last three axes, each 1..MAX_EDGE, product <=
                 MAX_CHUNK_VOXELS (a leading 4th axis is chunked by 1)
     8           f64 max_error E, the promised bound (finite, > 0)
     8           f64 step s (finite, > 0)
     2 w         lo, hi: the clip range, in the dtype (w = its size); finite, lo <= hi
-    22          11 x u16 significance probabilities: P(q != 0 | context c) = k / 65536,
-                1 <= k <= 65535
-    1           u8  K, number of magnitude classes, 0..MAX_CLASSES
-    2 K         K x u16 class frequencies (sum > 0 when K > 0)
+    41          u8 significance probabilities P(q != 0 | context), one per context
+    3           u8 sign probabilities P(q < 0 | context)
+    1           u8  K, number of magnitude classes, 0..MAX_CLASSES (0: every q is 0)
+    8 K         4 x K u16 class frequencies, one row per class context (a zero row: uniform)
     varint x n  per chunk, in C order over the chunk grid: its stream length in u32 words
                 (LEB128, at most 5 bytes; 0 = every code of the chunk is 0)
     4 sum       the chunk streams, concatenated; together they end the stream exactly
 
+A probability byte k (1..255) stands for ``(k/128)^2 / 2`` below 128 and
+``1 - ((256-k)/128)^2 / 2`` from 128 (:func:`probability`): fine near 0 and 1, where the
+contexts of a sparse stream live, and exact in IEEE arithmetic on every platform.
+
 Chunks make a region cheap: the reader decodes only the chunks an ROI + stride touches (a
-64^3 chunk is 262k codes), and a chunk whose codes are all 0 (most of them at useful
-bounds) costs one index byte. Each chunk is one constriction ANS stream (u32 words) holding,
+64^3 chunk is 262k codes), and a chunk whose codes are all 0 costs one index byte. Each chunk
+is one constriction ANS stream (u32 words) holding, plane by plane along the third-last axis,
 in decoding order:
 
-1. the significance flags ``q != 0`` of its planes along the third-last axis, one Bernoulli
-   per flag with the probability of its context: 10 for the first plane of the chunk, else
-   the number (0..9) of nonzero flags in the 3x3 neighbourhood of the same position in the
-   previous plane. Errors of a smooth predictor cluster at edges, so this context separates
-   the empty background (P ~ 1e-4) from the edges (P ~ 0.3) for 22 bytes of table; it only
-   looks back one plane, so a plane decodes with one vectorised call;
-2. for the nonzero codes (C order), the magnitude class ``floor(log2 |q|)`` with the fitted
-   categorical of the K frequencies (not coded when K = 1);
-3. their signs, one uniform bit each;
+1. the plane's significance flags ``q != 0``, one Bernoulli each, context ``0`` in the first
+   plane of the chunk, else ``1 + 4 n + c`` with n (0..9) the nonzero codes in the 3x3
+   neighbourhood of the same position in the previous plane and c its class context;
+2. for the plane's nonzero codes (C order), the magnitude class ``floor(log2 |q|)`` with the
+   categorical row of the class context: 0 if the previous plane's code at the same position
+   is 0, else min(its class + 1, 3) (not coded when K = 1);
+3. their signs, Bernoulli, context the sign of the previous plane's code there (-, 0, +);
 4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits).
 
-Every number read sizes an allocation only after it is checked against these limits and the
-bytes that remain; every failure raises :class:`~napari_moec.errors.MoecFormatError`.
+Errors of a smooth predictor cluster at edges and keep their sign across planes: on the shared
+volumes these contexts take 10-50 % off an order-0 code of q (blurred stand-in predictions). Contexts look back one plane only,
+so a plane decodes with a few vectorised calls. Every number read sizes an allocation only
+after it is checked against these limits and the bytes that remain; every failure raises
+:class:`~napari_moec.errors.MoecFormatError`.
 """
 
 from __future__ import annotations
