@@ -182,14 +182,18 @@ def test_a_region_decodes_only_the_chunks_it_touches(monkeypatch):
     stream = parse(encode(x, y, 10.0, chunk=(8, 8, 8)), x.shape, x.dtype)
     touched = []
     decode_chunk = correction.decode_chunk
-    monkeypatch.setattr(
-        correction, "decode_chunk", lambda s, i: touched.append(i) or decode_chunk(s, i)
-    )
+
+    def spy(s, index, planes=None):
+        touched.append((index, planes))
+        return decode_chunk(s, index, planes)
+
+    monkeypatch.setattr(correction, "decode_chunk", spy)
+    # z 9..14 is planes 1..6 of the second chunk along z: it stops after plane 6
     codes(stream, ((9, 15), (0, 8), (30, 32)))
-    assert touched == [(1, 0, 3)]
+    assert touched == [((1, 0, 3), 7)]
     touched.clear()
     codes(stream, None, 8)  # voxels 0, 8, 16, 24 of each axis: one per chunk, 4^3 chunks
-    assert len(touched) == 64
+    assert len(touched) == 64 and {planes for _, planes in touched} == {1}
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), -float("inf"), "x", None])
@@ -306,6 +310,7 @@ def test_hostile_header_fields_are_format_errors(sample):
 def _decode_or_format_error(raw: bytes, shape, dtype) -> None:
     try:
         stream = parse(raw, shape, dtype)
+        codes(stream, ((1, 3), None, (2, 9)), 2)  # partial chunks: decoding stops early
         out = codes(stream)
     except MoecFormatError:
         return

@@ -262,8 +262,8 @@ def codes(stream: Stream, roi=None, stride=1) -> np.ndarray:
     owners = [w // c for w, c in zip(wanted, s.chunk, strict=True)]
     for index in itertools.product(*(np.unique(o).tolist() for o in owners)):
         positions = [np.flatnonzero(o == i) for o, i in zip(owners, index, strict=True)]
-        block = decode_chunk(s, index)
         local = [w[p] - i * c for w, p, i, c in zip(wanted, positions, index, s.chunk, strict=True)]
+        block = decode_chunk(s, index, planes=int(local[-3].max()) + 1)
         out[np.ix_(*positions)] = block[np.ix_(*local)]
     return out
 

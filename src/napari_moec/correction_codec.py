@@ -41,10 +41,10 @@ in decoding order:
 4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits).
 
 Errors of a smooth predictor cluster at edges and keep their sign across planes: on the shared
-volumes these contexts take 10-50 % off an order-0 code of q (blurred stand-in predictions). Contexts look back one plane only,
-so a plane decodes with a few vectorised calls. Every number read sizes an allocation only
-after it is checked against these limits and the bytes that remain; every failure raises
-:class:`~napari_moec.errors.MoecFormatError`.
+volumes these contexts take 10-50 % off an order-0 code of q (blurred stand-in predictions).
+Contexts look back one plane only, so a plane decodes with a few vectorised calls. Every
+number read sizes an allocation only after it is checked against these limits and the bytes
+that remain; every failure raises :class:`~napari_moec.errors.MoecFormatError`.
 """
 
 from __future__ import annotations
@@ -384,8 +384,13 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     )
 
 
-def decode_chunk(stream: Stream, index: tuple[int, ...]) -> np.ndarray:
-    """The int64 codes of the chunk at grid position ``index`` (edge chunks are smaller)."""
+def decode_chunk(stream: Stream, index: tuple[int, ...], planes: int | None = None) -> np.ndarray:
+    """The int64 codes of the chunk at grid position ``index`` (edge chunks are smaller).
+
+    ``planes`` stops after that many planes along the third-last axis (the rest stay 0): a
+    plane's contexts need only the planes before it, so a z-slice near the start of a chunk
+    costs a few planes. Only a full decode can check that the chunk ends where it should.
+    """
     flat = int(np.ravel_multi_index(index, stream.grid))
     shape = tuple(
         min(c, n - i * c) for i, c, n in zip(index, stream.chunk, stream.shape, strict=True)
@@ -394,14 +399,15 @@ def decode_chunk(stream: Stream, index: tuple[int, ...]) -> np.ndarray:
     if start == stop:
         return np.zeros(shape, np.int64)
     try:
-        return _decode_words(stream, shape, stream.data[start:stop]).reshape(shape)
+        raw = stream.data[start:stop]
+        return _decode_words(stream, shape, raw, planes).reshape(shape)
     except MoecFormatError:
         raise
     except Exception as exc:  # constriction reports a corrupt stream with various builtins
         raise MoecFormatError(f"correction chunk {index} cannot be decoded: {exc}") from exc
 
 
-def _decode_words(stream: Stream, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def _decode_words(stream: Stream, shape, raw: bytes, planes: int | None) -> np.ndarray:
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(raw, "<u4").astype(np.uint32))
     h, w = shape[-2:]
     q = np.zeros((int(np.prod(shape[:-2])), h, w), np.int64)
@@ -410,7 +416,8 @@ def _decode_words(stream: Stream, shape: tuple[int, ...], raw: bytes) -> np.ndar
     sig_ctx = np.zeros((h, w), np.int32)
     cls_ctx = np.zeros((h, w), np.int32)
     sign_ctx = np.ones((h, w), np.int32)
-    for d in range(q.shape[0]):
+    full = planes is None or planes >= q.shape[0]
+    for d in range(q.shape[0] if full else max(planes, 0)):
         nonzero = coder.decode(bernoulli, stream.significance[sig_ctx.ravel()]).reshape(h, w) != 0
         count = int(nonzero.sum())
         if count:
@@ -431,6 +438,8 @@ def _decode_words(stream: Stream, shape: tuple[int, ...], raw: bytes) -> np.ndar
         cls_ctx = _previous_class(q[d])
         sig_ctx = 1 + CLASS_CONTEXTS * neighbour_count(nonzero).astype(np.int32) + cls_ctx
         sign_ctx = np.sign(q[d]).astype(np.int32) + 1
+    if not full:
+        return q
     if not coder.is_empty():
         raise MoecFormatError("correction chunk has trailing data")
     if not q.any():
