@@ -11,11 +11,13 @@ import math
 import numpy as np
 import pytest
 import tifffile
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
 from napari_moec import correction, correction_codec
+from napari_moec.config import ModelConfig
 from napari_moec.correction import (
     BoundViolation,
     apply,
@@ -26,7 +28,10 @@ from napari_moec.correction import (
     resolve_max_error,
     verify,
 )
+from napari_moec.decode import evaluate
 from napari_moec.errors import ConfigError, MoecFormatError
+from napari_moec.nn.moe import MoESiren
+from napari_moec.sampling import Normalization
 
 from .conftest import SHARED_DATA, smooth_volume
 
@@ -138,6 +143,32 @@ def test_exact_prediction_costs_only_the_header_and_index():
     assert len(data) == 3 + 12 + 22 + 4 + 41 + 3 + 1 + 3 * 4 * 5
     assert stream.classes.shape[1] == 0
     np.testing.assert_array_equal(apply(stream, x + 0.2), x)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_wiring_with_a_network_decoded_in_other_batches(dtype):
+    """The recipe of the module doc with a real (untrained) network: the writer decodes it in
+    one batching, the reader regions in another, whose sums round differently."""
+    torch.manual_seed(0)
+    model = MoESiren(ModelConfig(hidden_features=8, num_experts=3))
+    x = smooth_volume((9, 10, 11), dtype=dtype)
+    norm = Normalization.of(x)
+    y = correction.data_units(evaluate(model, x.shape, chunk_voxels=97), norm)
+    bound = resolve_max_error(max_error_rel=0.02, value_range=(x.min(), x.max()))
+    stream = parse(encode(x, y, bound), x.shape, x.dtype)
+    for roi, stride in ((None, 1), ("2:8,:,3:11", (1, 2, 3)), ("4:5,1:9,:", 2)):
+        region = correction.data_units(evaluate(model, x.shape, roi, stride, chunk_voxels=50), norm)
+        out = apply(stream, region, roi, stride)
+        index = tuple(
+            slice(s.start, s.stop, st)
+            for s, st in zip(
+                correction.parse_roi(roi, x.shape),
+                (stride,) * 3 if isinstance(stride, int) else stride,
+                strict=True,
+            )
+        )
+        assert out.dtype == x.dtype
+        assert _error(out, x[index]) <= bound
 
 
 REGIONS = [
