@@ -139,8 +139,9 @@ def test_exact_prediction_costs_only_the_header_and_index():
     x = smooth_volume((20, 30, 40))
     data = encode(x, x.astype(np.float64) + 0.2, 3.0, chunk=(8, 8, 8))
     stream = parse(data, x.shape, x.dtype)
-    # the spec's header (3 + 4 ndim + 22 + 2 itemsize + 41 + 3 + 1) and one byte per chunk
-    assert len(data) == 3 + 12 + 22 + 4 + 41 + 3 + 1 + 3 * 4 * 5
+    # the spec's header (3 + 4 ndim + 22 + 2 itemsize + 41 + 3 + 1 + 1 anchor count) and one
+    # byte per chunk
+    assert len(data) == 3 + 12 + 22 + 4 + 41 + 3 + 1 + 1 + 3 * 4 * 5
     assert stream.classes.shape[1] == 0
     np.testing.assert_array_equal(apply(stream, x + 0.2), x)
 
@@ -169,6 +170,33 @@ def test_wiring_with_a_network_decoded_in_other_batches(dtype):
         )
         assert out.dtype == x.dtype
         assert _error(out, x[index]) <= bound
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_anchored_voxels_hold_whatever_the_reader_predicts(dtype):
+    # An MoE whose router is nearly tied at a voxel may pick another expert on another
+    # machine: its prediction there can be anything. Anchored voxels do not depend on it.
+    rng = np.random.default_rng(8)
+    x = smooth_volume((10, 20, 30), dtype=dtype)
+    y = _blur(x)
+    unstable = rng.random(x.shape) < 0.01
+    unstable[0, 0, 0] = unstable[-1, -1, -1] = True
+    bound = 0.02 * (float(x.max()) - float(x.min()))
+    stream = parse(encode(x, y, bound, unstable=unstable, chunk=(4, 8, 8)), x.shape, x.dtype)
+    assert stream.anchors.tolist() == np.flatnonzero(unstable).tolist()
+    other = np.where(unstable, rng.uniform(-1e4, 1e4, x.shape), y)  # another expert's output
+    out = apply(stream, other)
+    assert _error(out, x) <= bound
+    roi, stride = ("3:10,1:19,:", (2, 3, 1))
+    index = np.s_[3:10:2, 1:19:3, :]
+    np.testing.assert_array_equal(apply(stream, other[index], roi, stride), out[index])
+    # without the anchors the same reader misses the bound: they are what keeps it
+    plain = parse(encode(x, y, bound), x.shape, x.dtype)
+    assert _error(apply(plain, other), x) > bound
+    with pytest.raises(ConfigError, match="unstable"):
+        encode(x, y, bound, unstable=unstable[:, :, :-1])
+    with pytest.raises(ConfigError, match="unstable"):
+        encode(x, y, bound, unstable=unstable.astype(np.uint8))
 
 
 REGIONS = [
@@ -329,6 +357,12 @@ def test_hostile_header_fields_are_format_errors(sample):
         "probability byte": _patched(data, tables_at, b"\0"),
         "classes": _patched(data, tables_at + 44, b"\x63"),
     }
+    anchors_at = tables_at + 45 + 2 * 4 * data[tables_at + 44]
+    assert data[anchors_at] == 0  # no anchors in this sample
+    # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
+    outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]
+    cases["outside the volume"] = outside
+    cases["anchors is truncated"] = _patched(data, anchors_at, b"\xff\x7f")
     for message, raw in cases.items():
         with pytest.raises(MoecFormatError, match=message):
             parse(raw, x.shape, x.dtype)
@@ -353,6 +387,11 @@ def _decode_or_format_error(raw: bytes, shape, dtype) -> None:
 @given(data=st.data())
 def test_fuzz_bit_flips_and_truncations_decode_or_raise_format_errors(sample, data):
     x, stream = sample
+    if data.draw(st.booleans()):  # the same volume with anchored voxels
+        y = x + np.random.default_rng(4).normal(0, 40, x.shape)
+        unstable = np.zeros(x.shape, bool)
+        unstable[1, 2, 3] = unstable[5, 7, 9] = unstable[8, 12, 10] = True
+        stream = encode(x, y, 15.0, unstable=unstable, chunk=(4, 8, 8))
     raw = bytearray(stream)
     for _ in range(data.draw(st.integers(1, 4))):
         position = data.draw(st.integers(0, len(raw) - 1))

@@ -24,13 +24,19 @@ on every voxel. Choices of ``E_c``:
   spacing at the largest magnitude of the range (the final cast to float32).
 
 ``2^-14`` of the range is ~1000 float32 ULPs of a network output in [-1, 1]; 1/4 of an
-integer level on uint16 is ~30 of them. A predictor that disagrees by more than ``m`` (e.g.
-TF32 matmuls) is outside the promise.
+integer level on uint16 is ~30 of them (a trained ct_head network evaluated in float32 and in
+float64 differed by at most 1.5e-6 of the range, 0.006 levels). A predictor that disagrees by
+more (e.g. TF32 matmuls) is outside the promise. The one discontinuity of a SIREN-MoE is its
+router: where the top-1 and top-2 logits nearly tie, another machine may pick the other
+expert. The writer passes those voxels as ``unstable``; they are *anchored*, coded from ``lo``
+instead of the prediction, so they hold whatever a reader predicts there.
 
 Wiring (container, Compressor, reader, tiles):
 
 * writer, after the model is packed: ``y = data_units(evaluate(stored_model, shape), norm)``
-  from the *stored* (dequantized) weights, then ``raw = encode(volume, y, E)``; ``encode``
+  from the *stored* (dequantized) weights, then ``raw = encode(volume, y, E, unstable=u)``
+  with ``u`` the voxels whose top-1/top-2 router logit gap is below ~1e-4 (MoE with n > 1;
+  None for one network or a continuous family); ``encode``
   has already decoded ``raw`` and verified every voxel at ``y`` and ``y ± margin``
   (:class:`BoundViolation` otherwise: keep no file). ``E`` comes from
   ``resolve_max_error(max_error=..., max_error_rel=..., value_range=(vmin, vmax))``.
@@ -174,6 +180,7 @@ def encode(
     *,
     value_range=None,
     margin: float | None = None,
+    unstable: np.ndarray | None = None,
     chunk: tuple[int, int, int] = DEFAULT_CHUNK,
 ) -> bytes:
     """The correction stream that keeps every decoded voxel within ``max_error``; verified.
@@ -191,6 +198,11 @@ def encode(
         What decoded values are clipped to; the original's min and max by default.
     margin : float, optional
         How far a reader's prediction may differ from ``prediction`` (data units).
+    unstable : bool ndarray of the volume's shape, optional
+        Voxels where a reader's prediction may differ by more than ``margin``: a network that
+        is discontinuous there (an MoE whose top-1 and top-2 router logits are nearly tied can
+        pick the other expert on another machine). They are coded from ``lo`` instead of the
+        prediction (anchored), which costs more bits but holds whatever the reader predicts.
     chunk : three ints
         Chunk edges along the last three axes (random access granularity).
 
@@ -217,8 +229,15 @@ def encode(
     if len(chunk) != 3 or not all(isinstance(c, int) and 1 <= c <= 1024 for c in chunk):
         raise ConfigError(f"chunk {chunk!r} must be three ints in 1..1024")
     step, margin = plan_bound(max_error, original.dtype, (lo, hi), margin)
-    residual = original.astype(np.float64) - np.clip(y, lo, hi)
-    q = np.rint(residual / step).astype(np.int64)
+    anchors = np.zeros(0, np.int64)
+    if unstable is not None:
+        unstable = np.asarray(unstable)
+        if unstable.shape != original.shape or unstable.dtype != bool:
+            raise ConfigError(f"unstable must be a bool mask of shape {original.shape}")
+        anchors = np.flatnonzero(unstable)
+    base = np.clip(y, lo, hi)
+    base.flat[anchors] = lo
+    q = np.rint((original.astype(np.float64) - base) / step).astype(np.int64)
     stream = encode_chunks(
         q,
         dtype=original.dtype,
@@ -227,6 +246,7 @@ def encode(
         step=step,
         lo=lo,
         hi=hi,
+        anchors=anchors,
     )
     verify(original, y, stream, margin=margin)
     return stream
@@ -287,7 +307,27 @@ def apply(stream: Stream, prediction: np.ndarray, roi=None, stride=1) -> np.ndar
     q = codes(s, roi, stride)
     if not np.isfinite(y).all():
         raise ConfigError("prediction has NaN or infinite values; the bound cannot hold")
-    return _final(np.clip(y, s.lo, s.hi) + s.step * q, s)
+    return _decoded(s, y, q, _anchored(s, roi, stride))
+
+
+def _anchored(s: Stream, roi=None, stride=1) -> tuple[np.ndarray, ...]:
+    """Positions in the grid ``roi[::stride]`` of the stream's anchored voxels."""
+    slices = parse_roi(roi, s.shape)
+    strides = _strides(stride, len(s.shape))
+    index = np.unravel_index(s.anchors, s.shape)
+    inside = np.ones(s.anchors.size, bool)
+    for i, sl, st in zip(index, slices, strides, strict=True):
+        inside &= (i >= sl.start) & (i < sl.stop) & ((i - sl.start) % st == 0)
+    return tuple(
+        (i[inside] - sl.start) // st for i, sl, st in zip(index, slices, strides, strict=True)
+    )
+
+
+def _decoded(s: Stream, y: np.ndarray, q: np.ndarray, anchored) -> np.ndarray:
+    """``final(base + s q)``, base the clipped prediction, or ``lo`` where anchored."""
+    base = np.clip(y, s.lo, s.hi)
+    base[anchored] = s.lo
+    return _final(base + s.step * q, s)
 
 
 def _final(values: np.ndarray, s: Stream) -> np.ndarray:
@@ -325,10 +365,11 @@ def verify(
         )
     bound = s.max_error if max_error is None else min(float(max_error), s.max_error)
     q = codes(s)
+    anchored = _anchored(s)
     x = original.astype(np.float64)
     at_prediction = 0.0
     for shift in (0.0, -margin, margin) if margin > 0 else (0.0,):
-        decoded = _final(np.clip(y + shift, s.lo, s.hi) + s.step * q, s).astype(np.float64)
+        decoded = _decoded(s, y + shift, q, anchored).astype(np.float64)
         error = np.abs(decoded - x)
         worst = float(error.max())
         at_prediction = at_prediction if shift else worst

@@ -18,6 +18,10 @@ docstring is the byte-level specification. All integers little-endian::
     3           u8 sign probabilities P(q < 0 | context)
     1           u8  K, number of magnitude classes, 0..MAX_CLASSES (0: every q is 0)
     8 K         4 x K u16 class frequencies, one row per class context (a zero row: uniform)
+    varint      A, the number of anchored voxels (LEB128, as every varint here)
+    varint x A  their C-order flat indices, each as the gap to the previous one minus 1
+                (the first as the index itself); all inside the volume. An anchored voxel
+                decodes as ``lo + s q``, whatever the prediction there (see correction)
     varint x n  per chunk, in C order over the chunk grid: its stream length in u32 words
                 (LEB128, at most 5 bytes; 0 = every code of the chunk is 0)
     4 sum       the chunk streams, concatenated; together they end the stream exactly
@@ -109,6 +113,7 @@ class Stream:
     significance: np.ndarray  # (NUM_CONTEXTS,) float64 P(q != 0)
     classes: np.ndarray  # (CLASS_CONTEXTS, K) float64 rows of class probabilities
     signs: np.ndarray  # (SIGN_CONTEXTS,) float64 P(q < 0)
+    anchors: np.ndarray  # sorted int64 C-order flat indices of voxels coded against ``lo``
     offsets: np.ndarray  # (n_chunks + 1,) int64 byte offsets of the chunk streams in `data`
     data: bytes
 
@@ -228,8 +233,10 @@ def encode_chunks(
     step: float,
     lo: float,
     hi: float,
+    anchors: np.ndarray,
 ) -> bytes:
-    """The stream of integer codes ``q`` (int64, |q| < 2^MAX_CLASSES, the volume's shape)."""
+    """The stream of integer codes ``q`` (int64, |q| < 2^MAX_CLASSES, the volume's shape);
+    ``anchors`` are the sorted flat indices of the voxels whose codes count from ``lo``."""
     shape = q.shape
     chunks = full_chunk(chunk, q.ndim)
     # Fit the shared tables on every chunk first (a table is cheaper than adapting, and
@@ -260,6 +267,9 @@ def encode_chunks(
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
     head += sig_bytes.tobytes() + sign_bytes.tobytes()
     head += bytes([n_classes]) + class_words.tobytes()
+    head += _varint(len(anchors))
+    for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
+        head += _varint(gap - 1)
     index = bytearray()
     body = []
     for sl in _chunk_slices(shape, chunks):
@@ -276,6 +286,21 @@ def _varint(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """A LEB128 value of at most 5 bytes at ``pos`` and the position after it."""
+    value = shift = 0
+    while True:
+        _need(data, pos, 1, what)
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+        if shift >= 35:
+            raise MoecFormatError(f"correction stream varint too long in {what}")
 
 
 def _need(data: bytes, pos: int, size: int, what: str) -> None:
@@ -342,6 +367,17 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += words.nbytes
     if n_classes and words.sum() == 0:
         raise MoecFormatError("correction stream class frequencies are all 0")
+    count, pos = _read_varint(data, pos, "anchor count")
+    if count > len(data) - pos:  # every anchor has a byte
+        raise MoecFormatError(f"correction stream list of {count} anchors is truncated")
+    anchors = np.empty(count, np.int64)
+    last = -1
+    for i in range(count):
+        gap, pos = _read_varint(data, pos, "anchors")
+        last += gap + 1
+        anchors[i] = last
+    if count and last >= int(np.prod(shape, dtype=np.float64)):
+        raise MoecFormatError(f"correction stream anchor {last} is outside the volume")
     chunk = full_chunk(tuple(edges), ndim)
     grid = [-(-n // c) for n, c in zip(shape, chunk, strict=True)]
     n_chunks = int(np.prod(grid, dtype=np.float64))
@@ -349,18 +385,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         raise MoecFormatError(f"correction stream index of {n_chunks} chunks is truncated")
     lengths = np.empty(n_chunks, np.int64)
     for i in range(n_chunks):
-        value = shift = 0
-        while True:
-            _need(data, pos, 1, "chunk index")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-            if shift >= 35:
-                raise MoecFormatError("correction stream chunk length varint too long")
-        lengths[i] = value
+        lengths[i], pos = _read_varint(data, pos, "chunk index")
     offsets = pos + 4 * np.concatenate([[0], np.cumsum(lengths)])
     if offsets[-1] != len(data):
         raise MoecFormatError(
@@ -379,6 +404,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         probability(sig),
         _class_probabilities(words.reshape(CLASS_CONTEXTS, n_classes)),
         probability(signs),
+        anchors,
         offsets,
         data,
     )
