@@ -317,8 +317,23 @@ def test_verify_with_a_margin_catches_a_stream_fragile_to_float_noise():
     with pytest.raises(BoundViolation, match=r"shifted by 0\.01"):
         verify(x, y, data, margin=0.01)
     # with the default margin the writer quantizes so that the nudge is absorbed
+    _, margin = plan_bound(0.3, x.dtype, (x.min(), x.max()))
     robust = encode(x, y, 0.3)
-    assert verify(x, y, robust, margin=plan_bound(0.3, x.dtype, (x.min(), x.max()))[1]) == 0
+    assert verify(x, y, robust, margin=margin) == 0
+    assert parse(robust, x.shape, x.dtype).anchors.size == 0
+
+
+def test_residuals_on_a_cell_edge_are_anchored_not_refused():
+    # y + margin lands exactly on x + 1/2, where rint rounds odd x up: the writer's check at
+    # the margin fails there, so it anchors those voxels and verifies again
+    x = smooth_volume((6, 8, 8))
+    _, margin = plan_bound(0.3, x.dtype, (x.min(), x.max()))
+    y = x.astype(np.float64) + (0.5 - margin)
+    stream = parse(encode(x, y, 0.3), x.shape, x.dtype)
+    odd = np.flatnonzero(x % 2 == 1)
+    assert odd.size and stream.anchors.tolist() == odd.tolist()
+    for shift in (-margin, 0.0, margin):
+        np.testing.assert_array_equal(apply(stream, y + shift), x)
 
 
 @pytest.fixture(scope="module")

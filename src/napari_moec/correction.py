@@ -228,13 +228,16 @@ def encode(
         raise ConfigError(f"value_range [{lo}, {hi}] is not exact in {original.dtype}")
     if len(chunk) != 3 or not all(isinstance(c, int) and 1 <= c <= 1024 for c in chunk):
         raise ConfigError(f"chunk {chunk!r} must be three ints in 1..1024")
-    step, margin = plan_bound(max_error, original.dtype, (lo, hi), margin)
-    anchors = np.zeros(0, np.int64)
     if unstable is not None:
         unstable = np.asarray(unstable)
         if unstable.shape != original.shape or unstable.dtype != bool:
             raise ConfigError(f"unstable must be a bool mask of shape {original.shape}")
-        anchors = np.flatnonzero(unstable)
+    return _encode(original, y, max_error, lo, hi, margin, unstable, tuple(chunk), retry=True)
+
+
+def _encode(original, y, max_error, lo, hi, margin, unstable, chunk, *, retry: bool) -> bytes:
+    step, margin = plan_bound(max_error, original.dtype, (lo, hi), margin)
+    anchors = np.zeros(0, np.int64) if unstable is None else np.flatnonzero(unstable)
     base = np.clip(y, lo, hi)
     base.flat[anchors] = lo
     q = np.rint((original.astype(np.float64) - base) / step).astype(np.int64)
@@ -248,7 +251,14 @@ def encode(
         hi=hi,
         anchors=anchors,
     )
-    verify(original, y, stream, margin=margin)
+    _, misses = _check(original, y, stream, None, margin)
+    if misses is not None and not retry:
+        raise BoundViolation(misses[1])
+    if misses is not None:
+        # A residual on a quantizer cell's edge, pushed over by the margin, is a float tie:
+        # anchor such voxels (they then ignore the prediction) and verify once more.
+        mask = misses[0] if unstable is None else misses[0] | unstable
+        return _encode(original, y, max_error, lo, hi, margin, mask, chunk, retry=False)
     return stream
 
 
@@ -356,6 +366,14 @@ def verify(
     BoundViolation
         Naming how many voxels miss, the worst error and where.
     """
+    worst, misses = _check(original, prediction, stream, max_error, margin)
+    if misses is not None:
+        raise BoundViolation(misses[1])
+    return worst
+
+
+def _check(original, prediction, stream, max_error, margin):
+    """``(error at prediction, None)``, or ``(.., (mask of missing voxels, message))``."""
     original, y = _check_pair(original, prediction)
     s = stream if isinstance(stream, Stream) else parse(stream, original.shape, original.dtype)
     if s.shape != original.shape or s.dtype != original.dtype:
@@ -369,15 +387,15 @@ def verify(
     x = original.astype(np.float64)
     at_prediction = 0.0
     for shift in (0.0, -margin, margin) if margin > 0 else (0.0,):
-        decoded = _decoded(s, y + shift, q, anchored).astype(np.float64)
-        error = np.abs(decoded - x)
+        error = np.abs(_decoded(s, y + shift, q, anchored).astype(np.float64) - x)
         worst = float(error.max())
         at_prediction = at_prediction if shift else worst
         if worst > bound:
-            bad = int(np.count_nonzero(error > bound))
+            bad = error > bound
             where = np.unravel_index(int(np.argmax(error)), error.shape)
-            raise BoundViolation(
-                f"{bad} voxels exceed max_error {bound} (worst {worst} at {where}, "
-                f"prediction shifted by {shift})"
+            message = (
+                f"{int(bad.sum())} voxels exceed max_error {bound} (worst {worst} at "
+                f"{tuple(int(i) for i in where)}, prediction shifted by {shift})"
             )
-    return at_prediction
+            return at_prediction, (bad, message)
+    return at_prediction, None
