@@ -15,7 +15,8 @@ few float32 ULPs (``decode`` measures ~1e-7 of the range). The writer therefore 
 of ``y``: the decoded value ``final(clip(y') + s q)`` is a non-decreasing function of ``y'``
 (clip, IEEE addition, rint and the cast all are), so the set of ``y'`` that keep a voxel
 within ``E`` is an interval, and :func:`verify` checks its two ends ``y - m`` and ``y + m``
-on every voxel. Choices of ``E_c``:
+on every voxel (a residual exactly on a quantizer cell's edge can fail there, a float tie:
+``encode`` anchors such voxels, see below, and verifies again). Choices of ``E_c``:
 
 * integer dtypes: ``x`` is an integer, so ``|x - rint(v)| <= floor(E)`` whenever
   ``|x - v| < floor(E) + 1/2``. Hence ``E_c = floor(E) + 1/2 - m`` with
@@ -36,8 +37,8 @@ Wiring (container, Compressor, reader, tiles):
 * writer, after the model is packed: ``y = data_units(evaluate(stored_model, shape), norm)``
   from the *stored* (dequantized) weights, then ``raw = encode(volume, y, E, unstable=u)``
   with ``u`` the voxels whose top-1/top-2 router logit gap is below ~1e-4 (MoE with n > 1;
-  None for one network or a continuous family); ``encode``
-  has already decoded ``raw`` and verified every voxel at ``y`` and ``y ± margin``
+  None for one network or a continuous family); ``encode`` has already decoded ``raw`` and
+  verified every voxel at ``y`` and ``y ± margin``
   (:class:`BoundViolation` otherwise: keep no file). ``E`` comes from
   ``resolve_max_error(max_error=..., max_error_rel=..., value_range=(vmin, vmax))``.
 * container: store ``raw`` after the weights and its length in the header; the stream holds
