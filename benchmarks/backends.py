@@ -237,7 +237,7 @@ def markdown(out: Path) -> str:
         "backends: a multi-threaded step waits until all its threads get a core, and OpenMP "
         "threads spin while they wait, which inflates wall and CPU time alike. Trust a rerun "
         'on an idle machine over such rows. `backend="auto"` follows these numbers '
-        "(`_measured_faster` in `src/napari_moec/nn/tutel_backend.py`).",
+        "(`_measured_faster` in `src/napari_moec/families/siren/tutel_backend.py`).",
     ]
     if not any(r["device"].startswith("cuda") for r in records):
         lines += [

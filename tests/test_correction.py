@@ -30,7 +30,7 @@ from napari_moec.correction import (
 )
 from napari_moec.decode import evaluate
 from napari_moec.errors import ConfigError, MoecFormatError
-from napari_moec.nn.moe import MoESiren
+from napari_moec.families.siren.moe import MoESiren
 from napari_moec.sampling import Normalization
 
 from .conftest import SHARED_DATA, smooth_volume
