@@ -276,6 +276,9 @@ class GridTrainer:
         """
         plain = len(pack_model(self.model, self._network_step))
         real_bits = 8.0 * max(plain - self._overhead, 1)
+        if real_bits < 0.1 * self.target_bits():  # near-zero latents code in ~0 real bits:
+            self.calibration = 1.0  # the ratio says nothing about the budget's operating point
+            return
         self.calibration = min(4.0, max(0.25, proxy_bits / real_bits))
 
     def checkpoint(self) -> FitResult:
