@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import tifffile
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=500)
     ap.add_argument("--calibrate-every", type=int, default=100, help="0: never")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lam-free-after", type=float, default=None, help="0: no anti-windup")
     ap.add_argument("--experts", type=int, default=1)
     ap.add_argument("--first-level", type=int, default=None, help="override auto sizing")
     ap.add_argument("--hidden", type=int, default=None, help="override auto sizing")
@@ -72,6 +74,8 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every,
         calibrate_every=args.calibrate_every or 10**9,
     )
+    if args.lam_free_after is not None:
+        settings = replace(settings, lam_free_after=args.lam_free_after)
     t0 = time.perf_counter()
     trainer = GridTrainer(
         norm.apply(volume), cfg, limit, settings, device=args.device, seed=args.seed
@@ -89,6 +93,7 @@ def main() -> None:
         "lr_latent": args.lr_latent,
         "calibrate_every": args.calibrate_every,
         "seed": args.seed,
+        "lam_free_after": settings.lam_free_after,
         "steps": trainer.step_count,
         "payload_bytes": len(best.payload),
         "payload_budget": limit,

@@ -115,9 +115,6 @@ class Synthesis(nn.Module):
             self.experts.append(layer)
             fan_in = h
         self.decoder = nn.Linear(h, 1)
-        with torch.no_grad():
-            self.decoder.weight.mul_(0.5)
-            self.decoder.bias.zero_()
         self.gate = None
         if n > 1:
             g = cfg.gate_hidden
@@ -131,8 +128,14 @@ class Synthesis(nn.Module):
                     # dim 1 is the input of (out, in) Linear weights and (n, in, out) experts
                     fan_in = params[name.rsplit(".", 1)[0] + ".weight"].shape[1]
                     p.uniform_(-1.0, 1.0, generator=generator).mul_(1.0 / math.sqrt(fan_in))
-                self.decoder.weight.mul_(0.5)
-                self.decoder.bias.zero_()
+        with torch.no_grad():
+            # Every expert ReLU alive at the start, where all latents are 0: with signed
+            # biases a 4-wide expert could start with a dead layer, pass no gradient to the
+            # latents and stay a constant (ct_head 1024x, seed 0: 16.6 dB, 93-byte payload).
+            for layer in self.experts:
+                layer.bias.abs_()
+            self.decoder.weight.mul_(0.5)
+            self.decoder.bias.zero_()
 
     def stored(self) -> dict[str, torch.Tensor]:
         """The stored tensors by ``config.mlp_layout`` name (same order)."""
