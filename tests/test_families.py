@@ -96,13 +96,14 @@ def test_train_needs_no_ratio_and_fits(volume16):
     coords, truth = eval_set(target, schedule.seed, torch.device("cpu"))
     untrained = decoded_mse(model, coords, truth)
     trainer = family.trainer(model, CONFIG, QuantConfig(), schedule, target,
-                             device=torch.device("cpu"), generator=torch.Generator())  # fmt: skip
+                             device=torch.device("cpu"), generator=torch.Generator(),
+                             budget=4096)  # fmt: skip
     assert isinstance(trainer, FamilyTrainer)
     events = []
     trained = drain(
         train(target, model, schedule, device=torch.device("cpu"),
               generator=torch.Generator().manual_seed(0), family=family, config=CONFIG,
-              quant=QuantConfig()),
+              quant=QuantConfig(), budget=4096),
         events.append,
     )  # fmt: skip
     assert isinstance(trained, Trained)
@@ -121,7 +122,7 @@ def test_train_stops_when_asked(volume16):
     model = family.build(CONFIG, generator=torch.Generator().manual_seed(0))
     job = train(TrainingTarget(values, volume16.shape), model, TrainConfig(steps=500),
                 device=torch.device("cpu"), generator=torch.Generator(), family=family,
-                config=CONFIG, quant=QuantConfig(), stop=stop)  # fmt: skip
+                config=CONFIG, quant=QuantConfig(), budget=4096, stop=stop)  # fmt: skip
 
     def on_event(event):
         if event.step == 5:

@@ -220,16 +220,12 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    m, q, t = info["model"], info["quantization"], info["training"]
+    q, t = info["quantization"], info["training"]
     print(f"file        {args.input}: {info['file_bytes']} bytes, ratio {info['ratio']}x")
     print(f"volume      {info['axes']} {info['shape']} {info['dtype']}, range {info['range']}")
     if info["spacing"]:
         print(f"spacing     {info['spacing']} {info['unit'] or ''}".rstrip())
-    print(
-        f"model       {m['num_experts']} experts (top-{m['top_k']}), width "
-        f"{m['hidden_features']}, {m['expert_layers']} layers each, router width "
-        f"{m['gate_hidden']}, w0 {m['w0']}"
-    )
+    print(f"model       {info['model_text']}")
     print(
         f"weights     {q['precision']}{' per-channel' if q['per_channel'] else ''}"
         f"{', entropy coded' if q['entropy_coded'] else ''}"

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from . import families
-from .decode import evaluate, evaluate_with_labels
 from .families.siren.tutel_backend import resolve_backend, use_backend
-from .format import Header, count_parameters, unpack
+from .format import Header, unpack
 from .sampling import Normalization
 
 __all__ = ["Compressed", "Report", "model_from_weights"]
@@ -44,7 +43,7 @@ class Report:
     ratio: float
     parameters: int
     hidden_features: int
-    w0_first: float
+    w0_first: float | None
     quant_multiplier: float
     psnr: float
     psnr_dtype: float
@@ -139,24 +138,20 @@ class Compressed:
         """
         if roi is None and stride == 1 and self._decoded is not None:
             return self._decoded[0].copy()
-        values = evaluate(self._on(device), self.header.shape, roi, stride, device=device)
+        values, _ = self._decode(roi, stride, device, labels=False)
         return self.normalization.invert(values, np.dtype(self.header.dtype))
 
     def expert_labels(self, roi=None, stride=1, *, device=None) -> np.ndarray:
         """Top-1 expert (argmax of the router) of each voxel, uint8: the learned partition."""
         if roi is None and stride == 1 and self._decoded is not None:
             return self._decoded[1].copy()
-        return evaluate(
-            self._on(device), self.header.shape, roi, stride, labels=True, device=device
-        )
+        return self._decode(roi, stride, device, values=False)[1]
 
     def decode_with_labels(self, roi=None, stride=1, *, device=None):
         """:meth:`decode` and :meth:`expert_labels` from one pass of the network."""
         if roi is None and stride == 1 and self._decoded is not None:
             return self._decoded[0].copy(), self._decoded[1].copy()
-        values, labels = evaluate_with_labels(
-            self._on(device), self.header.shape, roi, stride, device=device
-        )
+        values, labels = self._decode(roi, stride, device)
         return self.normalization.invert(values, np.dtype(self.header.dtype)), labels
 
     def use_backend(self, backend: str = "auto") -> Compressed:
@@ -166,6 +161,14 @@ class Compressed:
         device = next(self.model.parameters()).device
         use_backend(self.model, resolve_backend(backend, device))
         return self
+
+    def _decode(self, roi, stride, device, *, values: bool = True, labels: bool = True):
+        """The file's family decodes (each family has its own fast region path)."""
+        family = families.get(self.header.family)
+        return family.decode_region(
+            self._on(device), self.header.shape, roi, stride, device=device,
+            values=values, labels=labels,
+        )  # fmt: skip
 
     def _on(self, device) -> torch.nn.Module:
         if device is not None:
@@ -203,16 +206,8 @@ class Compressed:
             "file_bytes": self.nbytes,
             "original_bytes": self.original_nbytes,
             "ratio": round(self.ratio, 2),
-            "model": {
-                "hidden_features": m.hidden_features,
-                "num_experts": m.num_experts,
-                "top_k": m.top_k,
-                "expert_layers": m.expert_layers,
-                "gate_hidden": m.gate_hidden,
-                "w0": m.w0,
-                "w0_first": m.w0_first,
-                "parameters": count_parameters(m),
-            },
+            "model": families.codec(h.family).describe(m)[0],
+            "model_text": families.codec(h.family).describe(m)[1],
             "quantization": {
                 "precision": h.quant.precision,
                 "per_channel": h.quant.per_channel,

@@ -41,9 +41,18 @@ class ArchConfig:
     See :func:`napari_moec.plan.plan` for how the budget turns this into a :class:`ModelConfig`.
     """
 
+    model: str = option(
+        "siren",
+        "model family: 'siren' (the paper's MoE of SIREN experts) or 'grid' (entropy-coded "
+        "latent grids under routed ReLU-MLP experts: better files in less time)",
+        choices=("siren", "grid"),
+        ui="basic",
+        label="Model",
+        cli="--model",
+    )
     num_experts: int | None = option(
         None,
-        "number of SIREN experts, each learning its own region of the volume",
+        "number of experts, each learning its own region of the volume",
         lo=1,
         hi=64,
         ui="basic",
@@ -55,22 +64,27 @@ class ArchConfig:
     )
     top_k: int = option(1, "experts evaluated per voxel", lo=1, hi=2, ui="basic", label="Top-k")
     expert_layers: int = option(
-        3, "sine layers per expert", lo=1, hi=32, label="Expert layers", cli="--layers"
+        3, "sine layers per expert (siren)", lo=1, hi=32, label="Expert layers", cli="--layers"
     )
     hidden_features: int | None = option(
         None,
-        "width of the encoder and experts",
+        "width of the encoder and experts (siren); of each expert's hidden layers (grid)",
         lo=1,
         hi=4096,
         ui=None,
         auto="the widest network whose file fits the budget",
     )
     w0: float = option(
-        30.0, "frequency factor of the hidden sine layers", lo=0, hi=1000, open_lo=True, ui=None
+        30.0,
+        "frequency factor of the hidden sine layers (siren)",
+        lo=0,
+        hi=1000,
+        open_lo=True,
+        ui=None,
     )
     w0_first: float | None = option(
         None,
-        "frequency factor of the first sine layer",
+        "frequency factor of the first sine layer (siren)",
         lo=0,
         hi=1000,
         open_lo=True,

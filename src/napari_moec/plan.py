@@ -182,7 +182,9 @@ def plan(
     check_volume_shape(shape, dtype)
     quant = quant or QuantConfig()
     vmin, vmax = value_range if value_range is not None else _RANGE_PLACEHOLDER[dtype.name]
-    family = families.get(families.DEFAULT if family is None else family)
+    if family is None:  # the user's choice is an option of the architecture (declared once)
+        family = arch.model if isinstance(arch, ArchConfig) else families.DEFAULT
+    family = families.get(family)
     template = Header(
         shape=shape,
         axes=check_axes(axes, len(shape)),

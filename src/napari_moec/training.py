@@ -89,6 +89,7 @@ def train(
     family: ModelFamily,
     config,
     quant: QuantConfig,
+    budget: int,
     stop: threading.Event | None = None,
     preview: PreviewConfig | None = None,
     make_preview: Callable[[torch.nn.Module, int], Preview] | None = None,
@@ -104,7 +105,7 @@ def train(
     """
     cfg = schedule
     trainer = family.trainer(model, config, quant, cfg, volume, device=device,
-                             generator=generator)  # fmt: skip
+                             generator=generator, budget=budget)  # fmt: skip
     guard = LossGuard(model, trainer.optimizer) if cfg.guard else None
     span = (volume.norm[1] - volume.norm[0]) ** 2  # PSNR of the normalised values
     experts = trainer.num_experts
@@ -354,6 +355,7 @@ class Compressor:
             family=self.family,
             config=header.model,
             quant=header.quant,
+            budget=self.plan.payload_budget,
             stop=self._stop,
             preview=self.preview,
             make_preview=self._preview,
@@ -441,7 +443,7 @@ class Compressor:
             ratio=header.original_nbytes / len(data),
             parameters=self.plan.num_parameters,
             hidden_features=header.model.hidden_features,
-            w0_first=header.model.w0_first,
+            w0_first=getattr(header.model, "w0_first", None),  # SIREN's only
             quant_multiplier=multiplier,
             quant_extra_bits=extra_bits,
             psnr=psnr_value,

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT", "FAMILIES", "codec", "get"]
 
-#: Registered family names. "grid" joins when its package exists.
-FAMILIES = ("siren",)
+#: Registered family names.
+FAMILIES = ("siren", "grid")
 #: The family used when none is asked for, and of every file without a family field.
 DEFAULT = "siren"
 

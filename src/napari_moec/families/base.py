@@ -135,6 +135,11 @@ class PayloadCodec(Protocol):
         bound the reader checks before allocating (``format.MAX_PARAMETERS``)."""
         ...
 
+    def describe(self, config: Any) -> tuple[dict, str]:
+        """What ``moec info`` says of a model: its numbers by name (``--json``) and one line
+        of text."""
+        ...
+
     def unpack_payload(
         self, config: Any, quant: QuantConfig, payload: bytes, *, decode_weights: bool = True
     ) -> dict[str, np.ndarray] | None:
@@ -297,10 +302,13 @@ class ModelFamily(Protocol):
         *,
         device: torch.device,
         generator: torch.Generator,
+        budget: int,
     ) -> FamilyTrainer:
         """The training behaviour for ``model`` (already on ``device``) fitting ``target``
         under ``schedule``; ``generator`` (on ``device``) is the only source of randomness
-        during training."""
+        during training. ``budget`` is the payload bytes the result will be stored in: a
+        family that trains with the rate in its loss (grid) aims at it, one that fits the
+        rate after training (SIREN) may ignore it."""
         ...
 
     # -- storing and reading ----------------------------------------------------------------
@@ -333,8 +341,11 @@ class ModelFamily(Protocol):
         stride: Any = 1,
         *,
         device: torch.device | str | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        values: bool = True,
+        labels: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(values float32 normalised, labels uint8)`` on ``roi[::stride]`` of a volume of
-        ``shape`` (ROI and stride as :meth:`napari_moec.Compressed.decode`). Families without
-        a faster path use :func:`napari_moec.decode.evaluate_with_labels` (per-point)."""
+        ``shape`` (ROI and stride as :meth:`napari_moec.Compressed.decode`); what was not
+        asked for (``values=False`` or ``labels=False``) is None and costs nothing. Families
+        without a faster path use :func:`napari_moec.decode.evaluate` (per-point)."""
         ...

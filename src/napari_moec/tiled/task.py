@@ -121,6 +121,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             family=family,
             config=model_config,
             quant=spec.quant,
+            budget=plan.payload_budget,
         )
         trained = drain(training, _signal_check(job.signals))
         # One grid for every tensor: the per-group precision of single volumes

@@ -45,6 +45,28 @@ class GridCodec:
     def count_parameters(self, config: GridConfig) -> int:
         return config.latent_count + sum(math.prod(s) for _, s in mlp_layout(config))
 
+    def describe(self, config: GridConfig) -> tuple[dict, str]:
+        c = config
+        numbers = {
+            "family": "grid",
+            "num_experts": c.num_experts,
+            "top_k": c.top_k,
+            "hidden_features": c.hidden,
+            "num_levels": c.num_levels,
+            "first_level": c.first_level,
+            "kernel": c.kernel,
+            "context": c.context,
+            "latents": c.latent_count,
+            "parameters": self.count_parameters(c),
+        }
+        router = "no router" if c.num_experts == 1 else "router on coordinates + features"
+        line = (
+            f"grid: {c.num_levels} latent grids from 1/{2**c.first_level} resolution "
+            f"({c.latent_count} latents, {c.kernel}, context {c.context}); "
+            f"{c.num_experts} ReLU experts (top-{c.top_k}), width {c.hidden}, {router}"
+        )
+        return numbers, line
+
     def unpack_payload(self, config, quant, payload, *, decode_weights=True):
         if not decode_weights:
             side = side_bytes(config)

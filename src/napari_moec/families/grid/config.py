@@ -106,6 +106,12 @@ class GridConfig:
         return getattr(self, name)
 
     @property
+    def hidden_features(self) -> int:
+        """The experts' width under the name reports, ``moec info`` and the widget use for
+        every family's model."""
+        return self.hidden
+
+    @property
     def ndim(self) -> int:
         return len(self.shape)
 

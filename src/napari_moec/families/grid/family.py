@@ -47,6 +47,22 @@ class GridOptions:
     context: str = "cb"
 
 
+def as_grid_options(options) -> GridOptions:
+    """The grid family's options from what a front end hands over: :class:`GridOptions`
+    unchanged, or the shared :class:`~napari_moec.config.ArchConfig` (experts, top-k and the
+    hidden width carry over; the SIREN-only fields mean nothing here)."""
+    if options is None:
+        return GridOptions()
+    if isinstance(options, GridOptions):
+        return options
+    experts = getattr(options, "num_experts", None) or 1
+    return GridOptions(
+        num_experts=experts,
+        top_k=min(getattr(options, "top_k", 1), experts),
+        hidden=getattr(options, "hidden_features", None),
+    )
+
+
 class GridFamilyTrainer:
     """The contract's ``FamilyTrainer`` over :class:`GridTrainer`."""
 
@@ -87,7 +103,7 @@ class GridFamily:
         budget minus ``request.file_nbytes(config, 0)`` (frame, header with ``config``,
         summary), then :func:`auto_config` chooses levels and width for it."""
         header = request.header
-        opts = request.options or GridOptions()
+        opts = as_grid_options(request.options)
         kw = {k: v for k, v in vars(opts).items() if v is not None}
         cfg = auto_config(header.shape, max(1, request.budget - 64), **kw)
         for _ in range(2):  # the header's size depends (weakly) on the config
@@ -119,12 +135,9 @@ class GridFamily:
         *,
         device,
         generator,
-        budget: int | None = None,
+        budget: int,
     ) -> GridFamilyTrainer:
-        """``budget``: the payload bytes the rate term aims at. The contract's ``trainer`` has
-        no such argument yet (a family whose training depends on the budget needs it)."""
-        if budget is None:
-            raise ConfigError("the grid family trains to a byte budget: pass budget=")
+        """``budget``: the payload bytes the rate term aims at."""
         settings = TrainSettings(steps=schedule.steps, time_limit=schedule.time_limit)
         values = target.values.reshape(target.shape)
         inner = GridTrainer(
@@ -166,12 +179,22 @@ class GridFamily:
                 p.copy_(torch.as_tensor(weights[name]))
         return model.eval()
 
-    def decode_region(self, model, shape: Sequence[int], roi=None, stride=1, *, device=None):
+    def decode_region(
+        self,
+        model,
+        shape: Sequence[int],
+        roi=None,
+        stride=1,
+        *,
+        device=None,
+        values: bool = True,
+        labels: bool = True,
+    ):
         if tuple(shape) != model.cfg.shape:
             raise ConfigError(f"shape {tuple(shape)} is not the model's {model.cfg.shape}")
         if device is not None:
             model = model.to(device)
-        return decode_region(model, roi, stride, values=True, labels=True)
+        return decode_region(model, roi, stride, values=values, labels=labels)
 
 
 FAMILY = GridFamily()

@@ -73,6 +73,24 @@ class SirenCodec:
     def unpack_payload(self, config, quant, payload, *, decode_weights=True):
         return unpack_payload(config, quant, payload, decode_weights=decode_weights)
 
+    def describe(self, config: ModelConfig) -> tuple[dict, str]:
+        m = config
+        numbers = {
+            "hidden_features": m.hidden_features,
+            "num_experts": m.num_experts,
+            "top_k": m.top_k,
+            "expert_layers": m.expert_layers,
+            "gate_hidden": m.gate_hidden,
+            "w0": m.w0,
+            "w0_first": m.w0_first,
+            "parameters": count_parameters(m),
+        }
+        line = (
+            f"{m.num_experts} experts (top-{m.top_k}), width {m.hidden_features}, "
+            f"{m.expert_layers} layers each, router width {m.gate_hidden}, w0 {m.w0}"
+        )
+        return numbers, line
+
 
 @lru_cache(maxsize=64)  # rate control asks ~25 times per file
 def parameter_layout(model: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:

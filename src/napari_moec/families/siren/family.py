@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 
 from ...config import ArchConfig, ModelConfig, QuantConfig, TrainConfig
-from ...decode import evaluate_with_labels
+from ...decode import evaluate, evaluate_with_labels
 from ...quantize import fake_quantize
 from ...rate import fit_payload
 from ...sampling import flat_index_coords
@@ -120,7 +120,8 @@ class SirenFamily:
             generator.set_state(torch.get_rng_state())
         return model
 
-    def trainer(self, model, config, quant, schedule, target, *, device, generator):
+    def trainer(self, model, config, quant, schedule, target, *, device, generator, budget):
+        # SIREN fits the rate after training (rate.py): the budget does not shape a step.
         return SirenTrainer(model, config, quant, schedule, target, device=device,
                             generator=generator)  # fmt: skip
 
@@ -142,9 +143,21 @@ class SirenFamily:
         return model.eval()
 
     def decode_region(
-        self, model, shape: Sequence[int], roi=None, stride=1, *, device=None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return evaluate_with_labels(model, shape, roi, stride, device=device)
+        self,
+        model,
+        shape: Sequence[int],
+        roi=None,
+        stride=1,
+        *,
+        device=None,
+        values: bool = True,
+        labels: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if values and labels:
+            return evaluate_with_labels(model, shape, roi, stride, device=device)
+        if labels:
+            return None, evaluate(model, shape, roi, stride, labels=True, device=device)
+        return evaluate(model, shape, roi, stride, device=device), None
 
 
 #: The registry's entry (``napari_moec.families.get("siren")``).
