@@ -87,5 +87,5 @@ def test_train_fit_store_decode_through_the_contract():
 
 def test_too_small_budget_names_the_ratio():
     vol = _volume()
-    with pytest.raises(ConfigError, match="highest ratio"):
+    with pytest.raises(ConfigError, match="highest possible ratio"):
         FAMILY.size(_request(vol, 100))

@@ -33,7 +33,7 @@ from napari_moec._napari.live_view import (
 from napari_moec._napari.sample_data import CT_HEAD_SPACING, ct_head
 from napari_moec._napari.widget import MoecWidget
 from napari_moec._napari.widget_results import grid_of
-from napari_moec._napari.widget_settings import SettingsPanel
+from napari_moec._napari.widget_settings import WIDGET_DEFAULTS, SettingsPanel
 from napari_moec.config import OPTION_CONFIGS, PreviewConfig, option_fields
 from napari_moec.errors import TrainingError
 from napari_moec.events import Preview, Progress, RegionPreview
@@ -110,11 +110,23 @@ def test_estimate_shows_size_and_impossible_ratio(viewer_widget, qtbot):
     assert "B file" not in widget.settings.estimate.text()
 
 
+def test_the_widget_starts_with_the_router_on(viewer_widget):
+    """The plugin is for watching the learned partition: it starts on the grid family with 4
+    experts (top-1), unlike the library's one-network default, and its estimate says so."""
+    _, widget = viewer_widget
+    arch = widget.settings.compressor_kwargs()["arch"]
+    assert (arch.model, arch.num_experts, arch.top_k) == ("grid", 4, 1)
+    widget.update_estimate()
+    assert "grid · width" in widget.settings.estimate.text()
+    assert "× 4 experts" in widget.settings.estimate.text()
+
+
 def test_auto_experts_follow_the_budget(viewer_widget):
     """Experts "auto" (ticked, the control hidden) is the core's choice: one network without
     a router where it is wide, 2 experts where it would be narrow, 1 at tiny budgets."""
     _, widget = viewer_widget
-    widget.settings.set_values(num_experts=None, ratio=32)  # 2048 bytes for the 32³ block
+    # SIREN's auto rule (the widget starts on the grid family with 4 experts)
+    widget.settings.set_values(model="siren", num_experts=None, ratio=32)  # 2048 B, 32³ block
     experts = widget.settings.controls["num_experts"]
     assert experts.auto.value and not experts.control.visible
     assert widget.settings.compressor_kwargs()["arch"].num_experts is None
@@ -413,14 +425,15 @@ def test_settings_are_built_from_the_option_declarations(qtbot):
     assert set(panel.controls) == set(shown)
     for name, f in shown.items():
         meta, control = f.metadata["option"], panel.controls[name]
-        assert control.value == f.default, name
+        assert control.value == WIDGET_DEFAULTS.get(name, f.default), name
         assert meta["help"] in control.control.tooltip, name
         if meta["lo"] is not None and meta["choices"] is None:
             assert control.control.min >= meta["lo"], name
     kwargs = panel.compressor_kwargs()
     assert kwargs["ratio"] == 256.0
     assert {key: kwargs[key] for key in OPTION_CONFIGS} == {
-        key: cls() for key, cls in OPTION_CONFIGS.items()
+        key: cls(**{k: v for k, v in WIDGET_DEFAULTS.items() if k in cls.__dataclass_fields__})
+        for key, cls in OPTION_CONFIGS.items()
     }
     panel.set_values(num_experts=3, precision="fp16", report_every=7)
     kwargs = panel.compressor_kwargs()

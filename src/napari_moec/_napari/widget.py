@@ -230,13 +230,14 @@ class MoecWidget(QWidget):
             if request.tiled_mode:
                 self.settings.show_estimate(tiled_estimate(request))
                 return
-            # TODO(A-merge): the sizing policy's public function instead of plan()
+            # plan() is the one sizing and budget policy (the CLI and Compressor call it too)
             p = plan(request.shape, request.dtype, request.ratio, arch=request.arch,
                      quant=request.quant, **request.physical)  # fmt: skip
         except ConfigError as exc:
             self.settings.show_estimate(str(exc), error=True)
             return
         m = p.model
+        family = "grid · " if p.family == "grid" else ""
         if m.num_experts == 1:
             # Nothing to partition: say how to get the learned partition back.
             shape = f"width {m.hidden_features} · one network, no router (Experts ≥ 2 to partition)"
@@ -244,7 +245,7 @@ class MoecWidget(QWidget):
             shape = f"width {m.hidden_features} × {m.num_experts} experts"
         self.settings.show_estimate(
             f"≈ {p.predicted_nbytes:,} B file (budget {p.budget:,} B) · "
-            f"{p.num_parameters:,} parameters · {shape}"
+            f"{p.num_parameters:,} parameters · {family}{shape}"
         )
 
     # -- runs --------------------------------------------------------------------------------

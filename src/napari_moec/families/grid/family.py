@@ -113,7 +113,7 @@ class GridFamily:
         if need > request.budget:
             nbytes = int(np.prod(header.shape)) * np.dtype(header.dtype).itemsize
             raise ConfigError(
-                f"no grid model fits {request.budget} bytes; the highest ratio that fits is "
+                f"no grid model fits {request.budget} bytes, so the highest possible ratio is "
                 f"about {nbytes / need:.0f}x"
             )
         return cfg

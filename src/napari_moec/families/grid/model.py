@@ -136,6 +136,39 @@ class Synthesis(nn.Module):
                 layer.bias.abs_()
             self.decoder.weight.mul_(0.5)
             self.decoder.bias.zero_()
+            if self.gate is not None:
+                self._start_balanced(generator)
+
+    @torch.no_grad()
+    def _start_balanced(self, generator: torch.Generator | None) -> None:
+        """Start the router on a balanced spatial split (Neural Experts' balanced
+        pre-assignment, made by the weights instead of a pre-training phase).
+
+        At the start every latent is 0, so the features say nothing and a randomly initialised
+        router sends (nearly) every voxel to one expert; with top-1 routing the others get no
+        gradient and the run can end with one label (a 32³ widget test: 4 experts, one used).
+        Here the first ``2·ndim`` hidden units carry ``relu(±coordinate)`` and the output
+        layer turns them into ``scale · d_e · coords`` for ``n`` random unit directions
+        ``d_e``: the experts start on ``n`` cones around the volume's centre, each with a
+        share of the voxels, and training moves the borders where the data says.
+        """
+        d, n = self.cfg.ndim, self.cfg.num_experts
+        first, last = self.gate[0], self.gate[2]
+        if first.out_features < 2 * d:
+            return  # too narrow to carry the coordinates: keep the random start
+        first.weight[: 2 * d].zero_()
+        first.bias[: 2 * d].zero_()
+        for j in range(d):
+            first.weight[2 * j, j] = 1.0
+            first.weight[2 * j + 1, j] = -1.0
+        directions = torch.randn(n, d, generator=generator)
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        scale = 4.0  # decisive enough to split, soft enough to move
+        last.weight[:, : 2 * d] = 0.0
+        last.weight[:, 0 : 2 * d : 2] = scale * directions
+        last.weight[:, 1 : 2 * d : 2] = -scale * directions
+        last.weight[:, 2 * d :].mul_(0.1)
+        last.bias.zero_()
 
     def stored(self) -> dict[str, torch.Tensor]:
         """The stored tensors by ``config.mlp_layout`` name (same order)."""
