@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 from napari.qt.threading import create_worker
 
 from ..errors import ConfigError
+from ..families.siren.sizing import DEFAULT_EXPERTS
 from .lazy_blocks import LiveStoreBlocks
 from .store_files import scratch_folder
 from .tiled_live import TiledLiveLayers
@@ -42,13 +44,17 @@ def engine_kwargs(request: RunRequest) -> dict:
     ConfigError for what the tiled engine cannot do."""
     if request.arch.hidden_features is not None:
         raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
-    return {"ratio": request.ratio, **request.configs, "niceness": WORKER_NICENESS,
+    configs = dict(request.configs)
+    # Tiles hold SIREN networks in this version (tiled/tileformat.py): the widget's Model
+    # choice applies to single volumes, and its estimate line says so.
+    configs["arch"] = replace(configs["arch"], model="siren")
+    return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
             **request.tiled.engine_kwargs}  # fmt: skip
 
 
 def tiled_estimate(request: RunRequest) -> str:
     """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""
-    from ..plan import check_ratio
+    from ..plan import budget_nbytes, check_ratio
     from ..tiled.cluster import default_shape
     from ..tiled.tiling import choose_margin, choose_tile
 
@@ -58,11 +64,12 @@ def tiled_estimate(request: RunRequest) -> str:
     tile = choose_tile(shape, dtype, ratio, kwargs["tile"])
     margin = choose_margin(tile, "auto")
     tiles = math.prod(math.ceil(n / t) for n, t in zip(shape, tile, strict=True))
-    budget = int(math.prod(shape) * dtype.itemsize // ratio)  # TODO(A-merge): plan's budget
+    budget = budget_nbytes(math.prod(shape) * dtype.itemsize, ratio)
     workers = default_shape(request.run.device, kwargs["workers"]).workers
     where = kwargs["scheduler"] or f"local Dask cluster, {workers} workers"
     return (f"tiled: {tiles:,} tiles of {'×'.join(map(str, tile))} (margin {max(margin)}) · "
-            f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · {where}")  # fmt: skip
+            f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · SIREN tiles · "
+            f"{where}")  # fmt: skip
 
 
 class _LabelSpace(NamedTuple):
@@ -132,7 +139,7 @@ class TiledRun:
         self.job = job = TiledCompressor(request.data, dest, **kwargs, **request.physical)
         self.request, self.panel, self.results, self.stores = request, panel, results, stores
         self.on_finished = on_finished
-        experts = job.arch.num_experts or 2  # TODO(A-merge): the sizing policy's most experts
+        experts = job.arch.num_experts or DEFAULT_EXPERTS  # tiles' most experts (sizing)
         tiles = math.prod(math.ceil(n / t) for n, t in zip(job.source.shape, job.tile, strict=True))
         self.blocks = LiveStoreBlocks(job.root, job.source.shape, job.tile, job.source.dtype,
                                       label_dtype(_LabelSpace(tiles, experts)))  # fmt: skip

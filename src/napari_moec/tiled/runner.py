@@ -124,6 +124,12 @@ class TiledCompressor:
         self.arch = arch or ArchConfig()
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
+        if self.arch.model != "siren":
+            # The tile stream (tileformat.py) holds SIREN networks; grid tiles are issue 24.
+            raise ConfigError(
+                f"tiled stores hold SIREN tiles in this version; model {self.arch.model!r} "
+                "compresses single files (use --model siren for a store)"
+            )
         self.train = train or TrainConfig()
         self.run_config = run or RunConfig()
         self.dest = Path(dest)
