@@ -211,7 +211,7 @@ def test_newer_minor_with_unknown_optional_key_is_read(valid_file):
         ({"q": ["int3", 0, 1]}, "quantization"),
         ({"sp": [1, -1, 1]}, "spacing"),
         ({"s": "abc"}, "shape"),
-        ({"f": "grid"}, "unknown model family"),
+        ({"f": "wavelet"}, "unknown model family"),
         ({"f": 3}, "model family"),
     ],
 )
