@@ -42,7 +42,10 @@ def engine_kwargs(request: RunRequest) -> dict:
     ConfigError for what the tiled engine cannot do."""
     if request.arch.hidden_features is not None:
         raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
-    return {"ratio": request.ratio, **request.configs, "niceness": WORKER_NICENESS,
+    configs = dict(request.configs)
+    if configs.pop("bound").active:
+        raise ConfigError("a maximum error is not available in tiled mode yet; leave it off")
+    return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
             **request.tiled.engine_kwargs}  # fmt: skip
 
 
