@@ -308,3 +308,33 @@ def test_router_ties_are_found_and_anchored_voxels_keep_the_bound():
     c = bounded.Bounded(correction.parse(raw, volume.shape, volume.dtype), norm)
     wild = np.random.default_rng(0).uniform(-3, 3, volume.shape)
     assert _errors(c.apply(wild), volume).max() <= 10.0
+
+
+# -- the widget's settings ------------------------------------------------------------------
+@pytest.mark.gui
+def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
+    pytest.importorskip("napari")
+    from napari.layers import Image
+
+    from napari_moec._napari.widget_request import make_request
+    from napari_moec._napari.widget_settings import SettingsPanel
+    from napari_moec._napari.widget_tiled import engine_kwargs
+
+    panel = SettingsPanel()
+    qtbot.addWidget(panel)
+    assert panel.controls["max_error"].value is None  # off until asked for
+    assert panel.controls["max_error_rel"].value is None
+    assert panel.compressor_kwargs()["bound"] == BoundConfig()
+    panel.set_values(max_error=5.0)
+    assert panel.compressor_kwargs()["bound"] == BoundConfig(max_error=5.0)
+    panel.set_values(max_error_rel=0.01)
+    with pytest.raises(ConfigError, match="not both"):
+        panel.compressor_kwargs()
+    panel.set_values(max_error_rel=None)
+
+    layer = Image(np.zeros((4, 5, 6), np.uint16), name="v")
+    tiled = {"mode": "tiled", "tile": None, "workers": None, "scheduler": None}
+    request = make_request([layer], "v", panel.compressor_kwargs, lambda: tiled)
+    assert request.bound == BoundConfig(max_error=5.0) and request.configs["bound"] is request.bound
+    with pytest.raises(ConfigError, match="tiled"):
+        engine_kwargs(request)

@@ -300,7 +300,7 @@ class BoundConfig:
         lo=0,
         open_lo=True,
         label="Max error",
-        ui_step=0.5,
+        ui_step=0.1,
     )
     max_error_rel: float | None = option(
         None,
