@@ -40,7 +40,8 @@ class Report:
     With a bound (``--max-error``): ``max_error`` is the bound promised (data units),
     ``max_error_measured`` the largest error of the decoded file, ``correction_bytes`` what
     the correction layer adds to ``file_bytes`` (``budget_bytes`` is then the model's budget
-    and ``ratio`` what the file reaches); all None/0 without one.
+    and ``ratio`` what the file reaches; ``psnr``/``ssim`` are of the corrected decode); all
+    None/0 without one.
     """
 
     budget_bytes: int
