@@ -13,6 +13,7 @@ from napari_moec.cli import _parser, configs_from, main, option_flags
 from napari_moec.config import (
     OPTION_CONFIGS,
     ArchConfig,
+    BoundConfig,
     QuantConfig,
     RunConfig,
     TrainConfig,
@@ -153,6 +154,7 @@ def test_flags_not_given_keep_the_dataclass_defaults():
         "train": TrainConfig(),
         "quant": QuantConfig(),
         "run": RunConfig(),
+        "bound": BoundConfig(),
     }
 
 

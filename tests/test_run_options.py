@@ -3,7 +3,7 @@
 import pytest
 
 import napari_moec as nm
-from napari_moec.config import ArchConfig, QuantConfig, RunConfig, TrainConfig
+from napari_moec.config import ArchConfig, BoundConfig, QuantConfig, RunConfig, TrainConfig
 from napari_moec.errors import ConfigError
 from napari_moec.run_options import configs_from_options, option_names
 
@@ -16,6 +16,7 @@ def test_no_options_are_the_declared_defaults():
         "train": TrainConfig(),
         "quant": QuantConfig(),
         "run": RunConfig(),
+        "bound": BoundConfig(),
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .compressed import Compressed
-from .config import ArchConfig, QuantConfig, RunConfig, TrainConfig
+from .config import ArchConfig, BoundConfig, QuantConfig, RunConfig, TrainConfig
 from .errors import ConfigError, MoecFormatError
 from .format import MAGIC
 from .run_options import configs_from_options, option_names
@@ -30,6 +30,7 @@ def compress(
     train: TrainConfig | None = None,
     quant: QuantConfig | None = None,
     run: RunConfig | None = None,
+    bound: BoundConfig | None = None,
     **options,
 ) -> Compressed:
     """Compress a 3D/4D volume to at most ``array.nbytes / ratio`` bytes. Blocks until done.
@@ -40,13 +41,16 @@ def compress(
         3D (ZYX) or 4D (TZYX/CZYX) array of uint8, uint16, int16 or float32.
     ratio
         Target ``original bytes / file bytes`` (>= 1).
-    arch, train, quant, run
+    arch, train, quant, run, bound
         Full configurations (:class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig`,
-        :class:`RunConfig`).
+        :class:`RunConfig`, :class:`BoundConfig`).
     **options
         :class:`Compressor` keywords (``axes``, ``spacing``, ``unit``, ``preview``) and single
         options of the configurations by name (``steps=500``, ``num_experts=3``,
         ``precision="fp16"``, ``device="cpu"``), applied on top of ``arch``/``train``/...
+        ``max_error=E`` (data units) or ``max_error_rel=f`` (fraction of the range) guarantee
+        every decoded voxel within the bound: the model is trained at ``ratio`` and a verified
+        correction layer is added, so the file is larger than ``array.nbytes / ratio``.
 
     Examples
     --------
@@ -59,7 +63,7 @@ def compress(
     for name in options:
         if name not in names:  # a typo must not pass silently
             raise ConfigError(f"compress() got an unknown option {name!r}")
-    base = {"arch": arch, "train": train, "quant": quant, "run": run}
+    base = {"arch": arch, "train": train, "quant": quant, "run": run, "bound": bound}
     configs = configs_from_options(options, base)
     return Compressor(array, ratio, **configs, **keywords).fit()
 

@@ -26,7 +26,7 @@ from ._io import Volume, read_volume, write_volume
 from ._terminal import RunProgress, stop_on_interrupt
 from .api import load
 from .config import OPTION_CONFIGS, option_fields
-from .errors import MoecError
+from .errors import ConfigError, MoecError
 from .generators import drain
 from .run_options import configs_from_options
 from .tiled import cli as tiled_cli
@@ -146,7 +146,10 @@ def _add_compress(c: argparse.ArgumentParser) -> None:
 
 def _compress(args: argparse.Namespace) -> int:
     if tiled_cli.wants_tiled(args.output):
-        return tiled_cli.compress(args, configs_from(args))
+        configs = configs_from(args)
+        if configs.pop("bound").active:
+            raise ConfigError("--max-error is not available for tiled stores yet")
+        return tiled_cli.compress(args, configs)
     volume = read_volume(args.input)
     compressor = Compressor(
         volume.array,
@@ -178,6 +181,12 @@ def _compress(args: argparse.Namespace) -> int:
         + f", {r.steps} steps in {r.seconds:.1f} s on {r.device}"
         + (" (stopped early: best model so far)" if r.stopped_early else "")
     )
+    if r.max_error is not None:
+        print(
+            f"max error   <= {r.max_error:g} (guaranteed), measured {r.max_error_measured:g}; "
+            f"the correction takes {r.correction_bytes} of the {r.file_bytes} bytes "
+            f"(model at {args.ratio:g}x, file at {r.ratio:.1f}x)"
+        )
     return 0
 
 
@@ -226,6 +235,11 @@ def _info(args: argparse.Namespace) -> int:
     if info["spacing"]:
         print(f"spacing     {info['spacing']} {info['unit'] or ''}".rstrip())
     print(f"model       {info['model_text']}")
+    if info["max_error"] is not None:
+        print(
+            f"max error   <= {info['max_error']:g} (guaranteed), correction "
+            f"{info['correction_bytes']} bytes"
+        )
     print(
         f"weights     {q['precision']}{' per-channel' if q['per_channel'] else ''}"
         f"{', entropy coded' if q['entropy_coded'] else ''}"

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import families
+from . import correction, families
+from .bounded import Bounded
 from .families.siren.tutel_backend import resolve_backend, use_backend
-from .format import Header, unpack
+from .format import Header, correction_bytes, unpack
 from .sampling import Normalization
 
 __all__ = ["Compressed", "Report", "model_from_weights"]
@@ -35,6 +36,12 @@ class Report:
     ``psnr`` is over the original's data range,
     ``psnr_dtype`` over the dtype's maximum (the papers' convention); ``ssim`` is None for
     volumes thinner than SSIM's window.
+
+    With a bound (``--max-error``): ``max_error`` is the bound promised (data units),
+    ``max_error_measured`` the largest error of the decoded file, ``correction_bytes`` what
+    the correction layer adds to ``file_bytes`` (``budget_bytes`` is then the model's budget
+    and ``ratio`` what the file reaches; ``psnr``/``ssim`` are of the corrected decode); all
+    None/0 without one.
     """
 
     budget_bytes: int
@@ -53,6 +60,9 @@ class Report:
     device: str
     stopped_early: bool
     quant_extra_bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    max_error: float | None = None
+    max_error_measured: float | None = None
+    correction_bytes: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,12 +95,28 @@ class Compressed:
     _model: torch.nn.Module | None = field(default=None, repr=False)
     #: Full-resolution (image, labels) decoded once by the compressor, handed out as copies.
     _decoded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: The correction layer of a file with a guaranteed maximum error, or None.
+    _bounded: Bounded | None = field(default=None, repr=False)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Compressed:
         """Parse and validate a whole file (raises MoecFormatError) and build its network."""
         header, weights = unpack(data)
-        return cls(bytes(data), header, None, model_from_weights(header, weights))
+        result = cls(bytes(data), header, None, model_from_weights(header, weights))
+        if header.correction:
+            result.attach_correction(correction_bytes(data, header))
+        return result
+
+    def attach_correction(self, raw: bytes) -> None:
+        """Parse the file's correction stream (MoecFormatError if corrupt or not this
+        volume's) so that every decode applies it."""
+        stream = correction.parse(raw, self.header.shape, self.header.dtype)
+        self._bounded = Bounded(stream, self.normalization)
+
+    @property
+    def max_error(self) -> float | None:
+        """The guaranteed maximum error of every decoded voxel (data units), or None."""
+        return None if self._bounded is None else self._bounded.max_error
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -139,6 +165,13 @@ class Compressed:
         if roi is None and stride == 1 and self._decoded is not None:
             return self._decoded[0].copy()
         values, _ = self._decode(roi, stride, device, labels=False)
+        return self._finish(values, roi, stride)
+
+    def _finish(self, values: np.ndarray, roi, stride) -> np.ndarray:
+        """The network's normalised output -> voxels in the original dtype: corrected when
+        the file has a bound (from the unclipped values), else clipped and rounded."""
+        if self._bounded is not None:
+            return self._bounded.apply(values, roi, stride)
         return self.normalization.invert(values, np.dtype(self.header.dtype))
 
     def expert_labels(self, roi=None, stride=1, *, device=None) -> np.ndarray:
@@ -152,7 +185,7 @@ class Compressed:
         if roi is None and stride == 1 and self._decoded is not None:
             return self._decoded[0].copy(), self._decoded[1].copy()
         values, labels = self._decode(roi, stride, device)
-        return self.normalization.invert(values, np.dtype(self.header.dtype)), labels
+        return self._finish(values, roi, stride), labels
 
     def use_backend(self, backend: str = "auto") -> Compressed:
         """Decode through MoE ``backend`` ("auto", "native" or "tutel";
@@ -214,4 +247,6 @@ class Compressed:
                 "entropy_coded": h.quant.entropy,
             },
             "training": None if h.train is None else h.train.to_json(),
+            "max_error": self.max_error,
+            "correction_bytes": h.correction,
         }

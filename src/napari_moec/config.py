@@ -20,6 +20,7 @@ __all__ = [
     "OPTION_CONFIGS",
     "PRECISIONS",
     "ArchConfig",
+    "BoundConfig",
     "ModelConfig",
     "PreviewConfig",
     "QuantConfig",
@@ -281,9 +282,64 @@ class RunConfig:
         _check_options(self)
 
 
+@dataclass(frozen=True)
+class BoundConfig:
+    """A guaranteed maximum error: every decoded voxel within a bound of the original.
+
+    Off by default (both None). With one of them set, the network is trained and stored at
+    the asked ratio as usual, then a correction layer (:mod:`napari_moec.correction`) codes
+    the residuals that exceed the bound; the file is the model plus that correction, so the
+    *bound* is the promise and the ratio reached is reported, not promised.
+    ``max_error`` is in the data's units; ``max_error_rel`` a fraction of the data range.
+    """
+
+    max_error: float | None = option(
+        None,
+        "guarantee every decoded voxel within this absolute error (data units); the file "
+        "grows by a correction layer, the ratio is then what it reaches",
+        lo=0,
+        open_lo=True,
+        label="Max error",
+        ui_step=0.1,
+    )
+    max_error_rel: float | None = option(
+        None,
+        "guarantee every decoded voxel within this fraction of the data range",
+        lo=0,
+        hi=1,
+        open_lo=True,
+        label="Max error (rel.)",
+        ui_step=0.001,
+    )
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+        if self.max_error is not None and self.max_error_rel is not None:
+            raise ConfigError("give max_error or max_error_rel, not both")
+
+    @property
+    def active(self) -> bool:
+        """Whether a bound was asked for."""
+        return self.max_error is not None or self.max_error_rel is not None
+
+    def resolve(self, value_range: tuple[float, float]) -> float | None:
+        """The absolute bound for data of ``value_range``, or None when none was asked."""
+        if not self.active:
+            return None
+        from .correction import resolve_max_error  # correction imports decode, not config
+
+        return resolve_max_error(self.max_error, self.max_error_rel, value_range)
+
+
 #: The dataclasses of user options, by their :class:`~napari_moec.training.Compressor` keyword:
 #: what the CLI's flags and the napari widget's controls are built from.
-OPTION_CONFIGS = {"arch": ArchConfig, "train": TrainConfig, "quant": QuantConfig, "run": RunConfig}
+OPTION_CONFIGS = {
+    "arch": ArchConfig,
+    "train": TrainConfig,
+    "quant": QuantConfig,
+    "run": RunConfig,
+    "bound": BoundConfig,
+}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ Layout (all integers little-endian)::
     12      H     header: raw DEFLATE (RFC 1951) of compact UTF-8 JSON, compressed with the
                   preset dictionary ``HEADER_DICT`` of this version
     12+H    P     payload: the network weights (below)
+    12+H+P  C     correction: only when the header has "e" (C = its value), the correction
+                  stream of a guaranteed maximum error (:mod:`napari_moec.correction_codec`)
     end-4   4     u32 CRC-32 (zlib.crc32) of every byte before it
 
 No padding: at 6000x a whole 256^3 16-bit file is ~5.5 KB, so every byte is budget.
@@ -34,6 +36,12 @@ Header JSON (sorted keys; required unless marked optional):
           (``families/<name>/codec.py``); a reader that does not know the family raises
           MoecFormatError. (Added without a version change: SIREN files are unchanged, and
           a reader of 1.0 rejects "f" as an unknown key rather than misreading the payload.)
+    "e"   optional: C, bytes of the correction stream that follows the payload, int >= 1
+          (``--max-error``: every decoded voxel within the bound the stream states). The
+          family's payload parsing sees only the P bytes before it. Written only by files
+          with a bound (others keep their bytes); added without a version change for the
+          same reason as "f": a reader of 1.0 without it rejects "e" as an unknown key, so
+          it never decodes such a file without its correction.
 
 Payload (family "siren"; implemented in :mod:`napari_moec.families.siren.codec`). The stored
 tensors and their order are part of this spec, not of the network code:
@@ -108,6 +116,7 @@ __all__ = [
     "VERSION",
     "Header",
     "TrainingSummary",
+    "correction_bytes",
     "count_parameters",
     "fixed_overhead",
     "frame",
@@ -133,7 +142,7 @@ HEADER_DICT = (
     b'{"device":"cpu","psnr":3{"a":"ZYX","d":"uint16","m":[3,32,2,1,3,16,1,30,30],"n":[-1,1],'
 )
 _REQUIRED = {"s", "a", "d", "r", "n", "m", "q"}
-_KNOWN = _REQUIRED | {"sp", "u", "t", "f"}
+_KNOWN = _REQUIRED | {"sp", "u", "t", "f", "e"}
 _SUMMARY_KEYS = {"steps", "psnr", "seconds", "device"}
 
 
@@ -195,6 +204,8 @@ class Header:
     #: The model family (:mod:`napari_moec.families`): what ``model`` is a config of and how
     #: the payload is laid out. Stored as ``"f"`` only when not the default ``"siren"``.
     family: str = "siren"
+    #: Bytes of the correction stream after the payload (``"e"``); 0: no bound, no stream.
+    correction: int = 0
 
     @property
     def original_nbytes(self) -> int:
@@ -219,6 +230,8 @@ class Header:
             doc["t"] = self.train.to_json()
         if self.family != families.DEFAULT:
             doc["f"] = self.family  # only other families: SIREN files keep their 1.0 bytes
+        if self.correction:
+            doc["e"] = self.correction  # only files with a bound
         return doc
 
 
@@ -238,13 +251,26 @@ def pack(header: Header, state: dict[str, torch.Tensor], multiplier: float = 1.0
     return frame(header, pack_payload(header.model, header.quant, state, multiplier))
 
 
-def frame(header: Header, payload: bytes) -> bytes:
-    """Prefix, compressed header, ``payload`` and CRC: a file around already packed weights."""
+def frame(header: Header, payload: bytes, correction: bytes = b"") -> bytes:
+    """Prefix, compressed header, ``payload``, ``correction`` and CRC: a file around already
+    packed weights (and correction stream, whose length ``header.correction`` must state)."""
+    if len(correction) != header.correction:
+        raise ConfigError(
+            f"header states {header.correction} correction bytes, {len(correction)} given"
+        )
     head = _encode_header(header)
     if len(head) > MAX_HEADER_SIZE:
         raise ConfigError(f"header too large: {len(head)} bytes > {MAX_HEADER_SIZE}")
-    body = _PREFIX.pack(MAGIC, *VERSION, len(head)) + head + payload
+    body = _PREFIX.pack(MAGIC, *VERSION, len(head)) + head + payload + correction
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def correction_bytes(data: bytes, header: Header) -> bytes:
+    """The correction stream of a file :func:`unpack` accepted with ``header`` (b"" if none);
+    its contents are checked by :func:`napari_moec.correction_codec.parse`."""
+    if not header.correction:
+        return b""
+    return bytes(data[len(data) - _CRC.size - header.correction : len(data) - _CRC.size])
 
 
 def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | None]:
@@ -268,7 +294,13 @@ def unpack(data: bytes, *, decode_weights: bool = True) -> tuple[Header, dict | 
     if not 1 <= hlen <= MAX_HEADER_SIZE or _PREFIX.size + hlen > len(data) - _CRC.size:
         raise MoecFormatError(f"bad header length {hlen=} for a {len(data)}-byte file")
     header = _decode_header(data[_PREFIX.size : _PREFIX.size + hlen], minor)
-    payload = data[_PREFIX.size + hlen : -_CRC.size]
+    end = len(data) - _CRC.size - header.correction
+    if end < _PREFIX.size + hlen:
+        raise MoecFormatError(
+            f"header states {header.correction} correction bytes, the file has "
+            f"{len(data) - _CRC.size - _PREFIX.size - hlen} after its header"
+        )
+    payload = data[_PREFIX.size + hlen : end]
     codec = families.codec(header.family)
     weights = codec.unpack_payload(
         header.model, header.quant, payload, decode_weights=decode_weights
@@ -334,6 +366,12 @@ def _header_from_json(doc: dict) -> Header:
     if unit is not None and (not isinstance(unit, str) or len(unit) > 16):
         raise MoecFormatError(f"invalid spacing unit {unit!r}")
     train = None if "t" not in doc else TrainingSummary.from_json(doc["t"])
+    correction = doc.get("e", 0)
+    if isinstance(correction, bool) or not isinstance(correction, int) or correction < 0:
+        raise MoecFormatError(f"invalid correction length {correction!r}")
+    if "e" in doc and correction == 0:
+        raise MoecFormatError('correction length 0 is written as no "e"')
     return Header(
-        shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train, family
-    )
+        shape, axes, doc["d"], vmin, vmax, model, quant, (lo, hi), spacing, unit, train, family,
+        correction,
+    )  # fmt: skip

@@ -28,21 +28,23 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from . import families
+from . import bounded, families
 from .compressed import Compressed, Report
-from .config import ArchConfig, PreviewConfig, QuantConfig, RunConfig, TrainConfig
+from .config import ArchConfig, BoundConfig, PreviewConfig, QuantConfig, RunConfig, TrainConfig
+from .correction import plan_bound
 from .decode import grid_shape, parse_roi
 from .devices import check_threads, resolve_device
 from .errors import TrainingError
 from .events import Finalizing, Preview, Progress, RegionPreview, Started, TrainEvent
 from .families.base import ModelFamily, TrainingTarget
 from .families.siren.tutel_backend import resolve_backend, use_backend
-from .format import TrainingSummary
+from .format import TrainingSummary, frame
 from .generators import drain
 from .metrics import psnr, ssim, ssim_applies
 from .plan import Plan, plan
@@ -208,6 +210,10 @@ class Compressor:
     preview
         When to yield :class:`Preview` events and what they cost (:class:`PreviewConfig`);
         None for no previews.
+    bound
+        A guaranteed maximum error (:class:`BoundConfig`): the model is trained and stored at
+        ``ratio`` as usual and a verified correction layer is added after it, so the bound is
+        then the promise and the ratio only the model's (:mod:`napari_moec.bounded`).
 
     Examples
     --------
@@ -230,6 +236,7 @@ class Compressor:
         run: RunConfig | None = None,
         preview: PreviewConfig | None = None,
         family: str | None = None,
+        bound: BoundConfig | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume
@@ -237,6 +244,15 @@ class Compressor:
         self.run_config = run or RunConfig()
         self.device = resolve_device(self.run_config.device)
         self.normalization = Normalization.of(volume, *norm_range)
+        #: The absolute bound every decoded voxel keeps (data units), or None: checked here,
+        #: before any training, so an impossible bound fails at once.
+        self.max_error: float | None = (bound or BoundConfig()).resolve(
+            (self.normalization.vmin, self.normalization.vmax)
+        )
+        if self.max_error is not None:
+            plan_bound(
+                self.max_error, volume.dtype, (self.normalization.vmin, self.normalization.vmax)
+            )
         #: What will be stored and what it costs (header, budget, sized network).
         self.plan: Plan = plan(
             volume.shape,
@@ -428,7 +444,14 @@ class Compressor:
         stored = family.model_from_weights(header.model, weights)
         use_backend(stored, self.backend)
         values, labels = family.decode_region(stored.to(device), header.shape, device=device)
-        decoded = self.normalization.invert(values, self.volume.dtype)
+        raw, measured = b"", None
+        if self.max_error is None:
+            decoded = self.normalization.invert(values, self.volume.dtype)
+        else:
+            unstable = bounded.router_unstable(stored, header.shape, device)
+            raw, decoded, measured = bounded.encode(
+                self.volume, values, self.normalization, self.max_error, unstable
+            )
         psnr_value = round(psnr(self.volume, decoded), 2)
         summary = None
         if self.plan.stores_summary:
@@ -436,6 +459,11 @@ class Compressor:
                 steps=steps, psnr=psnr_value, seconds=round(seconds, 1), device=device.type
             )
         data, stored_header = frame_with_summary(header, payload, summary, budget)
+        if raw:
+            # The model kept its budget above; the correction comes on top (the bound is the
+            # promise now, the ratio is what the file reaches).
+            stored_header = replace(stored_header, correction=len(raw))
+            data = frame(stored_header, payload, raw)
         report = Report(
             budget_bytes=budget,
             predicted_bytes=self.plan.predicted_nbytes,
@@ -453,8 +481,14 @@ class Compressor:
             seconds=seconds,
             device=str(device),
             stopped_early=stopped,
+            max_error=self.max_error,
+            max_error_measured=measured,
+            correction_bytes=len(raw),
         )
-        return Compressed(data, stored_header, report, stored.cpu(), (decoded, labels))
+        result = Compressed(data, stored_header, report, stored.cpu(), (decoded, labels))
+        if raw:
+            result.attach_correction(raw)
+        return result
 
 
 class _PreviewSchedule:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
+from ..config import ArchConfig, BoundConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError
 from .widget_lifecycle import is_lazy, is_volume, no_source_message, volume_data
 from .widget_tiled_settings import TILED_ABOVE_VOXELS
@@ -47,7 +47,8 @@ class RunRequest:
 
     ``layer`` is the napari Image layer (its full-resolution data is :attr:`data`, never read
     here); ``spacing``/``unit`` its physical metadata; ``arch``/``train``/``quant``/``run`` the
-    core's configs; ``tiled`` the big-volume settings.
+    core's configs; ``tiled`` the big-volume settings; ``bound`` the guaranteed maximum error
+    (single volumes only, for now).
     """
 
     layer: Any
@@ -59,6 +60,7 @@ class RunRequest:
     quant: QuantConfig
     run: RunConfig
     tiled: TiledOptions = field(default_factory=TiledOptions)
+    bound: BoundConfig = field(default_factory=BoundConfig)
 
     @property
     def name(self) -> str:
@@ -80,7 +82,13 @@ class RunRequest:
     @property
     def configs(self) -> dict[str, Any]:
         """The config keywords of ``Compressor`` and ``TiledCompressor``."""
-        return {"arch": self.arch, "train": self.train, "quant": self.quant, "run": self.run}
+        return {
+            "arch": self.arch,
+            "train": self.train,
+            "quant": self.quant,
+            "run": self.run,
+            "bound": self.bound,
+        }
 
     @property
     def physical(self) -> dict[str, Any]:
@@ -142,4 +150,5 @@ def make_request(
         quant=settings["quant"],
         run=settings["run"],
         tiled=TiledOptions(**tiled()),
+        bound=settings.get("bound") or BoundConfig(),
     )

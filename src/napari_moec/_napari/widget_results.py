@@ -131,6 +131,8 @@ class ResultsController:
         quality = f"PSNR {psnr:.2f} dB" if psnr is not None else "PSNR unknown"
         if ssim is not None:
             quality += f", SSIM {ssim:.3f}"
+        if compressed.max_error is not None:
+            quality += f", max error ≤ {compressed.max_error:g} (guaranteed)"
         text = f"{compressed.nbytes:,} B, {compressed.ratio:.0f}x, {quality}"
         self.result_name = name
         self.readouts["result"].setText(text)
@@ -327,6 +329,9 @@ class ResultsController:
         self.viewer.reset_view()  # fit each viewbox to its volume
         ssim = "n/a (volume thinner than 7 voxels)" if cmp.ssim is None else f"{cmp.ssim:.4f}"
         text = f"PSNR {cmp.psnr:.2f} dB, SSIM {ssim}, max |error| {bound:g}"
+        promised = getattr(getattr(self.result, "compressed", None), "max_error", None)
+        if promised is not None:
+            text += f" (guaranteed ≤ {promised:g})"
         self.readouts["result"].setText(text)
         self.status.setText(f"Compared '{original.name}' with '{decoded_name}': {text}.")
         self.last_comparison = cmp

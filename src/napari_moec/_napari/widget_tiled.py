@@ -48,6 +48,8 @@ def engine_kwargs(request: RunRequest) -> dict:
     # Tiles hold SIREN networks in this version (tiled/tileformat.py): the widget's Model
     # choice applies to single volumes, and its estimate line says so.
     configs["arch"] = replace(configs["arch"], model="siren")
+    if configs.pop("bound").active:
+        raise ConfigError("a maximum error is not available in tiled mode yet; leave it off")
     return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
             **request.tiled.engine_kwargs}  # fmt: skip
 
