@@ -125,6 +125,8 @@ class TiledCompressor:
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
         self.train = train or TrainConfig()
+        if self.train.target_psnr is not None:
+            raise ConfigError("a target PSNR is not available for tiled stores yet: use a ratio")
         self.run_config = run or RunConfig()
         self.dest = Path(dest)
         self.zipped = self.dest.suffix.lower() == ".ozx"
