@@ -72,6 +72,7 @@ class TrainSettings:
     lam_kd: float = 0.5
     lam_free_after: float = 0.2
     probe_every: int = 4  # steps; the rounded-latent MSE under a quality target
+    quality_eta_gain: float = 2.0  # the controller's step under a quality target, x lam_eta
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,12 @@ class GridTrainer:
         self._overhead = _overhead_bytes(self.model)
         self._network_step = 1.0
         self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
+        # Under a quality target the budget is only a ceiling: its bits per latent say
+        # nothing of the operating point, so lam starts at lam0 and moves faster.
+        quality = target_mse is not None
         self.rate = RateController(
-            start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
-            self.st.lam_eta,
+            self.st.lam0 if quality else start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
+            self.st.lam_eta * (self.st.quality_eta_gain if quality else 1.0),
             self.st.lam_kd,
             self.st.lam_free_after,
         )
