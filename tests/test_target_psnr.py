@@ -126,3 +126,23 @@ def test_summary_round_trips_the_target_and_rejects_bad_ones():
     for bad in (0, -1.0, math.nan, "40", True):
         with pytest.raises(MoecFormatError, match="target PSNR"):
             TrainingSummary.from_json({**doc, "target": bad})
+
+
+def test_widget_target_choice_gives_a_quality_target(qtbot):
+    """The settings' "Target: ratio | PSNR" choice: PSNR shows its own box, hides the ratio
+    and hands the Compressor the target with the default ceiling; back to ratio clears it."""
+    from napari_moec._napari.widget_settings import SettingsPanel
+    from napari_moec.training import PSNR_CAP_RATIO
+
+    panel = SettingsPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    assert panel.compressor_kwargs()["train"].target_psnr is None
+    assert panel.ratio.native.isVisible() and not panel.psnr.native.isVisible()
+    panel.set_values(target_psnr=35.5, ratio=64)
+    kwargs = panel.compressor_kwargs()
+    assert kwargs["train"].target_psnr == 35.5 and kwargs["ratio"] == PSNR_CAP_RATIO
+    assert panel.psnr.native.isVisible() and not panel.ratio.native.isVisible()
+    panel.target.value = "ratio"
+    kwargs = panel.compressor_kwargs()
+    assert kwargs["train"].target_psnr is None and kwargs["ratio"] == 64
