@@ -145,7 +145,9 @@ class GridTrainer:
         # nothing of the operating point, so lam starts at lam0 and moves faster.
         quality = target_mse is not None
         self.rate = RateController(
-            self.st.lam0 if quality else start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
+            self.st.lam0
+            if quality
+            else start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
             self.st.lam_eta * (self.st.quality_eta_gain if quality else 1.0),
             self.st.lam_kd,
             self.st.lam_free_after,
