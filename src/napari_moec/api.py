@@ -24,7 +24,7 @@ _COMPRESSOR_KEYWORDS = {"axes", "spacing", "unit", "norm_range", "preview"}
 
 def compress(
     array: np.ndarray,
-    ratio: float = 256.0,
+    ratio: float | None = None,
     *,
     arch: ArchConfig | None = None,
     train: TrainConfig | None = None,
@@ -40,7 +40,10 @@ def compress(
     array
         3D (ZYX) or 4D (TZYX/CZYX) array of uint8, uint16, int16 or float32.
     ratio
-        Target ``original bytes / file bytes`` (>= 1).
+        Target ``original bytes / file bytes`` (>= 1); None is 256. With ``target_psnr=P``
+        (grid model) the file is instead the smallest whose decoded PSNR is >= P, and a ratio
+        given is the least ratio allowed (a byte ceiling; default
+        :data:`~napari_moec.training.PSNR_CAP_RATIO`).
     arch, train, quant, run, bound
         Full configurations (:class:`ArchConfig`, :class:`TrainConfig`, :class:`QuantConfig`,
         :class:`RunConfig`, :class:`BoundConfig`).
@@ -57,6 +60,7 @@ def compress(
     >>> import napari_moec
     >>> c = napari_moec.compress(volume, ratio=64, steps=1000)   # doctest: +SKIP
     >>> c.save("head.moec"); c.ratio, c.report.psnr              # doctest: +SKIP
+    >>> c = napari_moec.compress(volume, target_psnr=40, model="grid")  # doctest: +SKIP
     """
     keywords = {k: options.pop(k) for k in list(options) if k in _COMPRESSOR_KEYWORDS}
     names = option_names()

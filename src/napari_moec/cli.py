@@ -138,14 +138,23 @@ def configs_from(args: argparse.Namespace, configs: dict = OPTION_CONFIGS) -> di
 def _add_compress(c: argparse.ArgumentParser) -> None:
     c.add_argument("input", help="input volume (.tif, .tiff or .npy), 3D ZYX or 4D TZYX/CZYX")
     c.add_argument("output", help="output .moec file, or a tiled store OUT.ome.zarr / OUT.ozx")
-    c.add_argument("--ratio", type=float, required=True, help="target compression ratio (>= 1)")
+    c.add_argument(
+        "--ratio",
+        type=float,
+        default=None,
+        help="target compression ratio (>= 1); with --psnr, the least ratio allowed (default 8)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_option_flags(c)
     tiled_cli.add_compress_arguments(c)
 
 
 def _compress(args: argparse.Namespace) -> int:
+    if args.ratio is None and getattr(args, "target_psnr", None) is None:
+        raise ConfigError("give --ratio R or --psnr P (the size or the quality of the file)")
     if tiled_cli.wants_tiled(args.output):
+        if getattr(args, "target_psnr", None) is not None:
+            raise ConfigError("--psnr is not available for tiled stores yet: use --ratio")
         configs = configs_from(args)
         if configs.pop("bound").active:
             raise ConfigError("--max-error is not available for tiled stores yet")
@@ -180,12 +189,13 @@ def _compress(args: argparse.Namespace) -> int:
         + (f", SSIM {r.ssim:.4f}" if r.ssim is not None else "")
         + f", {r.steps} steps in {r.seconds:.1f} s on {r.device}"
         + (" (stopped early: best model so far)" if r.stopped_early else "")
+        + ("" if compressor.target_psnr is None else f"; target PSNR {compressor.target_psnr:g} dB")
     )
     if r.max_error is not None:
         print(
             f"max error   <= {r.max_error:g} (guaranteed), measured {r.max_error_measured:g}; "
             f"the correction takes {r.correction_bytes} of the {r.file_bytes} bytes "
-            f"(model at {args.ratio:g}x, file at {r.ratio:.1f}x)"
+            f"(model within {r.budget_bytes} B, file at {r.ratio:.1f}x)"
         )
     return 0
 
@@ -246,6 +256,8 @@ def _info(args: argparse.Namespace) -> int:
     )
     if t:
         psnr = "not stored" if t.get("psnr") is None else f"{t['psnr']} dB (data range)"
+        if t.get("target") is not None:
+            psnr += f", promised >= {t['target']:g} dB (made for --psnr {t['target']:g})"
         print(
             f"training    {t.get('steps')} steps, {t.get('seconds')} s on {t.get('device')}, "
             f"PSNR {psnr}"

@@ -202,6 +202,20 @@ class TrainConfig:
         open_hi=True,
         ui=None,
     )
+    #: A quality target instead of a ratio (grid family): the ratio, if given, is then a
+    #: ceiling on the file's bytes (default PSNR_CAP_RATIO). napari_moec.training: the rate
+    #: term steers toward this PSNR, and the store keeps the smallest file that reaches it.
+    target_psnr: float | None = option(
+        None,
+        "target PSNR in dB over the data range (grid model): the smallest file whose decoded "
+        "PSNR is at least this; a ratio given too is then the least ratio allowed",
+        lo=0,
+        hi=200,
+        open_lo=True,
+        ui=None,
+        cli="--psnr",
+        auto="off: the ratio sets the size",
+    )
     report_every: int = option(10, "steps between loss/PSNR measurements", lo=1, hi=10**6, ui=None)
     seed: int = option(
         0, "random seed (same seed, same file)", lo=0, hi=2**63 - 1, label="Seed", ui_max=2**31 - 1

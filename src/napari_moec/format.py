@@ -29,7 +29,7 @@ Header JSON (sorted keys; required unless marked optional):
     "sp"  optional: voxel spacing, list of len(shape) positive floats
     "u"   optional: spacing unit, str
     "t"   optional: training summary {"steps": int, "psnr": float, "seconds": float,
-          "device": str}
+          "device": str, optional "target": float, the PSNR promised by a ``--psnr`` file}
     "f"   optional: model family, str (:mod:`napari_moec.families`); absent means "siren",
           the MoE SIREN this spec's "m" and payload describe. Written only for other
           families, whose "m" and payload their family's codec specifies
@@ -151,21 +151,27 @@ class TrainingSummary:
     """The optional training summary "t" of a file: how its weights were made.
 
     ``psnr`` is over the original's data range, measured on the weights as stored (None when
-    unknown); ``seconds`` is wall-clock training time; ``device`` "cpu" or "cuda".
+    unknown); ``seconds`` is wall-clock training time; ``device`` "cpu" or "cuda";
+    ``target_psnr`` the PSNR promised when the file was made for a quality target
+    (``--psnr``; stored as ``"target"`` only then, so other files keep their bytes).
     """
 
     steps: int
     psnr: float | None
     seconds: float
     device: str
+    target_psnr: float | None = None
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "device": self.device,
             "psnr": self.psnr,
             "seconds": self.seconds,
             "steps": self.steps,
         }
+        if self.target_psnr is not None:
+            doc["target"] = self.target_psnr
+        return doc
 
     @classmethod
     def from_json(cls, doc: object) -> TrainingSummary:
@@ -183,7 +189,16 @@ class TrainingSummary:
                 raise MoecFormatError(f"invalid training {name} {value!r}")
         if not isinstance(device, str) or len(device) > 16:
             raise MoecFormatError(f"invalid training device {device!r}")
-        return cls(steps, None if psnr is None else float(psnr), float(seconds), device)
+        target = doc.get("target")
+        if target is not None and (
+            isinstance(target, bool)
+            or not isinstance(target, int | float)
+            or not math.isfinite(target)
+            or target <= 0
+        ):
+            raise MoecFormatError(f"invalid target PSNR {target!r}")
+        psnr = None if psnr is None else float(psnr)
+        return cls(steps, psnr, float(seconds), device, None if target is None else float(target))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from .config import ArchConfig, BoundConfig, PreviewConfig, QuantConfig, RunConf
 from .correction import plan_bound
 from .decode import grid_shape, parse_roi
 from .devices import check_threads, resolve_device
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .events import Finalizing, Preview, Progress, RegionPreview, Started, TrainEvent
 from .families.base import ModelFamily, TrainingTarget
 from .families.siren.tutel_backend import resolve_backend, use_backend
@@ -53,7 +53,19 @@ from .sampling import Normalization, flat_index_coords
 from .schedule import EVAL_POINTS, LossGuard, decoded_mse, keep_better
 from .volumes import check_volume
 
-__all__ = ["Compressor", "Trained", "eval_set", "train"]
+__all__ = ["PSNR_CAP_RATIO", "Compressor", "Trained", "eval_set", "quality_mse", "train"]
+
+#: The least ratio of a ``target_psnr`` run when no ratio is given: the byte ceiling the
+#: grids are sized for (the file is usually far smaller: the target decides).
+PSNR_CAP_RATIO = 8.0
+#: dB above the target the training aims at: the store then trims to the target exactly.
+PSNR_AIM_MARGIN = 0.15
+
+
+def quality_mse(target_psnr: float, norm: tuple[float, float]) -> float:
+    """The MSE (normalised units) the training aims at for ``target_psnr``: PSNR over the data
+    range is the PSNR of the normalised values with peak ``norm[1] - norm[0]``."""
+    return (norm[1] - norm[0]) ** 2 * 10 ** (-(target_psnr + PSNR_AIM_MARGIN) / 10)
 
 
 class Trained(NamedTuple):
@@ -106,8 +118,11 @@ def train(
     from it); ``stop`` ends training at the next step, keeping the better weights as usual.
     """
     cfg = schedule
+    quality = {}  # a quality target: the MSE its PSNR allows, with a margin (quality_mse)
+    if cfg.target_psnr is not None:
+        quality["target_mse"] = quality_mse(cfg.target_psnr, volume.norm)
     trainer = family.trainer(model, config, quant, cfg, volume, device=device,
-                             generator=generator, budget=budget)  # fmt: skip
+                             generator=generator, budget=budget, **quality)  # fmt: skip
     guard = LossGuard(model, trainer.optimizer) if cfg.guard else None
     span = (volume.norm[1] - volume.norm[0]) ** 2  # PSNR of the normalised values
     experts = trainer.num_experts
@@ -224,7 +239,7 @@ class Compressor:
     def __init__(
         self,
         volume: np.ndarray,
-        ratio: float = 256.0,
+        ratio: float | None = None,
         *,
         arch: ArchConfig | None = None,
         train: TrainConfig | None = None,
@@ -241,6 +256,10 @@ class Compressor:
         volume = check_volume(volume)
         self.volume = volume
         self.train_config = train or TrainConfig()
+        #: The PSNR promised (``TrainConfig.target_psnr``), or None: the ratio sets the size.
+        self.target_psnr = self.train_config.target_psnr
+        if ratio is None:
+            ratio = 256.0 if self.target_psnr is None else PSNR_CAP_RATIO
         self.run_config = run or RunConfig()
         self.device = resolve_device(self.run_config.device)
         self.normalization = Normalization.of(volume, *norm_range)
@@ -269,6 +288,10 @@ class Compressor:
         )
         #: The model family the plan sized (:mod:`napari_moec.families`).
         self.family: ModelFamily = families.get(self.plan.family)
+        if self.target_psnr is not None and not hasattr(self.family, "fit_quality"):
+            raise ConfigError(
+                f"target PSNR needs --model grid (model={self.plan.family!r} has no quality target)"
+            )
         self.preview = preview or PreviewConfig()
         self.threads = check_threads(self.run_config.threads)
         #: The concrete MoE backend, "native" or "tutel"
@@ -400,6 +423,15 @@ class Compressor:
         use_backend(candidate, self.backend)
         return decoded_mse(candidate, coords, target)
 
+    def payload_psnr(self, payload: bytes) -> float:
+        """PSNR over the data range of the whole volume a payload decodes to, in the original
+        dtype (what a reader gets): the judge of a quality target (``target_psnr``)."""
+        header, family, device = self.header, self.family, self.device
+        weights = family.codec.unpack_payload(header.model, header.quant, payload)
+        candidate = family.model_from_weights(header.model, weights).to(device)
+        values, _ = family.decode_region(candidate, header.shape, device=device, labels=False)
+        return psnr(self.volume, self.normalization.invert(values, self.volume.dtype))
+
     def preview_stride(self) -> tuple[int, ...]:
         """The stride of a preview's whole-volume grid: at most ``preview.voxels`` voxels."""
         shape = self.header.shape
@@ -436,10 +468,15 @@ class Compressor:
         """
         device, family = self.device, self.family
         header, budget = self.header, self.budget
-        payload, multiplier, extra_bits = family.fit_payload(
-            model, header.model, header.quant, self.plan.payload_budget,
-            distortion=self.payload_error,
-        )  # fmt: skip
+        if self.target_psnr is not None:
+            payload, multiplier, extra_bits = family.fit_quality(
+                model, self.plan.payload_budget, self.payload_psnr, self.target_psnr
+            )
+        else:
+            payload, multiplier, extra_bits = family.fit_payload(
+                model, header.model, header.quant, self.plan.payload_budget,
+                distortion=self.payload_error,
+            )  # fmt: skip
         weights = family.codec.unpack_payload(header.model, header.quant, payload)
         stored = family.model_from_weights(header.model, weights)
         use_backend(stored, self.backend)
@@ -456,7 +493,11 @@ class Compressor:
         summary = None
         if self.plan.stores_summary:
             summary = TrainingSummary(
-                steps=steps, psnr=psnr_value, seconds=round(seconds, 1), device=device.type
+                steps=steps,
+                psnr=psnr_value,
+                seconds=round(seconds, 1),
+                device=device.type,
+                target_psnr=self.target_psnr,
             )
         data, stored_header = frame_with_summary(header, payload, summary, budget)
         if raw:

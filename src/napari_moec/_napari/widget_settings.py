@@ -7,8 +7,10 @@ its ``help`` in a tooltip: the basic ones always shown, the advanced ones in a c
 section. An option that may be left to napari-moec (None, "auto") gets an *auto* check box that
 hides its control while ticked. An option added to a dataclass appears here by itself.
 
-The one hand-made control is the target ratio: an editable list of presets, since any ratio is
-valid and the presets are only suggestions. The panel only translates controls into config
+The hand-made controls are the target: a choice of "ratio" (an editable list of presets, since
+any ratio is valid and the presets are only suggestions) or "PSNR" (a quality target in dB, grid
+model: the file is then the smallest that reaches it, under a ceiling of
+:data:`~napari_moec.training.PSNR_CAP_RATIO`). The panel only translates controls into config
 dataclasses; the core validates them (:class:`~napari_moec.errors.ConfigError`, with a message
 naming the bad value), and the widget shows that message next to the predicted size.
 """
@@ -21,7 +23,7 @@ import typing
 from typing import Any
 
 import torch
-from magicgui.widgets import CheckBox, ComboBox, Container, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, create_widget
 from qtpy.QtCore import QRegularExpression, Signal
 from qtpy.QtGui import QRegularExpressionValidator
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
@@ -32,6 +34,7 @@ from ..errors import ConfigError
 from ..families.siren.tutel_backend import available_backends
 from ..plan import check_ratio
 from ..run_options import configs_from_options, option_names
+from ..training import PSNR_CAP_RATIO
 from .widget_tiled_settings import TiledSettings
 
 __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
@@ -192,11 +195,24 @@ class SettingsPanel(QWidget):
         box.setValidator(QRegularExpressionValidator(QRegularExpression(r"[0-9.]*\s*[xX×]?")))
         self.ratio.tooltip = "original bytes / file bytes; pick a preset or type any number"
         box.currentTextChanged.connect(self._emit_changed)
+        #: "ratio" or "PSNR": what sets the file's size.
+        self.target = ComboBox(choices=["ratio", "PSNR"], value="ratio")
+        self.target.tooltip = (
+            "ratio: the file's size; PSNR: the smallest file whose decoded PSNR over the data "
+            "range reaches the target (grid model)"
+        )
+        self.psnr = FloatSpinBox(value=40.0, min=1.0, max=120.0, step=0.5)
+        self.psnr.tooltip = "target PSNR in dB over the data range (grid model)"
+        self.target.changed.connect(self._show_target)
+        self.psnr.changed.connect(self._emit_changed)
 
         # Qt form layouts rather than magicgui Containers: a form aligns its labels, and the
         # ratio box sits in the same column as the generated controls.
         basic = QFormLayout()
-        basic.addRow("Target ratio", box)
+        basic.addRow("Target", self.target.native)
+        self._ratio_label, self._psnr_label = QLabel("Target ratio"), QLabel("Target PSNR (dB)")
+        basic.addRow(self._ratio_label, box)
+        basic.addRow(self._psnr_label, self.psnr.native)
         advanced_form = QWidget()
         advanced = QFormLayout(advanced_form)
         for cls in OPTION_CONFIGS.values():
@@ -229,6 +245,19 @@ class SettingsPanel(QWidget):
         layout.addWidget(self.advanced)
         layout.addWidget(self.big)
         layout.addWidget(self.estimate)
+        self._show_target()
+
+    def _show_target(self, *_) -> None:
+        """Show the control of the chosen target only."""
+        quality = self.target.value == "PSNR"
+        for widget, shown in (
+            (self._ratio_label, not quality),
+            (self.ratio.native, not quality),
+            (self._psnr_label, quality),
+            (self.psnr.native, quality),
+        ):
+            widget.setVisible(shown)
+        self.changed.emit()
 
     def _emit_changed(self, *_) -> None:
         self.changed.emit()
@@ -246,7 +275,10 @@ class SettingsPanel(QWidget):
         ConfigError
             A value the core rejects, with the core's message.
         """
-        configs = configs_from_options(self.values())
+        if self.target.value == "PSNR":  # the ratio is then the ceiling of a quality target
+            values = self.values() | {"target_psnr": float(self.psnr.value)}
+            return {"ratio": PSNR_CAP_RATIO, **configs_from_options(values)}
+        configs = configs_from_options(self.values() | {"target_psnr": None})
         return {"ratio": parse_ratio(self.ratio.native.currentText()), **configs}
 
     def set_values(self, **values: Any) -> None:
@@ -257,6 +289,10 @@ class SettingsPanel(QWidget):
         for name, value in values.items():
             if name == "ratio":
                 self.ratio.native.setCurrentText(f"{value:g}x")
+            elif name == "target_psnr":  # None: the ratio sets the size
+                if value is not None:
+                    self.psnr.value = value
+                self.target.value = "ratio" if value is None else "PSNR"
             elif name in TiledSettings.NAMES:
                 self.tiled.set_value(name, value)
             elif name in self.controls:

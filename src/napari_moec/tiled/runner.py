@@ -131,6 +131,8 @@ class TiledCompressor:
                 "compresses single files (use --model siren for a store)"
             )
         self.train = train or TrainConfig()
+        if self.train.target_psnr is not None:
+            raise ConfigError("a target PSNR is not available for tiled stores yet: use a ratio")
         self.run_config = run or RunConfig()
         self.dest = Path(dest)
         self.zipped = self.dest.suffix.lower() == ".ozx"

@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from .codec import CODEC
 from .config import GridConfig
 from .decode import decode_region
-from .fit import fit_budget
+from .fit import fit_budget, fit_quality
 from .model import GridModel
 from .payload import side_bytes
 from .sizing import MIN_BITS_PER_LATENT, auto_config, network_bytes
@@ -136,12 +136,22 @@ class GridFamily:
         device,
         generator,
         budget: int,
+        target_mse: float | None = None,
     ) -> GridFamilyTrainer:
-        """``budget``: the payload bytes the rate term aims at."""
+        """``budget``: the payload bytes the rate term aims at; with ``target_mse`` (a
+        quality target, normalised units) the rate term aims at that MSE instead and
+        ``budget`` is only the ceiling the grids were sized for."""
         settings = TrainSettings(steps=schedule.steps, time_limit=schedule.time_limit)
         values = target.values.reshape(target.shape)
         inner = GridTrainer(
-            values, config, budget, settings, device=device, model=model, generator=generator
+            values,
+            config,
+            budget,
+            settings,
+            device=device,
+            model=model,
+            generator=generator,
+            target_mse=target_mse,
         )
         return GridFamilyTrainer(inner)
 
@@ -166,6 +176,14 @@ class GridFamily:
             and -distortion(saved) > best.score
         ):
             return Fit(saved, 1.0, {})
+        return Fit(best.payload, best.network_step, {})
+
+    def fit_quality(self, model, budget: int, psnr_of: Callable[[bytes], float], target: float):
+        """The smallest payload of at most ``budget`` bytes whose decoded PSNR (``psnr_of``)
+        is >= ``target`` (:func:`.fit.fit_quality`; TrainingError when none is)."""
+        from ..base import Fit
+
+        best = fit_quality(model, budget, psnr_of, target)
         return Fit(best.payload, best.network_step, {})
 
     def model_from_weights(

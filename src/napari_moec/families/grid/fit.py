@@ -11,6 +11,14 @@ The training loop's rate control lands near the budget; this module makes the pa
 
 then every candidate is decoded *from its bytes* (``evaluate``) and the best score wins. A
 coarser network step stops the search as soon as it scores worse than the previous one.
+
+:func:`fit_quality` is the same search turned around for a quality target: the *smallest*
+payload whose decoded PSNR (``psnr_of``: pack, decode, measure as a reader gets it) is at
+least ``target``. Per network step it bisects the zeroed-latent count and a coarser latent
+step from the plain rounding (or a finer latent step when the plain rounding falls short),
+keeps the smallest payload that passes, and stops coarsening the network once that grows.
+Every candidate it returns was decoded and measured, so the promise holds by construction;
+the knobs are fine (one latent at a time), so the PSNR lands just above the target.
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from ...quantize import quantize
 from .model import GridModel
 from .payload import pack_payload
 
-__all__ = ["FitResult", "fit_budget", "pack_model", "quantize_latents", "quantize_weights"]
+__all__ = [
+    "FitResult",
+    "fit_budget",
+    "fit_quality",
+    "pack_model",
+    "quantize_latents",
+    "quantize_weights",
+]
 
 NETWORK_STEPS = (1.0, 1.5, 2.0, 3.0)
 
@@ -158,3 +173,93 @@ def fit_budget(
             f"no grid payload fits {limit} bytes: the budget is too small for the network"
         )
     return max(results, key=lambda r: r.score)
+
+
+def _bisect_real(passes: Callable[[float], bytes | None], lo: float, hi: float, iters: int):
+    """Largest x in [lo, hi] (``iters`` halvings) whose payload passes, assuming ``lo``
+    passes and a larger x makes a smaller payload: (x, payload) or None."""
+    best = None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        data = passes(mid)
+        if data is None:
+            hi = mid
+        else:
+            lo, best = mid, (mid, data)
+    return best
+
+
+def _quality_candidates(model: GridModel, limit: int, ms: float, ok: Callable[[bytes], bool]):
+    """(payload, latent_step, zeroed) of network step ``ms`` that fit and pass ``ok``."""
+
+    def passes(zero_k: int = 0, s: float = 1.0) -> bytes | None:
+        data = pack_model(model, ms, zero_k, s)
+        return data if len(data) <= limit and ok(data) else None
+
+    plain = passes()
+    if plain is None:  # short of the target (or over the cap): a finer latent step 2**-x,
+        if passes(0, 0.25) is None:  # with the smallest x (coarsest step) that passes
+            return
+        lo, hi = 0.0, 2.0
+        for _ in range(7):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if passes(0, 2.0**-mid) is not None else (mid, hi)
+        step = float(np.float16(2.0**-hi))
+        data = passes(0, step)
+        if data is not None:
+            yield data, step, 0
+        return
+    yield plain, 1.0, 0
+    nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+    found = _bisect_real(lambda k: passes(int(k)), 0.0, float(nonzero), 11)
+    if found is not None:
+        yield found[1], 1.0, int(found[0])
+    coarse = _bisect_real(lambda x: passes(0, 2.0**x), 0.0, 2.0, 7)
+    if coarse is not None:
+        yield coarse[1], float(np.float16(2.0 ** coarse[0])), 0
+
+
+@torch.no_grad()
+def fit_quality(
+    model: GridModel,
+    limit: int,
+    psnr_of: Callable[[bytes], float],
+    target: float,
+    network_steps=NETWORK_STEPS,
+) -> FitResult:
+    """The smallest payload of at most ``limit`` bytes whose ``psnr_of`` is >= ``target``
+    (module docstring); its ``score`` is that PSNR.
+
+    Raises
+    ------
+    TrainingError
+        When no payload within ``limit`` reaches ``target`` (the best PSNR seen is named).
+    """
+    seen: dict[bytes, float] = {}
+
+    def ok(data: bytes) -> bool:
+        if data not in seen:
+            seen[data] = psnr_of(data)
+        return seen[data] >= target
+
+    results: list[FitResult] = []
+    sizes: list[int] = []
+    for ms in network_steps:
+        found = [
+            FitResult(seen[d], d, ms, s, k) for d, s, k in _quality_candidates(model, limit, ms, ok)
+        ]
+        if not found:
+            if results:
+                break
+            continue
+        results.extend(found)
+        sizes.append(min(len(r.payload) for r in found))
+        if len(sizes) >= 2 and sizes[-1] >= sizes[-2]:
+            break
+    if not results:
+        best = max(seen.values(), default=float("nan"))
+        raise TrainingError(
+            f"the target PSNR {target:g} dB was not reached within {limit} payload bytes "
+            f"(best {best:.2f} dB): train longer, or allow more bytes (a lower ratio)"
+        )
+    return min(results, key=lambda r: (len(r.payload), -r.score))

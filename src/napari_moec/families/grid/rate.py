@@ -17,6 +17,11 @@ latents then overshot and the budget fit zeroed them again: the 1-2 dB checkpoin
 smallest budgets (REPORT.md 9). The start value comes from the bits per latent the budget
 allows; after ``free_after`` of the schedule the floor is lifted anyway, so a start value that
 is too high cannot leave the budget under-filled.
+
+Quality target (``--psnr``): :meth:`RateController.update_distortion` runs the same ascent on
+``e = clamp(log(D* / D_hat), +-0.5)``, ``D_hat`` a running MSE of the rounded-latent model and
+``D*`` the MSE the target PSNR allows: a model better than asked raises lam (fewer bits), a
+worse one lowers it. The floor holds until ``D_hat`` first reaches ``D*``.
 """
 
 from __future__ import annotations
@@ -62,7 +67,15 @@ class RateController:
         self._err_prev: float | None = None
 
     def update(self, hard_bits: float, target_bits: float, progress: float) -> float:
-        err = min(0.5, max(-0.5, math.log(max(hard_bits, 1.0) / max(target_bits, 1.0))))
+        """Step toward ``target_bits`` (the budget's bits of the rounded latents)."""
+        return self._ascend(math.log(max(hard_bits, 1.0) / max(target_bits, 1.0)), progress)
+
+    def update_distortion(self, mse: float, target_mse: float, progress: float) -> float:
+        """Step toward ``target_mse`` (a quality target): too good a model raises lam."""
+        return self._ascend(math.log(max(target_mse, 1e-30) / max(mse, 1e-30)), progress)
+
+    def _ascend(self, err: float, progress: float) -> float:
+        err = min(0.5, max(-0.5, err))
         self.reached = self.reached or err >= 0.0
         d_err = 0.0 if self._err_prev is None else err - self._err_prev
         self._err_prev = err

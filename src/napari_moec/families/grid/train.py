@@ -21,6 +21,12 @@ box 42.32 dB at 97% of the budget, strides 41.48 dB at 62% before the rate calib
 budget only with the calibration, and neither sampler beat the other in PSNR at equal steps.
 
 Loss: ``MSE + rate weight * bits(latents + U) + balance_weight * balance`` (see :mod:`.rate`).
+
+Quality target (``target_mse``, from ``--psnr``): the controller steers lam toward that MSE
+instead of the budget's bits (``limit`` is then only a ceiling that sized the grids). The
+distortion it follows is an EMA of the rounded-latent model's MSE: the training MSE in the
+straight-through phase, a no-grad forward with rounded latents every ``probe_every`` steps in
+the noise phase (the noisy-latent MSE is not what a file decodes to).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class TrainSettings:
     lam_eta: float = 0.03
     lam_kd: float = 0.5
     lam_free_after: float = 0.2
+    probe_every: int = 4  # steps; the rounded-latent MSE under a quality target
+    quality_eta_gain: float = 2.0  # the controller's step under a quality target, x lam_eta
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,12 @@ class GridTrainer:
         seed: int = 0,
         model: GridModel | None = None,
         generator: torch.Generator | None = None,
+        target_mse: float | None = None,
     ) -> None:
+        if target_mse is not None and not (math.isfinite(target_mse) and target_mse > 0):
+            raise TrainingError(f"target MSE must be a positive number, got {target_mse!r}")
+        self.target_mse = target_mse
+        self._d_hat: float | None = None  # EMA of the rounded-latent MSE (quality target)
         if tuple(target.shape) != cfg.shape:
             raise TrainingError(f"volume {target.shape} does not match the config's {cfg.shape}")
         self.cfg, self.limit = cfg, int(limit)
@@ -128,9 +141,14 @@ class GridTrainer:
         self._overhead = _overhead_bytes(self.model)
         self._network_step = 1.0
         self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
+        # Under a quality target the budget is only a ceiling: its bits per latent say
+        # nothing of the operating point, so lam starts at lam0 and moves faster.
+        quality = target_mse is not None
         self.rate = RateController(
-            start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
-            self.st.lam_eta,
+            self.st.lam0
+            if quality
+            else start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
+            self.st.lam_eta * (self.st.quality_eta_gain if quality else 1.0),
             self.st.lam_kd,
             self.st.lam_free_after,
         )
@@ -247,9 +265,12 @@ class GridTrainer:
                     for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
                 )
             )
-        if self.step_count % st.calibrate_every == 0:
-            self.calibrate(hard)
-        lam = self.rate.update(hard, self.target_bits() * self.calibration, progress)
+        if self.target_mse is not None:
+            lam = self._steer_quality(phase, mse_f, mats, coords, tgt, progress)
+        else:
+            if self.step_count % st.calibrate_every == 0:
+                self.calibrate(hard)
+            lam = self.rate.update(hard, self.target_bits() * self.calibration, progress)
         return GridStep(
             self.step_count,
             progress,
@@ -260,6 +281,22 @@ class GridTrainer:
             load.detach().cpu().numpy(),
             phase,
         )
+
+    def _steer_quality(self, phase, mse_f, mats, coords, tgt, progress) -> float:
+        """One controller step toward ``target_mse`` (module docstring)."""
+        d = None
+        if phase == "ste":
+            d = mse_f
+        elif self._d_hat is None or self.step_count % self.st.probe_every == 0:
+            with torch.no_grad():
+                grids = self.model.grids
+                rounded = [torch.round(y) for y in grids.latents]
+                value, _, _, _ = self.model.synth(grids.features(rounded, mats), coords, True)
+                d = float(torch.mean((value - tgt) ** 2))
+        if d is not None:
+            self._d_hat = d if self._d_hat is None else 0.8 * self._d_hat + 0.2 * d
+        assert self.target_mse is not None and self._d_hat is not None
+        return self.rate.update_distortion(self._d_hat, self.target_mse, progress)
 
     # -- files ------------------------------------------------------------------------------
     def score(self, payload: bytes) -> float:
