@@ -165,4 +165,8 @@ class SingleRun:
         if self._follow is not None:
             self._follow.disconnect()
             self._follow = None
+        if self._closing:
+            # The viewer or the dock is going: its Qt objects may be deleted already (a grid
+            # run's store outlasted the close in the test of it).
+            return
         self.on_finished()
