@@ -46,8 +46,12 @@ def engine_kwargs(request: RunRequest) -> dict:
         raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
     configs = dict(request.configs)
     # Tiles hold SIREN networks in this version (tiled/tileformat.py): the widget's Model
-    # choice applies to single volumes, and its estimate line says so.
-    configs["arch"] = replace(configs["arch"], model="siren")
+    # choice applies to single volumes, and its estimate line says so. Experts chosen for the
+    # grid family (the widget starts with 4) mean nothing to SIREN tiles: their own rule.
+    arch = configs["arch"]
+    if arch.model != "siren":
+        arch = replace(arch, model="siren", num_experts=None, top_k=1)
+    configs["arch"] = arch
     if configs.pop("bound").active:
         raise ConfigError("a maximum error is not available in tiled mode yet; leave it off")
     return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
