@@ -76,7 +76,7 @@ def _open(viewer, path: str, reader: str):
     image = [store.to_dask(stride=s) for s in strides]
     labels = [store.to_dask(stride=s, labels=True) for s in strides]
     name = store_name(path)
-    limits = (store.spec.vmin, store.spec.vmax)
+    limits = (store.spec.values.vmin, store.spec.values.vmax)
     return [
         viewer.add_image(image, multiscale=True, contrast_limits=limits, name=f"{name} dask"),
         viewer.add_labels(labels, multiscale=True, name=f"{name} dask experts", opacity=0.25),
@@ -155,8 +155,8 @@ def measure(args: argparse.Namespace) -> dict:
         "store": str(args.store),
         "reader": args.reader,
         "shape": list(store.shape),
-        "dtype": store.spec.dtype,
-        "tile": list(store.spec.tile),
+        "dtype": store.spec.values.dtype,
+        "tile": list(store.spec.grid.tile),
         "network_tile_width": info["network_tile_width"],
         "store_bytes": info["store_bytes"],
         "show": args.show,

@@ -244,7 +244,7 @@ def figure(args) -> None:
         record = run(args)
     _, volume = build_volume(args)
     store = open_tiled(Path(args.work) / f"{args.tag}.ome.zarr")
-    t = store.spec.tile
+    t = store.spec.grid.tile
     # a plane on a z tile face near the middle: the YX tile corners all cross it
     z = (volume.shape[0] // 2 // t[0]) * t[0] if args.z is None else args.z
     decoded = store.decode(roi=f"{z}:{z + 1},:,:")[0]
@@ -460,8 +460,8 @@ def _estimate(runs) -> list[str]:
     was lent to this work), stated in the text."""
     from napari_moec.config import QuantConfig
     from napari_moec.families.siren.sizing import widest_for_payload
-    from napari_moec.tiled.tileformat import TileSpec
-    from napari_moec.tiled.tiling import choose_margin, choose_tile
+    from napari_moec.tiled.tileformat import TileNetworks
+    from napari_moec.tiled.tiling import choose_tile
 
     run = max(runs, key=lambda r: len(r["tile_seconds"]))
     seconds = np.asarray(run["tile_seconds"])
@@ -483,9 +483,10 @@ def _estimate(runs) -> list[str]:
     ]  # fmt: skip
     for ratio in (256, 1024):
         tile = choose_tile((side, side, side), "uint16", ratio)
-        spec = TileSpec((side,) * 3, tile, choose_margin(tile), "uint16", 0, 1, QuantConfig())
         budget = math.prod(tile) * 2 / ratio - 10
-        width = widest_for_payload(spec.model_config(1, 2), QuantConfig(), int(budget))
+        width = widest_for_payload(
+            TileNetworks(QuantConfig()).model_config(3, 1, 2), QuantConfig(), int(budget)
+        )
         h = width.hidden_features
         per_tile = 3.0 * 2000 * 16384 * forward_flops(h, 2)
         tiles = voxels / math.prod(tile)

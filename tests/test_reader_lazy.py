@@ -97,7 +97,7 @@ def test_opening_a_store_decodes_nothing_then_only_the_tiles_shown(which, store_
     assert (image_meta["name"], labels_meta["name"]) == layer_names("vol")[:2]
     assert image_meta["scale"] == (2.0, 1.0, 1.0) and image_meta["units"] == "micrometer"
     store = open_tiled(path)
-    assert image_meta["contrast_limits"] == (store.spec.vmin, store.spec.vmax)
+    assert image_meta["contrast_limits"] == (store.spec.values.vmin, store.spec.values.vmax)
     assert [lv.shape for lv in image] == [SHAPE, (20, 22, 18)]  # until <= 64 a side, >= 2
     assert image[0].chunks == ((16, 16, 8), (16, 16, 12), (16, 16, 4))  # napari reads tiles
     assert image[1].chunks[0] == (8, 8, 4)
@@ -176,7 +176,7 @@ def _drain(gen):
 def test_stream_compare_equals_whole_volume_metrics(store_path, volume, moec_file):
     store = open_tiled(store_path)
     decoded = store.decode()
-    span = store.spec.vmax - store.spec.vmin
+    span = store.spec.values.vmax - store.spec.values.vmin
     events, result = _drain(stream_compare(volume, TiledBlocks(store), span))
     assert isinstance(events[-1], CompareProgress) and events[-1].done == events[-1].total
     assert result.psnr == pytest.approx(psnr(volume, decoded), rel=1e-9)

@@ -24,7 +24,10 @@ from napari_moec.tiled.store import chunk_path, metadata_documents, write_atomic
 from napari_moec.tiled.tiledecode import DECODE_COUNTS, decode_tile
 from napari_moec.tiled.tileformat import (
     CODEC_NAME,
+    TileGrid,
+    TileNetworks,
     TileSpec,
+    TileValues,
     encode_constant_tile,
     encode_network_tile,
     network_overhead,
@@ -32,7 +35,11 @@ from napari_moec.tiled.tileformat import (
 )
 from napari_moec.tiled.tiling import choose_margin, choose_tile
 
-SPEC = TileSpec((40, 36, 36), (16, 16, 16), (2, 2, 2), "uint16", 100.0, 4000.0, QuantConfig())
+SPEC = TileSpec(
+    TileGrid((40, 36, 36), (16, 16, 16), (2, 2, 2)),
+    TileValues("uint16", 100.0, 4000.0),
+    TileNetworks(QuantConfig()),
+)
 
 
 def network_chunk(spec: TileSpec, index, hidden=6, experts=2, seed=0) -> bytes:
@@ -40,7 +47,7 @@ def network_chunk(spec: TileSpec, index, hidden=6, experts=2, seed=0) -> bytes:
     model = spec.model_config(hidden, experts)
     torch.manual_seed(seed + sum(index))
     state = MoESiren(model).layout_state()
-    return encode_network_tile(spec, index, model, pack_payload(model, spec.quant, state))
+    return encode_network_tile(spec, index, model, pack_payload(model, spec.networks.quant, state))
 
 
 @pytest.fixture
@@ -50,7 +57,7 @@ def store(tmp_path):
     docs = metadata_documents(SPEC, axes="ZYX", spacing=(2.0, 1.0, 1.0), unit="um",
                               fill_value=100, name="t")  # fmt: skip
     write_metadata(root, docs)
-    for index in SPEC.indices():
+    for index in SPEC.grid.indices():
         if index == (0, 0, 0):
             continue  # absent: the fill value
         data = (encode_constant_tile(SPEC, index, 1234) if index == (1, 1, 1)
@@ -92,7 +99,7 @@ def test_tile_stream_layout_and_overhead():
 def test_plain_zarr_reads_the_store_and_partial_reads_match(store):
     array = zarr.open_array(store / "0", mode="r")
     full = array[:]
-    assert full.shape == SPEC.shape and full.dtype == np.uint16
+    assert full.shape == SPEC.grid.shape and full.dtype == np.uint16
     assert (full[:16, :16, :16] == 100).all()  # absent chunk: fill value
     assert (full[16:32, 16:32, 16:32] == 1234).all()  # constant tile
     assert full.min() >= 100 and full.max() <= 4000  # clipped to the stored range
@@ -123,11 +130,11 @@ def test_labels_are_distinct_across_tiles(store):
     assert labels.dtype == np.uint32
     assert (labels[:16, :16, :16] == 0).all() and (labels[16:32, 16:32, 16:32] == 0).all()
     ids = {}
-    for index in SPEC.indices():
-        values = np.unique(labels[SPEC.tile_slices(index)])
+    for index in SPEC.grid.indices():
+        values = np.unique(labels[SPEC.grid.tile_slices(index)])
         for v in values[values > 0]:
             assert ids.setdefault(int(v), index) == index  # one tile per id
-            assert (int(v) - 1) // SPEC.experts == SPEC.flat(index)
+            assert (int(v) - 1) // SPEC.networks.experts == SPEC.grid.flat(index)
 
 
 def test_assigning_through_zarr_is_refused(store):
@@ -226,8 +233,8 @@ def test_scan_statistics_and_probe():
 
 
 def _stats(probes, voxels=16**3):
-    spec = TileSpec((16, 16, 16 * len(probes)), (16, 16, 16), (0, 0, 0), "uint16", 0, 1000,
-                    QuantConfig())  # fmt: skip
+    spec = TileSpec(TileGrid((16, 16, 16 * len(probes)), (16, 16, 16), (0, 0, 0)),
+                    TileValues("uint16", 0, 1000), TileNetworks(QuantConfig()))  # fmt: skip
     stats = []
     for k, p in enumerate(probes):
         lo, hi = (5.0, 5.0) if p is None else (0.0, 1000.0)

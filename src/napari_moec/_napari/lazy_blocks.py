@@ -66,14 +66,13 @@ class TiledBlocks:
     decoded on just the voxels asked for; a tile's version is its chunk's length and CRC."""
 
     def __init__(self, store) -> None:
-        from napari_moec.tiled.tiledecode import label_dtype
 
         self.store = store
         self.spec = store.spec
-        self.shape = tuple(self.spec.shape)
-        self.block = tuple(self.spec.tile)
-        self.dtype = np.dtype(self.spec.dtype)
-        self.label_dtype = label_dtype(self.spec)
+        self.shape = tuple(self.spec.grid.shape)
+        self.block = tuple(self.spec.grid.tile)
+        self.dtype = np.dtype(self.spec.values.dtype)
+        self.label_dtype = self.spec.label_dtype
         self.token = f"tiled:{store.path}:{uuid.uuid4().hex[:8]}"
 
     def fetch(self, index):

@@ -141,8 +141,8 @@ def tiled_metadata(store) -> dict:
         "moec_ratio": store.attrs.get("ratio"),
         "moec_psnr": summary.get("psnr"),
         "moec_ssim": None,
-        "moec_experts": spec.experts,
-        "moec_tile": list(spec.tile),
+        "moec_experts": spec.networks.experts,
+        "moec_tile": list(spec.grid.tile),
         "moec_finished": bool(summary),
     }
 
@@ -157,7 +157,7 @@ def read_tiled(path: str | os.PathLike) -> tuple[object, list[tuple]]:
     spec = store.spec
     return store, lazy_layer_data(
         TiledBlocks(store), store_name(path), spacing=store.spacing, unit=store.unit,
-        contrast_limits=(spec.vmin, spec.vmax), metadata=tiled_metadata(store),
+        contrast_limits=(spec.values.vmin, spec.values.vmax), metadata=tiled_metadata(store),
     )  # fmt: skip
 
 

@@ -104,7 +104,7 @@ def compress_tiles(job, prefetch: ViewPrefetch, live, name: str) -> Generator:
         store = job.dest
     prefetch.warm()
     spec = live.spec
-    span = float(spec.vmax - spec.vmin) if spec is not None else 1.0
+    span = float(spec.values.vmax - spec.values.vmin) if spec is not None else 1.0
     return LazyResult(name, live, span, store=str(store), report=report)
 
 
@@ -117,7 +117,7 @@ def open_result(path: str) -> Loaded:
     try:
         if _is_tiled(path):
             store, layer_data = read_tiled(path)
-            span = float(store.spec.vmax - store.spec.vmin)
+            span = float(store.spec.values.vmax - store.spec.values.vmin)
             result = LazyResult(store_name(path), layer_data[0][0][0].blocks, span,
                                 store=store.path)  # fmt: skip
             return Loaded(str(path), result, layer_data)

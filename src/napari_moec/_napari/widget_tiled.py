@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 from napari.qt.threading import create_worker
 
@@ -76,14 +75,6 @@ def tiled_estimate(request: RunRequest) -> str:
     return (f"tiled: {tiles:,} tiles of {'×'.join(map(str, tile))} (margin {max(margin)}) · "
             f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · SIREN tiles · "
             f"{where}")  # fmt: skip
-
-
-class _LabelSpace(NamedTuple):
-    """What the store's label dtype depends on (``tiledecode.label_dtype`` reads these two
-    fields of a ``TileSpec``), known before the store's metadata exists."""
-
-    num_tiles: int
-    experts: int
 
 
 class TiledStores:
@@ -148,7 +139,7 @@ class TiledRun:
         experts = job.arch.num_experts or DEFAULT_EXPERTS  # tiles' most experts (sizing)
         tiles = math.prod(math.ceil(n / t) for n, t in zip(job.source.shape, job.tile, strict=True))
         self.blocks = LiveStoreBlocks(job.root, job.source.shape, job.tile, job.source.dtype,
-                                      label_dtype(_LabelSpace(tiles, experts)))  # fmt: skip
+                                      label_dtype(tiles, experts))  # fmt: skip
         self.worker = None
         self.live: TiledLiveLayers | None = None
         self.paused = False

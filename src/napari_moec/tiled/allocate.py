@@ -103,7 +103,7 @@ def allocate(
     """
     if mode not in MODES:
         raise ConfigError(f"allocation must be one of {MODES}, got {mode!r}")
-    fill = choose_fill(stats, spec.dtype) if fill is None else fill
+    fill = choose_fill(stats, spec.values.dtype) if fill is None else fill
     plans: dict[tuple, TilePlan] = {}
     fixed = 0
     network = [s for s in stats if not s.constant]
@@ -111,7 +111,7 @@ def allocate(
         if s.constant and s.vmin == fill:
             plans[s.index] = TilePlan(s.index, "empty", value=fill)
         elif s.constant:
-            value = int(s.vmin) if spec.dtype != "float32" else s.vmin
+            value = int(s.vmin) if spec.values.dtype != "float32" else s.vmin
             cost = len(encode_constant_tile(spec, s.index, value)) + container_overhead(s.index)
             plans[s.index] = TilePlan(s.index, "constant", value=value, reserved=cost)
             fixed += cost
@@ -121,14 +121,14 @@ def allocate(
     }
     fixed += sum(reserve.values())
     available = budget - fixed
-    smallest = predict_payload_nbytes(spec.model_config(1, 1), spec.quant)
+    smallest = predict_payload_nbytes(spec.model_config(1, 1), spec.networks.quant)
     if network and available < smallest * len(network):
         raise ConfigError(
             f"the budget leaves {max(0, available)} bytes for {len(network)} tiles of "
-            f"{'x'.join(map(str, spec.tile))} voxels; the smallest tile network needs {smallest}: "
-            f"use larger tiles or a lower ratio"
+            f"{'x'.join(map(str, spec.grid.tile))} voxels; the smallest tile network needs "
+            f"{smallest}: use larger tiles or a lower ratio"
         )
-    span2 = (spec.vmax - spec.vmin) ** 2
+    span2 = (spec.values.vmax - spec.values.vmin) ** 2
     weights = {}
     for s in network:
         if mode == "equal":
@@ -146,7 +146,9 @@ def allocate(
         shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
-        sized = tile_network(spec.model_config, spec.quant, share, experts, spec.experts)
+        sized = tile_network(
+            spec.model_config, spec.networks.quant, share, experts, spec.networks.experts
+        )
         if sized is None:
             raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
         plans[s.index] = TilePlan(

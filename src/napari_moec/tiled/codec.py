@@ -114,10 +114,12 @@ class MoecTileCodec(ArrayBytesCodec, ArrayBytesCodecPartialDecodeMixin):
     # -- zarr hooks ----------------------------------------------------------------------
     def validate(self, *, shape, dtype, chunk_grid) -> None:
         spec = self.spec(dtype.to_native_dtype())
-        if tuple(shape) != spec.shape:
-            raise MoecFormatError(f"{CODEC_NAME} shape {spec.shape} is not the array's {shape}")
-        if not isinstance(chunk_grid, RegularChunkGrid) or chunk_grid.chunk_shape != spec.tile:
-            raise MoecFormatError(f"{CODEC_NAME} needs regular chunks of its tile {spec.tile}")
+        if tuple(shape) != spec.grid.shape:
+            raise MoecFormatError(
+                f"{CODEC_NAME} shape {spec.grid.shape} is not the array's {shape}"
+            )
+        if not isinstance(chunk_grid, RegularChunkGrid) or chunk_grid.chunk_shape != spec.grid.tile:
+            raise MoecFormatError(f"{CODEC_NAME} needs regular chunks of its tile {spec.grid.tile}")
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         raise NotImplementedError  # variable size, like every compressor

@@ -36,7 +36,14 @@ from .store import (
     write_state,
 )
 from .tiledecode import decode_tile
-from .tileformat import TileSpec, encode_constant_tile, parse_tile
+from .tileformat import (
+    TileGrid,
+    TileNetworks,
+    TileSpec,
+    TileValues,
+    encode_constant_tile,
+    parse_tile,
+)
 
 __all__ = [
     "StorePlan",
@@ -65,18 +72,17 @@ class StorePlan:
     fingerprint: str
 
 
-def tile_geometry(job) -> TileSpec:
-    """A spec for tile geometry only (the range is not known before the scan)."""
-    return TileSpec(job.source.shape, job.tile, job.margin, job.source.dtype.name,
-                    0.0, 1.0, job.quant)  # fmt: skip
+def tile_geometry(job) -> TileGrid:
+    """The run's tiles (all that is known before the scan finds the range)."""
+    return TileGrid(job.source.shape, job.tile, job.margin)
 
 
 def check_regions(job) -> None:
     """Every tile's training region must be a volume (three axes longer than one voxel): only a
     zero margin with a one-voxel edge tile breaks that. Checked before any work."""
-    spec = tile_geometry(job)
-    for index in spec.indices():
-        region = spec.region_slices(index)
+    grid = tile_geometry(job)
+    for index in grid.indices():
+        region = grid.region_slices(index)
         if sum(s.stop - s.start > 1 for s in region) < 3:
             raise ConfigError(
                 f"tile {index}'s training region {region} is thinner than a 3D volume: use a "
@@ -132,13 +138,15 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
         vmax = vmin + 1.0
     arch = job.arch
     spec = TileSpec(
-        shape=job.source.shape, tile=job.tile, margin=job.margin,
-        dtype=job.source.dtype.name, vmin=vmin, vmax=vmax, quant=job.quant,
-        top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
-        w0_first=arch.w0_first,
-        experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
+        tile_geometry(job),
+        TileValues(job.source.dtype.name, vmin, vmax),
+        TileNetworks(
+            job.quant, top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
+            w0_first=arch.w0_first,
+            experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
+        ),
     )  # fmt: skip
-    fill = choose_fill(stats, spec.dtype)
+    fill = choose_fill(stats, spec.values.dtype)
     docs = documents(job, spec, fill, {"ratio": job.ratio, "summary": SUMMARY_PLACEHOLDER})
     budget = budget_nbytes(job.source.nbytes, job.ratio)
     reserved = sum(len(d) for d in docs.values())
@@ -211,12 +219,12 @@ def prepare_store(job, plan: StorePlan) -> int:
     for t in plan.allocation.tiles:
         if t.kind == "empty":
             job.results[t.index] = TileResult(t.index, "empty", 0,
-                                               voxels=spec.tile_voxels(t.index))  # fmt: skip
+                                               voxels=spec.grid.tile_voxels(t.index))  # fmt: skip
         elif t.kind == "constant" and t.index not in job.results:
             data = encode_constant_tile(spec, t.index, t.value)
             write_atomic(chunk_path(root, t.index), data)
             result = TileResult(t.index, "constant", len(data),
-                                voxels=spec.tile_voxels(t.index))  # fmt: skip
+                                voxels=spec.grid.tile_voxels(t.index))  # fmt: skip
             job.results[t.index] = result
             log.append(result)
     return kept
@@ -225,7 +233,7 @@ def prepare_store(job, plan: StorePlan) -> int:
 def measure_existing(job, spec: TileSpec, index, data: bytes) -> TileResult:
     """Errors of a tile found in the store but not in the run's log (a crash between the
     worker's write and the client's log line)."""
-    original = job.source.read(spec.tile_slices(index))
+    original = job.source.read(spec.grid.tile_slices(index))
     decoded = decode_tile(spec, data, [np.arange(n) for n in original.shape])
     sse, face_sse, face_voxels = tile_errors(spec, index, original, decoded)
     tile = parse_tile(spec, data)

@@ -20,7 +20,7 @@ import numpy as np
 from ..decode import parse_roi
 from ..errors import ConfigError, MoecFormatError
 from .store import ARRAY_PATH, chunk_key
-from .tiledecode import decode_tile, label_dtype
+from .tiledecode import decode_tile
 from .tileformat import CODEC_NAME, KIND_NETWORK, TileSpec, parse_tile
 
 __all__ = ["TiledStore", "is_tiled_store", "open_tiled"]
@@ -92,7 +92,9 @@ def _decode_part(path: str, spec: TileSpec, index, axes, fill, labels: bool) -> 
     data = _chunk(path, index)
     shape = tuple(len(a) for a in axes)
     if data is None:
-        return np.zeros(shape, label_dtype(spec)) if labels else np.full(shape, fill, spec.dtype)
+        return (
+            np.zeros(shape, spec.label_dtype) if labels else np.full(shape, fill, spec.values.dtype)
+        )
     out = decode_tile(spec, data, axes, fill_value=fill, name=chunk_key(index),
                       expected_index=index, labels=labels)  # fmt: skip
     return out[1] if labels else out
@@ -124,11 +126,11 @@ class TiledStore:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.spec.shape
+        return self.spec.grid.shape
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.spec.dtype)
+        return np.dtype(self.spec.values.dtype)
 
     # -- lazy arrays -----------------------------------------------------------------------
     def to_dask(self, roi=None, stride=1, *, labels: bool = False):
@@ -138,12 +140,12 @@ class TiledStore:
         from dask.base import tokenize
 
         spec = self.spec
-        slices = parse_roi(roi, spec.shape)
-        strides = (stride,) * spec.ndim if isinstance(stride, int) else tuple(stride)
-        if len(strides) != spec.ndim or any(not isinstance(s, int) or s < 1 for s in strides):
+        slices = parse_roi(roi, spec.grid.shape)
+        strides = (stride,) * spec.grid.ndim if isinstance(stride, int) else tuple(stride)
+        if len(strides) != spec.grid.ndim or any(not isinstance(s, int) or s < 1 for s in strides):
             raise ConfigError(f"stride must be a positive integer or one per axis: {stride!r}")
         per_axis = []  # per axis: [(tile coordinate, chunk-local indices), ...]
-        for s, st, t in zip(slices, strides, spec.tile, strict=True):
+        for s, st, t in zip(slices, strides, spec.grid.tile, strict=True):
             grid = np.arange(s.start, s.stop, st)
             parts = []
             for c in np.unique(grid // t):
@@ -159,7 +161,7 @@ class TiledStore:
             graph[(name, *key)] = (_decode_part, self.path, spec, index, axes, self.fill_value,
                                    labels)  # fmt: skip
         chunks = tuple(tuple(len(local) for _, local in parts) for parts in per_axis)
-        dtype = label_dtype(spec) if labels else self.dtype
+        dtype = spec.label_dtype if labels else self.dtype
         return da.Array(graph, name, chunks, dtype=dtype)
 
     def decode(self, roi=None, stride=1) -> np.ndarray:
@@ -174,7 +176,7 @@ class TiledStore:
     def pyramid(self, levels: int | None = None, *, labels: bool = False) -> list:
         """Lazy levels at strides 1, 2, 4, ... of the spatial axes (napari's multiscale): by
         default until the level's largest spatial side is under 256 voxels."""
-        ndim, out, k = self.spec.ndim, [], 0
+        ndim, out, k = self.spec.grid.ndim, [], 0
         while True:
             s = 2**k
             stride = (1,) * (ndim - 3) + (s,) * 3
@@ -194,7 +196,7 @@ class TiledStore:
     # -- statistics ------------------------------------------------------------------------
     def chunk_items(self):
         """``(index, bytes)`` of every chunk present."""
-        for index in self.spec.indices():
+        for index in self.spec.grid.indices():
             data = _chunk(self.path, index)
             if data is not None:
                 yield index, data
@@ -202,14 +204,14 @@ class TiledStore:
     def info(self, *, tiles: bool = False) -> dict:
         """The ratio the store keeps (every byte counted) and per-tile statistics."""
         spec = self.spec
-        original = math.prod(spec.shape) * spec.itemsize
+        original = math.prod(spec.grid.shape) * spec.values.itemsize
         sizes, widths, experts, overhead, kinds, rows = [], [], [], 0, {"network": 0}, []
         kinds["constant"] = 0
         for index, data in self.chunk_items():
             tile = parse_tile(spec, data, name=chunk_key(index), expected_index=index)
             kind = "network" if tile.kind == KIND_NETWORK else "constant"
             kinds[kind] += 1
-            payload = len(tile.payload) if tile.kind == KIND_NETWORK else spec.itemsize
+            payload = len(tile.payload) if tile.kind == KIND_NETWORK else spec.values.itemsize
             overhead += len(data) - payload
             if tile.kind == KIND_NETWORK:
                 sizes.append(len(data))
@@ -223,19 +225,19 @@ class TiledStore:
         summary = self.attrs.get("summary") or {}
         info = {
             "store": self.path,
-            "shape": list(spec.shape),
-            "dtype": spec.dtype,
+            "shape": list(spec.grid.shape),
+            "dtype": spec.values.dtype,
             "axes": self.axes,
             "spacing": list(self.spacing) if self.spacing else None,
             "unit": self.unit,
-            "tile": list(spec.tile),
-            "margin": list(spec.margin),
-            "range": [spec.vmin, spec.vmax],
-            "quantization": spec.quant.precision,
-            "tiles": spec.num_tiles,
+            "tile": list(spec.grid.tile),
+            "margin": list(spec.grid.margin),
+            "range": [spec.values.vmin, spec.values.vmax],
+            "quantization": spec.networks.quant.precision,
+            "tiles": spec.grid.num_tiles,
             "network_tiles": kinds["network"],
             "constant_tiles": kinds["constant"],
-            "empty_tiles": spec.num_tiles - kinds["network"] - kinds["constant"],
+            "empty_tiles": spec.grid.num_tiles - kinds["network"] - kinds["constant"],
             "original_bytes": original,
             "chunk_bytes": chunk_bytes,
             "metadata_bytes": meta_bytes,

@@ -36,10 +36,10 @@ class TileResult:
 def tile_errors(spec: TileSpec, index, original: np.ndarray, decoded: np.ndarray):
     """(sse, face_sse, face_voxels) of a tile over the volume's range; faces are the voxel
     layers the tile shares with a neighbouring tile (where seams would show)."""
-    span = spec.vmax - spec.vmin
+    span = spec.values.vmax - spec.values.vmin
     err = ((decoded.astype(np.float64) - original.astype(np.float64)) / span) ** 2
     face = np.zeros(err.shape, dtype=bool)
-    for axis, (s, n) in enumerate(zip(spec.tile_slices(index), spec.shape, strict=True)):
+    for axis, (s, n) in enumerate(zip(spec.grid.tile_slices(index), spec.grid.shape, strict=True)):
         view = np.moveaxis(face, axis, 0)
         if s.start > 0:
             view[0] = True

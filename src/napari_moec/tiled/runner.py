@@ -296,7 +296,7 @@ class TiledCompressor:
         key = "moec-tile-" + "-".join(map(str, t.index)) + f"-{self._run_id}"
         if source.ref is not None:
             return client.submit(compress_tile, job, key=key, pure=False)
-        slices = plan.spec.region_slices(t.index)
+        slices = plan.spec.grid.region_slices(t.index)
         if source.dask is not None:
             region = client.compute(source.dask[slices])
         else:

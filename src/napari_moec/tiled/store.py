@@ -86,7 +86,7 @@ def metadata_documents(
         if axis["type"] == "space" and unit_name:
             axis["unit"] = unit_name
         ngff_axes.append(axis)
-    scale = [float(s) for s in spacing] if spacing else [1.0] * spec.ndim
+    scale = [float(s) for s in spacing] if spacing else [1.0] * spec.grid.ndim
     attributes = {
         "ome": {
             "version": "0.5",
@@ -109,9 +109,9 @@ def metadata_documents(
     group = zarr.create_group(store=memory, zarr_format=3, attributes=attributes)
     group.create_array(
         ARRAY_PATH,
-        shape=spec.shape,
-        chunks=spec.tile,
-        dtype=spec.dtype,
+        shape=spec.grid.shape,
+        chunks=spec.grid.tile,
+        dtype=spec.values.dtype,
         fill_value=fill_value,
         serializer=MoecTileCodec.from_spec(spec),
         compressors=None,

@@ -96,7 +96,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     if job.signals is not None:
         job.signals.check()
     if region is None:
-        region = job.source.read(spec.region_slices(plan.index))
+        region = job.source.read(spec.grid.region_slices(plan.index))
     model_config = spec.model_config(plan.hidden, plan.experts)
     family = families.get("siren")  # the tile stream holds SIREN networks (tileformat)
     device = resolve_device(job.run.device)
@@ -104,7 +104,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     backend = resolve_backend(job.run.backend, device, threads)
     seed = job.train.seed
     # All tiles share the volume's normalisation, stated once in the store's metadata.
-    normalization = Normalization(spec.vmin, spec.vmax, *spec.norm)
+    normalization = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -113,24 +113,24 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         use_backend(model, backend)
         values = torch.from_numpy(normalization.apply(region).reshape(-1)).to(device)
         training = train(
-            TrainingTarget(values, region.shape, spec.norm),
+            TrainingTarget(values, region.shape, spec.values.norm),
             model,
             job.train,
             device=device,
             generator=torch.Generator(device=device).manual_seed(seed),
             family=family,
             config=model_config,
-            quant=spec.quant,
+            quant=spec.networks.quant,
             budget=plan.payload_budget,
         )
         trained = drain(training, _signal_check(job.signals))
         # One grid for every tensor: the per-group precision of single volumes
         # (rate.REFINED_GROUPS) has not been measured on tiles, and costs ~0.5 s a tile.
         payload, multiplier, _ = family.fit_payload(
-            trained.model, model_config, spec.quant, plan.payload_budget
+            trained.model, model_config, spec.networks.quant, plan.payload_budget
         )
         data = encode_network_tile(spec, plan.index, model_config, payload)
-        original = region[spec.tile_in_region(plan.index)]
+        original = region[spec.grid.tile_in_region(plan.index)]
         axes = [np.arange(n) for n in original.shape]
         decoded = decode_tile(spec, data, axes, expected_index=plan.index)
     finally:

@@ -22,7 +22,7 @@ from ..errors import MoecFormatError
 from ..families.siren.moe import MoESiren
 from ..format import Header, unpack_payload
 from ..sampling import Normalization
-from .tileformat import KIND_CONSTANT, Tile, TileSpec, parse_tile
+from .tileformat import KIND_CONSTANT, Tile, TileSpec, label_dtype, parse_tile
 
 __all__ = ["DECODE_COUNTS", "decode_tile", "label_dtype", "tile_model"]
 
@@ -34,11 +34,6 @@ _cache: OrderedDict[bytes, MoESiren] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def label_dtype(spec: TileSpec) -> np.dtype:
-    """uint32 label ids, or uint64 when ``tiles * experts`` does not fit 32 bits."""
-    return np.dtype(np.uint32 if spec.num_tiles * spec.experts < 2**32 - 1 else np.uint64)
-
-
 def tile_model(spec: TileSpec, tile: Tile, name: str) -> MoESiren:
     """The network of a parsed network tile (cached by its bytes)."""
     key = tile.payload + repr((tile.index, tile.model)).encode()
@@ -48,12 +43,13 @@ def tile_model(spec: TileSpec, tile: Tile, name: str) -> MoESiren:
             _cache.move_to_end(key)
             return model
     try:
-        weights = unpack_payload(tile.model, spec.quant, tile.payload)
+        weights = unpack_payload(tile.model, spec.networks.quant, tile.payload)
     except MoecFormatError as exc:
         raise MoecFormatError(f"chunk {name}: {exc}") from None
-    region = tuple(s.stop - s.start for s in spec.region_slices(tile.index))
-    header = Header(region, "ZYX" if spec.ndim == 3 else "TZYX", spec.dtype, spec.vmin,
-                    spec.vmax, tile.model, spec.quant, spec.norm)  # fmt: skip
+    region = tuple(s.stop - s.start for s in spec.grid.region_slices(tile.index))
+    values = spec.values
+    header = Header(region, "ZYX" if spec.grid.ndim == 3 else "TZYX", values.dtype, values.vmin,
+                    values.vmax, tile.model, spec.networks.quant, values.norm)  # fmt: skip
     model = model_from_weights(header, weights)
     with _cache_lock:
         _cache[key] = model
@@ -79,11 +75,11 @@ def decode_tile(
     naming the chunk for any invalid byte.
     """
     tile = parse_tile(spec, data, name=name, expected_index=expected_index)
-    dtype = np.dtype(spec.dtype)
+    dtype = np.dtype(spec.values.dtype)
     shape = tuple(len(a) for a in axes)
     values = np.full(shape, fill_value, dtype=dtype)
-    ids = np.zeros(shape, dtype=label_dtype(spec)) if labels else None
-    extent = [s.stop - s.start for s in spec.tile_slices(tile.index)]
+    ids = np.zeros(shape, dtype=spec.label_dtype) if labels else None
+    extent = [s.stop - s.start for s in spec.grid.tile_slices(tile.index)]
     inside = [np.asarray(a)[np.asarray(a) < n] for a, n in zip(axes, extent, strict=True)]
     target = tuple(slice(0, len(a)) for a in inside)  # sorted: valid indices come first
     if any(len(a) == 0 for a in inside):
@@ -94,8 +90,8 @@ def decode_tile(
         return (values, ids) if labels else values
     DECODE_COUNTS["network"] += 1
     model = tile_model(spec, tile, name)
-    offset = [t.start for t in spec.tile_in_region(tile.index)]
-    region = tuple(s.stop - s.start for s in spec.region_slices(tile.index))
+    offset = [t.start for t in spec.grid.tile_in_region(tile.index)]
+    region = tuple(s.stop - s.start for s in spec.grid.region_slices(tile.index))
     roi, strides, picks = [], [], []
     for a, off in zip(inside, offset, strict=True):
         steps = np.diff(a)
@@ -114,9 +110,11 @@ def decode_tile(
         grid = np.ix_(*[np.arange(n) if isinstance(p, slice) else p
                         for p, n in zip(picks, raw.shape, strict=True)])  # fmt: skip
         raw, top1 = raw[grid], top1[grid]
-    norm = Normalization(spec.vmin, spec.vmax, *spec.norm)
+    norm = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
     values[target] = norm.invert(raw, dtype)
     if labels:
-        ids[target] = 1 + spec.flat(tile.index) * spec.experts + top1.astype(ids.dtype)
+        ids[target] = (
+            1 + spec.grid.flat(tile.index) * spec.networks.experts + top1.astype(ids.dtype)
+        )
         return values, ids
     return values

@@ -76,9 +76,13 @@ __all__ = [
     "MAX_TILE_BYTES",
     "TILE_VERSION",
     "Tile",
+    "TileGrid",
+    "TileNetworks",
     "TileSpec",
+    "TileValues",
     "encode_constant_tile",
     "encode_network_tile",
+    "label_dtype",
     "network_overhead",
     "parse_tile",
     "tile_w0_first",
@@ -94,6 +98,12 @@ _CRC = struct.Struct("<I")
 _MAX_VARINT_BYTES = 5
 
 
+def label_dtype(num_tiles: int, experts: int) -> np.dtype:
+    """uint32 label ids, or uint64 when ``tiles * experts`` does not fit 32 bits (two numbers,
+    not a spec: the widget needs the dtype before the store's spec exists)."""
+    return np.dtype(np.uint32 if num_tiles * experts < 2**32 - 1 else np.uint64)
+
+
 def tile_w0_first(hidden: int) -> float:
     """The spec's first-layer ω0 for a tile of width ``hidden`` (the core's rule, frozen here so
     the stream does not depend on how the core sizes networks later)."""
@@ -101,22 +111,15 @@ def tile_w0_first(hidden: int) -> float:
 
 
 @dataclass(frozen=True)
-class TileSpec:
-    """What all tiles of a store share: the codec's configuration, plus the array's dtype."""
+class TileGrid:
+    """Where the tiles are: the volume's shape cut into tiles, each trained with a margin.
+
+    Owns every index and slice rule of the spec's "Geometry" paragraph; knows nothing of
+    values or networks, so a run can walk its tiles before the volume's range is known."""
 
     shape: tuple[int, ...]
     tile: tuple[int, ...]
     margin: tuple[int, ...]
-    dtype: str
-    vmin: float
-    vmax: float
-    quant: QuantConfig
-    norm: tuple[float, float] = (-1.0, 1.0)
-    top_k: int = 1
-    expert_layers: int = 3
-    w0: float = 30.0
-    w0_first: float | None = None
-    experts: int = 2
 
     def __post_init__(self) -> None:
         ndim = len(self.shape)
@@ -126,38 +129,27 @@ class TileSpec:
             raise ConfigError(f"invalid shape {self.shape} or tile {self.tile}")
         if any(m < 0 for m in self.margin):
             raise ConfigError(f"margin must be >= 0, got {self.margin}")
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise ConfigError(f"unsupported dtype {self.dtype!r}")
-        if not (self.vmin < self.vmax and self.norm[0] < self.norm[1]):
-            raise ConfigError("empty intensity or normalisation range")
-        if not 1 <= self.experts <= 64 or not 1 <= self.top_k <= 2:
-            raise ConfigError(f"invalid experts {self.experts} or top_k {self.top_k}")
 
-    # -- geometry ------------------------------------------------------------------------
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Tiles per axis."""
+    def counts(self) -> tuple[int, ...]:
+        """Tiles per axis (the zarr chunk grid)."""
         return tuple(-(-n // t) for n, t in zip(self.shape, self.tile, strict=True))
 
     @property
     def num_tiles(self) -> int:
-        return math.prod(self.grid)
+        return math.prod(self.counts)
 
     def indices(self):
         """Every tile index, in C order."""
-        return product(*(range(g) for g in self.grid))
+        return product(*(range(g) for g in self.counts))
 
     def flat(self, index: tuple[int, ...]) -> int:
         """The C-order position of tile ``index`` (label ids are built from it)."""
-        return int(np.ravel_multi_index(index, self.grid))
+        return int(np.ravel_multi_index(index, self.counts))
 
     def tile_slices(self, index) -> tuple[slice, ...]:
         """The voxels of tile ``index`` within the volume."""
@@ -183,11 +175,50 @@ class TileSpec:
     def tile_voxels(self, index) -> int:
         return math.prod(s.stop - s.start for s in self.tile_slices(index))
 
-    # -- networks ------------------------------------------------------------------------
-    def model_config(self, hidden: int, experts: int) -> ModelConfig:
-        """The network of a tile of width ``hidden`` with ``experts`` experts (spec rule)."""
+
+@dataclass(frozen=True)
+class TileValues:
+    """What a voxel is: the array's data type, the original intensity range and the training
+    range it was mapped to (decoding maps back and clips to ``[vmin, vmax]``)."""
+
+    dtype: str
+    vmin: float
+    vmax: float
+    norm: tuple[float, float] = (-1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ConfigError(f"unsupported dtype {self.dtype!r}")
+        if not (self.vmin < self.vmax and self.norm[0] < self.norm[1]):
+            raise ConfigError("empty intensity or normalisation range")
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class TileNetworks:
+    """What every network tile shares: how its weights are quantized and the SIREN knobs a
+    tile's width and experts do not decide. ``experts`` is the store's largest expert count
+    (the stride of label ids), not each tile's."""
+
+    quant: QuantConfig
+    top_k: int = 1
+    expert_layers: int = 3
+    w0: float = 30.0
+    w0_first: float | None = None
+    experts: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.experts <= 64 or not 1 <= self.top_k <= 2:
+            raise ConfigError(f"invalid experts {self.experts} or top_k {self.top_k}")
+
+    def model_config(self, ndim: int, hidden: int, experts: int) -> ModelConfig:
+        """The network of a tile of ``ndim`` axes, width ``hidden``, ``experts`` experts (the
+        spec's rule)."""
         return ModelConfig(
-            in_features=self.ndim,
+            in_features=ndim,
             hidden_features=hidden,
             num_experts=experts,
             top_k=min(self.top_k, experts),
@@ -198,19 +229,40 @@ class TileSpec:
             w0_first=tile_w0_first(hidden) if self.w0_first is None else self.w0_first,
         )
 
+
+@dataclass(frozen=True)
+class TileSpec:
+    """What all tiles of a store share (the codec's configuration plus the array's dtype), as
+    three owners: where the tiles are (``grid``), what a voxel is (``values``) and what a
+    network tile is (``networks``). Only rules that need two of them live here."""
+
+    grid: TileGrid
+    values: TileValues
+    networks: TileNetworks
+
+    def model_config(self, hidden: int, experts: int) -> ModelConfig:
+        """The network of a tile of width ``hidden`` with ``experts`` experts (spec rule)."""
+        return self.networks.model_config(self.grid.ndim, hidden, experts)
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The dtype of the store's expert label ids (``1 + flat(c) * experts + e``)."""
+        return label_dtype(self.grid.num_tiles, self.networks.experts)
+
     # -- JSON ----------------------------------------------------------------------------
     def to_json(self) -> dict:
         """The codec configuration (dtype is the array's, not repeated here)."""
+        grid, values, nets = self.grid, self.values, self.networks
         return {
             "version": f"{TILE_VERSION[0]}.{TILE_VERSION[1]}",
-            "shape": list(self.shape),
-            "tile": list(self.tile),
-            "margin": list(self.margin),
-            "range": [_num(self.vmin), _num(self.vmax)],
-            "norm": [_num(self.norm[0]), _num(self.norm[1])],
-            "model": [self.top_k, self.expert_layers, _num(self.w0), _opt(self.w0_first)],
-            "quant": [self.quant.precision, int(self.quant.per_channel), int(self.quant.entropy)],
-            "experts": self.experts,
+            "shape": list(grid.shape),
+            "tile": list(grid.tile),
+            "margin": list(grid.margin),
+            "range": [_num(values.vmin), _num(values.vmax)],
+            "norm": [_num(values.norm[0]), _num(values.norm[1])],
+            "model": [nets.top_k, nets.expert_layers, _num(nets.w0), _opt(nets.w0_first)],
+            "quant": [nets.quant.precision, int(nets.quant.per_channel), int(nets.quant.entropy)],
+            "experts": nets.experts,
         }
 
     @classmethod
@@ -286,19 +338,21 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
     if type(experts) is not int:
         raise MoecFormatError(f"{CODEC_NAME} experts must be an integer, got {experts!r}")
     spec = TileSpec(
-        shape=shape,
-        tile=tile,
-        margin=margin,
-        dtype=dtype,
-        vmin=_number(rng[0], "range"),
-        vmax=_number(rng[1], "range"),
-        quant=QuantConfig(q[0], bool(q[1]), bool(q[2])),
-        norm=(_number(norm[0], "norm"), _number(norm[1], "norm")),
-        top_k=top_k,
-        expert_layers=layers,
-        w0=_number(model[2], "model"),
-        w0_first=w0_first,
-        experts=experts,
+        TileGrid(shape, tile, margin),
+        TileValues(
+            dtype,
+            _number(rng[0], "range"),
+            _number(rng[1], "range"),
+            (_number(norm[0], "norm"), _number(norm[1], "norm")),
+        ),
+        TileNetworks(
+            QuantConfig(q[0], bool(q[1]), bool(q[2])),
+            top_k=top_k,
+            expert_layers=layers,
+            w0=_number(model[2], "model"),
+            w0_first=w0_first,
+            experts=experts,
+        ),
     )
     spec.model_config(1, 1)  # validates layers, w0 and w0_first through ModelConfig
     return spec
@@ -333,16 +387,15 @@ def _finish(body: bytes) -> bytes:
 
 def _index_bytes(spec: TileSpec, index) -> bytes:
     index = tuple(int(c) for c in index)
-    if len(index) != spec.ndim or any(
-        not 0 <= c < g for c, g in zip(index, spec.grid, strict=True)
-    ):
-        raise ConfigError(f"tile index {index} is outside the grid {spec.grid}")
+    counts = spec.grid.counts
+    if len(index) != len(counts) or any(not 0 <= c < g for c, g in zip(index, counts, strict=True)):
+        raise ConfigError(f"tile index {index} is outside the grid {counts}")
     return b"".join(_varint(c) for c in index)
 
 
 def encode_constant_tile(spec: TileSpec, index, value) -> bytes:
     """The chunk of a tile whose every voxel is ``value``."""
-    raw = np.asarray(value, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+    raw = np.asarray(value, dtype=np.dtype(spec.values.dtype).newbyteorder("<")).tobytes()
     return _finish(bytes([KIND_CONSTANT]) + _index_bytes(spec, index) + raw)
 
 
@@ -352,8 +405,8 @@ def encode_network_tile(spec: TileSpec, index, model: ModelConfig, payload: byte
     expected = spec.model_config(model.hidden_features, model.num_experts)
     if model != expected:
         raise ConfigError(f"tile network {model} is not the spec's {expected}")
-    if model.num_experts > spec.experts:
-        raise ConfigError(f"{model.num_experts} experts exceed the store's {spec.experts}")
+    if model.num_experts > spec.networks.experts:
+        raise ConfigError(f"{model.num_experts} experts exceed the store's {spec.networks.experts}")
     head = (
         bytes([KIND_NETWORK])
         + _index_bytes(spec, index)
@@ -391,7 +444,7 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
     n = len(data)
     if n > MAX_TILE_BYTES:
         raise MoecFormatError(f"chunk {name}: {n} bytes is too large for a tile")
-    if n < 1 + spec.ndim + _CRC.size:
+    if n < 1 + spec.grid.ndim + _CRC.size:
         raise MoecFormatError(f"chunk {name}: {n} bytes is too short for a tile (truncated?)")
     (crc,) = _CRC.unpack_from(data, n - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != crc:
@@ -403,26 +456,28 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
     if kind not in (KIND_CONSTANT, KIND_NETWORK):
         raise MoecFormatError(f"chunk {name}: unknown tile kind {kind}")
     pos, index = 1, []
-    for axis, g in enumerate(spec.grid):
+    counts = spec.grid.counts
+    for axis, g in enumerate(counts):
         c, pos = _read_varint(data, pos, end, f"index of axis {axis}", name)
         if c >= g:
-            raise MoecFormatError(f"chunk {name}: tile index {c} outside the grid {spec.grid}")
+            raise MoecFormatError(f"chunk {name}: tile index {c} outside the grid {counts}")
         index.append(c)
     index = tuple(index)
     if expected_index is not None and index != tuple(expected_index):
         raise MoecFormatError(f"chunk {name}: holds tile {index}, not {tuple(expected_index)}")
     if kind == KIND_CONSTANT:
-        if end - pos != spec.itemsize:
+        itemsize = spec.values.itemsize
+        if end - pos != itemsize:
             raise MoecFormatError(
-                f"chunk {name}: constant tile has {end - pos} value bytes, not {spec.itemsize}"
+                f"chunk {name}: constant tile has {end - pos} value bytes, not {itemsize}"
             )
-        value = np.frombuffer(data, np.dtype(spec.dtype).newbyteorder("<"), 1, pos)[0]
+        value = np.frombuffer(data, np.dtype(spec.values.dtype).newbyteorder("<"), 1, pos)[0]
         if not np.isfinite(value):
             raise MoecFormatError(f"chunk {name}: constant tile value {value} is not finite")
         return Tile(kind, index, n, value=value.item())
     hidden, pos = _read_varint(data, pos, end, "width", name)
     experts, pos = _read_varint(data, pos, end, "number of experts", name)
-    if not 1 <= hidden <= 4096 or not 1 <= experts <= min(64, spec.experts):
+    if not 1 <= hidden <= 4096 or not 1 <= experts <= min(64, spec.networks.experts):
         raise MoecFormatError(f"chunk {name}: invalid network width {hidden} or {experts} experts")
     try:
         model = spec.model_config(hidden, experts)
