@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--autostart", action="store_true", help="press Start once the window is up")
     p.add_argument("--ratio", type=float, default=64.0, help="target ratio (default 64)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--experts", type=int, default=None, help="number of experts (default: auto)")
+    p.add_argument(
+        "--experts", type=int, default=None, help="number of experts (default: the widget's, 4)"
+    )
     p.add_argument("--batch-size", type=int, default=16384, help="points per step (default 16384)")
     p.add_argument(
         "--slice", type=int, default=None, help="z slice to show (default: napari's, the middle)"
@@ -71,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.resize(1400, 860)
     viewer.open_sample("napari-moec", "ct_head")
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
-    widget.settings.set_values(
-        ratio=args.ratio, steps=args.steps, num_experts=args.experts, batch_size=args.batch_size
-    )
+    widget.settings.set_values(ratio=args.ratio, steps=args.steps, batch_size=args.batch_size)
+    if args.experts is not None:  # else the widget's own start (the router on: 4 experts)
+        widget.settings.set_values(num_experts=args.experts)
     widget.update_estimate()
     if args.slice is not None:
         viewer.dims.set_current_step(0, args.slice)
