@@ -228,7 +228,7 @@ class Compressed:
     def info(self) -> dict:
         """A JSON-ready summary: what ``moec info`` prints."""
         h = self.header
-        m = h.model
+        model, model_text = families.codec(h.family).describe(h.model)
         return {
             "shape": list(h.shape),
             "axes": h.axes,
@@ -239,8 +239,8 @@ class Compressed:
             "file_bytes": self.nbytes,
             "original_bytes": self.original_nbytes,
             "ratio": round(self.ratio, 2),
-            "model": families.codec(h.family).describe(m)[0],
-            "model_text": families.codec(h.family).describe(m)[1],
+            "model": model,
+            "model_text": model_text,
             "quantization": {
                 "precision": h.quant.precision,
                 "per_channel": h.quant.per_channel,

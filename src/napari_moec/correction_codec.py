@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
+from . import varint
 from .errors import MoecFormatError
 
 __all__ = ["DTYPES", "MAX_CLASSES", "Stream", "decode_chunk", "encode_chunks", "parse"]
@@ -267,40 +268,16 @@ def encode_chunks(
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
     head += sig_bytes.tobytes() + sign_bytes.tobytes()
     head += bytes([n_classes]) + class_words.tobytes()
-    head += _varint(len(anchors))
+    head += varint.encode(len(anchors))
     for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
-        head += _varint(gap - 1)
+        head += varint.encode(gap - 1)
     index = bytearray()
     body = []
     for sl in _chunk_slices(shape, chunks):
         words = _encode_chunk(q[sl], tables)
-        index += _varint(len(words) // 4)
+        index += varint.encode(len(words) // 4)
         body.append(words)
     return bytes(head) + bytes(index) + b"".join(body)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
-    """A LEB128 value of at most 5 bytes at ``pos`` and the position after it."""
-    value = shift = 0
-    while True:
-        _need(data, pos, 1, what)
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-        if shift >= 35:
-            raise MoecFormatError(f"correction stream varint too long in {what}")
 
 
 def _need(data: bytes, pos: int, size: int, what: str) -> None:
@@ -367,13 +344,13 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += words.nbytes
     if n_classes and words.sum() == 0:
         raise MoecFormatError("correction stream class frequencies are all 0")
-    count, pos = _read_varint(data, pos, "anchor count")
+    count, pos = varint.decode(data, pos, len(data), "anchor count", "correction stream: ")
     if count > len(data) - pos:  # every anchor has a byte
         raise MoecFormatError(f"correction stream list of {count} anchors is truncated")
     anchors = np.empty(count, np.int64)
     last = -1
     for i in range(count):
-        gap, pos = _read_varint(data, pos, "anchors")
+        gap, pos = varint.decode(data, pos, len(data), "anchors", "correction stream: ")
         last += gap + 1
         anchors[i] = last
     if count and last >= int(np.prod(shape, dtype=np.float64)):
@@ -385,7 +362,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         raise MoecFormatError(f"correction stream index of {n_chunks} chunks is truncated")
     lengths = np.empty(n_chunks, np.int64)
     for i in range(n_chunks):
-        lengths[i], pos = _read_varint(data, pos, "chunk index")
+        lengths[i], pos = varint.decode(data, pos, len(data), "chunk index", "correction stream: ")
     offsets = pos + 4 * np.concatenate([[0], np.cumsum(lengths)])
     if offsets[-1] != len(data):
         raise MoecFormatError(

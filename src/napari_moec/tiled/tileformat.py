@@ -65,6 +65,7 @@ from itertools import product
 
 import numpy as np
 
+from .. import varint
 from ..config import ModelConfig, QuantConfig
 from ..errors import ConfigError, MoecFormatError
 from ..volumes import SUPPORTED_DTYPES
@@ -95,7 +96,6 @@ KIND_NETWORK = 2
 #: Largest chunk a reader accepts (a 2^26-parameter fp32 network is 256 MiB).
 MAX_TILE_BYTES = (1 << 28) + 64
 _CRC = struct.Struct("<I")
-_MAX_VARINT_BYTES = 5
 
 
 def label_dtype(num_tiles: int, experts: int) -> np.dtype:
@@ -358,28 +358,6 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
     return spec
 
 
-# -- varints -------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int, end: int, what: str, name: str) -> tuple[int, int]:
-    value = 0
-    for i in range(_MAX_VARINT_BYTES):
-        if pos + i >= end:
-            raise MoecFormatError(f"chunk {name}: truncated {what}")
-        byte = data[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    raise MoecFormatError(f"chunk {name}: {what} is longer than {_MAX_VARINT_BYTES} bytes")
-
-
 # -- writing -------------------------------------------------------------------------------
 def _finish(body: bytes) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
@@ -390,7 +368,7 @@ def _index_bytes(spec: TileSpec, index) -> bytes:
     counts = spec.grid.counts
     if len(index) != len(counts) or any(not 0 <= c < g for c, g in zip(index, counts, strict=True)):
         raise ConfigError(f"tile index {index} is outside the grid {counts}")
-    return b"".join(_varint(c) for c in index)
+    return b"".join(varint.encode(c) for c in index)
 
 
 def encode_constant_tile(spec: TileSpec, index, value) -> bytes:
@@ -410,15 +388,21 @@ def encode_network_tile(spec: TileSpec, index, model: ModelConfig, payload: byte
     head = (
         bytes([KIND_NETWORK])
         + _index_bytes(spec, index)
-        + _varint(model.hidden_features)
-        + _varint(model.num_experts)
+        + varint.encode(model.hidden_features)
+        + varint.encode(model.num_experts)
     )
     return _finish(head + bytes(payload))
 
 
 def network_overhead(spec: TileSpec, index, hidden: int, experts: int) -> int:
     """Bytes of a network tile besides its payload (kind, index, width, experts, CRC)."""
-    return 1 + len(_index_bytes(spec, index)) + len(_varint(hidden)) + len(_varint(experts)) + 4
+    return (
+        1
+        + len(_index_bytes(spec, index))
+        + len(varint.encode(hidden))
+        + len(varint.encode(experts))
+        + 4
+    )
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -458,7 +442,7 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
     pos, index = 1, []
     counts = spec.grid.counts
     for axis, g in enumerate(counts):
-        c, pos = _read_varint(data, pos, end, f"index of axis {axis}", name)
+        c, pos = varint.decode(data, pos, end, f"index of axis {axis}", f"chunk {name}: ")
         if c >= g:
             raise MoecFormatError(f"chunk {name}: tile index {c} outside the grid {counts}")
         index.append(c)
@@ -475,8 +459,8 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
         if not np.isfinite(value):
             raise MoecFormatError(f"chunk {name}: constant tile value {value} is not finite")
         return Tile(kind, index, n, value=value.item())
-    hidden, pos = _read_varint(data, pos, end, "width", name)
-    experts, pos = _read_varint(data, pos, end, "number of experts", name)
+    hidden, pos = varint.decode(data, pos, end, "width", f"chunk {name}: ")
+    experts, pos = varint.decode(data, pos, end, "number of experts", f"chunk {name}: ")
     if not 1 <= hidden <= 4096 or not 1 <= experts <= min(64, spec.networks.experts):
         raise MoecFormatError(f"chunk {name}: invalid network width {hidden} or {experts} experts")
     try:
