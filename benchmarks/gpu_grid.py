@@ -42,7 +42,10 @@ def one_row(spec: str) -> dict:
     norm = Normalization.of(vol)
     limit = int(vol.nbytes // float(ratio)) - 60
     cfg = auto_config(vol.shape, limit, num_experts=int(experts))
-    settings = TrainSettings(steps=10**6, time_limit=float(seconds))
+    every = os.environ.get("CONTROL_EVERY")  # unset: the trainer's default for the device
+    settings = TrainSettings(
+        steps=10**6, time_limit=float(seconds), control_every=int(every) if every else None
+    )
     sync()
     t0 = time.perf_counter()
     trainer = GridTrainer(norm.apply(vol), cfg, limit, settings, device=DEVICE)
@@ -62,6 +65,7 @@ def one_row(spec: str) -> dict:
         "spec": spec,
         "shape": vol.shape,
         "steps": trainer.step_count,
+        "control_every": trainer._control_every,
         "payload_bytes": len(best.payload),
         "budget_payload": limit,
         "wall_s": round(wall, 1),

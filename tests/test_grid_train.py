@@ -112,3 +112,23 @@ def test_rate_controller_does_not_wind_up_before_the_target_is_reached():
     late = RateController(0.5, free_after=0.2)
     late.update(10.0, 1e5, progress=0.5)  # after free_after the floor never applies
     assert late.lam < 0.5
+
+
+def test_controller_read_back_every_few_steps(hipct):
+    """``control_every`` (what a GPU uses by default): the bits are read back and lam moves
+    only every few steps, the run still fills and never exceeds its budget, and the step's
+    numbers stay tensors until a caller reads them."""
+    norm = Normalization.of(hipct)
+    limit = hipct.nbytes // 256 - 60
+    cfg = auto_config(hipct.shape, limit)
+    settings = TrainSettings(steps=120, checkpoint_every=60, control_every=4)
+    trainer = GridTrainer(norm.apply(hipct), cfg, limit, settings)
+    lams = []
+    for _ in range(12):
+        out = trainer.advance()
+        assert isinstance(out.mse, torch.Tensor) and out.mse.ndim == 0
+        lams.append(trainer.rate.lam)
+    changed = [i + 1 for i in range(1, 12) if lams[i] != lams[i - 1]]
+    assert changed and all(step % 4 == 0 for step in changed)
+    best = drain(trainer.run())
+    assert len(best.payload) <= limit and len(best.payload) > 0.8 * limit

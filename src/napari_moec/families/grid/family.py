@@ -76,13 +76,12 @@ class GridFamilyTrainer:
     def step(self, progress: float, lr_scale: float):
         from ..base import StepStats
 
-        s = self.inner.step(progress, lr_scale)
+        s = self.inner.advance(progress, lr_scale)  # numbers stay on the device
         restart, self._phase = s.phase != self._phase, s.phase
-        dev = self.inner.device
         return StepStats(
-            torch.tensor(s.mse, device=dev),
-            torch.ones((), device=dev),
-            torch.from_numpy(s.load).to(dev),
+            s.mse,
+            torch.ones((), device=s.mse.device),
+            s.load,
             self.inner.opt.param_groups[0]["lr"],
             s.phase,
             restart,

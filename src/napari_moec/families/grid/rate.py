@@ -66,25 +66,29 @@ class RateController:
         self.reached = False
         self._err_prev: float | None = None
 
-    def update(self, hard_bits: float, target_bits: float, progress: float) -> float:
-        """Step toward ``target_bits`` (the budget's bits of the rounded latents)."""
-        return self._ascend(math.log(max(hard_bits, 1.0) / max(target_bits, 1.0)), progress)
+    def update(
+        self, hard_bits: float, target_bits: float, progress: float, steps: int = 1
+    ) -> float:
+        """Step toward ``target_bits`` (the budget's bits of the rounded latents), once for
+        ``steps`` training steps (a trainer that reads the bits back every few steps)."""
+        err = math.log(max(hard_bits, 1.0) / max(target_bits, 1.0))
+        return self._ascend(err, progress, steps)
 
     def update_distortion(self, mse: float, target_mse: float, progress: float) -> float:
         """Step toward ``target_mse`` (a quality target): too good a model raises lam."""
         return self._ascend(math.log(max(target_mse, 1e-30) / max(mse, 1e-30)), progress)
 
-    def _ascend(self, err: float, progress: float) -> float:
+    def _ascend(self, err: float, progress: float, steps: int = 1) -> float:
         err = min(0.5, max(-0.5, err))
         self.reached = self.reached or err >= 0.0
         d_err = 0.0 if self._err_prev is None else err - self._err_prev
         self._err_prev = err
-        lam = self.lam * math.exp(self.eta * err + self.kd * d_err)
+        lam = self.lam * math.exp(steps * self.eta * err + self.kd * d_err)
         if not self.reached and progress < self.free_after:
             lam = max(lam, self.floor)
         self.lam = min(max(lam, 1e-4), 100.0)
         return self.lam
 
-    def weight(self, d_ref: float, n_latents: int) -> float:
+    def weight(self, d_ref, n_latents: int):
         """Factor of the rate proxy's bits in the loss."""
         return self.lam * 2 * LN2 * d_ref / max(n_latents, 1)

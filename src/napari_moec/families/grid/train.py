@@ -50,7 +50,7 @@ from .payload import pack_payload, unpack_payload
 from .rate import RateController, laplace_bits, start_lambda
 from .sampling import box_rows, stride_rows
 
-__all__ = ["GridStep", "GridTrainer", "TrainSettings"]
+__all__ = ["GridStep", "GridTrainer", "StepTensors", "TrainSettings"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ class TrainSettings:
     lam_kd: float = 0.5
     lam_free_after: float = 0.2
     probe_every: int = 4  # steps; the rounded-latent MSE under a quality target
+    # steps between rate-controller updates (each reads the latents' bits back to the host);
+    # None: every step on a CPU, every 8 on an accelerator (see GridTrainer.advance)
+    control_every: int | None = None
     quality_eta_gain: float = 2.0  # the controller's step under a quality target, x lam_eta
 
 
@@ -86,6 +89,17 @@ class GridStep:
     target_bits: float
     lam: float
     load: np.ndarray  # top-1 share of each expert
+    phase: str  # "noise" | "ste"
+
+
+@dataclass(frozen=True)
+class StepTensors:
+    """One optimiser step done, its numbers left on the training device (no host sync)."""
+
+    step: int
+    progress: float
+    mse: torch.Tensor  # 0-d, of the training batch, in the [-1, 1] range
+    load: torch.Tensor  # (n,) top-1 share of each expert
     phase: str  # "noise" | "ste"
 
 
@@ -152,7 +166,10 @@ class GridTrainer:
             self.st.lam_kd,
             self.st.lam_free_after,
         )
-        self._d_ema: float | None = None
+        self._d_ema: torch.Tensor | None = None  # running MSE of the batches (on the device)
+        self.last_bits = 0.0  # rate proxy's bits of the rounded latents, last time read back
+        every = self.st.control_every
+        self._control_every = max(1, every or (1 if self.device.type == "cpu" else 8))
         self.opt = torch.optim.Adam(
             [
                 {
@@ -224,8 +241,32 @@ class GridTrainer:
         return mats, coords, tgt.reshape(-1)
 
     def step(self, progress: float | None = None, lr_scale: float = 1.0) -> GridStep:
+        """One optimiser step (:meth:`advance`) with its numbers read back to the host."""
+        out = self.advance(progress, lr_scale)
+        return GridStep(
+            out.step,
+            out.progress,
+            float(out.mse),
+            self.last_bits,
+            self.target_bits() * self.calibration,
+            self.rate.lam,
+            out.load.detach().cpu().numpy(),
+            out.phase,
+        )
+
+    def advance(self, progress: float | None = None, lr_scale: float = 1.0) -> StepTensors:
         """One optimiser step at ``progress`` (default: this trainer's own, module
-        docstring); every learning rate is multiplied by ``lr_scale`` (a guard's back-off)."""
+        docstring); every learning rate is multiplied by ``lr_scale`` (a guard's back-off).
+
+        Host syncs. A GPU runs ahead of the Python thread only while nothing reads a value
+        back; the first GPU lease measured 164 ms a step on a 256³ volume (docs/benchmarks/
+        gpu.md), with the rate controller reading the MSE, the latents' bits and the expert
+        load back every step. Here the MSE's running mean stays a device tensor and the
+        controller reads the bits every ``control_every`` steps (every step on a CPU, where a
+        read-back costs nothing; every 8 on an accelerator, with the ascent's step scaled to
+        match), and the returned numbers stay on the device: a caller reads them when it
+        reports. A quality target still reads the MSE every step (its controller follows it).
+        """
         st, grids = self.st, self.model.grids
         progress = self.progress if progress is None else progress
         cos = 0.5 * (1 + math.cos(math.pi * progress))
@@ -246,11 +287,9 @@ class GridTrainer:
             laplace_bits(v, grids.log_scale[i][s]).sum()
             for i, (v, s) in enumerate(zip(noisy, slots, strict=True))
         )
-        mse_f = float(mse.detach())
-        if not math.isfinite(mse_f):
-            raise TrainingError(f"the loss became {mse_f} at step {self.step_count}")
-        d_ref = mse_f if self._d_ema is None else self._d_ema
-        self._d_ema = 0.9 * d_ref + 0.1 * mse_f
+        mse_d = mse.detach()
+        d_ref = mse_d if self._d_ema is None else self._d_ema
+        self._d_ema = 0.9 * d_ref + 0.1 * mse_d
         loss = mse + self.rate.weight(d_ref, self.n_lat) * rate
         if self.cfg.num_experts > 1 and not frozen:
             loss = loss + st.balance_weight * aux
@@ -258,29 +297,29 @@ class GridTrainer:
         loss.backward()
         self.opt.step()
         self.step_count += 1
-        with torch.no_grad():
-            hard = float(
-                sum(
-                    laplace_bits(torch.round(y), grids.log_scale[i][s]).sum()
-                    for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
+        every = self._control_every
+        calibrate = self.target_mse is None and self.step_count % st.calibrate_every == 0
+        if self.target_mse is not None or calibrate or self.step_count % every == 0:
+            mse_f = float(mse_d)
+            if not math.isfinite(mse_f):
+                raise TrainingError(f"the loss became {mse_f} at step {self.step_count}")
+            with torch.no_grad():
+                self.last_bits = float(
+                    sum(
+                        laplace_bits(torch.round(y), grids.log_scale[i][s]).sum()
+                        for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
+                    )
                 )
-            )
-        if self.target_mse is not None:
-            lam = self._steer_quality(phase, mse_f, mats, coords, tgt, progress)
-        else:
-            if self.step_count % st.calibrate_every == 0:
-                self.calibrate(hard)
-            lam = self.rate.update(hard, self.target_bits() * self.calibration, progress)
-        return GridStep(
-            self.step_count,
-            progress,
-            mse_f,
-            hard,
-            self.target_bits() * self.calibration,
-            lam,
-            load.detach().cpu().numpy(),
-            phase,
-        )
+            if self.target_mse is not None:
+                self._steer_quality(phase, mse_f, mats, coords, tgt, progress)
+            else:
+                if calibrate:
+                    self.calibrate(self.last_bits)
+                if self.step_count % every == 0:
+                    self.rate.update(
+                        self.last_bits, self.target_bits() * self.calibration, progress, every
+                    )
+        return StepTensors(self.step_count, progress, mse_d, load.detach(), phase)
 
     def _steer_quality(self, phase, mse_f, mats, coords, tgt, progress) -> float:
         """One controller step toward ``target_mse`` (module docstring)."""
@@ -344,11 +383,11 @@ class GridTrainer:
         )
         return result
 
-    def run(self) -> Generator[GridStep, None, FitResult]:
+    def run(self) -> Generator[StepTensors, None, FitResult]:
         """Steps until the schedule ends (a checkpoint every ``checkpoint_every`` steps and at
         the end); returns the best payload."""
         while not self.done:
-            event = self.step()
+            event = self.advance()
             yield event
             if self.step_count % self.st.checkpoint_every == 0 and not self.done:
                 self.checkpoint()
