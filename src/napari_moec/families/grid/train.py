@@ -284,7 +284,7 @@ class GridTrainer:
         mse = torch.mean((value - tgt) ** 2)
         slots = grids.slots()
         rate = sum(
-            laplace_bits(v, grids.log_scale[i][s]).sum()
+            laplace_bits(v, grids.slot_log_scales(i, s)).sum()
             for i, (v, s) in enumerate(zip(noisy, slots, strict=True))
         )
         mse_d = mse.detach()
@@ -306,7 +306,7 @@ class GridTrainer:
             with torch.no_grad():
                 self.last_bits = float(
                     sum(
-                        laplace_bits(torch.round(y), grids.log_scale[i][s]).sum()
+                        laplace_bits(torch.round(y), grids.slot_log_scales(i, s)).sum()
                         for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
                     )
                 )
