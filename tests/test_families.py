@@ -32,7 +32,8 @@ def test_registry_knows_siren_and_refuses_unknown_names():
     family = families.get("siren")
     assert isinstance(family, ModelFamily) and family.name == "siren"
     assert isinstance(families.codec("siren"), PayloadCodec)
-    assert families.get() is family  # the default
+    assert families.get() is families.get("grid")  # the default
+    assert families.LEGACY == "siren"  # what a file without a family field holds
     with pytest.raises(ConfigError, match="unknown model family"):
         families.get("nope")
     with pytest.raises(MoecFormatError, match="unknown model family"):
@@ -70,20 +71,22 @@ def test_size_request_sizes_like_plan():
     header = Header((16, 16, 16), "ZYX", "uint16", 0.0, 1.0, None, QuantConfig())
     request = SizeRequest(header, 512, ArchConfig(num_experts=2))
     model = families.get("siren").size(request)
-    assert model == plan((16, 16, 16), "uint16", 16, arch=ArchConfig(num_experts=2),
-                         value_range=(0.0, 1.0)).model  # fmt: skip
+    arch = ArchConfig(model="siren", num_experts=2)
+    assert model == plan((16, 16, 16), "uint16", 16, arch=arch, value_range=(0.0, 1.0)).model
     family = families.get("siren")
     predicted = family.predict_payload_nbytes(model, header.quant)
     assert request.file_nbytes(model, predicted) <= 512
 
 
 def test_plan_carries_the_payload_budget():
-    p = plan((32, 32, 32), "uint16", 64)
-    assert p.family == "siren"
-    assert 0 < p.payload_budget < p.budget
     from napari_moec.format import fixed_overhead
 
-    assert p.payload_budget <= p.budget - fixed_overhead(p.header)
+    assert plan((32, 32, 32), "uint16", 64).family == "grid"  # the default
+    for model in ("grid", "siren"):
+        p = plan((32, 32, 32), "uint16", 64, arch=ArchConfig(model=model))
+        assert p.family == model
+        assert 0 < p.payload_budget < p.budget
+        assert p.payload_budget <= p.budget - fixed_overhead(p.header)
 
 
 def test_train_needs_no_ratio_and_fits(volume16):

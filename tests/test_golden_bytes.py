@@ -67,7 +67,7 @@ def stable_digest(data: bytes) -> str:
 @pytest.mark.parametrize(("name", "ratio", "experts"), list(SINGLE))
 def test_single_volume_bytes_unchanged(one_thread, name, ratio, experts):
     volume = _read(name)
-    comp = Compressor(volume, ratio, arch=ArchConfig(num_experts=experts), train=TRAIN, run=RUN)
+    comp = Compressor(volume, ratio, arch=ArchConfig(model="siren", num_experts=experts), train=TRAIN, run=RUN)
     result = comp.fit()
     assert len(result.data) <= volume.nbytes // ratio
     assert stable_digest(result.data) == SINGLE[(name, ratio, experts)]
@@ -84,7 +84,7 @@ def test_tile_bytes_unchanged(one_thread, tmp_path):
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         compress_tiled(volume, dest, 16, tile=16, margin=2, client=client, progress=False,
                        train=replace(TRAIN, steps=25, batch_size=1024), run=RUN,
-                       arch=ArchConfig(num_experts=2))  # fmt: skip
+                       arch=ArchConfig(model="siren", num_experts=2))  # fmt: skip
     digest = hashlib.sha256()
     chunks = sorted(p for p in dest.rglob("*") if p.is_file() and "c" in p.relative_to(dest).parts)
     assert len(chunks) == 4

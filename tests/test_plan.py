@@ -114,7 +114,8 @@ def test_auto_stores_one_network_where_it_would_be_wide(top_k):
     assert wide.num_experts == 1 and wide.top_k == 1
     assert wide.hidden_features >= SINGLE_NETWORK_WIDTH
     assert wide == size_model(replace(h, model=replace(h.model, num_experts=1, top_k=1)), 8192)
-    assert plan((64, 64, 64), np.uint16, 64).model == wide  # the planner applies the rule
+    siren = ArchConfig(model="siren")
+    assert plan((64, 64, 64), np.uint16, 64, arch=siren).model == wide  # the planner applies it
 
 
 def _smallest_budget(h, width: int) -> int:

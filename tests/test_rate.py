@@ -107,7 +107,7 @@ def test_a_compression_stores_the_choice_its_judge_prefers(volume16):
     compressor = Compressor(
         volume16,
         4,
-        arch=ArchConfig(num_experts=2),
+        arch=ArchConfig(model="siren", num_experts=2),
         train=TrainConfig(steps=60, seed=0),
         run=RunConfig(device="cpu", threads=1),
     )

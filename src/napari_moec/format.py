@@ -217,7 +217,8 @@ class Header:
     unit: str | None = None
     train: TrainingSummary | None = None
     #: The model family (:mod:`napari_moec.families`): what ``model`` is a config of and how
-    #: the payload is laid out. Stored as ``"f"`` only when not the default ``"siren"``.
+    #: the payload is laid out. Stored as ``"f"`` only when not ``families.LEGACY`` (``"siren"``,
+    #: the family of a file without the field).
     family: str = "siren"
     #: Bytes of the correction stream after the payload (``"e"``); 0: no bound, no stream.
     correction: int = 0
@@ -243,7 +244,7 @@ class Header:
             doc["u"] = self.unit
         if self.train is not None:
             doc["t"] = self.train.to_json()
-        if self.family != families.DEFAULT:
+        if self.family != families.LEGACY:
             doc["f"] = self.family  # only other families: SIREN files keep their 1.0 bytes
         if self.correction:
             doc["e"] = self.correction  # only files with a bound
@@ -361,7 +362,7 @@ def _header_from_json(doc: dict) -> Header:
     lo, hi = _floats(doc["n"], 2, "normalisation range")
     if not (vmin < vmax and lo < hi):
         raise MoecFormatError("empty intensity or normalisation range")
-    family = doc.get("f", families.DEFAULT)
+    family = doc.get("f", families.LEGACY)
     if not isinstance(family, str):
         raise MoecFormatError(f"invalid model family {family!r}")
     model = families.codec(family).config_from_json(doc["m"], shape)

@@ -36,12 +36,16 @@ from ..errors import ConfigError, MoecFormatError
 if TYPE_CHECKING:
     from .base import ModelFamily, PayloadCodec
 
-__all__ = ["DEFAULT", "FAMILIES", "codec", "get"]
+__all__ = ["DEFAULT", "FAMILIES", "LEGACY", "codec", "get"]
 
 #: Registered family names.
 FAMILIES = ("siren", "grid")
-#: The family used when none is asked for, and of every file without a family field.
-DEFAULT = "siren"
+#: The family used when none is asked for: the grid family, which reaches a given quality in a
+#: fraction of the SIREN family's time and stores better at equal bytes (docs/benchmarks.md).
+DEFAULT = "grid"
+#: The family of every ``.moec`` file without a family field: files written before a second
+#: family existed, and SIREN files today (their bytes are unchanged, tests/test_golden_bytes.py).
+LEGACY = "siren"
 
 
 def get(name: str = DEFAULT) -> ModelFamily:

@@ -59,7 +59,12 @@ class GridCodec:
             "latents": c.latent_count,
             "parameters": self.count_parameters(c),
         }
-        router = "no router" if c.num_experts == 1 else "router on coordinates + features"
+        router = (
+            "no router (one network: at equal bytes and time it measured ahead of 4 experts, "
+            "docs/benchmarks/gpu.md; --experts N shows a learned partition)"
+            if c.num_experts == 1
+            else "router on coordinates + features"
+        )
         line = (
             f"grid: {c.num_levels} latent grids from 1/{2**c.first_level} resolution "
             f"({c.latent_count} latents, {c.kernel}, context {c.context}); "
