@@ -31,8 +31,8 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_moec.families.grid.context import decode_ops
 from napari_moec.families.grid.decode import decode_region, model_from_payload
+from napari_moec.families.grid.learned import decode_ops
 from napari_moec.families.grid.payload import side_bytes, unpack_payload
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
@@ -60,7 +60,8 @@ def run_one(volume_name: str, ratio: float, context: str, steps: int, seed: int)
     payload = unpack_payload(best.payload, cfg)
     values, _ = decode_region(model_from_payload(payload))
     network = len(best.payload) - side_bytes(cfg)  # stream + context side bytes
-    ops, calls = decode_ops(cfg.context, cfg.grid_shapes, payload.latents)
+    radius = max(int(np.abs(q).max(initial=1)) for q in (*payload.latents, *payload.weights))
+    ops, calls = decode_ops(cfg.context, cfg.grid_shapes, payload.latents, radius)
     return {
         "volume": volume_name,
         "ratio": ratio,

@@ -146,22 +146,22 @@ def fit_level(q: np.ndarray, radius: int) -> tuple[float, float, float]:
     return best[1], best[2], best[3]
 
 
-def decode_ops(context: str, grid_shapes) -> tuple[int, int]:
+def decode_ops(context: str, grid_shapes, latents=None, radius: int = 1) -> tuple[int, int]:
     """Work of entropy-decoding the latents beyond one symbol each: ``(arithmetic operations
     of the context computation, coder calls)``; benchmarks count, never time.
 
     Per odd latent of a context level, ``d = ndim``: checkerboard ``2d`` additions and 4
     comparisons (plus one ``abs`` per even latent), 6 coder calls a level; learned ``4d``
     additions (signed and absolute sums), 4 for the mean (multiply, divide, round, clip as
-    2) and 8 for the spread (add, frexp, 3 for the mantissa line, multiply-add, round,
-    clip) and 1 to add the mean back, up to 127 coder calls a level (``coder calls`` counts
-    the upper bound 1 + 127, the measured count is in the benchmark). Levels without
-    contexts: no operations, one call.
+    2), 8 for the spread (add, frexp, 3 for the mantissa line, multiply-add, round, clip) and
+    1 to add the mean back; its coder calls are 1 + the distinct spreads of the level (given
+    the decoded integer ``latents`` and the payload's ``radius``: the encoder's fit is
+    repeated), else the bound 1 + 127. Levels without contexts: no operations, one call.
     """
     from .context import CB_EDGES, N_SLOTS, uses_cb
 
     ops = calls = 0
-    for g in grid_shapes:
+    for i, g in enumerate(grid_shapes):
         g = tuple(g)
         n, d = math.prod(g), len(g)
         n_even = int(even_mask(g).sum())
@@ -169,8 +169,14 @@ def decode_ops(context: str, grid_shapes) -> tuple[int, int]:
             ops += n_even + (n - n_even) * (2 * d + len(CB_EDGES))
             calls += N_SLOTS
         elif uses_lin(context, g):
-            ops += n_even + (n - n_even) * (4 * d + 4 + 8 + 1 + 1)
-            calls += 1 + MAX_SPREAD + 1
+            ops += n_even + (n - n_even) * (4 * d + 4 + 8 + 1)
+            if latents is None:
+                calls += 1 + MAX_SPREAD + 1
+            else:
+                q = latents[i]
+                s_sum, a_sum = neighbour_sums(q.astype(np.int64), even_mask(g))
+                _, j = predict(fit_level(q, radius), s_sum, a_sum, d)
+                calls += 1 + len(odd_groups(j, ~even_mask(g)))
         else:
             calls += 1
     return ops, calls
