@@ -9,9 +9,10 @@ and C3's autoregressive models do, from three numbers per level stored in the pa
 
     S = sum of the neighbours,  A = sum of |neighbours|        (integers; missing ones are 0)
     mean    mu = rint(alpha * S / (2 ndim)), clipped to [-64, 64]
-    spread  j  = rint(beta + gamma * ell(A)), clipped to [0, 126]
+    spread  j  = rint(beta + gamma * ell(A)), clipped to [-5, 126]
     q - mu is coded with the two-sided geometric model byte 1 + j of ``napari_moec.entropy``
-    at radius R + 64 (``|q - mu| <= R + 64``; the clip keeps a hostile radius from doubling
+    (j < 0: the 3 most peaked Gaussian models, byte 128 + (j + 5) // 2) at radius R + 64
+    (``|q - mu| <= R + 64``; the clip keeps a hostile radius from doubling
     the tables a decoder builds)
 
 ``ell(a) = 4 (e - 1 + 2m - 1)`` where ``1 + a = m 2^e``, ``m`` in [0.5, 1) (Mitchell's
@@ -46,9 +47,11 @@ __all__ = [
     "LIN_FLOATS",
     "MAX_SPREAD",
     "MEAN_LIMIT",
+    "MIN_SPREAD",
     "decode_ops",
     "ell",
     "fit_level",
+    "model_of",
     "neighbour_sums",
     "odd_groups",
     "predict",
@@ -57,8 +60,11 @@ __all__ = [
 
 #: Float16 numbers stored per level with a learned context: alpha, beta, gamma.
 LIN_FLOATS = 3
-#: Largest spread index of the geometric models (``entropy``: model bytes 1..127).
+#: Spread indices: 0..126 the geometric models (``entropy`` bytes 1..127); -5..-1 the most
+#: peaked Gaussian ones, which code a zero in 0.29-0.45 bits where the most peaked geometric
+#: one takes 0.58 (mostly-zero levels at 1024x: hipct spent ~2x the checkerboard's bits).
 MAX_SPREAD = 126
+MIN_SPREAD = -5
 #: Largest predicted mean magnitude: residuals are coded at radius ``R + MEAN_LIMIT``.
 MEAN_LIMIT = 64
 _GAMMAS = np.arange(17) / 4.0
@@ -96,7 +102,7 @@ def predict(params, s_sum, a_sum, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     j = np.rint(beta + gamma * ell(a_sum))
     return (
         np.clip(mu, -MEAN_LIMIT, MEAN_LIMIT).astype(np.int64),
-        np.clip(j, 0, MAX_SPREAD).astype(np.int64),
+        np.clip(j, MIN_SPREAD, MAX_SPREAD).astype(np.int64),
     )
 
 
@@ -105,10 +111,16 @@ def odd_groups(j: np.ndarray, odd: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(k), odd & (j == k)) for k in np.unique(j[odd])]
 
 
+def model_of(j: int) -> int:
+    """The ``entropy`` model byte of spread index ``j`` (module docstring)."""
+    return 1 + j if j >= 0 else 128 + (j - MIN_SPREAD) // 2
+
+
 @lru_cache(maxsize=4)
 def _log_tables(radius: int) -> np.ndarray:
-    """-log2 of the geometric tables (rows j = 0..126) at ``radius`` (encoder side only)."""
-    return -np.log2(np.stack([entropy.model_table(1 + j, radius) for j in range(MAX_SPREAD + 1)]))
+    """-log2 of the tables of spreads MIN_SPREAD..MAX_SPREAD (rows) at ``radius``."""
+    js = range(MIN_SPREAD, MAX_SPREAD + 1)
+    return -np.log2(np.stack([entropy.model_table(model_of(j), radius) for j in js]))
 
 
 def fit_level(q: np.ndarray, radius: int) -> tuple[float, float, float]:
@@ -129,9 +141,10 @@ def fit_level(q: np.ndarray, radius: int) -> tuple[float, float, float]:
     logs = _log_tables(r2)  # (127, 2 r2 + 1)
     levels, inverse = np.unique(a, return_inverse=True)
     base = _GAMMAS[:, None] * ell(levels)[None, :]  # (gammas, distinct A)
-    betas = np.arange(-math.ceil(base.max()) - 1, MAX_SPREAD + 1, dtype=np.float64)
-    # j for every (gamma, beta, distinct A): the grid searched, in one array
-    j = np.clip(np.rint(betas[None, :, None] + base[:, None, :]), 0, MAX_SPREAD).astype(np.int64)
+    betas = np.arange(MIN_SPREAD - math.ceil(base.max()) - 1, MAX_SPREAD + 1, dtype=np.float64)
+    # row of the tables for every (gamma, beta, distinct A): the grid searched, in one array
+    j = np.clip(np.rint(betas[None, :, None] + base[:, None, :]), MIN_SPREAD, MAX_SPREAD)
+    j = j.astype(np.int64) - MIN_SPREAD
     rows = np.arange(levels.size)[None, None, :]
     best = (math.inf, 0.0, 0.0, 0.0)
     for alpha in alphas:
@@ -171,7 +184,7 @@ def decode_ops(context: str, grid_shapes, latents=None, radius: int = 1) -> tupl
         elif uses_lin(context, g):
             ops += n_even + (n - n_even) * (4 * d + 4 + 8 + 1)
             if latents is None:
-                calls += 1 + MAX_SPREAD + 1
+                calls += 1 + MAX_SPREAD - MIN_SPREAD + 1
             else:
                 q = latents[i]
                 s_sum, a_sum = neighbour_sums(q.astype(np.int64), even_mask(g))

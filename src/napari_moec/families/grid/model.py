@@ -27,7 +27,7 @@ from torch import nn
 from .config import GridConfig, mlp_layout
 from .context import N_SLOTS, context_slots, even_mask, uses_cb
 from .interp import upsample
-from .learned import MAX_SPREAD, MEAN_LIMIT, neighbour_sums, uses_lin
+from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
 from .rate import laplace_bits
 
 __all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
@@ -47,9 +47,13 @@ class LatentGrids(nn.Module):
         self.use_cb = [uses_cb(cfg.context, g) for g in cfg.grid_shapes]
         self.use_lin = [uses_lin(cfg.context, g) for g in cfg.grid_shapes]
         self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, N_SLOTS))
-        # alpha 0.5 (half the neighbours' mean), spread index 8 (~1) + 1 per quarter octave
+        # (alpha, c0, c1): log2 spread = c0 + c1 log2(1 + A), i.e. the coder's beta = 4 c0 + 8,
+        # gamma = c1 (learned.py). In octaves, not spread indices, so that Adam's steps move
+        # the scale as fast as ``log_scale`` (in indices 600 steps moved it 1.5 octaves and
+        # the proxy overstated the bits 4x at hipct 1024x). Start: half the neighbours' mean,
+        # the spread of a Laplace of scale 1 (cb's start), half an octave per octave of A.
         self.ctx = (
-            nn.Parameter(torch.tensor([[0.5, 8.0, 1.0]] * cfg.num_levels))
+            nn.Parameter(torch.tensor([[0.5, -0.78, 0.5]] * cfg.num_levels))
             if any(self.use_lin)
             else None
         )
@@ -105,10 +109,11 @@ class LatentGrids(nn.Module):
                 total = total + laplace_bits(v, self.log_scale[i][c]).sum()
                 continue
             s_sum, a_sum = c
-            alpha, beta, gamma = self.ctx[i]
+            alpha, c0, c1 = self.ctx[i]
             mu = (alpha * s_sum / (2 * v.ndim)).clamp(-MEAN_LIMIT, MEAN_LIMIT)
-            j = (beta + gamma * 4.0 * torch.log2(1.0 + a_sum)).clamp(0.0, MAX_SPREAD)
-            spread = torch.exp2(j / 4.0 - 2.0)  # entropy._spread; geometric ratio s / (1 + s)
+            # the coder's spreads: 2^(j/4 - 2), the most peaked ones Gaussian (learned.py)
+            log2_spread = c0 + c1 * torch.log2(1.0 + a_sum)
+            spread = torch.exp2(log2_spread.clamp(MIN_SPREAD / 4 - 2, MAX_SPREAD / 4 - 2))
             log_b = -torch.log(torch.log1p(1.0 / spread))  # the Laplace scale of that ratio
             even = getattr(self, f"even{i}")
             odd_bits = laplace_bits(v - mu, log_b)

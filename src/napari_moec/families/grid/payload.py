@@ -23,8 +23,9 @@ group. With checkerboard contexts (``"cb"``, :mod:`.context`) it has six: its ev
 then the odd ones of each context bucket, each in C order. With the learned context
 (``"lin"``, :mod:`.learned`) its even latents are one group with a stored model; its odd ones
 follow in the stream as residuals ``q - mu`` in groups of equal predicted spread ``j``
-(ascending, C order), each coded with model ``1 + j`` at radius ``R + 64``, no model byte
-stored. ``C`` is 0 for the other contexts, so their bytes are what they were before ``"lin"``.
+(ascending, C order), each coded with model ``learned.model_of(j)`` at radius ``R + 64``, no
+model byte stored. ``C`` is 0 for the other contexts, so their bytes are what they were
+before ``"lin"``.
 A latent is ``integer * s``, a network weight ``integer * scale``.
 
 Reading checks every number before it sizes anything: the config (``GridConfig`` bounds the
@@ -51,6 +52,7 @@ from .learned import (
     LIN_FLOATS,
     MEAN_LIMIT,
     fit_level,
+    model_of,
     neighbour_sums,
     odd_groups,
     predict,
@@ -159,7 +161,7 @@ def pack_payload(
             mu, groups = _lin_parts(q, params, radius)
             for k, mask in groups:
                 tensors.append(q[mask] - mu[mask])
-                models.append(1 + k)
+                models.append(model_of(k))
                 radii.append(radius + MEAN_LIMIT)
             continue
         for m in _groups(q, uses_cb(config.context, g)):
@@ -245,7 +247,7 @@ def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int, l
             q[even] = pull(int(even.sum()))
             mu, groups = _lin_parts(q, next(lin_iter), radius)
             for k, mask in groups:
-                q[mask] = pull(int(mask.sum()), 1 + k, radius + MEAN_LIMIT) + mu[mask]
+                q[mask] = pull(int(mask.sum()), model_of(k), radius + MEAN_LIMIT) + mu[mask]
             if np.abs(q).max(initial=0) > radius:
                 raise ValueError("a predicted latent is outside the stored radius")
         else:
