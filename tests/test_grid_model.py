@@ -20,6 +20,8 @@ CASES = [
     ((40, 33, 9), {"kernel": "linear", "context": "none", "num_levels": 4}),
     ((3, 25, 41, 33), {"num_levels": 5, "num_experts": 4}),
     ((1, 7, 5), {"num_levels": 2}),
+    ((21, 30, 17), {"num_levels": 3, "first_level": 0, "context": "lin", "num_experts": 2}),
+    ((3, 25, 41, 33), {"num_levels": 4, "context": "lin"}),
 ]
 
 

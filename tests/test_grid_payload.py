@@ -41,6 +41,9 @@ def _random_payload(cfg: GridConfig, seed: int = 0) -> tuple[bytes, list, list]:
         ((3, 25, 41, 33), {"num_experts": 2, "num_levels": 5, "first_level": 0}),
         ((40, 33, 9), {"kernel": "linear", "context": "none"}),
         ((1, 5, 7), {"num_levels": 2}),
+        ((21, 30, 17), {"num_levels": 3, "first_level": 0, "context": "lin"}),
+        ((3, 25, 41, 33), {"num_experts": 2, "num_levels": 4, "context": "lin"}),
+        ((1, 5, 7), {"num_levels": 2, "context": "lin"}),  # no level is large enough
     ],
 )
 def test_round_trip_exact(shape, kw):
@@ -79,7 +82,7 @@ def test_context_numpy_equals_torch():
 def test_config_json_checked():
     cfg = GridConfig(SHAPE, num_experts=2)
     assert CODEC.config_from_json(CODEC.config_to_json(cfg), SHAPE) == cfg
-    for bad in (None, [1] * 8, [*cfg.to_json()[:-1], 2], [True, *cfg.to_json()[1:]], [1.0] * 9):
+    for bad in (None, [1] * 8, [*cfg.to_json()[:-1], 3], [True, *cfg.to_json()[1:]], [1.0] * 9):
         with pytest.raises(MoecFormatError):
             CODEC.config_from_json(bad, SHAPE)
     with pytest.raises(ConfigError):
@@ -139,8 +142,8 @@ def test_file_side_imports_no_torch():
     import napari_moec.families.grid as grid
 
     allowed = {"__future__", "math", "struct", "dataclasses", "functools", "numpy", "constriction"}
-    allowed |= {"entropy", "errors", "config", "context", "payload", ""}
-    for name in ("payload", "codec", "config", "context"):
+    allowed |= {"entropy", "errors", "config", "context", "learned", "payload", ""}
+    for name in ("payload", "codec", "config", "context", "learned"):
         tree = ast.parse((pathlib.Path(grid.__file__).parent / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):

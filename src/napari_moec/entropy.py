@@ -92,12 +92,19 @@ def _categorical(model: int, radius: int):
     return constriction.stream.model.Categorical(model_table(model, radius), perfect=False)
 
 
-def encode(tensors: list[np.ndarray], models: list[int], radius: int) -> bytes:
-    """ANS-code integer tensors, each with its model byte; returns little-endian u32 words."""
+def encode(
+    tensors: list[np.ndarray], models: list[int], radius: int, radii: list[int] | None = None
+) -> bytes:
+    """ANS-code integer tensors, each with its model byte; returns little-endian u32 words.
+
+    ``radii`` gives each tensor its own radius (default: ``radius`` for all), for a context
+    model that codes residuals in a wider range than the values (``families/grid/learned``).
+    """
     coder = constriction.stream.stack.AnsCoder()
-    for q, model in zip(reversed(tensors), reversed(models), strict=True):
-        symbols = (q.ravel().astype(np.int64) + radius).astype(np.int32)
-        coder.encode_reverse(symbols, _categorical(model, radius))
+    radii = [radius] * len(tensors) if radii is None else radii
+    for q, model, r in zip(reversed(tensors), reversed(models), reversed(radii), strict=True):
+        symbols = (q.ravel().astype(np.int64) + r).astype(np.int32)
+        coder.encode_reverse(symbols, _categorical(model, r))
     return coder.get_compressed().astype("<u4").tobytes()
 
 

@@ -3,8 +3,9 @@ payload of :mod:`.payload`. No network code: ``format.py`` reads grid files thro
 
 ``"m"`` is the list of the 9 integers of ``config.FIELDS``: num_levels, first_level, kernel
 (0 linear, 1 cubic), hidden, num_experts, top_k, expert_layers, gate_hidden, context (0 none,
-1 checkerboard). ``"q"`` is not used by the payload (latents are integers at a stored step,
-network tensors nominal int8 at a stored scale); a grid file stores ``["int8", 0, 1]``.
+1 checkerboard, 2 learned). ``"q"`` is not used by the payload (latents are integers at a
+stored step, network tensors nominal int8 at a stored scale); a grid file stores
+``["int8", 0, 1]``.
 """
 
 from __future__ import annotations

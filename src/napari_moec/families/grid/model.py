@@ -27,6 +27,8 @@ from torch import nn
 from .config import GridConfig, mlp_layout
 from .context import N_SLOTS, context_slots, even_mask, uses_cb
 from .interp import upsample
+from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
+from .rate import laplace_bits
 
 __all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
 
@@ -35,18 +37,34 @@ QuantMode = Literal["none", "noise", "ste", "hard"]
 
 class LatentGrids(nn.Module):
     """The L latent grids (float parameters while training, integers in the file) and the
-    learned Laplace scales of the rate proxy, one per (level, context slot)."""
+    learned parameters of the rate proxy: Laplace scales per (level, context slot), and with
+    the learned context (``"lin"``) per level the ``alpha, beta, gamma`` of :mod:`.learned`."""
 
     def __init__(self, cfg: GridConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.latents = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in cfg.grid_shapes])
         self.use_cb = [uses_cb(cfg.context, g) for g in cfg.grid_shapes]
+        self.use_lin = [uses_lin(cfg.context, g) for g in cfg.grid_shapes]
         self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, N_SLOTS))
+        # (alpha, c0, c1): log2 spread = c0 + c1 log2(1 + A), i.e. the coder's beta = 4 c0 + 8,
+        # gamma = c1 (learned.py). In octaves, not spread indices, so that Adam's steps move
+        # the scale as fast as ``log_scale`` (in indices 600 steps moved it 1.5 octaves and
+        # the proxy overstated the bits 4x at hipct 1024x). Start: half the neighbours' mean,
+        # the spread of a Laplace of scale 1 (cb's start), half an octave per octave of A.
+        self.ctx = (
+            nn.Parameter(torch.tensor([[0.5, -0.78, 0.5]] * cfg.num_levels))
+            if any(self.use_lin)
+            else None
+        )
         for i, g in enumerate(cfg.grid_shapes):
             self.register_buffer(
                 f"even{i}", torch.from_numpy(even_mask(g).copy()), persistent=False
             )
+
+    def rate_parameters(self) -> list[nn.Parameter]:
+        """The rate proxy's own parameters (trained with the rate term only)."""
+        return [self.log_scale] + ([self.ctx] if self.ctx is not None else [])
 
     def quantized(self, mode: QuantMode) -> list[torch.Tensor]:
         """Latents as the synthesis sees them: as they are, with U(-.5, .5) noise, rounded with
@@ -75,6 +93,37 @@ class LatentGrids(nn.Module):
     def slot_log_scales(self, level: int, slots: torch.Tensor) -> torch.Tensor:
         """Log-scale of every latent of ``level`` from its context slot (``slots``)."""
         return _SlotGather.apply(self.log_scale[level], slots)
+
+    @torch.no_grad()
+    def context(self) -> list:
+        """What the coder conditions each level on, from the rounded latents: the context
+        slots, or with the learned context the neighbour sums ``(S, A)``."""
+        out = self.slots()
+        for i, y in enumerate(self.latents):
+            if self.use_lin[i]:
+                out[i] = neighbour_sums(torch.round(y), getattr(self, f"even{i}"))
+        return out
+
+    def bits(self, values: list[torch.Tensor], context: list) -> torch.Tensor:
+        """Rate proxy (:func:`.rate.laplace_bits`): bits of ``values`` (one per level) under
+        the entropy model given ``context`` (:meth:`context`)."""
+        total = 0
+        for i, (v, c) in enumerate(zip(values, context, strict=True)):
+            if not self.use_lin[i]:
+                total = total + laplace_bits(v, self.slot_log_scales(i, c)).sum()
+                continue
+            s_sum, a_sum = c
+            alpha, c0, c1 = self.ctx[i]
+            mu = (alpha * s_sum / (2 * v.ndim)).clamp(-MEAN_LIMIT, MEAN_LIMIT)
+            # the coder's spreads: 2^(j/4 - 2), the most peaked ones Gaussian (learned.py)
+            log2_spread = c0 + c1 * torch.log2(1.0 + a_sum)
+            spread = torch.exp2(log2_spread.clamp(MIN_SPREAD / 4 - 2, MAX_SPREAD / 4 - 2))
+            log_b = -torch.log(torch.log1p(1.0 / spread))  # the Laplace scale of that ratio
+            even = getattr(self, f"even{i}")
+            odd_bits = laplace_bits(v - mu, log_b)
+            even_bits = laplace_bits(v, self.log_scale[i][0])
+            total = total + torch.where(even, even_bits, odd_bits).sum()
+        return total
 
     def features(self, grids: list[torch.Tensor], mats) -> torch.Tensor:
         """(B, L) features of the voxels selected by ``mats`` (``interp.axis_matrices``)."""

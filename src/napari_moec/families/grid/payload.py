@@ -4,11 +4,13 @@ Torch-free (numpy, constriction and :mod:`napari_moec.entropy`). The outer frame
 (:mod:`napari_moec.format`) already holds the magic, the versions, the volume's shape, dtype and
 intensity range, the model config (the header's ``"m"``, :mod:`.codec`) and a CRC-32 of every
 byte, so none of them is repeated here. Layout (all integers little-endian; ``T`` = stored
-network tensors, ``G`` = latent symbol groups, both fixed by the config and the shape)::
+network tensors, ``G`` = latent symbol groups with a stored model, ``C`` = levels with the
+learned context, all fixed by the config and the shape)::
 
     offset  size  field
     0       2     f16 latent step s > 0 (1 unless the budget fit changed it)
     2       2T    f16 scale > 0 of each network tensor (``config.mlp_layout`` order)
+    .       6C    f16 alpha, beta, gamma (finite) of each learned-context level (:mod:`.learned`)
     .       G+T   u8 entropy model of each latent group, then of each network tensor
                   (``napari_moec.entropy``: 0 uniform, 1..127 geometric, 128..254 Gaussian)
     .       2     u16 radius R, 1 <= R <= 32767: every integer is in [-R, R]
@@ -16,14 +18,21 @@ network tensors, ``G`` = latent symbol groups, both fixed by the config and the 
                   latent groups level by level, then the network tensors
 
 The shapes of the latent levels follow from the config and the header's shape
-(``config.level_shapes``). A level has one group, or with checkerboard contexts six: its even
-latents, then the odd ones of each context bucket (:mod:`.context`), each in C order.
+(``config.level_shapes``). A level of fewer than 512 latents, or without contexts, has one
+group. With checkerboard contexts (``"cb"``, :mod:`.context`) it has six: its even latents,
+then the odd ones of each context bucket, each in C order. With the learned context
+(``"lin"``, :mod:`.learned`) its even latents are one group with a stored model; its odd ones
+follow in the stream as residuals ``q - mu`` in groups of equal predicted spread ``j``
+(ascending, C order), each coded with model ``learned.model_of(j)`` at radius ``R + 64``, no
+model byte stored. ``C`` is 0 for the other contexts, so their bytes are what they were
+before ``"lin"``.
 A latent is ``integer * s``, a network weight ``integer * scale``.
 
 Reading checks every number before it sizes anything: the config (``GridConfig`` bounds the
 latent count by ``MAX_LATENTS`` when it is built), the payload length against the side bytes,
-scales and step finite and > 0, model bytes <= 254, the radius, the stream length (a multiple
-of 4, consumed exactly). Every failure raises :class:`~napari_moec.errors.MoecFormatError`.
+scales and step finite and > 0, the context parameters finite, model bytes <= 254, the radius,
+the stream length (a multiple of 4, consumed exactly). Every failure raises
+:class:`~napari_moec.errors.MoecFormatError`.
 """
 
 from __future__ import annotations
@@ -39,6 +48,16 @@ from ... import entropy
 from ...errors import ConfigError, MoecFormatError
 from .config import GridConfig, mlp_layout
 from .context import N_SLOTS, context_slots, even_mask, uses_cb
+from .learned import (
+    LIN_FLOATS,
+    MEAN_LIMIT,
+    fit_level,
+    model_of,
+    neighbour_sums,
+    odd_groups,
+    predict,
+    uses_lin,
+)
 
 __all__ = ["GridPayload", "pack_payload", "side_bytes", "unpack_payload"]
 
@@ -79,11 +98,25 @@ def _groups(q: np.ndarray, cb: bool) -> list[np.ndarray]:
     return [slots == k for k in range(N_SLOTS)]
 
 
+def _lin_levels(config: GridConfig) -> list[int]:
+    return [i for i, g in enumerate(config.grid_shapes) if uses_lin(config.context, g)]
+
+
 def side_bytes(config: GridConfig) -> int:
     """Bytes of a payload besides its ANS stream (what :func:`pack_payload` adds)."""
     groups = sum(N_SLOTS if uses_cb(config.context, g) else 1 for g in config.grid_shapes)
     tensors = len(mlp_layout(config))
-    return 2 + 2 * tensors + groups + tensors + 2
+    lin = 2 * LIN_FLOATS * len(_lin_levels(config))
+    return 2 + 2 * tensors + lin + groups + tensors + 2
+
+
+def _lin_parts(q: np.ndarray, params, radius: int):
+    """Integer means and the ``(j, mask)`` groups of the odd latents of a learned-context
+    level whose even latents ``q`` holds (its odd entries are ignored)."""
+    even = even_mask(q.shape)
+    s_sum, a_sum = neighbour_sums(q.astype(np.int64), even)
+    mu, j = predict(params, s_sum, a_sum, q.ndim)
+    return mu, odd_groups(j, ~even)
 
 
 def pack_payload(
@@ -110,20 +143,45 @@ def pack_payload(
     floats = [latent_step, *scales]
     if not all(np.isfinite(v) and v > 0 and float(np.float16(v)) == v for v in floats):
         raise ConfigError("scales and the latent step must be positive and float16-exact")
-    tensors = []
-    for q, g in zip(latents, config.grid_shapes, strict=True):
-        tensors += [q[m] for m in _groups(q, uses_cb(config.context, g))]
-    tensors += [q.ravel() for q in weights]
-    radius = max(1, max(int(np.abs(t).max(initial=0)) for t in tensors))
+    radius = max(
+        1, max(int(np.abs(q).max(initial=0)) for q in (*latents, *weights))
+    )  # the largest |integer| of every group: the groups partition the tensors
     if radius > MAX_LEVEL:
         raise ConfigError(f"an integer of magnitude {radius} > {MAX_LEVEL} cannot be coded")
-    models = [entropy.choose_model(t, radius) if t.size else 0 for t in tensors]
+    tensors, models, radii, stored, lin_params = [], [], [], [], []
+    for q, g in zip(latents, config.grid_shapes, strict=True):
+        if uses_lin(config.context, g):
+            params = fit_level(q, radius)
+            lin_params += params
+            even = even_mask(q.shape)
+            tensors.append(q[even])
+            models.append(entropy.choose_model(q[even], radius) if q[even].size else 0)
+            radii.append(radius)
+            stored.append(models[-1])
+            mu, groups = _lin_parts(q, params, radius)
+            for k, mask in groups:
+                tensors.append(q[mask] - mu[mask])
+                models.append(model_of(k))
+                radii.append(radius + MEAN_LIMIT)
+            continue
+        for m in _groups(q, uses_cb(config.context, g)):
+            tensors.append(q[m])
+            models.append(entropy.choose_model(q[m], radius) if q[m].size else 0)
+            radii.append(radius)
+            stored.append(models[-1])
+    for q in weights:
+        tensors.append(q.ravel())
+        models.append(entropy.choose_model(q.ravel(), radius) if q.size else 0)
+        radii.append(radius)
+        stored.append(models[-1])
+    if any(float(np.float16(v)) != v for v in lin_params):  # pragma: no cover - fit_level
+        raise ConfigError("context parameters must be float16-exact")
     return b"".join(
         [
-            struct.pack(f"<{len(floats)}e", *floats),
-            bytes(models),
+            struct.pack(f"<{len(floats) + len(lin_params)}e", *floats, *lin_params),
+            bytes(stored),
             struct.pack("<H", radius),
-            entropy.encode(tensors, models, radius),
+            entropy.encode(tensors, models, radius, radii),
         ]
     )
 
@@ -141,9 +199,13 @@ def unpack_payload(payload: bytes, config: GridConfig) -> GridPayload:
     side = side_bytes(config)
     if len(payload) < side or (len(payload) - side) % 4:
         raise MoecFormatError(f"grid payload of {len(payload)} bytes does not fit its config")
-    floats = struct.unpack_from(f"<{1 + len(layout)}e", payload, 0)
-    if not all(math.isfinite(v) and v > 0 for v in floats):
+    n_lin = LIN_FLOATS * len(_lin_levels(config))
+    floats = struct.unpack_from(f"<{1 + len(layout) + n_lin}e", payload, 0)
+    if not all(math.isfinite(v) and v > 0 for v in floats[: 1 + len(layout)]):
         raise MoecFormatError("invalid latent step or weight scale in grid payload")
+    if not all(math.isfinite(v) for v in floats[1 + len(layout) :]):
+        raise MoecFormatError("invalid learned context parameter in grid payload")
+    lin = [floats[1 + len(layout) + k : 4 + len(layout) + k] for k in range(0, n_lin, 3)]
     pos = 2 * len(floats)
     n_models = side - pos - 2
     models = list(payload[pos : pos + n_models])
@@ -153,23 +215,24 @@ def unpack_payload(payload: bytes, config: GridConfig) -> GridPayload:
     if not 1 <= radius <= MAX_LEVEL:
         raise MoecFormatError(f"invalid radius {radius}")
     try:
-        latents, weights = _decode(config, payload[side:], models, radius)
+        latents, weights = _decode(config, payload[side:], models, radius, lin)
     except (ValueError, RuntimeError, OverflowError) as exc:
         raise MoecFormatError(f"corrupted grid stream: {exc}") from None
-    return GridPayload(config, floats[0], tuple(latents), tuple(weights), tuple(floats[1:]))
+    scales = floats[1 : 1 + len(layout)]
+    return GridPayload(config, floats[0], tuple(latents), tuple(weights), tuple(scales))
 
 
-def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int):
+def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int, lin: list):
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
     coder = constriction.stream.stack.AnsCoder(words)
-    model_iter = iter(models)
+    model_iter, lin_iter = iter(models), iter(lin)
 
-    def pull(count: int) -> np.ndarray:
-        table = entropy.model_table(next(model_iter), radius)
+    def pull(count: int, model: int | None = None, r: int = radius) -> np.ndarray:
+        table = entropy.model_table(next(model_iter) if model is None else model, r)
         if not count:
             return np.zeros(0, np.int32)
         cat = constriction.stream.model.Categorical(table, perfect=False)
-        return coder.decode(cat, count).astype(np.int32) - radius
+        return coder.decode(cat, count).astype(np.int32) - r
 
     latents = []
     for g in config.grid_shapes:
@@ -179,6 +242,14 @@ def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int):
             q[even] = pull(int(even.sum()))
             for mask in _groups(q, True)[1:]:
                 q[mask] = pull(int(mask.sum()))
+        elif uses_lin(config.context, g):  # pass 1: even; pass 2: odd, predicted, by spread
+            even = even_mask(g)
+            q[even] = pull(int(even.sum()))
+            mu, groups = _lin_parts(q, next(lin_iter), radius)
+            for k, mask in groups:
+                q[mask] = pull(int(mask.sum()), model_of(k), radius + MEAN_LIMIT) + mu[mask]
+            if np.abs(q).max(initial=0) > radius:
+                raise ValueError("a predicted latent is outside the stored radius")
         else:
             q[...] = pull(q.size).reshape(g)
         latents.append(q)

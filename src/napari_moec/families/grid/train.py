@@ -47,7 +47,7 @@ from .fit import FitResult, fit_budget, pack_model, quantize_weights
 from .interp import axis_matrices
 from .model import GridModel
 from .payload import pack_payload, unpack_payload
-from .rate import RateController, laplace_bits, start_lambda
+from .rate import RateController, start_lambda
 from .sampling import box_rows, stride_rows
 
 __all__ = ["GridStep", "GridTrainer", "StepTensors", "TrainSettings"]
@@ -178,7 +178,7 @@ class GridTrainer:
                     "base": self.st.lr_latent,
                 },
                 {
-                    "params": [self.model.grids.log_scale],
+                    "params": self.model.grids.rate_parameters(),
                     "lr": 2 * self.st.lr_network,
                     "base": 2 * self.st.lr_network,
                 },
@@ -282,11 +282,8 @@ class GridTrainer:
         synth_in = noisy if phase == "noise" else grids.quantized("ste")
         value, aux, load, _ = self.model.synth(grids.features(synth_in, mats), coords, frozen)
         mse = torch.mean((value - tgt) ** 2)
-        slots = grids.slots()
-        rate = sum(
-            laplace_bits(v, grids.slot_log_scales(i, s)).sum()
-            for i, (v, s) in enumerate(zip(noisy, slots, strict=True))
-        )
+        context = grids.context()
+        rate = grids.bits(noisy, context)
         mse_d = mse.detach()
         d_ref = mse_d if self._d_ema is None else self._d_ema
         self._d_ema = 0.9 * d_ref + 0.1 * mse_d
@@ -304,12 +301,7 @@ class GridTrainer:
             if not math.isfinite(mse_f):
                 raise TrainingError(f"the loss became {mse_f} at step {self.step_count}")
             with torch.no_grad():
-                self.last_bits = float(
-                    sum(
-                        laplace_bits(torch.round(y), grids.slot_log_scales(i, s)).sum()
-                        for i, (y, s) in enumerate(zip(grids.latents, slots, strict=True))
-                    )
-                )
+                self.last_bits = float(grids.bits([torch.round(y) for y in grids.latents], context))
             if self.target_mse is not None:
                 self._steer_quality(phase, mse_f, mats, coords, tgt, progress)
             else:
