@@ -419,3 +419,18 @@ def test_fuzz_bit_flips_and_truncations_decode_or_raise_format_errors(sample, da
 @given(raw=st.binary(max_size=300))
 def test_fuzz_random_bytes_decode_or_raise_format_errors(raw):
     _decode_or_format_error(raw, (9, 13, 11), np.uint16)
+
+
+def test_a_version_1_stream_still_decodes_to_its_codes():
+    """``tests/data/correction_v1.bin`` was written by the version-1 coder: later readers
+    must decode it to the same codes and keep its bound (old files stay readable)."""
+    from .data.make_correction_v1 import HERE, sample
+
+    volume, prediction = sample()
+    raw = (HERE / "correction_v1.bin").read_bytes()
+    assert raw[0] == 1  # the stream's version byte
+    stream = parse(raw, volume.shape, volume.dtype)
+    np.testing.assert_array_equal(codes(stream), np.load(HERE / "correction_v1_codes.npy"))
+    assert _error(apply(stream, prediction), volume) <= 12.0
+    roi = ((0, 2), (3, 9), None, (2, 7))
+    np.testing.assert_array_equal(codes(stream, roi, 2), codes(stream)[0:2:2, 3:9:2, ::2, 2:7:2])
