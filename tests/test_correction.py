@@ -434,3 +434,20 @@ def test_a_version_1_stream_still_decodes_to_its_codes():
     assert _error(apply(stream, prediction), volume) <= 12.0
     roi = ((0, 2), (3, 9), None, (2, 7))
     np.testing.assert_array_equal(codes(stream, roi, 2), codes(stream)[0:2:2, 3:9:2, ::2, 2:7:2])
+
+
+def test_ties_at_both_ends_of_the_margin_are_anchored_in_one_retry():
+    """Residuals a hair from a quantizer cell's edge miss at ``y - m`` for some voxels and at
+    ``y + m`` for others: the writer must anchor both kinds at once (it had anchored only the
+    first shift's misses, then refused the file: hipct at a 1 % bound)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(16633, 24071, (8, 16, 16)).astype(np.uint16)
+    x.flat[[0, -1]] = 16633, 24070
+    max_error = 74.37
+    step, margin = plan_bound(max_error, x.dtype, (16633, 24070))
+    k = rng.integers(-3, 4, x.shape)
+    nudge = rng.choice([-margin, margin, 0.0, 1e-9, -1e-9], x.shape)
+    y = x - (k + 0.5) * step + nudge
+    stream = encode(x, y, max_error, chunk=(8, 16, 16))
+    assert verify(x, y, stream, margin=margin) <= max_error
+    assert parse(stream, x.shape, x.dtype).anchors.size > 0
