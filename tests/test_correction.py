@@ -208,12 +208,14 @@ REGIONS = [
 ]
 
 
+@pytest.mark.parametrize("version", correction_codec.VERSIONS)
 @pytest.mark.parametrize("roi,stride", REGIONS)
-def test_region_decode_is_the_slice_of_the_full_decode(roi, stride):
+def test_region_decode_is_the_slice_of_the_full_decode(roi, stride, version):
     rng = np.random.default_rng(5)
     x = smooth_volume((20, 37, 45))
     y = _blur(x) + rng.normal(0, 30, x.shape)
-    data = encode(x, y, 40.0, chunk=(4, 8, 16))
+    data = encode(x, y, 40.0, chunk=(4, 8, 16), version=version)
+    assert data[0] == version
     stream = parse(data, x.shape, x.dtype)
     slices = correction.parse_roi(roi, x.shape)
     strides = (stride,) * 3 if isinstance(stride, int) else stride
@@ -336,11 +338,11 @@ def test_residuals_on_a_cell_edge_are_anchored_not_refused():
         np.testing.assert_array_equal(apply(stream, y + shift), x)
 
 
-@pytest.fixture(scope="module")
-def sample():
+@pytest.fixture(scope="module", params=correction_codec.VERSIONS)
+def sample(request):
     x = smooth_volume((9, 13, 11))
     y = x + np.random.default_rng(4).normal(0, 40, x.shape)
-    return x, encode(x, y, 15.0, chunk=(4, 8, 8))
+    return x, encode(x, y, 15.0, chunk=(4, 8, 8), version=request.param)
 
 
 def test_every_truncation_and_extension_is_a_format_error(sample):
@@ -361,6 +363,8 @@ def test_hostile_header_fields_are_format_errors(sample):
     shape_at, tail_at = 3, 3 + 12
     range_at = tail_at + correction_codec._TAIL.size
     tables_at = range_at + 4
+    sig_rows, cls_rows, sign_rows = correction_codec.TABLE_ROWS[data[0]]
+    classes_at = tables_at + sig_rows + sign_rows
     cases = {
         "version": _patched(data, 0, b"\x07"),
         "dtype code": _patched(data, 1, b"\x09"),
@@ -370,9 +374,10 @@ def test_hostile_header_fields_are_format_errors(sample):
         "not positive": _patched(data, tail_at + 6, np.float64(np.nan).tobytes()),
         "clip range": _patched(data, range_at, np.array([9, 3], "<u2").tobytes()),
         "probability byte": _patched(data, tables_at, b"\0"),
-        "classes": _patched(data, tables_at + 44, b"\x63"),
+        "byte 0 is not": _patched(data, classes_at - 1, b"\0"),
+        "classes": _patched(data, classes_at, b"\x63"),
     }
-    anchors_at = tables_at + 45 + 2 * 4 * data[tables_at + 44]
+    anchors_at = classes_at + 1 + 2 * cls_rows * data[classes_at]
     assert data[anchors_at] == 0  # no anchors in this sample
     # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
     outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]
@@ -406,7 +411,7 @@ def test_fuzz_bit_flips_and_truncations_decode_or_raise_format_errors(sample, da
         y = x + np.random.default_rng(4).normal(0, 40, x.shape)
         unstable = np.zeros(x.shape, bool)
         unstable[1, 2, 3] = unstable[5, 7, 9] = unstable[8, 12, 10] = True
-        stream = encode(x, y, 15.0, unstable=unstable, chunk=(4, 8, 8))
+        stream = encode(x, y, 15.0, unstable=unstable, chunk=(4, 8, 8), version=stream[0])
     raw = bytearray(stream)
     for _ in range(data.draw(st.integers(1, 4))):
         position = data.draw(st.integers(0, len(raw) - 1))
@@ -451,3 +456,19 @@ def test_ties_at_both_ends_of_the_margin_are_anchored_in_one_retry():
     stream = encode(x, y, max_error, chunk=(8, 16, 16))
     assert verify(x, y, stream, margin=margin) <= max_error
     assert parse(stream, x.shape, x.dtype).anchors.size > 0
+
+
+def test_the_writer_keeps_the_smaller_version_and_both_decode_alike():
+    """Version 2's in-plane contexts pay off where the residuals are spatially correlated (a
+    network's errors are); its larger tables do not on a few scattered codes, where version 1
+    is kept."""
+    rng = np.random.default_rng(11)
+    x = smooth_volume((24, 40, 40))
+    dense = x + 300 * ndimage.gaussian_filter(rng.normal(0, 1, x.shape), 1.0)
+    sparse = x + np.where(rng.random(x.shape) < 0.002, 400.0, 0.0)
+    for y, kept in ((dense, 2), (sparse, 1)):
+        streams = {v: encode(x, y, 30.0, version=v) for v in correction_codec.VERSIONS}
+        chosen = encode(x, y, 30.0)
+        assert chosen == streams[kept] and len(chosen) == min(map(len, streams.values()))
+        decoded = [codes(parse(s, x.shape, x.dtype)) for s in streams.values()]
+        np.testing.assert_array_equal(decoded[0], decoded[1])
