@@ -377,7 +377,11 @@ def test_hostile_header_fields_are_format_errors(sample):
         "byte 0 is not": _patched(data, classes_at - 1, b"\0"),
         "classes": _patched(data, classes_at, b"\x63"),
     }
-    anchors_at = classes_at + 1 + 2 * cls_rows * data[classes_at]
+    n_classes = data[classes_at]
+    low_tables = correction_codec.chunks.low_classes(data[0], n_classes)
+    anchors_at = (
+        classes_at + 1 + 2 * cls_rows * n_classes + sum(2 << k for k in range(1, low_tables + 1))
+    )
     assert data[anchors_at] == 0  # no anchors in this sample
     # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
     outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]

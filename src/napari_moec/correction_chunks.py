@@ -18,6 +18,8 @@ takes its probability from a table row picked by a context.
   1-5 % of the range (the most where the network is coarse and the residuals dense). Both
   halves decode with a few vectorised calls per plane (a causal context of the row above and
   the voxel to the left estimated ~20 % fewer bytes, but it decodes one voxel at a time).
+  Version 2 also codes the low bits of classes 1..3 (magnitudes 2..15) with a table per class
+  (magnitudes are skewed to the small end of their class: ~2 % of the stream).
 
 Everything here is in-memory: sizes are checked by the framing before a chunk is decoded.
 """
@@ -50,8 +52,18 @@ TABLE_ROWS = {
 }
 _MODEL = constriction.stream.model
 
-#: (significance P(q != 0) per row, class probability rows, sign P(q < 0) per row).
-Tables = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: Version 2 codes the low bits of classes 1..LOW_CLASSES with a table each (2, 4, 8 values).
+LOW_CLASSES = 3
+
+#: (significance P(q != 0) per row, class probability rows, sign P(q < 0) per row, and per
+#: class k = 1.. the probabilities of its 2^k low-bit values: () in version 1).
+Tables = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
+
+
+def low_classes(version: int, n_classes: int) -> int:
+    """How many classes (1..) have a low-bit table: none in version 1, else up to 3 of the
+    stream's classes above 0."""
+    return 0 if version == 1 else min(LOW_CLASSES, max(n_classes - 1, 0))
 
 
 def neighbour_count(flags: np.ndarray) -> np.ndarray:
@@ -151,17 +163,22 @@ def encode(planes: np.ndarray, tables: Tables, version: int) -> bytes:
 
 
 def _encode_group(coder, values, sig, cls_ctx, sign, tables: Tables) -> None:
-    significance, classes, signs = tables
+    significance, classes, signs, low = tables
     bernoulli = _MODEL.Bernoulli(perfect=False)
     nonzero = values != 0
     if nonzero.any():
         magnitude = np.abs(values[nonzero])
         cls = magnitude_class(magnitude)
-        with_bits = cls > 0
-        if with_bits.any():
-            low = (magnitude[with_bits] - (np.int64(1) << cls[with_bits])).astype(np.int32)
-            sizes = (np.int64(1) << cls[with_bits]).astype(np.int32)
-            coder.encode_reverse(low, _MODEL.Uniform(), sizes)
+        bits = (magnitude - (np.int64(1) << cls)).astype(np.int32)
+        # a stack, so the reverse of decoding order: class 1's bits, 2's, .., then the rest
+        rest = cls > len(low)
+        if rest.any():
+            sizes = (np.int64(1) << cls[rest]).astype(np.int32)
+            coder.encode_reverse(bits[rest], _MODEL.Uniform(), sizes)
+        for k in range(len(low), 0, -1):
+            if (cls == k).any():
+                model = _MODEL.Categorical(low[k - 1], perfect=False)
+                coder.encode_reverse(bits[cls == k], model)
         negative = (values[nonzero] < 0).astype(np.int32)
         coder.encode_reverse(negative, bernoulli, signs[sign[nonzero]])
         if classes.shape[1] > 1:
@@ -202,7 +219,7 @@ def decode(words: bytes, shape, tables: Tables, version: int, planes: int | None
 
 
 def _decode_group(coder, contexts, tables: Tables) -> np.ndarray:
-    significance, classes, signs = tables
+    significance, classes, signs, low = tables
     sig, cls_ctx, sign = contexts
     bernoulli = _MODEL.Bernoulli(perfect=False)
     nonzero = coder.decode(bernoulli, significance[sig]) != 0
@@ -220,9 +237,14 @@ def _decode_group(coder, contexts, tables: Tables) -> np.ndarray:
         raise MoecFormatError("correction chunk has a nonzero code but no classes")
     negative = coder.decode(bernoulli, signs[sign[nonzero]]) != 0
     magnitude = np.int64(1) << cls
-    with_bits = cls > 0
-    if with_bits.any():
-        sizes = (np.int64(1) << cls[with_bits]).astype(np.int32)
-        magnitude[with_bits] += coder.decode(_MODEL.Uniform(), sizes)
+    for k in range(1, len(low) + 1):
+        this = cls == k
+        if this.any():
+            model = _MODEL.Categorical(low[k - 1], perfect=False)
+            magnitude[this] += coder.decode(model, int(this.sum()))
+    rest = cls > len(low)
+    if rest.any():
+        sizes = (np.int64(1) << cls[rest]).astype(np.int32)
+        magnitude[rest] += coder.decode(_MODEL.Uniform(), sizes)
     out[nonzero] = np.where(negative, -magnitude, magnitude)
     return out

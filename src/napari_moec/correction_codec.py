@@ -18,6 +18,8 @@ docstring is the byte-level specification. All integers little-endian::
     G           u8 sign probabilities P(q < 0 | context)
     1           u8  K, number of magnitude classes, 0..MAX_CLASSES (0: every q is 0)
     2 C K       C x K u16 class frequencies, one row per class context (a zero row: uniform)
+    2 (2^1 ..   version 2 only: for each class k = 1 .. min(3, K - 1), 2^k u16 frequencies
+     + 2^L)     of the k low bits of its magnitudes (a zero row: uniform)
     varint      A, the number of anchored voxels (LEB128, as every varint here)
     varint x A  their C-order flat indices, each as the gap to the previous one minus 1
                 (the first as the index itself); all inside the volume. An anchored voxel
@@ -46,7 +48,8 @@ positions with chunk-local ``y + x`` even, then the odd ones). A group codes:
    categorical row of the class context: 0 if the previous plane's code at the same position
    is 0, else min(its class + 1, 3) (not coded when K = 1);
 3. their signs, Bernoulli, context the sign of the previous plane's code there (-, 0, +);
-4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits).
+4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits);
+   in version 2, those of classes 1..3 first, each class with its table, then the rest.
 
 Version 2's second group refines each context with the position's four in-plane neighbours
 (all in the first group, so decoded): significance row ``41 + 5 ctx + m`` (m: how many of
@@ -121,6 +124,7 @@ class Stream:
     significance: np.ndarray  # (rows,) float64 P(q != 0), rows: TABLE_ROWS[version]
     classes: np.ndarray  # (rows, K) float64 rows of class probabilities
     signs: np.ndarray  # (rows,) float64 P(q < 0)
+    low: tuple[np.ndarray, ...]  # per class 1..: probabilities of its low bits (v2 only)
     anchors: np.ndarray  # sorted int64 C-order flat indices of voxels coded against ``lo``
     offsets: np.ndarray  # (n_chunks + 1,) int64 byte offsets of the chunk streams in `data`
     data: bytes
@@ -202,10 +206,23 @@ def encode_chunks(
                 np.add.at(cls_n, (cls_ctx[:, mask][nonzero], cls), 1)
                 negative = (values[nonzero] < 0).astype(np.int64)
                 np.add.at(sign_n, (sign_ctx[:, mask][nonzero], negative), 1)
+    n_low = chunks.low_classes(version, n_classes)
+    low_words = [np.zeros(1 << k) for k in range(1, n_low + 1)]
+    for sl in _chunk_slices(shape, edges) if n_low else ():
+        magnitude = np.abs(q[sl][q[sl] != 0])
+        cls = chunks.magnitude_class(magnitude)
+        for k, counts in enumerate(low_words, start=1):
+            counts += np.bincount(magnitude[cls == k] - (1 << k), minlength=1 << k)
+    low_words = [_class_frequencies(counts) for counts in low_words]
     sig_bytes = probability_byte((sig_n[:, 1] + 0.5) / (sig_n.sum(axis=1) + 1.0))
     sign_bytes = probability_byte((sign_n[:, 1] + 0.5) / (sign_n.sum(axis=1) + 1.0))
     class_words = _class_frequencies(cls_n)
-    tables = (probability(sig_bytes), _class_probabilities(class_words), probability(sign_bytes))
+    tables = (
+        probability(sig_bytes),
+        _class_probabilities(class_words),
+        probability(sign_bytes),
+        tuple(_class_probabilities(w[None])[0] for w in low_words),
+    )
 
     dtype = np.dtype(dtype)
     head = bytearray(_FIXED.pack(version, DTYPES.index(dtype.name), q.ndim))
@@ -213,7 +230,7 @@ def encode_chunks(
     head += _TAIL.pack(*chunk, max_error, step)
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
     head += sig_bytes.tobytes() + sign_bytes.tobytes()
-    head += bytes([n_classes]) + class_words.tobytes()
+    head += bytes([n_classes]) + class_words.tobytes() + b"".join(w.tobytes() for w in low_words)
     head += varint.encode(len(anchors))
     for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
         head += varint.encode(gap - 1)
@@ -291,6 +308,11 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += words.nbytes
     if n_classes and words.sum() == 0:
         raise MoecFormatError("correction stream class frequencies are all 0")
+    low = []
+    for k in range(1, chunks.low_classes(version, n_classes) + 1):
+        _need(data, pos, 2 << k, "low-bit table")
+        low.append(_class_probabilities(np.frombuffer(data, "<u2", 1 << k, pos)[None])[0])
+        pos += 2 << k
     count, pos = varint.decode(data, pos, len(data), "anchor count", "correction stream: ")
     if count > len(data) - pos:  # every anchor has a byte
         raise MoecFormatError(f"correction stream list of {count} anchors is truncated")
@@ -329,6 +351,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         probability(sig),
         _class_probabilities(words.reshape(cls_rows, n_classes)),
         probability(signs),
+        tuple(low),
         anchors,
         offsets,
         data,
@@ -351,7 +374,7 @@ def decode_chunk(stream: Stream, index: tuple[int, ...], planes: int | None = No
         return np.zeros(shape, np.int64)
     try:
         raw = stream.data[start:stop]
-        tables = (stream.significance, stream.classes, stream.signs)
+        tables = (stream.significance, stream.classes, stream.signs, stream.low)
         return chunks.decode(raw, shape, tables, stream.version, planes).reshape(shape)
     except MoecFormatError:
         raise
