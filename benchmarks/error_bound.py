@@ -92,7 +92,7 @@ def markdown(records: list[dict], meta: dict) -> str:
         "rounded), checked on every voxel. Bytes: SZ3's whole stream; ours: the whole `.moec`.",
         "",
         "| volume | bound (% range) | E | SZ3 bytes | .moec bytes | network + correction "
-        "| ours / SZ3 | network PSNR | S | sweep (R: bytes) |",
+        "| ours / SZ3 | PSNR of the decoded file | S | sweep (R: bytes) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
