@@ -208,12 +208,14 @@ REGIONS = [
 ]
 
 
+@pytest.mark.parametrize("version", correction_codec.VERSIONS)
 @pytest.mark.parametrize("roi,stride", REGIONS)
-def test_region_decode_is_the_slice_of_the_full_decode(roi, stride):
+def test_region_decode_is_the_slice_of_the_full_decode(roi, stride, version):
     rng = np.random.default_rng(5)
     x = smooth_volume((20, 37, 45))
     y = _blur(x) + rng.normal(0, 30, x.shape)
-    data = encode(x, y, 40.0, chunk=(4, 8, 16))
+    data = encode(x, y, 40.0, chunk=(4, 8, 16), version=version)
+    assert data[0] == version
     stream = parse(data, x.shape, x.dtype)
     slices = correction.parse_roi(roi, x.shape)
     strides = (stride,) * 3 if isinstance(stride, int) else stride
@@ -336,11 +338,11 @@ def test_residuals_on_a_cell_edge_are_anchored_not_refused():
         np.testing.assert_array_equal(apply(stream, y + shift), x)
 
 
-@pytest.fixture(scope="module")
-def sample():
+@pytest.fixture(scope="module", params=correction_codec.VERSIONS)
+def sample(request):
     x = smooth_volume((9, 13, 11))
     y = x + np.random.default_rng(4).normal(0, 40, x.shape)
-    return x, encode(x, y, 15.0, chunk=(4, 8, 8))
+    return x, encode(x, y, 15.0, chunk=(4, 8, 8), version=request.param)
 
 
 def test_every_truncation_and_extension_is_a_format_error(sample):
@@ -361,6 +363,8 @@ def test_hostile_header_fields_are_format_errors(sample):
     shape_at, tail_at = 3, 3 + 12
     range_at = tail_at + correction_codec._TAIL.size
     tables_at = range_at + 4
+    sig_rows, cls_rows, sign_rows = correction_codec.TABLE_ROWS[data[0]]
+    classes_at = tables_at + sig_rows + sign_rows
     cases = {
         "version": _patched(data, 0, b"\x07"),
         "dtype code": _patched(data, 1, b"\x09"),
@@ -370,9 +374,14 @@ def test_hostile_header_fields_are_format_errors(sample):
         "not positive": _patched(data, tail_at + 6, np.float64(np.nan).tobytes()),
         "clip range": _patched(data, range_at, np.array([9, 3], "<u2").tobytes()),
         "probability byte": _patched(data, tables_at, b"\0"),
-        "classes": _patched(data, tables_at + 44, b"\x63"),
+        "byte 0 is not": _patched(data, classes_at - 1, b"\0"),
+        "classes": _patched(data, classes_at, b"\x63"),
     }
-    anchors_at = tables_at + 45 + 2 * 4 * data[tables_at + 44]
+    n_classes = data[classes_at]
+    low_tables = correction_codec.chunks.low_classes(data[0], n_classes)
+    anchors_at = (
+        classes_at + 1 + 2 * cls_rows * n_classes + sum(2 << k for k in range(1, low_tables + 1))
+    )
     assert data[anchors_at] == 0  # no anchors in this sample
     # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
     outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]
@@ -406,7 +415,7 @@ def test_fuzz_bit_flips_and_truncations_decode_or_raise_format_errors(sample, da
         y = x + np.random.default_rng(4).normal(0, 40, x.shape)
         unstable = np.zeros(x.shape, bool)
         unstable[1, 2, 3] = unstable[5, 7, 9] = unstable[8, 12, 10] = True
-        stream = encode(x, y, 15.0, unstable=unstable, chunk=(4, 8, 8))
+        stream = encode(x, y, 15.0, unstable=unstable, chunk=(4, 8, 8), version=stream[0])
     raw = bytearray(stream)
     for _ in range(data.draw(st.integers(1, 4))):
         position = data.draw(st.integers(0, len(raw) - 1))
@@ -419,3 +428,51 @@ def test_fuzz_bit_flips_and_truncations_decode_or_raise_format_errors(sample, da
 @given(raw=st.binary(max_size=300))
 def test_fuzz_random_bytes_decode_or_raise_format_errors(raw):
     _decode_or_format_error(raw, (9, 13, 11), np.uint16)
+
+
+def test_a_version_1_stream_still_decodes_to_its_codes():
+    """``tests/data/correction_v1.bin`` was written by the version-1 coder: later readers
+    must decode it to the same codes and keep its bound (old files stay readable)."""
+    from .data.make_correction_v1 import HERE, sample
+
+    volume, prediction = sample()
+    raw = (HERE / "correction_v1.bin").read_bytes()
+    assert raw[0] == 1  # the stream's version byte
+    stream = parse(raw, volume.shape, volume.dtype)
+    np.testing.assert_array_equal(codes(stream), np.load(HERE / "correction_v1_codes.npy"))
+    assert _error(apply(stream, prediction), volume) <= 12.0
+    roi = ((0, 2), (3, 9), None, (2, 7))
+    np.testing.assert_array_equal(codes(stream, roi, 2), codes(stream)[0:2:2, 3:9:2, ::2, 2:7:2])
+
+
+def test_ties_at_both_ends_of_the_margin_are_anchored_in_one_retry():
+    """Residuals a hair from a quantizer cell's edge miss at ``y - m`` for some voxels and at
+    ``y + m`` for others: the writer must anchor both kinds at once (it had anchored only the
+    first shift's misses, then refused the file: hipct at a 1 % bound)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(16633, 24071, (8, 16, 16)).astype(np.uint16)
+    x.flat[[0, -1]] = 16633, 24070
+    max_error = 74.37
+    step, margin = plan_bound(max_error, x.dtype, (16633, 24070))
+    k = rng.integers(-3, 4, x.shape)
+    nudge = rng.choice([-margin, margin, 0.0, 1e-9, -1e-9], x.shape)
+    y = x - (k + 0.5) * step + nudge
+    stream = encode(x, y, max_error, chunk=(8, 16, 16))
+    assert verify(x, y, stream, margin=margin) <= max_error
+    assert parse(stream, x.shape, x.dtype).anchors.size > 0
+
+
+def test_the_writer_keeps_the_smaller_version_and_both_decode_alike():
+    """Version 2's in-plane contexts pay off where the residuals are spatially correlated (a
+    network's errors are); its larger tables do not on a few scattered codes, where version 1
+    is kept."""
+    rng = np.random.default_rng(11)
+    x = smooth_volume((24, 40, 40))
+    dense = x + 300 * ndimage.gaussian_filter(rng.normal(0, 1, x.shape), 1.0)
+    sparse = x + np.where(rng.random(x.shape) < 0.002, 400.0, 0.0)
+    for y, kept in ((dense, 2), (sparse, 1)):
+        streams = {v: encode(x, y, 30.0, version=v) for v in correction_codec.VERSIONS}
+        chosen = encode(x, y, 30.0)
+        assert chosen == streams[kept] and len(chosen) == min(map(len, streams.values()))
+        decoded = [codes(parse(s, x.shape, x.dtype)) for s in streams.values()]
+        np.testing.assert_array_equal(decoded[0], decoded[1])

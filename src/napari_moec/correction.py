@@ -183,6 +183,7 @@ def encode(
     margin: float | None = None,
     unstable: np.ndarray | None = None,
     chunk: tuple[int, int, int] = DEFAULT_CHUNK,
+    version: int | None = None,
 ) -> bytes:
     """The correction stream that keeps every decoded voxel within ``max_error``; verified.
 
@@ -206,6 +207,9 @@ def encode(
         prediction (anchored), which costs more bits but holds whatever the reader predicts.
     chunk : three ints
         Chunk edges along the last three axes (random access granularity).
+    version : int, optional
+        The stream version to write (:data:`~napari_moec.correction_codec.VERSIONS`); None
+        writes each and keeps the smallest.
 
     Returns
     -------
@@ -233,10 +237,11 @@ def encode(
         unstable = np.asarray(unstable)
         if unstable.shape != original.shape or unstable.dtype != bool:
             raise ConfigError(f"unstable must be a bool mask of shape {original.shape}")
-    return _encode(original, y, max_error, lo, hi, margin, unstable, tuple(chunk), retry=True)
+    coding = {"chunk": tuple(chunk), "version": version}
+    return _encode(original, y, max_error, lo, hi, margin, unstable, coding, retry=True)
 
 
-def _encode(original, y, max_error, lo, hi, margin, unstable, chunk, *, retry: bool) -> bytes:
+def _encode(original, y, max_error, lo, hi, margin, unstable, coding, *, retry: bool) -> bytes:
     step, margin = plan_bound(max_error, original.dtype, (lo, hi), margin)
     anchors = np.zeros(0, np.int64) if unstable is None else np.flatnonzero(unstable)
     base = np.clip(y, lo, hi)
@@ -245,7 +250,7 @@ def _encode(original, y, max_error, lo, hi, margin, unstable, chunk, *, retry: b
     stream = encode_chunks(
         q,
         dtype=original.dtype,
-        chunk=tuple(chunk),
+        **coding,
         max_error=float(max_error),
         step=step,
         lo=lo,
@@ -259,7 +264,7 @@ def _encode(original, y, max_error, lo, hi, margin, unstable, chunk, *, retry: b
         # A residual on a quantizer cell's edge, pushed over by the margin, is a float tie:
         # anchor such voxels (they then ignore the prediction) and verify once more.
         mask = misses[0] if unstable is None else misses[0] | unstable
-        return _encode(original, y, max_error, lo, hi, margin, mask, chunk, retry=False)
+        return _encode(original, y, max_error, lo, hi, margin, mask, coding, retry=False)
     return stream
 
 
@@ -387,16 +392,21 @@ def _check(original, prediction, stream, max_error, margin):
     anchored = _anchored(s)
     x = original.astype(np.float64)
     at_prediction = 0.0
+    bad = np.zeros(original.shape, bool)
+    message = ""
+    # Every shift is checked before answering: the writer anchors *all* the voxels that miss
+    # at either end of the margin in one retry (a tie may miss at -m and another at +m).
     for shift in (0.0, -margin, margin) if margin > 0 else (0.0,):
         error = np.abs(_decoded(s, y + shift, q, anchored).astype(np.float64) - x)
         worst = float(error.max())
         at_prediction = at_prediction if shift else worst
         if worst > bound:
-            bad = error > bound
+            bad |= error > bound
             where = np.unravel_index(int(np.argmax(error)), error.shape)
-            message = (
-                f"{int(bad.sum())} voxels exceed max_error {bound} (worst {worst} at "
+            message = message or (
+                f"exceed max_error {bound} (worst {worst} at "
                 f"{tuple(int(i) for i in where)}, prediction shifted by {shift})"
             )
-            return at_prediction, (bad, message)
+    if message:
+        return at_prediction, (bad, f"{int(bad.sum())} voxels {message}")
     return at_prediction, None

@@ -5,7 +5,7 @@ the decoded value is ``clip(prediction) + step * q``); this module decides *how*
 docstring is the byte-level specification. All integers little-endian::
 
     size        field
-    1           u8  version (1)
+    1           u8  version: 1 or 2 (the chunk coder's context model, below)
     1           u8  dtype code: 0 uint8, 1 uint16, 2 int16, 3 float32
     1           u8  ndim, 3 or 4
     4 ndim      u32 shape, each >= 1; must equal the container's shape (and dtype)
@@ -14,10 +14,12 @@ docstring is the byte-level specification. All integers little-endian::
     8           f64 max_error E, the promised bound (finite, > 0)
     8           f64 step s (finite, > 0)
     2 w         lo, hi: the clip range, in the dtype (w = its size); finite, lo <= hi
-    41          u8 significance probabilities P(q != 0 | context), one per context
-    3           u8 sign probabilities P(q < 0 | context)
+    S           u8 significance probabilities P(q != 0 | context), one per context
+    G           u8 sign probabilities P(q < 0 | context)
     1           u8  K, number of magnitude classes, 0..MAX_CLASSES (0: every q is 0)
-    8 K         4 x K u16 class frequencies, one row per class context (a zero row: uniform)
+    2 C K       C x K u16 class frequencies, one row per class context (a zero row: uniform)
+    2 (2^1 ..   version 2 only: for each class k = 1 .. min(3, K - 1), 2^k u16 frequencies
+     + 2^L)     of the k low bits of its magnitudes (a zero row: uniform)
     varint      A, the number of anchored voxels (LEB128, as every varint here)
     varint x A  their C-order flat indices, each as the gap to the previous one minus 1
                 (the first as the index itself); all inside the volume. An anchored voxel
@@ -26,6 +28,9 @@ docstring is the byte-level specification. All integers little-endian::
                 (LEB128, at most 5 bytes; 0 = every code of the chunk is 0)
     4 sum       the chunk streams, concatenated; together they end the stream exactly
 
+(S, C, G) = (41, 4, 3) in version 1 and (246, 20, 12) in version 2, whose rows past version
+1's are the second checkerboard half's (:data:`~napari_moec.correction_chunks.TABLE_ROWS`).
+
 A probability byte k (1..255) stands for ``(k/128)^2 / 2`` below 128 and
 ``1 - ((256-k)/128)^2 / 2`` from 128 (:func:`probability`): fine near 0 and 1, where the
 contexts of a sparse stream live, and exact in IEEE arithmetic on every platform.
@@ -33,16 +38,24 @@ contexts of a sparse stream live, and exact in IEEE arithmetic on every platform
 Chunks make a region cheap: the reader decodes only the chunks an ROI + stride touches (a
 64^3 chunk is 262k codes), and a chunk whose codes are all 0 costs one index byte. Each chunk
 is one constriction ANS stream (u32 words) holding, plane by plane along the third-last axis,
-in decoding order:
+in decoding order, one group of codes per plane (version 1) or two (version 2: the plane's
+positions with chunk-local ``y + x`` even, then the odd ones). A group codes:
 
-1. the plane's significance flags ``q != 0``, one Bernoulli each, context ``0`` in the first
+1. its significance flags ``q != 0``, one Bernoulli each, context ``0`` in the first
    plane of the chunk, else ``1 + 4 n + c`` with n (0..9) the nonzero codes in the 3x3
    neighbourhood of the same position in the previous plane and c its class context;
-2. for the plane's nonzero codes (C order), the magnitude class ``floor(log2 |q|)`` with the
+2. for its nonzero codes (C order), the magnitude class ``floor(log2 |q|)`` with the
    categorical row of the class context: 0 if the previous plane's code at the same position
    is 0, else min(its class + 1, 3) (not coded when K = 1);
 3. their signs, Bernoulli, context the sign of the previous plane's code there (-, 0, +);
-4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits).
+4. the low ``class`` bits of each magnitude, uniform (as JPEG codes a category and its bits);
+   in version 2, those of classes 1..3 first, each class with its table, then the rest.
+
+Version 2's second group refines each context with the position's four in-plane neighbours
+(all in the first group, so decoded): significance row ``41 + 5 ctx + m`` (m: how many of
+them are nonzero), class row ``4 + 4 ctx + g`` (g: their largest class context), sign row
+``3 + 3 ctx + t`` (t: the sign of their sum, -, 0, +); see
+:mod:`napari_moec.correction_chunks`. The writer codes both versions and keeps the smaller.
 
 Errors of a smooth predictor cluster at edges and keep their sign across planes: on the shared
 volumes these contexts take 10-50 % off an order-0 code of q (blurred stand-in predictions).
@@ -56,29 +69,25 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import constriction
 import numpy as np
 
+from . import correction_chunks as chunks
 from . import varint
+from .correction_chunks import TABLE_ROWS
 from .errors import MoecFormatError
 
 __all__ = ["DTYPES", "MAX_CLASSES", "Stream", "decode_chunk", "encode_chunks", "parse"]
 
-VERSION = 1
+#: Stream versions this reader decodes; the writer keeps whichever codes a stream smaller.
+VERSIONS = (1, 2)
 DTYPES = ("uint8", "uint16", "int16", "float32")
 MAX_VOXELS = 1 << 40
 MAX_EDGE = 1024
 MAX_CHUNK_VOXELS = 1 << 22
 #: Classes 0..23: |q| < 2^24, the largest alphabet constriction's Uniform takes for the low bits.
 MAX_CLASSES = 24
-#: Significance contexts: the first plane of a chunk, then 10 neighbour counts x 4 classes.
-NUM_CONTEXTS = 41
-#: Class and sign contexts: what the previous plane holds at the same position.
-CLASS_CONTEXTS = 4
-SIGN_CONTEXTS = 3
 _FIXED = struct.Struct("<BBB")
 _TAIL = struct.Struct("<3Hdd")
-_MODEL = constriction.stream.model
 
 
 def probability(k: np.ndarray) -> np.ndarray:
@@ -104,6 +113,7 @@ def probability_byte(p: np.ndarray) -> np.ndarray:
 class Stream:
     """A parsed correction stream: header fields, entropy models and the chunk index."""
 
+    version: int
     dtype: np.dtype
     shape: tuple[int, ...]
     chunk: tuple[int, ...]  # one edge per axis (1 on a leading 4th axis)
@@ -111,9 +121,10 @@ class Stream:
     step: float
     lo: float
     hi: float
-    significance: np.ndarray  # (NUM_CONTEXTS,) float64 P(q != 0)
-    classes: np.ndarray  # (CLASS_CONTEXTS, K) float64 rows of class probabilities
-    signs: np.ndarray  # (SIGN_CONTEXTS,) float64 P(q < 0)
+    significance: np.ndarray  # (rows,) float64 P(q != 0), rows: TABLE_ROWS[version]
+    classes: np.ndarray  # (rows, K) float64 rows of class probabilities
+    signs: np.ndarray  # (rows,) float64 P(q < 0)
+    low: tuple[np.ndarray, ...]  # per class 1..: probabilities of its low bits (v2 only)
     anchors: np.ndarray  # sorted int64 C-order flat indices of voxels coded against ``lo``
     offsets: np.ndarray  # (n_chunks + 1,) int64 byte offsets of the chunk streams in `data`
     data: bytes
@@ -126,47 +137,6 @@ class Stream:
 
 def full_chunk(edges: tuple[int, int, int], ndim: int) -> tuple[int, ...]:
     return (1,) * (ndim - 3) + tuple(edges)
-
-
-def neighbour_count(flags: np.ndarray) -> np.ndarray:
-    """Nonzero flags (0..9) in the 3x3 neighbourhood of each position of ``flags`` (..., H, W),
-    counting positions outside the chunk as zero."""
-    padded = np.pad(flags.astype(np.uint8), [(0, 0)] * (flags.ndim - 2) + [(1, 1), (1, 1)])
-    h, w = flags.shape[-2:]
-    out = np.zeros(flags.shape, np.uint8)
-    for dy in range(3):
-        for dx in range(3):
-            out += padded[..., dy : dy + h, dx : dx + w]
-    return out
-
-
-def magnitude_class(magnitude: np.ndarray) -> np.ndarray:
-    """``floor(log2 m)`` for integers m >= 1, exactly (frexp, not a rounded log)."""
-    return (np.frexp(magnitude.astype(np.float64))[1] - 1).astype(np.int32)
-
-
-def _previous_class(q: np.ndarray) -> np.ndarray:
-    """Per position: 0 if the code is 0, else min(class + 1, 3), the context the next plane
-    sees at the same position."""
-    out = np.zeros(q.shape, np.int32)
-    nonzero = q != 0
-    out[nonzero] = np.minimum(magnitude_class(np.abs(q[nonzero])) + 1, CLASS_CONTEXTS - 1)
-    return out
-
-
-def _contexts(planes: np.ndarray):
-    """Significance, class and sign contexts of every code of a chunk's planes (D, H, W); the
-    decoder rebuilds the same ones plane by plane from what it has decoded."""
-    nonzero = planes != 0
-    shape = planes.shape
-    sig = np.zeros(shape, np.int32)
-    cls = np.zeros(shape, np.int32)
-    sign = np.ones(shape, np.int32)
-    if shape[0] > 1:
-        cls[1:] = _previous_class(planes[:-1])
-        sig[1:] = 1 + CLASS_CONTEXTS * neighbour_count(nonzero[:-1]) + cls[1:]
-        sign[1:] = np.sign(planes[:-1]) + 1
-    return sig, cls, sign
 
 
 def _chunk_slices(shape, chunk):
@@ -193,38 +163,6 @@ def _class_probabilities(words: np.ndarray) -> np.ndarray:
     return words / words.sum(axis=1, keepdims=True)
 
 
-def _encode_chunk(q: np.ndarray, tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bytes:
-    planes = q.reshape((-1, *q.shape[-2:]))  # a 4D chunk has a leading edge of 1
-    if not planes.any():
-        return b""
-    significance, classes, signs = tables
-    sig_ctx, cls_ctx, sign_ctx = _contexts(planes)
-    coder = constriction.stream.stack.AnsCoder()
-    bernoulli = _MODEL.Bernoulli(perfect=False)
-    for d in range(planes.shape[0] - 1, -1, -1):  # a stack: encode in reverse decoding order
-        nonzero = planes[d] != 0
-        values = planes[d][nonzero]
-        if values.size:
-            magnitude = np.abs(values)
-            cls = magnitude_class(magnitude)
-            with_bits = cls > 0
-            if with_bits.any():
-                low = (magnitude[with_bits] - (np.int64(1) << cls[with_bits])).astype(np.int32)
-                sizes = (np.int64(1) << cls[with_bits]).astype(np.int32)
-                coder.encode_reverse(low, _MODEL.Uniform(), sizes)
-            coder.encode_reverse(
-                (values < 0).astype(np.int32), bernoulli, signs[sign_ctx[d][nonzero]]
-            )
-            if classes.shape[1] > 1:
-                # One categorical per code: constriction takes a probability row per symbol.
-                model = _MODEL.Categorical(perfect=False)
-                coder.encode_reverse(cls, model, classes[cls_ctx[d][nonzero]])
-        coder.encode_reverse(
-            nonzero.ravel().astype(np.int32), bernoulli, significance[sig_ctx[d].ravel()]
-        )
-    return coder.get_compressed().astype("<u4").tobytes()
-
-
 def encode_chunks(
     q: np.ndarray,
     *,
@@ -235,46 +173,71 @@ def encode_chunks(
     lo: float,
     hi: float,
     anchors: np.ndarray,
+    version: int | None = None,
 ) -> bytes:
     """The stream of integer codes ``q`` (int64, |q| < 2^MAX_CLASSES, the volume's shape);
-    ``anchors`` are the sorted flat indices of the voxels whose codes count from ``lo``."""
+    ``anchors`` are the sorted flat indices of the voxels whose codes count from ``lo``.
+    ``version`` None codes every version of :data:`VERSIONS` and keeps the smallest (a
+    version-2 table costs ~0.5 kB more, which a stream of a few hundred codes does not repay)."""
+    if version is None:
+        fields = dict(dtype=dtype, chunk=chunk, max_error=max_error, step=step, lo=lo, hi=hi)
+        streams = [encode_chunks(q, **fields, anchors=anchors, version=v) for v in VERSIONS]
+        return min(streams, key=len)
+    if version not in VERSIONS:
+        raise ValueError(f"correction stream version {version} is not one of {VERSIONS}")
     shape = q.shape
-    chunks = full_chunk(chunk, q.ndim)
+    edges = full_chunk(chunk, q.ndim)
     # Fit the shared tables on every chunk first (a table is cheaper than adapting, and
     # chunks must decode independently).
     top = int(np.abs(q).max()) if q.size else 0
-    n_classes = int(magnitude_class(np.array([top]))[0]) + 1 if top else 0
-    sig_n = np.zeros((NUM_CONTEXTS, 2))
-    cls_n = np.zeros((CLASS_CONTEXTS, n_classes))
-    sign_n = np.zeros((SIGN_CONTEXTS, 2))
-    for sl in _chunk_slices(shape, chunks):
+    n_classes = int(chunks.magnitude_class(np.array([top]))[0]) + 1 if top else 0
+    sig_rows, cls_rows, sign_rows = TABLE_ROWS[version]
+    sig_n = np.zeros((sig_rows, 2))
+    cls_n = np.zeros((cls_rows, n_classes))
+    sign_n = np.zeros((sign_rows, 2))
+    for sl in _chunk_slices(shape, edges):
         planes = q[sl].reshape((-1, *q[sl].shape[-2:]))
-        sig_ctx, cls_ctx, sign_ctx = _contexts(planes)
-        nonzero = planes != 0
-        np.add.at(sig_n, (sig_ctx.ravel(), nonzero.ravel().astype(np.int64)), 1)
-        if nonzero.any():
-            cls = magnitude_class(np.abs(planes[nonzero]))
-            np.add.at(cls_n, (cls_ctx[nonzero], cls), 1)
-            np.add.at(sign_n, (sign_ctx[nonzero], (planes[nonzero] < 0).astype(np.int64)), 1)
+        for mask, (sig_ctx, cls_ctx, sign_ctx) in chunks.groups(planes, version):
+            values = planes[:, mask]
+            nonzero = values != 0
+            np.add.at(sig_n, (sig_ctx[:, mask].ravel(), nonzero.ravel().astype(np.int64)), 1)
+            if nonzero.any():
+                cls = chunks.magnitude_class(np.abs(values[nonzero]))
+                np.add.at(cls_n, (cls_ctx[:, mask][nonzero], cls), 1)
+                negative = (values[nonzero] < 0).astype(np.int64)
+                np.add.at(sign_n, (sign_ctx[:, mask][nonzero], negative), 1)
+    n_low = chunks.low_classes(version, n_classes)
+    low_words = [np.zeros(1 << k) for k in range(1, n_low + 1)]
+    for sl in _chunk_slices(shape, edges) if n_low else ():
+        magnitude = np.abs(q[sl][q[sl] != 0])
+        cls = chunks.magnitude_class(magnitude)
+        for k, counts in enumerate(low_words, start=1):
+            counts += np.bincount(magnitude[cls == k] - (1 << k), minlength=1 << k)
+    low_words = [_class_frequencies(counts) for counts in low_words]
     sig_bytes = probability_byte((sig_n[:, 1] + 0.5) / (sig_n.sum(axis=1) + 1.0))
     sign_bytes = probability_byte((sign_n[:, 1] + 0.5) / (sign_n.sum(axis=1) + 1.0))
     class_words = _class_frequencies(cls_n)
-    tables = (probability(sig_bytes), _class_probabilities(class_words), probability(sign_bytes))
+    tables = (
+        probability(sig_bytes),
+        _class_probabilities(class_words),
+        probability(sign_bytes),
+        tuple(_class_probabilities(w[None])[0] for w in low_words),
+    )
 
     dtype = np.dtype(dtype)
-    head = bytearray(_FIXED.pack(VERSION, DTYPES.index(dtype.name), q.ndim))
+    head = bytearray(_FIXED.pack(version, DTYPES.index(dtype.name), q.ndim))
     head += struct.pack(f"<{q.ndim}I", *shape)
     head += _TAIL.pack(*chunk, max_error, step)
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
     head += sig_bytes.tobytes() + sign_bytes.tobytes()
-    head += bytes([n_classes]) + class_words.tobytes()
+    head += bytes([n_classes]) + class_words.tobytes() + b"".join(w.tobytes() for w in low_words)
     head += varint.encode(len(anchors))
     for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
         head += varint.encode(gap - 1)
     index = bytearray()
     body = []
-    for sl in _chunk_slices(shape, chunks):
-        words = _encode_chunk(q[sl], tables)
+    for sl in _chunk_slices(shape, edges):
+        words = chunks.encode(q[sl].reshape((-1, *q[sl].shape[-2:])), tables, version)
         index += varint.encode(len(words) // 4)
         body.append(words)
     return bytes(head) + bytes(index) + b"".join(body)
@@ -302,7 +265,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     data = bytes(data)
     _need(data, 0, _FIXED.size, "header")
     version, code, ndim = _FIXED.unpack_from(data, 0)
-    if version != VERSION:
+    if version not in VERSIONS:
         raise MoecFormatError(f"unknown correction stream version {version}")
     if code >= len(DTYPES):
         raise MoecFormatError(f"correction stream dtype code {code} is not one of 0..3")
@@ -329,21 +292,27 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += 2 * dtype.itemsize
     if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
         raise MoecFormatError(f"correction stream clip range [{lo}, {hi}] is not valid")
-    _need(data, pos, NUM_CONTEXTS + SIGN_CONTEXTS + 1, "probability tables")
-    sig = np.frombuffer(data, np.uint8, NUM_CONTEXTS, pos)
-    signs = np.frombuffer(data, np.uint8, SIGN_CONTEXTS, pos + NUM_CONTEXTS)
-    pos += NUM_CONTEXTS + SIGN_CONTEXTS
+    sig_rows, cls_rows, sign_rows = TABLE_ROWS[version]
+    _need(data, pos, sig_rows + sign_rows + 1, "probability tables")
+    sig = np.frombuffer(data, np.uint8, sig_rows, pos)
+    signs = np.frombuffer(data, np.uint8, sign_rows, pos + sig_rows)
+    pos += sig_rows + sign_rows
     if sig.min() < 1 or signs.min() < 1:
         raise MoecFormatError("correction stream probability byte 0 is not valid")
     n_classes = data[pos]
     pos += 1
     if n_classes > MAX_CLASSES:
         raise MoecFormatError(f"correction stream has {n_classes} classes, at most {MAX_CLASSES}")
-    _need(data, pos, 2 * CLASS_CONTEXTS * n_classes, "class table")
-    words = np.frombuffer(data, "<u2", CLASS_CONTEXTS * n_classes, pos)
+    _need(data, pos, 2 * cls_rows * n_classes, "class table")
+    words = np.frombuffer(data, "<u2", cls_rows * n_classes, pos)
     pos += words.nbytes
     if n_classes and words.sum() == 0:
         raise MoecFormatError("correction stream class frequencies are all 0")
+    low = []
+    for k in range(1, chunks.low_classes(version, n_classes) + 1):
+        _need(data, pos, 2 << k, "low-bit table")
+        low.append(_class_probabilities(np.frombuffer(data, "<u2", 1 << k, pos)[None])[0])
+        pos += 2 << k
     count, pos = varint.decode(data, pos, len(data), "anchor count", "correction stream: ")
     if count > len(data) - pos:  # every anchor has a byte
         raise MoecFormatError(f"correction stream list of {count} anchors is truncated")
@@ -371,6 +340,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     if n_classes == 0 and offsets[-1] != pos:
         raise MoecFormatError("correction stream has chunk data but no magnitude classes")
     return Stream(
+        version,
         dtype,
         tuple(shape),
         chunk,
@@ -379,8 +349,9 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         float(lo),
         float(hi),
         probability(sig),
-        _class_probabilities(words.reshape(CLASS_CONTEXTS, n_classes)),
+        _class_probabilities(words.reshape(cls_rows, n_classes)),
         probability(signs),
+        tuple(low),
         anchors,
         offsets,
         data,
@@ -403,48 +374,9 @@ def decode_chunk(stream: Stream, index: tuple[int, ...], planes: int | None = No
         return np.zeros(shape, np.int64)
     try:
         raw = stream.data[start:stop]
-        return _decode_words(stream, shape, raw, planes).reshape(shape)
+        tables = (stream.significance, stream.classes, stream.signs, stream.low)
+        return chunks.decode(raw, shape, tables, stream.version, planes).reshape(shape)
     except MoecFormatError:
         raise
     except Exception as exc:  # constriction reports a corrupt stream with various builtins
         raise MoecFormatError(f"correction chunk {index} cannot be decoded: {exc}") from exc
-
-
-def _decode_words(stream: Stream, shape, raw: bytes, planes: int | None) -> np.ndarray:
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(raw, "<u4").astype(np.uint32))
-    h, w = shape[-2:]
-    q = np.zeros((int(np.prod(shape[:-2])), h, w), np.int64)
-    bernoulli = _MODEL.Bernoulli(perfect=False)
-    n_classes = stream.classes.shape[1]
-    sig_ctx = np.zeros((h, w), np.int32)
-    cls_ctx = np.zeros((h, w), np.int32)
-    sign_ctx = np.ones((h, w), np.int32)
-    full = planes is None or planes >= q.shape[0]
-    for d in range(q.shape[0] if full else max(planes, 0)):
-        nonzero = coder.decode(bernoulli, stream.significance[sig_ctx.ravel()]).reshape(h, w) != 0
-        count = int(nonzero.sum())
-        if count:
-            if n_classes > 1:
-                probs = stream.classes[cls_ctx[nonzero]]
-                cls = coder.decode(_MODEL.Categorical(perfect=False), probs).astype(np.int64)
-            elif n_classes == 1:
-                cls = np.zeros(count, np.int64)
-            else:
-                raise MoecFormatError("correction chunk has a nonzero code but no classes")
-            negative = coder.decode(bernoulli, stream.signs[sign_ctx[nonzero]]) != 0
-            magnitude = np.int64(1) << cls
-            with_bits = cls > 0
-            if with_bits.any():
-                sizes = (np.int64(1) << cls[with_bits]).astype(np.int32)
-                magnitude[with_bits] += coder.decode(_MODEL.Uniform(), sizes)
-            q[d][nonzero] = np.where(negative, -magnitude, magnitude)
-        cls_ctx = _previous_class(q[d])
-        sig_ctx = 1 + CLASS_CONTEXTS * neighbour_count(nonzero).astype(np.int32) + cls_ctx
-        sign_ctx = np.sign(q[d]).astype(np.int32) + 1
-    if not full:
-        return q
-    if not coder.is_empty():
-        raise MoecFormatError("correction chunk has trailing data")
-    if not q.any():
-        raise MoecFormatError("correction chunk stored with no nonzero code")
-    return q
