@@ -66,7 +66,9 @@ def test_unknown_model_is_one_clear_error(hipct):
         nm.compress(hipct, 256, model="wavelet", steps=1)
 
 
-def test_a_store_refuses_grid_tiles_before_any_work(hipct, tmp_path):
-    with pytest.raises(ConfigError, match="SIREN tiles"):
-        TiledCompressor(hipct, tmp_path / "s.ome.zarr", 64, arch=ArchConfig(model="grid"))
+def test_a_store_takes_the_model_option_and_checks_it_before_any_work(hipct, tmp_path):
+    job = TiledCompressor(hipct, tmp_path / "s.ome.zarr", 64, arch=ArchConfig(model="grid"))
+    assert job.arch.model == "grid"  # grid tiles: tests/test_tiled_family.py
+    with pytest.raises(ConfigError, match="model"):
+        TiledCompressor(hipct, tmp_path / "s.ome.zarr", 64, arch=ArchConfig(model="wavelet"))
     assert not (tmp_path / "s.ome.zarr").exists()

@@ -102,8 +102,10 @@ def viewer_widget(make_napari_viewer, volume, scheduler):
     lo, hi = float(volume.min()), float(volume.max())
     viewer.add_image(_lazy(volume), name="big", contrast_limits=(lo, hi), scale=(2, 1, 1))
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
+    # SIREN tiles with their own expert rule: what the widget ran before tiles followed its
+    # model choice (a grid tile needs ~100 payload bytes, more than these tiny tiles' share)
     widget.settings.set_values(ratio=16, steps=15, batch_size=1024, report_every=5, tile=16,
-                               scheduler=scheduler)  # fmt: skip
+                               scheduler=scheduler, model="siren", num_experts=None)  # fmt: skip
     pair = [viewer, widget]
     yield pair
     pair.clear()
@@ -180,7 +182,15 @@ def test_multiscale_layer_compresses_level_zero(make_napari_viewer, qtbot, volum
     viewer.add_image(levels, name="pyr", multiscale=True,
                      contrast_limits=(float(volume.min()), float(volume.max())))  # fmt: skip
     _, widget = viewer.window.add_plugin_dock_widget("napari-moec", "MoEC compression")
-    widget.settings.set_values(ratio=16, steps=10, batch_size=1024, tile=16, scheduler=scheduler)
+    widget.settings.set_values(
+        ratio=16,
+        steps=10,
+        batch_size=1024,
+        tile=16,
+        scheduler=scheduler,
+        model="siren",
+        num_experts=None,
+    )  # tiny tiles: as above
     assert widget.source.currentText() == "pyr"
     widget.start()
     _wait_done(qtbot, widget)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from napari.qt.threading import create_worker
 
 from ..errors import ConfigError
-from ..families.siren.sizing import DEFAULT_EXPERTS
 from .lazy_blocks import LiveStoreBlocks
 from .store_files import scratch_folder
 from .tiled_live import TiledLiveLayers
@@ -44,13 +42,6 @@ def engine_kwargs(request: RunRequest) -> dict:
     if request.arch.hidden_features is not None:
         raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
     configs = dict(request.configs)
-    # Tiles hold SIREN networks in this version (tiled/tileformat.py): the widget's Model
-    # choice applies to single volumes, and its estimate line says so. Experts chosen for the
-    # grid family (the widget starts with 4) mean nothing to SIREN tiles: their own rule.
-    arch = configs["arch"]
-    if arch.model != "siren":
-        arch = replace(arch, model="siren", num_experts=None, top_k=1)
-    configs["arch"] = arch
     if configs.pop("bound").active:
         raise ConfigError("a maximum error is not available in tiled mode yet; leave it off")
     return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
@@ -73,7 +64,8 @@ def tiled_estimate(request: RunRequest) -> str:
     workers = default_shape(request.run.device, kwargs["workers"]).workers
     where = kwargs["scheduler"] or f"local Dask cluster, {workers} workers"
     return (f"tiled: {tiles:,} tiles of {'×'.join(map(str, tile))} (margin {max(margin)}) · "
-            f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · SIREN tiles · "
+            f"store ≤ {budget:,} B, ~{budget // tiles:,} B per tile · "
+            f"{kwargs['arch'].model} tiles · "
             f"{where}")  # fmt: skip
 
 
@@ -127,6 +119,7 @@ class TiledRun:
         *,
         on_finished: Callable[[], None],
     ) -> None:
+        from ..tiled.prepare import store_experts
         from ..tiled.runner import TiledCompressor
         from ..tiled.tiledecode import label_dtype
 
@@ -136,7 +129,7 @@ class TiledRun:
         self.job = job = TiledCompressor(request.data, dest, **kwargs, **request.physical)
         self.request, self.panel, self.results, self.stores = request, panel, results, stores
         self.on_finished = on_finished
-        experts = job.arch.num_experts or DEFAULT_EXPERTS  # tiles' most experts (sizing)
+        experts = store_experts(job.arch)  # tiles' most experts (the label stride)
         tiles = math.prod(math.ceil(n / t) for n, t in zip(job.source.shape, job.tile, strict=True))
         self.blocks = LiveStoreBlocks(job.root, job.source.shape, job.tile, job.source.dtype,
                                       label_dtype(tiles, experts))  # fmt: skip

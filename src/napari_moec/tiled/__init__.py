@@ -1,5 +1,6 @@
-"""Tiled MoEC: volumes larger than memory, one MoE SIREN per tile, stored as an OME-Zarr image
-(NGFF 0.5, zarr v3) whose chunks are tiles and compressed as Dask distributed tasks.
+"""Tiled MoEC: volumes larger than memory, one network per tile (the run's model family),
+stored as an OME-Zarr image (NGFF 0.5, zarr v3) whose chunks are tiles and compressed as Dask
+distributed tasks.
 
 The only part of napari-moec that imports Dask. This package's ``__init__`` imports nothing
 heavy: zarr loads :mod:`.codec` through its entry point to read a store, and that must not pull

@@ -14,11 +14,13 @@ That is the optimum of a power-law model ``error_i ∝ d_i · b_i^-γ`` with ``p
 per tile) equal split gave 35.68 dB, ``p`` = 0.8 36.17 dB and ``p`` = 0.3 36.56 dB at the same
 bytes (docs/benchmarks/tiled.md). Every network
 tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
-wider than its training schedule can fit wastes its bytes). Each tile's network is the widest
-its share buys (:func:`~napari_moec.families.siren.sizing.tile_network`): with experts left to
-"auto", two experts, or one network where two would be narrower than
-``MIN_EXPERT_WIDTH``. Tiles do not follow the single-volume rule that stores one network where
-it would be 20-80 wide: that band was measured on whole volumes only, and following it would
+wider than its training schedule can fit wastes its bytes). Each tile's network is what its
+share buys in the store's model family (:mod:`.tilemodels`: the family's own sizing through the
+contract; for SIREN the widest network,
+:func:`~napari_moec.families.siren.sizing.tile_network`, with experts left to "auto" two
+experts, or one network where two would be narrower than ``MIN_EXPERT_WIDTH``). SIREN
+tiles do not follow the single-volume rule that stores one network where it would be 20-80
+wide: that band was measured on whole volumes only, and following it would
 change what every existing tiled setting stores. Tiles whose every voxel is one value
 are stored as that value; the commonest such value becomes the array's fill value, and its tiles
 are not written at all.
@@ -29,11 +31,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
-from ..families.siren.sizing import predict_payload_nbytes, tile_network
 from .scan import TileStats
-from .tileformat import TileSpec, encode_constant_tile, network_overhead
+from .tileformat import TileSpec, encode_constant_tile, max_network_overhead
+from .tilemodels import smallest_payload, tile_model_config
 
 __all__ = [
     "DIFFICULTY_EXPONENT",
@@ -54,7 +57,9 @@ MAX_SHARE = 8.0
 
 @dataclass(frozen=True)
 class TilePlan:
-    """What one tile will be: "empty" (not written), "constant" or "network" (with its size)."""
+    """What one tile will be: "empty" (not written), "constant" or "network" (with its size:
+    ``config`` is its model config in the store's family; ``hidden`` and ``experts`` are its
+    width and expert count, for reports)."""
 
     index: tuple[int, ...]
     kind: str
@@ -63,6 +68,7 @@ class TilePlan:
     hidden: int = 0
     experts: int = 0
     reserved: int = 0
+    config: Any = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,13 @@ def allocate(
     container_overhead=lambda index: 0,
     exponent: float = DIFFICULTY_EXPONENT,
     fill: float | int | None = None,
+    options: Any = None,
 ) -> Allocation:
     """Share ``budget`` bytes (all chunk bytes; metadata already set aside) between the tiles.
+
+    ``experts`` is the user's expert count for SIREN tiles (None: the tiles' rule);
+    ``options`` the options a family other than SIREN sizes each tile with (None: its own
+    defaults; an ``ArchConfig`` carries experts and top-k over).
 
     Raises ConfigError when the budget cannot hold the smallest network for every tile that
     needs one (the message says which tile size or ratio would fit).
@@ -116,12 +127,12 @@ def allocate(
             plans[s.index] = TilePlan(s.index, "constant", value=value, reserved=cost)
             fixed += cost
     reserve = {
-        s.index: network_overhead(spec, s.index, 4096, 64) + container_overhead(s.index)
-        for s in network
+        s.index: max_network_overhead(spec, s.index) + container_overhead(s.index) for s in network
     }
     fixed += sum(reserve.values())
     available = budget - fixed
-    smallest = predict_payload_nbytes(spec.model_config(1, 1), spec.networks.quant)
+    by_shape = {spec.region_shape(s.index): s.index for s in network}
+    smallest = max((smallest_payload(spec, i, options) for i in by_shape.values()), default=1)
     if network and available < smallest * len(network):
         raise ConfigError(
             f"the budget leaves {max(0, available)} bytes for {len(network)} tiles of "
@@ -146,14 +157,12 @@ def allocate(
         shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
-        sized = tile_network(
-            spec.model_config, spec.networks.quant, share, experts, spec.networks.experts
-        )
-        if sized is None:
+        config = tile_model_config(spec, s.index, share, experts, options)
+        if config is None:
             raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
         plans[s.index] = TilePlan(
-            s.index, "network", payload_budget=share, hidden=sized[0], experts=sized[1],
-            reserved=reserve[s.index],
+            s.index, "network", payload_budget=share, hidden=config.hidden_features,
+            experts=config.num_experts, reserved=reserve[s.index], config=config,
         )  # fmt: skip
     tiles = tuple(plans[s.index] for s in stats)
     return Allocation(tiles, fill, sum(shares.values()), fixed)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import families
 from ..errors import ConfigError, MoecError
 from ..families.siren.sizing import DEFAULT_EXPERTS
 from ..plan import budget_nbytes
@@ -131,6 +132,15 @@ def scan(job, client) -> Generator[TiledEvent, None, list[TileStats]]:
     return ordered
 
 
+def store_experts(arch) -> int:
+    """The store's expert count (the label stride): the user's, else the family's own start
+    (SIREN tiles: ``DEFAULT_EXPERTS``; other families: one network, their "auto")."""
+    if arch.num_experts is not None:
+        return arch.num_experts
+    start = getattr(families.get(arch.model).default_options(), "num_experts", None)
+    return start or DEFAULT_EXPERTS
+
+
 def make_plan(job, stats: list[TileStats]) -> StorePlan:
     vmin = min(s.vmin for s in stats)
     vmax = max(s.vmax for s in stats)
@@ -142,8 +152,7 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
         TileValues(job.source.dtype.name, vmin, vmax),
         TileNetworks(
             job.quant, top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
-            w0_first=arch.w0_first,
-            experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
+            w0_first=arch.w0_first, experts=store_experts(arch), family=arch.model,
         ),
     )  # fmt: skip
     fill = choose_fill(stats, spec.values.dtype)
@@ -163,6 +172,7 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
     allocation = allocate(
         spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
         container_overhead=overhead, fill=fill, exponent=allocate_module.DIFFICULTY_EXPONENT,
+        options=arch,
     )  # fmt: skip
     digest = hashlib.sha256()
     for doc in (

@@ -21,7 +21,7 @@ from ..decode import parse_roi
 from ..errors import ConfigError, MoecFormatError
 from .store import ARRAY_PATH, chunk_key
 from .tiledecode import decode_tile
-from .tileformat import CODEC_NAME, KIND_NETWORK, TileSpec, parse_tile
+from .tileformat import CODEC_NAME, TileSpec, parse_tile
 
 __all__ = ["TiledStore", "is_tiled_store", "open_tiled"]
 
@@ -209,11 +209,11 @@ class TiledStore:
         kinds["constant"] = 0
         for index, data in self.chunk_items():
             tile = parse_tile(spec, data, name=chunk_key(index), expected_index=index)
-            kind = "network" if tile.kind == KIND_NETWORK else "constant"
+            kind = "network" if tile.network else "constant"
             kinds[kind] += 1
-            payload = len(tile.payload) if tile.kind == KIND_NETWORK else spec.values.itemsize
+            payload = len(tile.payload) if tile.network else spec.values.itemsize
             overhead += len(data) - payload
-            if tile.kind == KIND_NETWORK:
+            if tile.network:
                 sizes.append(len(data))
                 widths.append(tile.model.hidden_features)
                 experts.append(tile.model.num_experts)

@@ -59,7 +59,7 @@ __all__ = ["TiledCompressor", "compress_tiled"]
 
 class TiledCompressor:
     """Compress a volume of any size into a tiled OME-Zarr store (``.ome.zarr`` folder or
-    ``.ozx`` file), one MoE SIREN per tile, on a Dask distributed cluster.
+    ``.ozx`` file), one network of ``arch.model``'s family per tile, on a Dask cluster.
 
     Parameters
     ----------
@@ -124,12 +124,6 @@ class TiledCompressor:
         self.arch = arch or ArchConfig()
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
-        if self.arch.model != "siren":
-            # The tile stream (tileformat.py) holds SIREN networks; grid tiles are issue 24.
-            raise ConfigError(
-                f"tiled stores hold SIREN tiles in this version; model {self.arch.model!r} "
-                "compresses single files (use --model siren for a store)"
-            )
         self.train = train or TrainConfig()
         if self.train.target_psnr is not None:
             raise ConfigError("a target PSNR is not available for tiled stores yet: use a ratio")

@@ -16,11 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..compressed import model_from_weights
-from ..decode import evaluate_with_labels
+from .. import families
 from ..errors import MoecFormatError
-from ..families.siren.moe import MoESiren
-from ..format import Header, unpack_payload
 from ..sampling import Normalization
 from .tileformat import KIND_CONSTANT, Tile, TileSpec, label_dtype, parse_tile
 
@@ -30,27 +27,27 @@ __all__ = ["DECODE_COUNTS", "decode_tile", "label_dtype", "tile_model"]
 DECODE_COUNTS: Counter = Counter()
 #: Built networks kept per process: re-reading a chunk (napari panning) skips entropy decoding.
 _CACHE_SIZE = 64
-_cache: OrderedDict[bytes, MoESiren] = OrderedDict()
+_cache: OrderedDict[bytes, torch.nn.Module] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def tile_model(spec: TileSpec, tile: Tile, name: str) -> MoESiren:
-    """The network of a parsed network tile (cached by its bytes)."""
+def tile_model(spec: TileSpec, tile: Tile, name: str) -> torch.nn.Module:
+    """The network of a parsed network tile, rebuilt by the store's model family from its
+    payload (cached by its bytes)."""
     key = tile.payload + repr((tile.index, tile.model)).encode()
     with _cache_lock:
         model = _cache.get(key)
         if model is not None:
             _cache.move_to_end(key)
             return model
+    family = spec.networks.family
     try:
-        weights = unpack_payload(tile.model, spec.networks.quant, tile.payload)
+        weights = families.codec(family).unpack_payload(
+            tile.model, spec.networks.quant, tile.payload
+        )
     except MoecFormatError as exc:
         raise MoecFormatError(f"chunk {name}: {exc}") from None
-    region = tuple(s.stop - s.start for s in spec.grid.region_slices(tile.index))
-    values = spec.values
-    header = Header(region, "ZYX" if spec.grid.ndim == 3 else "TZYX", values.dtype, values.vmin,
-                    values.vmax, tile.model, spec.networks.quant, values.norm)  # fmt: skip
-    model = model_from_weights(header, weights)
+    model = families.get(family).model_from_weights(tile.model, weights)
     with _cache_lock:
         _cache[key] = model
         while len(_cache) > _CACHE_SIZE:
@@ -104,12 +101,15 @@ def decode_tile(
             roi.append((off + int(a[0]), off + int(a[-1]) + 1))
             strides.append(1)
             picks.append(a - a[0])
+    family = families.get(spec.networks.family)
     with torch.no_grad():
-        raw, top1 = evaluate_with_labels(model, region, roi, tuple(strides))
+        raw, top1 = family.decode_region(
+            model, region, tuple(roi), tuple(strides), values=True, labels=labels
+        )
     if any(not isinstance(p, slice) for p in picks):
         grid = np.ix_(*[np.arange(n) if isinstance(p, slice) else p
                         for p, n in zip(picks, raw.shape, strict=True)])  # fmt: skip
-        raw, top1 = raw[grid], top1[grid]
+        raw, top1 = raw[grid], (None if top1 is None else top1[grid])
     norm = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
     values[target] = norm.invert(raw, dtype)
     if labels:

@@ -1,5 +1,10 @@
-"""The MoEC tile stream, version 1.0: the bytes of one chunk of a tiled store. This docstring is
+"""The MoEC tile stream, version 1.1: the bytes of one chunk of a tiled store. This docstring is
 the byte-level specification; it extends the ``.moec`` spec (``napari_moec.format``).
+
+Version 1.1 adds tiles of any registered model family (``napari_moec.families``): the
+configuration's optional ``"family"`` key and the chunk kind 3. A store of SIREN tiles omits
+the key and writes ``"version": "1.0"``, so its metadata and chunks are byte for byte what 1.0
+wrote; a store of another family writes ``"1.1"``.
 
 A tiled store is an OME-Zarr image (NGFF 0.5, zarr v3) whose array's only codec is
 ``{"name": "napari_moec.tile", "configuration": {...}}`` (the serializer, an ArrayBytesCodec).
@@ -11,7 +16,10 @@ What every tile shares is stated once, in that configuration (JSON)::
     "margin"   [M...]  voxels of context each tile's network was trained on beyond its faces
     "range"    [min, max]  intensities of the original volume (min < max)
     "norm"     [lo, hi]    training range the intensities were mapped to (lo < hi)
-    "model"    [top_k, expert_layers, w0, w0_first]; w0_first is null: from the width (below)
+    "family"   (1.1, optional) the model family of every network tile, e.g. "grid"; absent
+               means "siren" (and is never written for SIREN)
+    "model"    SIREN: [top_k, expert_layers, w0, w0_first]; w0_first is null: from the width
+               (below). Other families: null (each tile states its own model, kind 3)
     "quant"    [precision, per_channel 0|1, entropy 0|1]   as the .moec header's "q"
     "experts"  the largest num_experts of any tile (the stride of label ids, below)
 
@@ -27,7 +35,8 @@ chunks) are the array's fill value.
 Chunk bytes (integers little-endian; varint = unsigned LEB128, at most 5 bytes)::
 
     offset  size  field
-    0       1     kind: 1 = constant tile, 2 = network tile (other values are invalid)
+    0       1     kind: 1 = constant tile, 2 = SIREN network tile, 3 = family network tile;
+                  2 only in a SIREN store, 3 only in a store with a "family" (others invalid)
     1       k     the chunk grid index, one varint per axis (checked against the chunk's key)
     kind 1:
             s     the tile's value, one element of the data type (s = itemsize)
@@ -40,6 +49,15 @@ Chunk bytes (integers little-endian; varint = unsigned LEB128, at most 5 bytes):
                   out_features 1, w0, w0_first = the configuration's, or when null
                   ``min(30, max(5, round(0.75 H)))``); its length is what lies between the
                   varints and the CRC, checked against the model as in a .moec file
+    kind 3:
+            v     varint k = number of model fields, 1..32
+            k*v   k varints, each < 2^20: the family's model config as its header ``"m"`` list
+                  of integers (``PayloadCodec.config_to_json``; grid: the 9 integers of
+                  ``families/grid/config.FIELDS``), read back with ``config_from_json`` for the
+                  tile's *region* shape (the family checks every field's range)
+            P     payload: the family's payload for that config (``PayloadCodec``); its length
+                  is what lies between the fields and the CRC, checked by the family's
+                  ``unpack_payload`` before anything is sized from it
     end-4   4     u32 CRC-32 (zlib.crc32) of every byte before it
 
 Chunks that are absent hold the array's fill value (zarr's rule): tiles whose every voxel equals
@@ -49,10 +67,12 @@ it cost no byte. Decoded values are ``(y - lo) / (hi - lo) * (max - min) + min``
 
 Per-tile overhead (what a tile costs besides its weights): 1 kind byte, the index varints (one
 byte per axis below 128 tiles an axis), 2 width/experts bytes (H < 128), 4 CRC bytes: 10 bytes
-for a 3D network tile of a grid under 128 tiles per axis. Reading checks, in order: size,
-CRC, kind, index (range and key), H and n, then the payload against the model
-(``format.unpack_payload``); every failure raises MoecFormatError naming the chunk, and nothing
-is allocated from a size that was not checked.
+for a 3D network tile of a grid under 128 tiles per axis; a grid tile (kind 3) has 1 + 9
+field bytes instead of 2: 17 bytes. Reading checks, in order: size, CRC, kind (against the
+family), index (range and key), H and n (kind 2) or k and each field (kind 3, then the family's
+``config_from_json``), then the payload against the model (the family's ``unpack_payload``);
+every failure raises MoecFormatError naming the chunk, and nothing is allocated from a size
+that was not checked.
 """
 
 from __future__ import annotations
@@ -62,10 +82,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 
-from .. import varint
+from .. import families, varint
 from ..config import ModelConfig, QuantConfig
 from ..errors import ConfigError, MoecFormatError
 from ..volumes import SUPPORTED_DTYPES
@@ -73,6 +94,7 @@ from ..volumes import SUPPORTED_DTYPES
 __all__ = [
     "CODEC_NAME",
     "KIND_CONSTANT",
+    "KIND_FAMILY",
     "KIND_NETWORK",
     "MAX_TILE_BYTES",
     "TILE_VERSION",
@@ -82,17 +104,26 @@ __all__ = [
     "TileSpec",
     "TileValues",
     "encode_constant_tile",
+    "encode_family_tile",
     "encode_network_tile",
     "label_dtype",
+    "max_network_overhead",
     "network_overhead",
     "parse_tile",
+    "tile_overhead",
     "tile_w0_first",
 ]
 
 CODEC_NAME = "napari_moec.tile"
-TILE_VERSION = (1, 0)
+TILE_VERSION = (1, 1)
+#: What a SIREN store writes (its bytes are version 1.0's).
+SIREN_VERSION = (1, 0)
 KIND_CONSTANT = 1
 KIND_NETWORK = 2
+KIND_FAMILY = 3
+#: Bounds of a kind-3 tile's model fields (their count, and each field's value).
+MAX_FIELDS = 32
+MAX_FIELD = 1 << 20
 #: Largest chunk a reader accepts (a 2^26-parameter fp32 network is 256 MiB).
 MAX_TILE_BYTES = (1 << 28) + 64
 _CRC = struct.Struct("<I")
@@ -199,8 +230,9 @@ class TileValues:
 
 @dataclass(frozen=True)
 class TileNetworks:
-    """What every network tile shares: how its weights are quantized and the SIREN knobs a
-    tile's width and experts do not decide. ``experts`` is the store's largest expert count
+    """What every network tile shares: its model ``family``, how its weights are quantized and
+    the SIREN knobs a tile's width and experts do not decide (SIREN only: a tile of another
+    family states its whole model, kind 3). ``experts`` is the store's largest expert count
     (the stride of label ids), not each tile's."""
 
     quant: QuantConfig
@@ -209,10 +241,18 @@ class TileNetworks:
     w0: float = 30.0
     w0_first: float | None = None
     experts: int = 2
+    family: str = "siren"
 
     def __post_init__(self) -> None:
         if not 1 <= self.experts <= 64 or not 1 <= self.top_k <= 2:
             raise ConfigError(f"invalid experts {self.experts} or top_k {self.top_k}")
+        if self.family not in families.FAMILIES:
+            raise ConfigError(f"unknown model family {self.family!r}")
+
+    @property
+    def siren(self) -> bool:
+        """True for a store of SIREN tiles (kind 2, the 1.0 stream)."""
+        return self.family == "siren"
 
     def model_config(self, ndim: int, hidden: int, experts: int) -> ModelConfig:
         """The network of a tile of ``ndim`` axes, width ``hidden``, ``experts`` experts (the
@@ -241,8 +281,14 @@ class TileSpec:
     networks: TileNetworks
 
     def model_config(self, hidden: int, experts: int) -> ModelConfig:
-        """The network of a tile of width ``hidden`` with ``experts`` experts (spec rule)."""
+        """The network of a SIREN tile of width ``hidden`` with ``experts`` experts (spec
+        rule)."""
         return self.networks.model_config(self.grid.ndim, hidden, experts)
+
+    def region_shape(self, index) -> tuple[int, ...]:
+        """The shape of the region tile ``index``'s network was trained on (a kind-3 tile's
+        model config is read for it)."""
+        return tuple(s.stop - s.start for s in self.grid.region_slices(index))
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -253,8 +299,9 @@ class TileSpec:
     def to_json(self) -> dict:
         """The codec configuration (dtype is the array's, not repeated here)."""
         grid, values, nets = self.grid, self.values, self.networks
-        return {
-            "version": f"{TILE_VERSION[0]}.{TILE_VERSION[1]}",
+        version = SIREN_VERSION if nets.siren else TILE_VERSION
+        doc = {
+            "version": f"{version[0]}.{version[1]}",
             "shape": list(grid.shape),
             "tile": list(grid.tile),
             "margin": list(grid.margin),
@@ -264,6 +311,10 @@ class TileSpec:
             "quant": [nets.quant.precision, int(nets.quant.per_channel), int(nets.quant.entropy)],
             "experts": nets.experts,
         }
+        if not nets.siren:  # 1.1: the family's tiles state their own model
+            doc["model"] = None
+            doc["family"] = nets.family
+        return doc
 
     @classmethod
     def from_json(cls, doc: object, dtype: str) -> TileSpec:
@@ -304,6 +355,11 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
     if not isinstance(doc, dict):
         raise MoecFormatError(f"{CODEC_NAME} configuration must be a JSON object")
     known = {"version", "shape", "tile", "margin", "range", "norm", "model", "quant", "experts"}
+    family = doc.get("family", "siren")
+    if "family" in doc:
+        known.add("family")
+        if family == "siren" or not isinstance(family, str) or family not in families.FAMILIES:
+            raise MoecFormatError(f"{CODEC_NAME} family {family!r} is not a non-SIREN family")
     if set(doc) != known:
         raise MoecFormatError(
             f"{CODEC_NAME} configuration keys {sorted(doc)} differ from {sorted(known)}"
@@ -322,6 +378,10 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
     if not (isinstance(rng, list) and len(rng) == 2 and isinstance(norm, list) and len(norm) == 2):
         raise MoecFormatError(f"{CODEC_NAME} range and norm must be [lo, hi] pairs")
     model = doc["model"]
+    if family != "siren":
+        if model is not None:
+            raise MoecFormatError(f"{CODEC_NAME} model must be null for family {family!r}")
+        model = [1, 3, 30, None]  # the SIREN knobs, unused by a family's tiles
     if not isinstance(model, list) or len(model) != 4:
         raise MoecFormatError(f"{CODEC_NAME} model must be [top_k, layers, w0, w0_first]")
     top_k, layers = _int_list(model[:2], 2, 1, "model")
@@ -352,6 +412,7 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
             w0=_number(model[2], "model"),
             w0_first=w0_first,
             experts=experts,
+            family=family,
         ),
     )
     spec.model_config(1, 1)  # validates layers, w0 and w0_first through ModelConfig
@@ -377,9 +438,12 @@ def encode_constant_tile(spec: TileSpec, index, value) -> bytes:
     return _finish(bytes([KIND_CONSTANT]) + _index_bytes(spec, index) + raw)
 
 
-def encode_network_tile(spec: TileSpec, index, model: ModelConfig, payload: bytes) -> bytes:
-    """The chunk of a network tile: ``payload`` packed (``format.pack_payload``) for ``model``,
-    which must be ``spec.model_config(H, n)``."""
+def encode_network_tile(spec: TileSpec, index, model: Any, payload: bytes) -> bytes:
+    """The chunk of a network tile of the store's family: a SIREN ``payload`` packed
+    (``format.pack_payload``) for ``model``, which must be ``spec.model_config(H, n)`` (kind
+    2), or a family's payload for its config (kind 3, :func:`encode_family_tile`)."""
+    if not spec.networks.siren:
+        return encode_family_tile(spec, index, model, payload)
     expected = spec.model_config(model.hidden_features, model.num_experts)
     if model != expected:
         raise ConfigError(f"tile network {model} is not the spec's {expected}")
@@ -394,8 +458,62 @@ def encode_network_tile(spec: TileSpec, index, model: ModelConfig, payload: byte
     return _finish(head + bytes(payload))
 
 
+def _family_fields(spec: TileSpec, config: Any) -> list[int]:
+    """A family config's integers as a kind-3 tile stores them (checked against the spec)."""
+    fields = families.codec(spec.networks.family).config_to_json(config)
+    if (
+        not isinstance(fields, list)
+        or not 1 <= len(fields) <= MAX_FIELDS
+        or any(type(v) is not int or not 0 <= v < MAX_FIELD for v in fields)
+    ):
+        raise ConfigError(
+            f"family {spec.networks.family!r} config {fields!r} is not up to {MAX_FIELDS} "
+            f"integers in [0, {MAX_FIELD}): it cannot be a tile's model"
+        )
+    return fields
+
+
+def encode_family_tile(spec: TileSpec, index, config: Any, payload: bytes) -> bytes:
+    """The chunk of a kind-3 tile: ``config`` (a model config of the store's family for the
+    tile's region shape, at most ``spec.networks.experts`` experts) and its ``payload``."""
+    if spec.networks.siren:
+        raise ConfigError("a SIREN store holds kind-2 network tiles (encode_network_tile)")
+    shape = spec.region_shape(index)
+    if tuple(config.shape) != shape:
+        raise ConfigError(f"tile model shape {config.shape} is not the region's {shape}")
+    if config.num_experts > spec.networks.experts:
+        raise ConfigError(
+            f"{config.num_experts} experts exceed the store's {spec.networks.experts}"
+        )
+    fields = _family_fields(spec, config)
+    head = bytes([KIND_FAMILY]) + _index_bytes(spec, index) + varint.encode(len(fields))
+    return _finish(head + b"".join(varint.encode(v) for v in fields) + bytes(payload))
+
+
+def tile_overhead(spec: TileSpec, index, config: Any) -> int:
+    """Bytes of the network tile holding ``config`` besides its payload."""
+    if spec.networks.siren:
+        return network_overhead(spec, index, config.hidden_features, config.num_experts)
+    fields = _family_fields(spec, config)
+    return (
+        1
+        + len(_index_bytes(spec, index))
+        + len(varint.encode(len(fields)))
+        + sum(len(varint.encode(v)) for v in fields)
+        + 4
+    )
+
+
+def max_network_overhead(spec: TileSpec, index) -> int:
+    """The most bytes any network tile at ``index`` spends besides its payload (what the
+    allocator sets aside before sharing the budget)."""
+    if spec.networks.siren:
+        return network_overhead(spec, index, 4096, 64)
+    return 1 + len(_index_bytes(spec, index)) + 1 + MAX_FIELDS * 3 + 4
+
+
 def network_overhead(spec: TileSpec, index, hidden: int, experts: int) -> int:
-    """Bytes of a network tile besides its payload (kind, index, width, experts, CRC)."""
+    """Bytes of a SIREN network tile besides its payload (kind, index, width, experts, CRC)."""
     return (
         1
         + len(_index_bytes(spec, index))
@@ -408,14 +526,20 @@ def network_overhead(spec: TileSpec, index, hidden: int, experts: int) -> int:
 # -- reading -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tile:
-    """One parsed chunk: a constant (``value``) or a network (``model`` + ``payload``)."""
+    """One parsed chunk: a constant (``value``) or a network (``model`` + ``payload``;
+    ``model`` is a ``ModelConfig`` for kind 2, the store's family's config for kind 3)."""
 
     kind: int
     index: tuple[int, ...]
     nbytes: int
     value: float | int | None = None
-    model: ModelConfig | None = None
+    model: Any = None
     payload: bytes = b""
+
+    @property
+    def network(self) -> bool:
+        """True for a network tile of either kind."""
+        return self.model is not None
 
 
 def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=None) -> Tile:
@@ -437,8 +561,11 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
         )
     end = n - _CRC.size
     kind = data[0]
-    if kind not in (KIND_CONSTANT, KIND_NETWORK):
-        raise MoecFormatError(f"chunk {name}: unknown tile kind {kind}")
+    network_kind = KIND_NETWORK if spec.networks.siren else KIND_FAMILY
+    if kind not in (KIND_CONSTANT, network_kind):
+        raise MoecFormatError(
+            f"chunk {name}: tile kind {kind} is not valid in a {spec.networks.family} store"
+        )
     pos, index = 1, []
     counts = spec.grid.counts
     for axis, g in enumerate(counts):
@@ -459,6 +586,8 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
         if not np.isfinite(value):
             raise MoecFormatError(f"chunk {name}: constant tile value {value} is not finite")
         return Tile(kind, index, n, value=value.item())
+    if kind == KIND_FAMILY:
+        return _parse_family_tile(spec, data, pos, end, index, name)
     hidden, pos = varint.decode(data, pos, end, "width", f"chunk {name}: ")
     experts, pos = varint.decode(data, pos, end, "number of experts", f"chunk {name}: ")
     if not 1 <= hidden <= 4096 or not 1 <= experts <= min(64, spec.networks.experts):
@@ -468,3 +597,33 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
     except ConfigError as exc:
         raise MoecFormatError(f"chunk {name}: {exc}") from None
     return Tile(kind, index, n, model=model, payload=data[pos:end])
+
+
+def _parse_family_tile(spec: TileSpec, data: bytes, pos: int, end: int, index, name) -> Tile:
+    """The kind-3 part of :func:`parse_tile`: the field count, each field, then the family's
+    own checks of the config (the payload is checked when it is unpacked)."""
+    where = f"chunk {name}: "
+    count, pos = varint.decode(data, pos, end, "number of model fields", where)
+    if not 1 <= count <= MAX_FIELDS:
+        raise MoecFormatError(f"{where}{count} model fields (1..{MAX_FIELDS} allowed)")
+    fields = []
+    for i in range(count):
+        v, pos = varint.decode(data, pos, end, f"model field {i}", where)
+        if v >= MAX_FIELD:
+            raise MoecFormatError(f"{where}model field {i} = {v} is out of range")
+        fields.append(v)
+    codec = families.codec(spec.networks.family)
+    try:
+        model = codec.config_from_json(fields, spec.region_shape(index))
+    except MoecFormatError as exc:
+        raise MoecFormatError(f"{where}{exc}") from None
+    experts = getattr(model, "num_experts", 1)
+    if not 1 <= experts <= spec.networks.experts:
+        raise MoecFormatError(
+            f"{where}{experts} experts exceed the store's {spec.networks.experts}"
+        )
+    try:
+        codec.unpack_payload(model, spec.networks.quant, data[pos:end], decode_weights=False)
+    except MoecFormatError as exc:
+        raise MoecFormatError(f"{where}{exc}") from None
+    return Tile(KIND_FAMILY, index, len(data), model=model, payload=data[pos:end])
