@@ -67,7 +67,8 @@ def stable_digest(data: bytes) -> str:
 @pytest.mark.parametrize(("name", "ratio", "experts"), list(SINGLE))
 def test_single_volume_bytes_unchanged(one_thread, name, ratio, experts):
     volume = _read(name)
-    comp = Compressor(volume, ratio, arch=ArchConfig(model="siren", num_experts=experts), train=TRAIN, run=RUN)
+    arch = ArchConfig(model="siren", num_experts=experts)
+    comp = Compressor(volume, ratio, arch=arch, train=TRAIN, run=RUN)
     result = comp.fit()
     assert len(result.data) <= volume.nbytes // ratio
     assert stable_digest(result.data) == SINGLE[(name, ratio, experts)]

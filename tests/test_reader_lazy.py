@@ -48,6 +48,7 @@ def store_path(volume, tmp_path_factory):
         memory_limit="2GiB",
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         napari_moec.compress_tiled(volume, dest, 16, tile=16, margin=2, train=TRAIN,
+                                   arch=napari_moec.ArchConfig(model="siren"),
                                    client=client, progress=False, spacing=(2.0, 1.0, 1.0),
                                    unit="um")  # fmt: skip
     return dest

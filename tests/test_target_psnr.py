@@ -88,7 +88,11 @@ def test_bad_targets_get_one_clear_error(bad, volume16):
 
 def test_siren_has_no_quality_target(volume16):
     with pytest.raises(ConfigError, match="target PSNR needs --model grid"):
-        Compressor(volume16, train=napari_moec.TrainConfig(target_psnr=40.0))
+        Compressor(
+            volume16,
+            arch=napari_moec.ArchConfig(model="siren"),
+            train=napari_moec.TrainConfig(target_psnr=40.0),
+        )
 
 
 def test_tiled_stores_refuse_a_target(tmp_path, volume16, capsys):

@@ -36,7 +36,10 @@ distributed = pytest.importorskip("distributed")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # hooks run on the workers
 
 TRAIN = TrainConfig(steps=25, batch_size=1024, report_every=5)
-SETTINGS = {"ratio": 16, "tile": 16, "margin": 2, "train": TRAIN}
+#: The engine's behaviour on tiles of 16³ at 16x (~500 B a tile): SIREN tiles, which fit there
+#: (grid tiles are tested in test_tiled_family*.py at sizes that fit them).
+SIREN = ArchConfig(model="siren")
+SETTINGS = {"ratio": 16, "tile": 16, "margin": 2, "train": TRAIN, "arch": SIREN}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +233,8 @@ def test_bad_inputs_fail_before_any_work(client, volume, tmp_path):
         compress_tiled(nan, dest, client=client, progress=False, **SETTINGS)
     assert not dest.exists()  # nothing was written
     with pytest.raises(ConfigError, match="hidden_features is sized per tile"):
-        TiledCompressor(volume, dest, arch=ArchConfig(hidden_features=8), **SETTINGS)
+        arch = ArchConfig(model="siren", hidden_features=8)
+        TiledCompressor(volume, dest, **{**SETTINGS, "arch": arch})
     with pytest.raises(ConfigError, match="ratio must be"):
         TiledCompressor(volume, dest, **{**SETTINGS, "ratio": 0.5})
     for niceness in (-1, 20, True, 2.5):
@@ -298,7 +302,8 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
     dest = tmp_path / "cli.ome.zarr"
     address = client.scheduler.address
     flags = ["--ratio", "16", "--tile", "16", "--margin", "2", "--steps", "25",
-             "--batch-size", "1024", "--scheduler", address, "--quiet"]  # fmt: skip
+             "--batch-size", "1024", "--scheduler", address, "--quiet",
+             "--model", "siren"]  # fmt: skip
     assert main(["compress", str(source), str(dest), *flags]) == 0
     assert "ratio" in capsys.readouterr().out
     assert main(["info", str(dest)]) == 0
@@ -328,7 +333,7 @@ def test_4d_and_constant_volumes(client, tmp_path):
     # 4D networks are slower to start than 3D ones: 100 steps (25 gave 14.9 dB).
     report = compress_tiled(series, dest, 16, tile=(3, 10, 10, 10), margin=(0, 2, 2, 2),
                             train=replace(TRAIN, steps=100), client=client,
-                            progress=False)  # fmt: skip
+                            progress=False, arch=SIREN)  # fmt: skip
     assert report.total_tiles == 8 and report.ratio >= 16 and report.psnr > 15
     store = open_tiled(dest)
     assert store.axes == "TZYX" and store.decode(stride=(1, 2, 2, 2)).shape == (3, 10, 10, 10)

@@ -269,6 +269,12 @@ class ModelFamily(Protocol):
     name: str
     #: The torch-network-free file side.
     codec: PayloadCodec
+    #: Whether a store's tile fit is judged by the payload's error on the eval sample
+    #: (``fit_payload(distortion=...)``). SIREN: False, its judged search refines the
+    #: quantization per group (~0.5 s a tile) and SIREN stores keep the bytes they had before
+    #: tiles of other families existed; grid: True, its fit picks between the budget fit and the
+    #: best checkpoint by that error.
+    judged_tile_fit: bool
 
     # -- sizing: no voxel is read -----------------------------------------------------------
     def default_options(self) -> Any:

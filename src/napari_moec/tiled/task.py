@@ -148,7 +148,11 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
                 return decoded_mse(stored_model(payload), coords, targets)
 
         payload, multiplier, _ = family.fit_payload(
-            trained.model, model_config, quant, plan.payload_budget, distortion=payload_error
+            trained.model,
+            model_config,
+            quant,
+            plan.payload_budget,
+            distortion=payload_error if family.judged_tile_fit else None,
         )
         with torch.no_grad():
             value, _ = stored_model(payload).decode(coords)

@@ -92,6 +92,7 @@ class GridFamily:
     """:class:`~napari_moec.families.base.ModelFamily` of the grid family."""
 
     name = "grid"
+    judged_tile_fit = True
     codec = CODEC
 
     def default_options(self) -> GridOptions:

@@ -98,6 +98,7 @@ class SirenFamily:
     """:class:`~napari_moec.families.base.ModelFamily` of the MoE SIREN."""
 
     name = "siren"
+    judged_tile_fit = False
     codec = CODEC
 
     def default_options(self) -> ArchConfig:
