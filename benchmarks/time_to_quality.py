@@ -6,7 +6,9 @@ run would (rate control, file bytes, training summary), saves the file, loads it
 from disk and measures it. The snapshot work is not counted as training time. The last point
 is the run's real result (best weights, as ``Compressor.run`` returns them).
 
-Variants (levers on/off; everything else is the library's default):
+Variants (levers on/off; everything else is the library's default). Every variant but the
+``grid*`` ones trains the SIREN family (the library's default model is the grid family since
+session 8; the SIREN variants were measured when SIREN was the default):
 
 * ``default``: the current defaults (warm-up + cosine from 5e-3 on networks of width >= 21,
   exponential from 2e-3 below; loss guard; fused sine layers).
@@ -90,7 +92,8 @@ def run_one(volume_name: str, ratio: float, variant: str, args) -> dict:
     compressor = Compressor(
         vol,
         ratio,
-        arch=ArchConfig(**ARCH_VARIANTS.get(variant, {})),
+        # every variant but grid* is the SIREN family's (the library's default model is grid)
+        arch=ArchConfig(**{"model": "siren", **ARCH_VARIANTS.get(variant, {})}),
         train=train,
         spacing=SPACING[volume_name],
         run=RunConfig(device="cpu", threads=args.threads),
