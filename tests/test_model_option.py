@@ -72,3 +72,14 @@ def test_a_store_takes_the_model_option_and_checks_it_before_any_work(hipct, tmp
     with pytest.raises(ConfigError, match="model"):
         TiledCompressor(hipct, tmp_path / "s.ome.zarr", 64, arch=ArchConfig(model="wavelet"))
     assert not (tmp_path / "s.ome.zarr").exists()
+
+
+def test_tutel_backend_is_refused_for_the_grid_family():
+    """The grid family's dispatch is its own: asking for Tutel says so before any work."""
+    from napari_moec import Compressor, RunConfig
+
+    volume = np.random.default_rng(0).integers(0, 4000, (16, 16, 16)).astype(np.uint16)
+    with pytest.raises(ConfigError, match="counting sort"):
+        Compressor(volume, 8, arch=ArchConfig(model="grid"), run=RunConfig(backend="tutel"))
+    auto = Compressor(volume, 8, arch=ArchConfig(model="grid"), run=RunConfig(backend="auto"))
+    assert auto.backend == "native"

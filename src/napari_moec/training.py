@@ -297,7 +297,15 @@ class Compressor:
         #: The concrete MoE backend, "native" or "tutel"
         #: (:mod:`napari_moec.families.siren.tutel_backend`): resolved here so that asking for a
         #: missing Tutel fails before any work.
+        if self.run_config.backend == "tutel" and not self.family.tutel_routing:
+            raise ConfigError(
+                f"--backend tutel routes the SIREN family's experts; model="
+                f"{self.plan.family!r} dispatches with its own dropless counting sort "
+                "(one scalar per assignment): use --backend auto or --model siren"
+            )
         self.backend = resolve_backend(self.run_config.backend, self.device, self.threads)
+        if not self.family.tutel_routing:
+            self.backend = "native"  # "auto" on a machine with Tutel
         self._stop = threading.Event()
         self._regions_lock = threading.Lock()
         self._regions: tuple[tuple[slice, ...], ...] = ()

@@ -275,6 +275,11 @@ class ModelFamily(Protocol):
     #: tiles of other families existed; grid: True, its fit picks between the budget fit and the
     #: best checkpoint by that error.
     judged_tile_fit: bool
+    #: Whether the model's routing can run through Tutel (``--backend tutel``). The grid
+    #: family cannot and need not: its decoder sits inside each expert's block, so its dropless
+    #: counting-sort dispatch moves one scalar per assignment back, which Tutel's capacity-
+    #: based dispatch/combine (built for wide expert outputs) would not make cheaper.
+    tutel_routing: bool
 
     # -- sizing: no voxel is read -----------------------------------------------------------
     def default_options(self) -> Any:

@@ -93,6 +93,7 @@ class GridFamily:
 
     name = "grid"
     judged_tile_fit = True
+    tutel_routing = False
     codec = CODEC
 
     def default_options(self) -> GridOptions:

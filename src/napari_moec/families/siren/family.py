@@ -99,6 +99,7 @@ class SirenFamily:
 
     name = "siren"
     judged_tile_fit = False
+    tutel_routing = True
     codec = CODEC
 
     def default_options(self) -> ArchConfig:
