@@ -111,6 +111,8 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     device = resolve_device(job.run.device)
     threads = check_threads(job.run.threads)
     backend = resolve_backend(job.run.backend, device, threads)
+    if not family.tutel_routing:
+        backend = "native"  # the family routes itself (ModelFamily.tutel_routing)
     seed = job.train.seed
     # All tiles share the volume's normalisation, stated once in the store's metadata.
     normalization = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
