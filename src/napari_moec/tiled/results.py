@@ -33,16 +33,23 @@ class TileResult:
     peak_rss: int = 0
 
 
-def tile_errors(spec: TileSpec, index, original: np.ndarray, decoded: np.ndarray):
-    """(sse, face_sse, face_voxels) of a tile over the volume's range; faces are the voxel
-    layers the tile shares with a neighbouring tile (where seams would show)."""
-    span = spec.values.vmax - spec.values.vmin
-    err = ((decoded.astype(np.float64) - original.astype(np.float64)) / span) ** 2
-    face = np.zeros(err.shape, dtype=bool)
-    for axis, (s, n) in enumerate(zip(spec.grid.tile_slices(index), spec.grid.shape, strict=True)):
+def face_mask(spec: TileSpec, index) -> np.ndarray:
+    """Boolean mask (the tile's shape) of its faces: the voxel layers it shares with a
+    neighbouring tile (where seams would show)."""
+    slices = spec.grid.tile_slices(index)
+    face = np.zeros([s.stop - s.start for s in slices], dtype=bool)
+    for axis, (s, n) in enumerate(zip(slices, spec.grid.shape, strict=True)):
         view = np.moveaxis(face, axis, 0)
         if s.start > 0:
             view[0] = True
         if s.stop < n:
             view[-1] = True
+    return face
+
+
+def tile_errors(spec: TileSpec, index, original: np.ndarray, decoded: np.ndarray):
+    """(sse, face_sse, face_voxels) of a tile over the volume's range (faces: :func:`face_mask`)."""
+    span = spec.values.vmax - spec.values.vmin
+    err = ((decoded.astype(np.float64) - original.astype(np.float64)) / span) ** 2
+    face = face_mask(spec, index)
     return float(err.sum()), float(err[face].sum()), int(face.sum())

@@ -33,7 +33,7 @@ from ..sampling import Normalization
 from ..schedule import decoded_mse
 from ..training import train
 from .allocate import TilePlan
-from .results import TileResult, tile_errors
+from .results import TileResult, face_mask, tile_errors
 from .sources import SourceRef
 from .store import chunk_path, write_atomic
 from .tileformat import TileSpec, encode_network_tile
@@ -218,16 +218,8 @@ def sample_errors(spec: TileSpec, index, coords: np.ndarray, err: np.ndarray):
 
 
 def _face_voxels(spec: TileSpec, index) -> int:
-    """Voxels of the tile's layers shared with a neighbouring tile (``tile_errors``' faces)."""
-    extent = [s.stop - s.start for s in spec.grid.tile_slices(index)]
-    face = np.zeros(extent, dtype=bool)
-    for axis, (s, n) in enumerate(zip(spec.grid.tile_slices(index), spec.grid.shape, strict=True)):
-        view = np.moveaxis(face, axis, 0)
-        if s.start > 0:
-            view[0] = True
-        if s.stop < n:
-            view[-1] = True
-    return int(face.sum())
+    """Voxels of the tile's faces (:func:`~napari_moec.tiled.results.face_mask`)."""
+    return int(face_mask(spec, index).sum())
 
 
 def _signal_check(signals: Signals | None) -> Callable[[object], None] | None:
