@@ -107,9 +107,9 @@ def test_without_tutel_asking_for_it_says_how_to_install(no_tutel, volume16):
         resolve_backend("tutel", "cpu")
     # Before any training: the Compressor resolves the backend when it is built.
     with pytest.raises(ConfigError, match=tutel_backend.TUTEL_COMMIT):
-        Compressor(volume16, 16, run=RunConfig(backend="tutel"))
+        Compressor(volume16, 16, arch=ArchConfig(model="siren"), run=RunConfig(backend="tutel"))
     with pytest.raises(ConfigError, match="needs Tutel"):
-        nm.compress(volume16, 16, backend="tutel", steps=1)
+        nm.compress(volume16, 16, backend="tutel", steps=1, model="siren")
 
 
 def test_bad_backend_names():
@@ -208,8 +208,9 @@ def test_auto_picks_what_was_measured_faster(volume16):
     assert resolve_backend("auto", "cpu", threads=1) == "tutel"
     assert resolve_backend("auto", "cpu", threads=2) == "native"
     assert resolve_backend("auto", "cuda", threads=1) == "native"
-    one = Compressor(volume16, 16, run=RunConfig(device="cpu", threads=1))
-    two = Compressor(volume16, 16, run=RunConfig(device="cpu", threads=2))
+    siren = ArchConfig(model="siren")
+    one = Compressor(volume16, 16, arch=siren, run=RunConfig(device="cpu", threads=1))
+    two = Compressor(volume16, 16, arch=siren, run=RunConfig(device="cpu", threads=2))
     assert (one.backend, two.backend) == ("tutel", "native")
 
 
@@ -257,7 +258,7 @@ def train_weights(backend: str, volume, train: TrainConfig):
     comp = Compressor(
         volume,
         16,
-        arch=ArchConfig(num_experts=4, top_k=2),
+        arch=ArchConfig(model="siren", num_experts=4, top_k=2),
         train=train,
         run=RunConfig(device="cpu", threads=1, backend=backend),
     )
@@ -303,7 +304,14 @@ def test_files_decode_alike_with_either_backend():
     (as between any two chunkings, see decode.py); labels are the router's argmax, equal."""
     volume = smooth_volume((12, 16, 20))
     trained = nm.compress(
-        volume, 16, steps=30, batch_size=1024, num_experts=3, top_k=2, backend="tutel"
+        volume,
+        16,
+        steps=30,
+        batch_size=1024,
+        num_experts=3,
+        top_k=2,
+        backend="tutel",
+        model="siren",
     )
     assert isinstance(trained.model.mixture, tutel_backend.TutelMixture)
     loaded = nm.Compressed.from_bytes(trained.data)  # native unless asked
