@@ -47,3 +47,14 @@ def hipct():
     if not path.exists():
         pytest.skip(f"shared data not found: {path}")
     return tifffile.imread(path)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Dask client of 2 one-thread worker processes (2 GiB each), one per test module."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        memory_limit="2GiB",
+    ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
+        yield c

@@ -43,15 +43,6 @@ SETTINGS = {"ratio": 16, "tile": 16, "margin": 2, "train": TRAIN, "arch": SIREN}
 
 
 @pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-        memory_limit="2GiB",
-    ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
-        yield c
-
-
-@pytest.fixture(scope="module")
 def volume():
     """48 x 40 x 40 uint16 of real HiP-CT voxels with a constant tile and a background corner."""
     path = SHARED_DATA / "hipct_brain_sci_64.tif"

@@ -34,15 +34,6 @@ def settings(model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-        memory_limit="2GiB",
-    ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
-        yield c
-
-
-@pytest.fixture(scope="module")
 def volume():
     path = SHARED_DATA / "hipct_brain_sci_64.tif"
     if not path.exists():
