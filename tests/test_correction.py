@@ -382,6 +382,12 @@ def test_hostile_header_fields_are_format_errors(sample):
     anchors_at = (
         classes_at + 1 + 2 * cls_rows * n_classes + sum(2 << k for k in range(1, low_tables + 1))
     )
+    if data[0] == 3:  # the absolute chunks' tables follow
+        abs_sig, abs_cls, abs_sign = correction_codec.interp.ROWS
+        n_abs = data[anchors_at + abs_sig + abs_sign]
+        abs_low = min(3, max(n_abs - 1, 0))
+        anchors_at += abs_sig + abs_sign + 1 + 2 * abs_cls * n_abs
+        anchors_at += sum(2 << k for k in range(1, abs_low + 1))
     assert data[anchors_at] == 0  # no anchors in this sample
     # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
     outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]
@@ -476,3 +482,66 @@ def test_the_writer_keeps_the_smaller_version_and_both_decode_alike():
         assert chosen == streams[kept] and len(chosen) == min(map(len, streams.values()))
         decoded = [codes(parse(s, x.shape, x.dtype)) for s in streams.values()]
         np.testing.assert_array_equal(decoded[0], decoded[1])
+
+
+def _absolute_chunks(raw: bytes, x: np.ndarray) -> np.ndarray:
+    return parse(raw, x.shape, x.dtype).absolute
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+def test_absolute_chunks_code_the_data_where_the_network_does_not_help(dtype):
+    """Version 3: chunks whose prediction is useless (here: noise) code the data itself and
+    keep the bound whatever a reader predicts there; chunks with a good prediction keep
+    coding the residual. The writer picks per chunk."""
+    x = smooth_volume((16, 32, 32), seed=3, dtype=dtype)
+    rng = np.random.default_rng(5)
+    y = x.astype(np.float64) + rng.normal(0, 0.002 * np.ptp(x), x.shape)
+    y[:, :, 16:] = rng.uniform(x.min(), x.max(), (16, 32, 16))  # a useless prediction
+    bound = 0.02 * float(np.ptp(x))
+    raw = encode(x, y, bound, chunk=(16, 16, 16))
+    assert raw[0] == 3
+    np.testing.assert_array_equal(_absolute_chunks(raw, x), [False, True, False, True])
+    stream = parse(raw, x.shape, x.dtype)
+    assert verify(x, y, stream) <= bound
+    # an absolute chunk ignores the prediction: any reader's values hold the bound there
+    other = apply(stream, y + rng.normal(0, np.ptp(x), x.shape))
+    assert _error(other[:, :, 16:], x[:, :, 16:]) <= bound
+    roi = (None, (3, 29), (9, 30))
+    whole = apply(stream, y)
+    np.testing.assert_array_equal(apply(stream, y[:, 3:29, 9:30], roi), whole[:, 3:29, 9:30])
+    strided = apply(stream, y[::2, 3:29:2, 9:30:2], roi, 2)
+    np.testing.assert_array_equal(strided, whole[::2, 3:29:2, 9:30:2])
+
+
+def test_absolute_chunks_in_4d_and_on_the_edges_of_the_integer_range():
+    info = np.iinfo(np.uint16)
+    x = smooth_volume((3, 9, 20, 20), seed=8)
+    x[0, 0, 0, :2] = info.min, info.max
+    y = np.full(x.shape, float(x.mean()))  # no information at all
+    raw = encode(x, y, 120.0, chunk=(8, 8, 8))
+    stream = parse(raw, x.shape, x.dtype)
+    assert stream.version == 3 and stream.absolute.any()
+    assert verify(x, y, stream) <= 120.0
+
+
+def test_a_version_3_stream_smaller_than_version_2_where_the_prediction_is_poor():
+    x = smooth_volume((24, 40, 40), seed=2)
+    y = np.full(x.shape, float(x.min()))
+    sizes = {v: len(encode(x, y, 40.0, version=v)) for v in correction_codec.VERSIONS}
+    assert sizes[3] < 0.8 * min(sizes[1], sizes[2])
+
+
+def test_an_absolute_code_outside_the_range_is_a_format_error():
+    """A hostile stream whose absolute codes leave ``0 .. top`` must not decode to values
+    the clip would hide: the reader names the corrupt chunk."""
+    q = np.random.default_rng(0).integers(-50, 50, (4, 8, 8))  # absolute codes are cheaper
+    absolute = np.full(q.shape, 3, np.int64)
+    absolute[2, 3, 4] = 900  # the range [0, 100] at step 10 allows codes 0..11
+    raw = correction_codec.encode_chunks(
+        q, dtype=np.dtype(np.uint16), chunk=(4, 8, 8), max_error=5.0, step=10.0, lo=0.0,
+        hi=100.0, anchors=np.zeros(0, np.int64), absolute=absolute, version=3,
+    )  # fmt: skip
+    stream = parse(raw, q.shape, np.uint16)
+    assert stream.absolute.all()
+    with pytest.raises(MoecFormatError, match="absolute code outside"):
+        codes(stream)

@@ -14,7 +14,7 @@ import tifffile
 import torch
 
 import napari_moec as nm
-from napari_moec import bounded, correction
+from napari_moec import bounded, correction, correction_codec
 from napari_moec.cli import main
 from napari_moec.config import BoundConfig, ModelConfig
 from napari_moec.errors import ConfigError, MoecFormatError
@@ -222,8 +222,13 @@ def _set(offset: int, value: bytes):
     return mutate
 
 
+def _too_many_classes(raw: bytearray) -> bytearray:
+    sig_rows, _, sign_rows = correction_codec.TABLE_ROWS[raw[0]]
+    return _set(41 + sig_rows + sign_rows, bytes([200]))(raw)
+
+
 # Offsets in a 3D uint16 stream: 3 fixed bytes, 12 shape, 6 chunk, 8 bound, 8 step, 4 range,
-# 41 + 3 probabilities, 1 class count.
+# the probabilities (how many: the version's), 1 class count.
 HOSTILE = {
     "version": _set(0, b"\x07"),
     "dtype code": _set(1, b"\x09"),
@@ -236,7 +241,7 @@ HOSTILE = {
     "negative step": _set(29, struct.pack("<d", -1.0)),
     "empty clip range": _set(37, struct.pack("<2H", 9, 3)),
     "probability byte 0": _set(41, b"\x00"),
-    "too many classes": _set(85, bytes([200])),
+    "too many classes": _too_many_classes,
     "truncated": lambda raw: raw[:-5],
     "trailing byte": lambda raw: raw + b"\x01",
     "cut to the header": lambda raw: raw[:30],

@@ -246,9 +246,11 @@ def _encode(original, y, max_error, lo, hi, margin, unstable, coding, *, retry: 
     anchors = np.zeros(0, np.int64) if unstable is None else np.flatnonzero(unstable)
     base = np.clip(y, lo, hi)
     base.flat[anchors] = lo
-    q = np.rint((original.astype(np.float64) - base) / step).astype(np.int64)
+    x = original.astype(np.float64)
+    q = np.rint((x - base) / step).astype(np.int64)
     stream = encode_chunks(
         q,
+        absolute=np.rint((x - lo) / step).astype(np.int64),
         dtype=original.dtype,
         **coding,
         max_error=float(max_error),
@@ -323,7 +325,19 @@ def apply(stream: Stream, prediction: np.ndarray, roi=None, stride=1) -> np.ndar
     q = codes(s, roi, stride)
     if not np.isfinite(y).all():
         raise ConfigError("prediction has NaN or infinite values; the bound cannot hold")
-    return _decoded(s, y, q, _anchored(s, roi, stride))
+    return _decoded(s, y, q, _anchored(s, roi, stride), _absolute(s, roi, stride))
+
+
+def _absolute(s: Stream, roi=None, stride=1) -> np.ndarray:
+    """Bool mask of the grid ``roi[::stride]``: the voxels of absolute chunks (version 3),
+    which count from ``lo`` whatever the prediction."""
+    slices = parse_roi(roi, s.shape)
+    owners = [
+        np.arange(sl.start, sl.stop, st) // c
+        for sl, st, c in zip(slices, _strides(stride, len(s.shape)), s.chunk, strict=True)
+    ]
+    modes = s.absolute.reshape(s.grid)
+    return modes[np.ix_(*owners)]
 
 
 def _anchored(s: Stream, roi=None, stride=1) -> tuple[np.ndarray, ...]:
@@ -339,10 +353,12 @@ def _anchored(s: Stream, roi=None, stride=1) -> tuple[np.ndarray, ...]:
     )
 
 
-def _decoded(s: Stream, y: np.ndarray, q: np.ndarray, anchored) -> np.ndarray:
-    """``final(base + s q)``, base the clipped prediction, or ``lo`` where anchored."""
+def _decoded(s: Stream, y: np.ndarray, q: np.ndarray, anchored, absolute) -> np.ndarray:
+    """``final(base + s q)``, base the clipped prediction, or ``lo`` where anchored or in an
+    absolute chunk."""
     base = np.clip(y, s.lo, s.hi)
     base[anchored] = s.lo
+    base[absolute] = s.lo
     return _final(base + s.step * q, s)
 
 
@@ -389,7 +405,7 @@ def _check(original, prediction, stream, max_error, margin):
         )
     bound = s.max_error if max_error is None else min(float(max_error), s.max_error)
     q = codes(s)
-    anchored = _anchored(s)
+    anchored, absolute = _anchored(s), _absolute(s)
     x = original.astype(np.float64)
     at_prediction = 0.0
     bad = np.zeros(original.shape, bool)
@@ -397,7 +413,7 @@ def _check(original, prediction, stream, max_error, margin):
     # Every shift is checked before answering: the writer anchors *all* the voxels that miss
     # at either end of the margin in one retry (a tie may miss at -m and another at +m).
     for shift in (0.0, -margin, margin) if margin > 0 else (0.0,):
-        error = np.abs(_decoded(s, y + shift, q, anchored).astype(np.float64) - x)
+        error = np.abs(_decoded(s, y + shift, q, anchored, absolute).astype(np.float64) - x)
         worst = float(error.max())
         at_prediction = at_prediction if shift else worst
         if worst > bound:

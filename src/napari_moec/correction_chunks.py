@@ -50,6 +50,8 @@ TABLE_ROWS = {
         SIGN_CONTEXTS * (1 + _SIGNS),
     ),
 }
+#: Version 3's network chunks are version 2's.
+TABLE_ROWS[3] = TABLE_ROWS[2]
 _MODEL = constriction.stream.model
 
 #: Version 2 codes the low bits of classes 1..LOW_CLASSES with a table each (2, 4, 8 values).
@@ -205,7 +207,7 @@ def decode(words: bytes, shape, tables: Tables, version: int, planes: int | None
     for d in range(q.shape[0] if full else max(planes, 0)):
         plane = q[d]
         plane[half] = _decode_group(coder, [c[half] for c in contexts], tables)
-        if version == 2:
+        if version >= 2:
             rest = second_half_contexts(contexts, plane)
             plane[~half] = _decode_group(coder, [c[~half] for c in rest], tables)
         contexts = next_contexts(plane)

@@ -5,7 +5,7 @@ the decoded value is ``clip(prediction) + step * q``); this module decides *how*
 docstring is the byte-level specification. All integers little-endian::
 
     size        field
-    1           u8  version: 1 or 2 (the chunk coder's context model, below)
+    1           u8  version: 1, 2 or 3 (the chunk coders' context models, below)
     1           u8  dtype code: 0 uint8, 1 uint16, 2 int16, 3 float32
     1           u8  ndim, 3 or 4
     4 ndim      u32 shape, each >= 1; must equal the container's shape (and dtype)
@@ -18,18 +18,29 @@ docstring is the byte-level specification. All integers little-endian::
     G           u8 sign probabilities P(q < 0 | context)
     1           u8  K, number of magnitude classes, 0..MAX_CLASSES (0: every q is 0)
     2 C K       C x K u16 class frequencies, one row per class context (a zero row: uniform)
-    2 (2^1 ..   version 2 only: for each class k = 1 .. min(3, K - 1), 2^k u16 frequencies
+    2 (2^1 ..   versions 2-3: for each class k = 1 .. min(3, K - 1), 2^k u16 frequencies
      + 2^L)     of the k low bits of its magnitudes (a zero row: uniform)
+    ...         version 3 only: the absolute chunks' tables, laid out as the five fields
+                above (S', G', K', C' x K' class words, low bits), (S', C', G') = (97, 25, 3)
     varint      A, the number of anchored voxels (LEB128, as every varint here)
     varint x A  their C-order flat indices, each as the gap to the previous one minus 1
                 (the first as the index itself); all inside the volume. An anchored voxel
                 decodes as ``lo + s q``, whatever the prediction there (see correction)
     varint x n  per chunk, in C order over the chunk grid: its stream length in u32 words
-                (LEB128, at most 5 bytes; 0 = every code of the chunk is 0)
+                (LEB128, at most 5 bytes; 0 = every code of the chunk is 0); version 3:
+                2 x length + 1 for an absolute chunk, 2 x length for a network chunk
     4 sum       the chunk streams, concatenated; together they end the stream exactly
 
-(S, C, G) = (41, 4, 3) in version 1 and (246, 20, 12) in version 2, whose rows past version
-1's are the second checkerboard half's (:data:`~napari_moec.correction_chunks.TABLE_ROWS`).
+(S, C, G) = (41, 4, 3) in version 1 and (246, 20, 12) in versions 2 and 3, whose rows past
+version 1's are the second checkerboard half's (:data:`~napari_moec.correction_chunks.TABLE_ROWS`).
+
+Version 3 adds *absolute* chunks (:mod:`napari_moec.correction_interp`): their codes are
+``a = rint((x - lo) / s)``, each in ``0 .. floor((hi - lo) / s) + 1`` (a reader refuses any
+other), decoded as ``lo + s a`` whatever the network predicts (an anchored chunk), and coded
+as differences from a multilevel linear interpolation of the chunk's decoded codes. The
+writer picks per chunk the smaller coding: at tight bounds, where a small network's residual
+is dense noise and the data's own neighbours predict better, most chunks are absolute (the
+macaque at 1 % of its range: 23 of 24, -33 % of the stream).
 
 A probability byte k (1..255) stands for ``(k/128)^2 / 2`` below 128 and
 ``1 - ((256-k)/128)^2 / 2`` from 128 (:func:`probability`): fine near 0 and 1, where the
@@ -55,7 +66,7 @@ Version 2's second group refines each context with the position's four in-plane 
 (all in the first group, so decoded): significance row ``41 + 5 ctx + m`` (m: how many of
 them are nonzero), class row ``4 + 4 ctx + g`` (g: their largest class context), sign row
 ``3 + 3 ctx + t`` (t: the sign of their sum, -, 0, +); see
-:mod:`napari_moec.correction_chunks`. The writer codes both versions and keeps the smaller.
+:mod:`napari_moec.correction_chunks`. The writer codes every version and keeps the smallest.
 
 Errors of a smooth predictor cluster at edges and keep their sign across planes: on the shared
 volumes these contexts take 10-50 % off an order-0 code of q (blurred stand-in predictions).
@@ -72,6 +83,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import correction_chunks as chunks
+from . import correction_interp as interp
 from . import varint
 from .correction_chunks import TABLE_ROWS
 from .errors import MoecFormatError
@@ -79,7 +91,7 @@ from .errors import MoecFormatError
 __all__ = ["DTYPES", "MAX_CLASSES", "Stream", "decode_chunk", "encode_chunks", "parse"]
 
 #: Stream versions this reader decodes; the writer keeps whichever codes a stream smaller.
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 DTYPES = ("uint8", "uint16", "int16", "float32")
 MAX_VOXELS = 1 << 40
 MAX_EDGE = 1024
@@ -128,6 +140,13 @@ class Stream:
     anchors: np.ndarray  # sorted int64 C-order flat indices of voxels coded against ``lo``
     offsets: np.ndarray  # (n_chunks + 1,) int64 byte offsets of the chunk streams in `data`
     data: bytes
+    absolute: np.ndarray  # (n_chunks,) bool: the chunk codes values from ``lo`` (version 3)
+    absolute_tables: tuple | None  # the absolute chunks' tables (version 3)
+
+    @property
+    def top(self) -> int:
+        """The largest absolute code: ``rint((hi - lo) / step)`` is at most this."""
+        return int((self.hi - self.lo) / self.step) + 1
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -163,6 +182,59 @@ def _class_probabilities(words: np.ndarray) -> np.ndarray:
     return words / words.sum(axis=1, keepdims=True)
 
 
+def _network_groups(planes: np.ndarray, version: int):
+    """``(values, sig, cls, sign)`` per group of a network chunk (planes (P, H, W))."""
+    for mask, (sig, cls, sign) in chunks.groups(planes, version):
+        yield planes[:, mask].ravel(), sig[:, mask].ravel(), cls[:, mask].ravel(), \
+            sign[:, mask].ravel()  # fmt: skip
+
+
+def _fit_tables(parts, rows: tuple[int, int, int], low_tables: bool):
+    """The shared tables of a set of chunks and their header bytes.
+
+    ``parts`` yields every chunk's groups ``(values, sig, cls, sign)``. Returns ``(tables,
+    bytes)``: significance bytes, sign bytes, K, class words, low-bit words (classes 1..3
+    when ``low_tables``). A table is cheaper than adapting, and chunks decode independently.
+    """
+    parts = list(parts)
+    top = max((int(np.abs(v).max(initial=0)) for group in parts for v, *_ in group), default=0)
+    n_classes = int(chunks.magnitude_class(np.array([top]))[0]) + 1 if top else 0
+    sig_n = np.zeros((rows[0], 2))
+    cls_n = np.zeros((rows[1], n_classes))
+    sign_n = np.zeros((rows[2], 2))
+    n_low = min(chunks.LOW_CLASSES, max(n_classes - 1, 0)) if low_tables else 0
+    low_n = [np.zeros(1 << k) for k in range(1, n_low + 1)]
+    for group in parts:
+        for values, sig, cls_ctx, sign in group:
+            nonzero = values != 0
+            np.add.at(sig_n, (sig, nonzero.astype(np.int64)), 1)
+            if nonzero.any():
+                magnitude = np.abs(values[nonzero])
+                cls = chunks.magnitude_class(magnitude)
+                np.add.at(cls_n, (cls_ctx[nonzero], cls), 1)
+                np.add.at(sign_n, (sign[nonzero], (values[nonzero] < 0).astype(np.int64)), 1)
+                for k, counts in enumerate(low_n, start=1):
+                    counts += np.bincount(magnitude[cls == k] - (1 << k), minlength=1 << k)
+    low_words = [_class_frequencies(counts) for counts in low_n]
+    sig_bytes = probability_byte((sig_n[:, 1] + 0.5) / (sig_n.sum(axis=1) + 1.0))
+    sign_bytes = probability_byte((sign_n[:, 1] + 0.5) / (sign_n.sum(axis=1) + 1.0))
+    class_words = _class_frequencies(cls_n)
+    tables = (
+        probability(sig_bytes),
+        _class_probabilities(class_words),
+        probability(sign_bytes),
+        tuple(_class_probabilities(w[None])[0] for w in low_words),
+    )
+    raw = sig_bytes.tobytes() + sign_bytes.tobytes() + bytes([n_classes])
+    raw += class_words.tobytes() + b"".join(w.tobytes() for w in low_words)
+    return tables, raw
+
+
+def _block(codes: np.ndarray) -> np.ndarray:
+    """A chunk's codes as the 3D block the interpolation coder takes (a 4D chunk is 1 deep)."""
+    return codes.reshape(codes.shape[-3:])
+
+
 def encode_chunks(
     q: np.ndarray,
     *,
@@ -173,74 +245,83 @@ def encode_chunks(
     lo: float,
     hi: float,
     anchors: np.ndarray,
+    absolute: np.ndarray | None = None,
     version: int | None = None,
 ) -> bytes:
     """The stream of integer codes ``q`` (int64, |q| < 2^MAX_CLASSES, the volume's shape);
     ``anchors`` are the sorted flat indices of the voxels whose codes count from ``lo``.
+    ``absolute`` (version 3) holds every voxel's code counted from ``lo`` (``0..`` the
+    range's steps): a chunk may code those instead of ``q`` (:mod:`correction_interp`).
     ``version`` None codes every version of :data:`VERSIONS` and keeps the smallest (a
-    version-2 table costs ~0.5 kB more, which a stream of a few hundred codes does not repay)."""
+    version-2 table costs ~0.5 kB more, which a stream of a few hundred codes does not repay;
+    version 3 needs ``absolute``)."""
+    fields = dict(dtype=dtype, chunk=chunk, max_error=max_error, step=step, lo=lo, hi=hi,
+                  anchors=anchors)  # fmt: skip
     if version is None:
-        fields = dict(dtype=dtype, chunk=chunk, max_error=max_error, step=step, lo=lo, hi=hi)
-        streams = [encode_chunks(q, **fields, anchors=anchors, version=v) for v in VERSIONS]
+        versions = VERSIONS if absolute is not None else VERSIONS[:2]
+        streams = [encode_chunks(q, **fields, absolute=absolute, version=v) for v in versions]
         return min(streams, key=len)
     if version not in VERSIONS:
         raise ValueError(f"correction stream version {version} is not one of {VERSIONS}")
-    shape = q.shape
+    if version == 3 and (absolute is None or absolute.shape != q.shape):
+        raise ValueError("version 3 needs the absolute codes of every voxel")
     edges = full_chunk(chunk, q.ndim)
-    # Fit the shared tables on every chunk first (a table is cheaper than adapting, and
-    # chunks must decode independently).
-    top = int(np.abs(q).max()) if q.size else 0
-    n_classes = int(chunks.magnitude_class(np.array([top]))[0]) + 1 if top else 0
-    sig_rows, cls_rows, sign_rows = TABLE_ROWS[version]
-    sig_n = np.zeros((sig_rows, 2))
-    cls_n = np.zeros((cls_rows, n_classes))
-    sign_n = np.zeros((sign_rows, 2))
-    for sl in _chunk_slices(shape, edges):
-        planes = q[sl].reshape((-1, *q[sl].shape[-2:]))
-        for mask, (sig_ctx, cls_ctx, sign_ctx) in chunks.groups(planes, version):
-            values = planes[:, mask]
-            nonzero = values != 0
-            np.add.at(sig_n, (sig_ctx[:, mask].ravel(), nonzero.ravel().astype(np.int64)), 1)
-            if nonzero.any():
-                cls = chunks.magnitude_class(np.abs(values[nonzero]))
-                np.add.at(cls_n, (cls_ctx[:, mask][nonzero], cls), 1)
-                negative = (values[nonzero] < 0).astype(np.int64)
-                np.add.at(sign_n, (sign_ctx[:, mask][nonzero], negative), 1)
-    n_low = chunks.low_classes(version, n_classes)
-    low_words = [np.zeros(1 << k) for k in range(1, n_low + 1)]
-    for sl in _chunk_slices(shape, edges) if n_low else ():
-        magnitude = np.abs(q[sl][q[sl] != 0])
-        cls = chunks.magnitude_class(magnitude)
-        for k, counts in enumerate(low_words, start=1):
-            counts += np.bincount(magnitude[cls == k] - (1 << k), minlength=1 << k)
-    low_words = [_class_frequencies(counts) for counts in low_words]
-    sig_bytes = probability_byte((sig_n[:, 1] + 0.5) / (sig_n.sum(axis=1) + 1.0))
-    sign_bytes = probability_byte((sign_n[:, 1] + 0.5) / (sign_n.sum(axis=1) + 1.0))
-    class_words = _class_frequencies(cls_n)
-    tables = (
-        probability(sig_bytes),
-        _class_probabilities(class_words),
-        probability(sign_bytes),
-        tuple(_class_probabilities(w[None])[0] for w in low_words),
+    slices = list(_chunk_slices(q.shape, edges))
+    net = [q[sl].reshape((-1, *q[sl].shape[-2:])) for sl in slices]
+    modes = np.zeros(len(slices), bool)
+    if version == 3:
+        blocks = [_block(absolute[sl]) for sl in slices]
+        modes = _choose_modes(net, blocks)
+    version_rows = TABLE_ROWS[version]
+    net_tables, net_raw = _fit_tables(
+        (list(_network_groups(p, version)) for p, m in zip(net, modes, strict=True) if not m),
+        version_rows,
+        low_tables=version >= 2,
     )
 
     dtype = np.dtype(dtype)
     head = bytearray(_FIXED.pack(version, DTYPES.index(dtype.name), q.ndim))
-    head += struct.pack(f"<{q.ndim}I", *shape)
+    head += struct.pack(f"<{q.ndim}I", *q.shape)
     head += _TAIL.pack(*chunk, max_error, step)
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
-    head += sig_bytes.tobytes() + sign_bytes.tobytes()
-    head += bytes([n_classes]) + class_words.tobytes() + b"".join(w.tobytes() for w in low_words)
+    head += net_raw
+    if version == 3:
+        abs_tables, abs_raw = _fit_tables(
+            (interp.groups(b) for b, m in zip(blocks, modes, strict=True) if m),
+            interp.ROWS,
+            low_tables=True,
+        )
+        head += abs_raw
     head += varint.encode(len(anchors))
     for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
         head += varint.encode(gap - 1)
     index = bytearray()
     body = []
-    for sl in _chunk_slices(shape, edges):
-        words = chunks.encode(q[sl].reshape((-1, *q[sl].shape[-2:])), tables, version)
-        index += varint.encode(len(words) // 4)
+    for i, planes in enumerate(net):
+        if modes[i]:
+            words = interp.encode(blocks[i], abs_tables)
+        else:
+            words = chunks.encode(planes, net_tables, version)
+        length = len(words) // 4
+        index += varint.encode(2 * length + int(modes[i]) if version == 3 else length)
         body.append(words)
     return bytes(head) + bytes(index) + b"".join(body)
+
+
+def _choose_modes(net: list[np.ndarray], blocks: list[np.ndarray]) -> np.ndarray:
+    """Per chunk, whether its absolute coding is smaller than its network coding, each coded
+    with tables fitted on every chunk (the final tables are refitted on the chunks chosen)."""
+    net_tables, _ = _fit_tables(
+        (list(_network_groups(p, 3)) for p in net), TABLE_ROWS[3], low_tables=True
+    )
+    abs_tables, _ = _fit_tables((interp.groups(b) for b in blocks), interp.ROWS, low_tables=True)
+    return np.array(
+        [
+            len(interp.encode(b, abs_tables)) < len(chunks.encode(p, net_tables, 3))
+            for p, b in zip(net, blocks, strict=True)
+        ],
+        bool,
+    )
 
 
 def _need(data: bytes, pos: int, size: int, what: str) -> None:
@@ -248,6 +329,39 @@ def _need(data: bytes, pos: int, size: int, what: str) -> None:
         raise MoecFormatError(
             f"correction stream truncated in {what}: needs {pos + size} bytes, has {len(data)}"
         )
+
+
+def _read_tables(data: bytes, pos: int, rows: tuple[int, int, int], low_tables: bool):
+    """One set of tables as :func:`_fit_tables` writes them, checked; and the next position."""
+    sig_rows, cls_rows, sign_rows = rows
+    _need(data, pos, sig_rows + sign_rows + 1, "probability tables")
+    sig = np.frombuffer(data, np.uint8, sig_rows, pos)
+    signs = np.frombuffer(data, np.uint8, sign_rows, pos + sig_rows)
+    pos += sig_rows + sign_rows
+    if sig.min() < 1 or signs.min() < 1:
+        raise MoecFormatError("correction stream probability byte 0 is not valid")
+    n_classes = data[pos]
+    pos += 1
+    if n_classes > MAX_CLASSES:
+        raise MoecFormatError(f"correction stream has {n_classes} classes, at most {MAX_CLASSES}")
+    _need(data, pos, 2 * cls_rows * n_classes, "class table")
+    words = np.frombuffer(data, "<u2", cls_rows * n_classes, pos)
+    pos += words.nbytes
+    if n_classes and words.sum() == 0:
+        raise MoecFormatError("correction stream class frequencies are all 0")
+    low = []
+    n_low = min(chunks.LOW_CLASSES, max(n_classes - 1, 0)) if low_tables else 0
+    for k in range(1, n_low + 1):
+        _need(data, pos, 2 << k, "low-bit table")
+        low.append(_class_probabilities(np.frombuffer(data, "<u2", 1 << k, pos)[None])[0])
+        pos += 2 << k
+    tables = (
+        probability(sig),
+        _class_probabilities(words.reshape(cls_rows, n_classes)),
+        probability(signs),
+        tuple(low),
+    )
+    return tables, pos
 
 
 def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Stream:
@@ -292,27 +406,10 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += 2 * dtype.itemsize
     if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
         raise MoecFormatError(f"correction stream clip range [{lo}, {hi}] is not valid")
-    sig_rows, cls_rows, sign_rows = TABLE_ROWS[version]
-    _need(data, pos, sig_rows + sign_rows + 1, "probability tables")
-    sig = np.frombuffer(data, np.uint8, sig_rows, pos)
-    signs = np.frombuffer(data, np.uint8, sign_rows, pos + sig_rows)
-    pos += sig_rows + sign_rows
-    if sig.min() < 1 or signs.min() < 1:
-        raise MoecFormatError("correction stream probability byte 0 is not valid")
-    n_classes = data[pos]
-    pos += 1
-    if n_classes > MAX_CLASSES:
-        raise MoecFormatError(f"correction stream has {n_classes} classes, at most {MAX_CLASSES}")
-    _need(data, pos, 2 * cls_rows * n_classes, "class table")
-    words = np.frombuffer(data, "<u2", cls_rows * n_classes, pos)
-    pos += words.nbytes
-    if n_classes and words.sum() == 0:
-        raise MoecFormatError("correction stream class frequencies are all 0")
-    low = []
-    for k in range(1, chunks.low_classes(version, n_classes) + 1):
-        _need(data, pos, 2 << k, "low-bit table")
-        low.append(_class_probabilities(np.frombuffer(data, "<u2", 1 << k, pos)[None])[0])
-        pos += 2 << k
+    net_tables, pos = _read_tables(data, pos, TABLE_ROWS[version], version >= 2)
+    abs_tables = None
+    if version == 3:
+        abs_tables, pos = _read_tables(data, pos, interp.ROWS, True)
     count, pos = varint.decode(data, pos, len(data), "anchor count", "correction stream: ")
     if count > len(data) - pos:  # every anchor has a byte
         raise MoecFormatError(f"correction stream list of {count} anchors is truncated")
@@ -332,12 +429,21 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     lengths = np.empty(n_chunks, np.int64)
     for i in range(n_chunks):
         lengths[i], pos = varint.decode(data, pos, len(data), "chunk index", "correction stream: ")
+    modes = np.zeros(n_chunks, bool)
+    if version == 3:
+        if (hi - lo) / step + 2 >= 2**MAX_CLASSES:
+            raise MoecFormatError(f"correction stream step {step} is too small for its range")
+        modes, lengths = (lengths & 1).astype(bool), lengths >> 1
+        if modes.any() and abs_tables[1].shape[1] == 0:
+            raise MoecFormatError("correction stream has absolute chunks but no classes")
+        if (~modes & (lengths > 0)).any() and net_tables[1].shape[1] == 0:
+            raise MoecFormatError("correction stream has chunk data but no magnitude classes")
     offsets = pos + 4 * np.concatenate([[0], np.cumsum(lengths)])
     if offsets[-1] != len(data):
         raise MoecFormatError(
             f"correction stream chunks take {offsets[-1] - pos} bytes, {len(data) - pos} remain"
         )
-    if n_classes == 0 and offsets[-1] != pos:
+    if version < 3 and net_tables[1].shape[1] == 0 and offsets[-1] != pos:
         raise MoecFormatError("correction stream has chunk data but no magnitude classes")
     return Stream(
         version,
@@ -348,13 +454,12 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         float(step),
         float(lo),
         float(hi),
-        probability(sig),
-        _class_probabilities(words.reshape(cls_rows, n_classes)),
-        probability(signs),
-        tuple(low),
+        *net_tables,
         anchors,
         offsets,
         data,
+        modes,
+        abs_tables,
     )
 
 
@@ -374,6 +479,9 @@ def decode_chunk(stream: Stream, index: tuple[int, ...], planes: int | None = No
         return np.zeros(shape, np.int64)
     try:
         raw = stream.data[start:stop]
+        if stream.absolute[flat]:
+            tables = stream.absolute_tables
+            return interp.decode(raw, shape[-3:], tables, stream.top).reshape(shape)
         tables = (stream.significance, stream.classes, stream.signs, stream.low)
         return chunks.decode(raw, shape, tables, stream.version, planes).reshape(shape)
     except MoecFormatError:
