@@ -14,7 +14,7 @@ import tifffile
 import torch
 
 import napari_moec as nm
-from napari_moec import bounded, correction, correction_codec
+from napari_moec import bounded, correction, correction_codec, training
 from napari_moec.cli import main
 from napari_moec.config import BoundConfig, ModelConfig
 from napari_moec.errors import ConfigError, MoecFormatError
@@ -343,3 +343,21 @@ def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
     assert request.bound == BoundConfig(max_error=5.0) and request.configs["bound"] is request.bound
     with pytest.raises(ConfigError, match="tiled"):
         engine_kwargs(request)
+
+
+def test_the_network_share_of_a_bounded_file_is_chosen_by_measurement(monkeypatch):
+    """One training run, the network stored at shares of its budget, each with its verified
+    correction: the file kept is the smallest, never larger than the full-budget network's,
+    and at a tight bound (the residual is noise) a smaller network wins."""
+    volume = hipct()
+    options = dict(steps=30, device="cpu", threads=1, model="grid", max_error_rel=0.01)
+    chosen = nm.compress(volume, 64, **options)
+    monkeypatch.setattr(training, "BOUND_SHARES", (1.0,))
+    full = nm.compress(volume, 64, **options)
+    assert chosen.report.file_bytes <= full.report.file_bytes
+    network = chosen.report.file_bytes - chosen.report.correction_bytes
+    assert network < full.report.file_bytes - full.report.correction_bytes
+    for c in (chosen, full):
+        decoded = nm.Compressed.from_bytes(c.data).decode()
+        error = np.abs(decoded.astype(np.float64) - volume.astype(np.float64)).max()
+        assert error <= c.report.max_error

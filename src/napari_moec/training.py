@@ -466,6 +466,56 @@ class Compressor:
         return Preview(step=step, stride=stride, image=image, labels=labels, regions=tuple(regions))
 
     # ------------------------------------------------------------------------------------
+    def _decode_payload(self, payload: bytes):
+        """The stored network a payload holds and its whole-volume decode (normalised)."""
+        header, family = self.header, self.family
+        weights = family.codec.unpack_payload(header.model, header.quant, payload)
+        stored = family.model_from_weights(header.model, weights)
+        use_backend(stored, self.backend)
+        values, labels = family.decode_region(stored.to(self.device), header.shape,
+                                              device=self.device)  # fmt: skip
+        return stored, values, labels
+
+    def _store_bounded(self, model: torch.nn.Module):
+        """The network's share of a ``max_error`` file, chosen by measurement: the trained
+        model stored at its budget and at :data:`BOUND_SHARES` of it (coarser quantization,
+        no retraining), each with its verified correction; the smallest file wins.
+
+        At a loose bound the network's prediction leaves few residuals and its full budget
+        pays; at a tight one the residual is noise whatever the network, the correction codes
+        most chunks from the data itself (correction stream version 3) and the network's bytes
+        are mostly overhead. Returns ``(fit, stored model, labels, correction, decoded,
+        measured error)``.
+        """
+        family, header = self.family, self.header
+        best, best_size = None, math.inf
+        shares = BOUND_SHARES if self.target_psnr is None else (1.0,)
+        for share in shares:
+            limit = int(self.plan.payload_budget * share)
+            try:
+                if self.target_psnr is not None:  # the quality asked for fixes the network
+                    fit = family.fit_quality(model, limit, self.payload_psnr, self.target_psnr)
+                else:
+                    fit = family.fit_payload(
+                        model, header.model, header.quant, limit,
+                        distortion=self.payload_error if share == 1 else None,
+                    )  # fmt: skip
+            except (ConfigError, TrainingError):
+                if share == 1:
+                    raise
+                continue  # the family stores nothing that small: the larger shares stand
+            if best is not None and len(fit.payload) >= len(best[0].payload):
+                continue  # no smaller than a candidate already measured
+            stored, values, labels = self._decode_payload(fit.payload)
+            unstable = bounded.router_unstable(stored, header.shape, self.device)
+            raw, decoded, measured = bounded.encode(
+                self.volume, values, self.normalization, self.max_error, unstable
+            )
+            if len(fit.payload) + len(raw) < best_size:
+                best_size = len(fit.payload) + len(raw)
+                best = (fit, stored, labels, raw, decoded, measured)
+        return best
+
     def store(
         self, model: torch.nn.Module, steps: int, seconds: float, *, stopped: bool = False
     ) -> Compressed:
@@ -476,27 +526,23 @@ class Compressor:
         """
         device, family = self.device, self.family
         header, budget = self.header, self.budget
-        if self.target_psnr is not None:
-            payload, multiplier, extra_bits = family.fit_quality(
-                model, self.plan.payload_budget, self.payload_psnr, self.target_psnr
-            )
+        if self.max_error is not None:
+            bounded_fit = self._store_bounded(model)
+            (payload, multiplier, extra_bits), stored, labels, raw, decoded, measured = bounded_fit
         else:
-            payload, multiplier, extra_bits = family.fit_payload(
-                model, header.model, header.quant, self.plan.payload_budget,
-                distortion=self.payload_error,
-            )  # fmt: skip
-        weights = family.codec.unpack_payload(header.model, header.quant, payload)
-        stored = family.model_from_weights(header.model, weights)
-        use_backend(stored, self.backend)
-        values, labels = family.decode_region(stored.to(device), header.shape, device=device)
-        raw, measured = b"", None
-        if self.max_error is None:
+            if self.target_psnr is not None:
+                fit = family.fit_quality(
+                    model, self.plan.payload_budget, self.payload_psnr, self.target_psnr
+                )
+            else:
+                fit = family.fit_payload(
+                    model, header.model, header.quant, self.plan.payload_budget,
+                    distortion=self.payload_error,
+                )  # fmt: skip
+            payload, multiplier, extra_bits = fit
+            stored, values, labels = self._decode_payload(payload)
+            raw, measured = b"", None
             decoded = self.normalization.invert(values, self.volume.dtype)
-        else:
-            unstable = bounded.router_unstable(stored, header.shape, device)
-            raw, decoded, measured = bounded.encode(
-                self.volume, values, self.normalization, self.max_error, unstable
-            )
         psnr_value = round(psnr(self.volume, decoded), 2)
         summary = None
         if self.plan.stores_summary:
@@ -538,6 +584,12 @@ class Compressor:
         if raw:
             result.attach_correction(raw)
         return result
+
+
+#: Shares of the model's budget a ``max_error`` file tries for the network (one training
+#: run, coarser quantization); the smallest network + correction is kept
+#: (:meth:`Compressor._store_bounded`).
+BOUND_SHARES = (1.0, 0.5, 0.25, 0.125)
 
 
 class _PreviewSchedule:
