@@ -407,10 +407,13 @@ def _decode_or_format_error(raw: bytes, shape, dtype) -> None:
         stream = parse(raw, shape, dtype)
         codes(stream, ((1, 3), None, (2, 9)), 2)  # partial chunks: decoding stops early
         out = codes(stream)
+        values = apply(stream, np.zeros(shape))
     except MoecFormatError:
         return
     assert out.shape == tuple(shape) and out.dtype == np.int64
     assert np.abs(out).max(initial=0) < 2**correction_codec.MAX_CLASSES
+    assert values.shape == tuple(shape) and values.dtype == np.dtype(dtype)
+    assert stream.lo <= values.min() and values.max() <= stream.hi
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -532,16 +535,18 @@ def test_a_version_3_stream_smaller_than_version_2_where_the_prediction_is_poor(
 
 
 def test_an_absolute_code_outside_the_range_is_a_format_error():
-    """A hostile stream whose absolute codes leave ``0 .. top`` must not decode to values
-    the clip would hide: the reader names the corrupt chunk."""
-    q = np.random.default_rng(0).integers(-50, 50, (4, 8, 8))  # absolute codes are cheaper
-    absolute = np.full(q.shape, 3, np.int64)
-    absolute[2, 3, 4] = 900  # the range [0, 100] at step 10 allows codes 0..11
+    """A hostile stream whose absolute chunk's codes leave ``-top..top`` (no valid writer's
+    do: the data lies in [lo, hi]) is refused, naming the chunk, before its values are used.
+    Forged here by giving the writer values far outside the clip range."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(-50, 50, (4, 8, 8))  # noise: the absolute coding is cheaper
+    original = rng.uniform(0, 100, q.shape)
+    original[2, 3, 4] = 9000.0  # the range [0, 100] at step 10 allows codes -11..11
     raw = correction_codec.encode_chunks(
         q, dtype=np.dtype(np.uint16), chunk=(4, 8, 8), max_error=5.0, step=10.0, lo=0.0,
-        hi=100.0, anchors=np.zeros(0, np.int64), absolute=absolute, version=3,
+        hi=100.0, anchors=np.zeros(0, np.int64), original=original, version=3,
     )  # fmt: skip
     stream = parse(raw, q.shape, np.uint16)
     assert stream.absolute.all()
     with pytest.raises(MoecFormatError, match="absolute code outside"):
-        codes(stream)
+        apply(stream, np.zeros(q.shape))

@@ -250,7 +250,7 @@ def _encode(original, y, max_error, lo, hi, margin, unstable, coding, *, retry: 
     q = np.rint((x - base) / step).astype(np.int64)
     stream = encode_chunks(
         q,
-        absolute=np.rint((x - lo) / step).astype(np.int64),
+        original=x,
         dtype=original.dtype,
         **coding,
         max_error=float(max_error),
@@ -284,26 +284,41 @@ def _stream(stream) -> Stream:
 
 
 def codes(stream: Stream, roi=None, stride=1) -> np.ndarray:
-    """The int64 codes ``q`` of the grid ``roi[::stride]``, decoding only the chunks it touches.
+    """The int64 codes ``q`` of the grid ``roi[::stride]``, decoding only the chunks it touches
+    (0 in absolute chunks, whose values :func:`apply` takes from :func:`_region`).
 
     ``stream`` comes from :func:`parse`. ``roi`` and ``stride`` take what
     :func:`napari_moec.decode.evaluate` takes, so the result lines up with the network's
     decode of the same region.
     """
+    return _region(stream, roi, stride)[0]
+
+
+def _region(stream: Stream, roi=None, stride=1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(q, values, absolute)`` of the grid ``roi[::stride]``: the network chunks' codes,
+    the absolute chunks' decoded values (float64) and the mask of the absolute chunks'
+    voxels; each chunk the region touches decoded once."""
     s = _stream(stream)
     slices = parse_roi(roi, s.shape)
     wanted = [
         np.arange(sl.start, sl.stop, st)
         for sl, st in zip(slices, _strides(stride, len(s.shape)), strict=True)
     ]
-    out = np.zeros([len(w) for w in wanted], np.int64)
+    q = np.zeros([len(w) for w in wanted], np.int64)
+    values = np.zeros(q.shape)
+    absolute = np.zeros(q.shape, bool)
     owners = [w // c for w, c in zip(wanted, s.chunk, strict=True)]
     for index in itertools.product(*(np.unique(o).tolist() for o in owners)):
         positions = [np.flatnonzero(o == i) for o, i in zip(owners, index, strict=True)]
         local = [w[p] - i * c for w, p, i, c in zip(wanted, positions, index, s.chunk, strict=True)]
         block = decode_chunk(s, index, planes=int(local[-3].max()) + 1)
-        out[np.ix_(*positions)] = block[np.ix_(*local)]
-    return out
+        target = np.ix_(*positions)
+        if s.absolute[int(np.ravel_multi_index(index, s.grid))]:
+            values[target] = block[np.ix_(*local)]
+            absolute[target] = True
+        else:
+            q[target] = block[np.ix_(*local)]
+    return q, values, absolute
 
 
 def apply(stream: Stream, prediction: np.ndarray, roi=None, stride=1) -> np.ndarray:
@@ -322,22 +337,10 @@ def apply(stream: Stream, prediction: np.ndarray, roi=None, stride=1) -> np.ndar
     region = grid_shape(s.shape, roi, _strides(stride, len(s.shape)))
     if y.shape != region:
         raise ConfigError(f"prediction shape {y.shape} is not the region's {region}")
-    q = codes(s, roi, stride)
+    decoded = _region(s, roi, stride)
     if not np.isfinite(y).all():
         raise ConfigError("prediction has NaN or infinite values; the bound cannot hold")
-    return _decoded(s, y, q, _anchored(s, roi, stride), _absolute(s, roi, stride))
-
-
-def _absolute(s: Stream, roi=None, stride=1) -> np.ndarray:
-    """Bool mask of the grid ``roi[::stride]``: the voxels of absolute chunks (version 3),
-    which count from ``lo`` whatever the prediction."""
-    slices = parse_roi(roi, s.shape)
-    owners = [
-        np.arange(sl.start, sl.stop, st) // c
-        for sl, st, c in zip(slices, _strides(stride, len(s.shape)), s.chunk, strict=True)
-    ]
-    modes = s.absolute.reshape(s.grid)
-    return modes[np.ix_(*owners)]
+    return _decoded(s, y, decoded, _anchored(s, roi, stride))
 
 
 def _anchored(s: Stream, roi=None, stride=1) -> tuple[np.ndarray, ...]:
@@ -353,13 +356,13 @@ def _anchored(s: Stream, roi=None, stride=1) -> tuple[np.ndarray, ...]:
     )
 
 
-def _decoded(s: Stream, y: np.ndarray, q: np.ndarray, anchored, absolute) -> np.ndarray:
-    """``final(base + s q)``, base the clipped prediction, or ``lo`` where anchored or in an
-    absolute chunk."""
+def _decoded(s: Stream, y: np.ndarray, region, anchored) -> np.ndarray:
+    """``final(base + s q)``, base the clipped prediction or ``lo`` where anchored; in an
+    absolute chunk ``final`` of its decoded values (``region``: :func:`_region`)."""
+    q, values, absolute = region
     base = np.clip(y, s.lo, s.hi)
     base[anchored] = s.lo
-    base[absolute] = s.lo
-    return _final(base + s.step * q, s)
+    return _final(np.where(absolute, values, base + s.step * q), s)
 
 
 def _final(values: np.ndarray, s: Stream) -> np.ndarray:
@@ -404,8 +407,8 @@ def _check(original, prediction, stream, max_error, margin):
             f"{original.shape} {original.dtype}"
         )
     bound = s.max_error if max_error is None else min(float(max_error), s.max_error)
-    q = codes(s)
-    anchored, absolute = _anchored(s), _absolute(s)
+    region = _region(s)
+    anchored = _anchored(s)
     x = original.astype(np.float64)
     at_prediction = 0.0
     bad = np.zeros(original.shape, bool)
@@ -413,7 +416,7 @@ def _check(original, prediction, stream, max_error, margin):
     # Every shift is checked before answering: the writer anchors *all* the voxels that miss
     # at either end of the margin in one retry (a tie may miss at -m and another at +m).
     for shift in (0.0, -margin, margin) if margin > 0 else (0.0,):
-        error = np.abs(_decoded(s, y + shift, q, anchored, absolute).astype(np.float64) - x)
+        error = np.abs(_decoded(s, y + shift, region, anchored).astype(np.float64) - x)
         worst = float(error.max())
         at_prediction = at_prediction if shift else worst
         if worst > bound:

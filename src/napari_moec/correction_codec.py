@@ -140,12 +140,13 @@ class Stream:
     anchors: np.ndarray  # sorted int64 C-order flat indices of voxels coded against ``lo``
     offsets: np.ndarray  # (n_chunks + 1,) int64 byte offsets of the chunk streams in `data`
     data: bytes
-    absolute: np.ndarray  # (n_chunks,) bool: the chunk codes values from ``lo`` (version 3)
+    absolute: np.ndarray  # (n_chunks,) bool: the chunk codes the data itself (version 3)
     absolute_tables: tuple | None  # the absolute chunks' tables (version 3)
 
     @property
     def top(self) -> int:
-        """The largest absolute code: ``rint((hi - lo) / step)`` is at most this."""
+        """The largest magnitude of an absolute chunk's code: a valid writer's
+        ``rint((x - p) / step)`` has ``x`` in [lo, hi] and ``p`` within ``step/2`` of it."""
         return int((self.hi - self.lo) / self.step) + 1
 
     @property
@@ -231,7 +232,7 @@ def _fit_tables(parts, rows: tuple[int, int, int], low_tables: bool):
 
 
 def _block(codes: np.ndarray) -> np.ndarray:
-    """A chunk's codes as the 3D block the interpolation coder takes (a 4D chunk is 1 deep)."""
+    """A chunk as the 3D block the interpolation coder takes (a 4D chunk is 1 deep)."""
     return codes.reshape(codes.shape[-3:])
 
 
@@ -245,32 +246,32 @@ def encode_chunks(
     lo: float,
     hi: float,
     anchors: np.ndarray,
-    absolute: np.ndarray | None = None,
+    original: np.ndarray | None = None,
     version: int | None = None,
 ) -> bytes:
     """The stream of integer codes ``q`` (int64, |q| < 2^MAX_CLASSES, the volume's shape);
     ``anchors`` are the sorted flat indices of the voxels whose codes count from ``lo``.
-    ``absolute`` (version 3) holds every voxel's code counted from ``lo`` (``0..`` the
-    range's steps): a chunk may code those instead of ``q`` (:mod:`correction_interp`).
+    ``original`` (version 3) is the volume in float64: a chunk may code it by interpolation
+    instead of coding ``q`` (an absolute chunk, :mod:`correction_interp`).
     ``version`` None codes every version of :data:`VERSIONS` and keeps the smallest (a
     version-2 table costs ~0.5 kB more, which a stream of a few hundred codes does not repay;
-    version 3 needs ``absolute``)."""
+    version 3 needs ``original``)."""
     fields = dict(dtype=dtype, chunk=chunk, max_error=max_error, step=step, lo=lo, hi=hi,
                   anchors=anchors)  # fmt: skip
     if version is None:
-        versions = VERSIONS if absolute is not None else VERSIONS[:2]
-        streams = [encode_chunks(q, **fields, absolute=absolute, version=v) for v in versions]
+        versions = VERSIONS if original is not None else VERSIONS[:2]
+        streams = [encode_chunks(q, **fields, original=original, version=v) for v in versions]
         return min(streams, key=len)
     if version not in VERSIONS:
         raise ValueError(f"correction stream version {version} is not one of {VERSIONS}")
-    if version == 3 and (absolute is None or absolute.shape != q.shape):
-        raise ValueError("version 3 needs the absolute codes of every voxel")
+    if version == 3 and (original is None or original.shape != q.shape):
+        raise ValueError("version 3 needs the original volume")
     edges = full_chunk(chunk, q.ndim)
     slices = list(_chunk_slices(q.shape, edges))
     net = [q[sl].reshape((-1, *q[sl].shape[-2:])) for sl in slices]
     modes = np.zeros(len(slices), bool)
     if version == 3:
-        blocks = [_block(absolute[sl]) for sl in slices]
+        blocks = [interp.groups(_block(original[sl]), step, lo) for sl in slices]
         modes = _choose_modes(net, blocks)
     version_rows = TABLE_ROWS[version]
     net_tables, net_raw = _fit_tables(
@@ -287,7 +288,7 @@ def encode_chunks(
     head += net_raw
     if version == 3:
         abs_tables, abs_raw = _fit_tables(
-            (interp.groups(b) for b, m in zip(blocks, modes, strict=True) if m),
+            (b for b, m in zip(blocks, modes, strict=True) if m),
             interp.ROWS,
             low_tables=True,
         )
@@ -314,7 +315,7 @@ def _choose_modes(net: list[np.ndarray], blocks: list[np.ndarray]) -> np.ndarray
     net_tables, _ = _fit_tables(
         (list(_network_groups(p, 3)) for p in net), TABLE_ROWS[3], low_tables=True
     )
-    abs_tables, _ = _fit_tables((interp.groups(b) for b in blocks), interp.ROWS, low_tables=True)
+    abs_tables, _ = _fit_tables(blocks, interp.ROWS, low_tables=True)
     return np.array(
         [
             len(interp.encode(b, abs_tables)) < len(chunks.encode(p, net_tables, 3))
@@ -464,24 +465,27 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
 
 
 def decode_chunk(stream: Stream, index: tuple[int, ...], planes: int | None = None) -> np.ndarray:
-    """The int64 codes of the chunk at grid position ``index`` (edge chunks are smaller).
+    """The chunk at grid position ``index`` (edge chunks are smaller): a network chunk's int64
+    codes, or an absolute chunk's float64 decoded values (``stream.absolute``).
 
-    ``planes`` stops after that many planes along the third-last axis (the rest stay 0): a
-    plane's contexts need only the planes before it, so a z-slice near the start of a chunk
-    costs a few planes. Only a full decode can check that the chunk ends where it should.
+    ``planes`` stops a network chunk after that many planes along the third-last axis (the
+    rest stay 0): a plane's contexts need only the planes before it, so a z-slice near the
+    start of a chunk costs a few planes. Only a full decode can check that the chunk ends
+    where it should. An absolute chunk always decodes whole (its levels span it).
     """
     flat = int(np.ravel_multi_index(index, stream.grid))
     shape = tuple(
         min(c, n - i * c) for i, c, n in zip(index, stream.chunk, stream.shape, strict=True)
     )
     start, stop = stream.offsets[flat], stream.offsets[flat + 1]
-    if start == stop:
+    absolute = bool(stream.absolute[flat])
+    if start == stop and not absolute:
         return np.zeros(shape, np.int64)
     try:
         raw = stream.data[start:stop]
-        if stream.absolute[flat]:
-            tables = stream.absolute_tables
-            return interp.decode(raw, shape[-3:], tables, stream.top).reshape(shape)
+        if absolute:
+            tables, step, lo = stream.absolute_tables, stream.step, stream.lo
+            return interp.decode(raw, shape[-3:], tables, step, lo, stream.top).reshape(shape)
         tables = (stream.significance, stream.classes, stream.signs, stream.low)
         return chunks.decode(raw, shape, tables, stream.version, planes).reshape(shape)
     except MoecFormatError:
