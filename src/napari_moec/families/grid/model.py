@@ -272,8 +272,11 @@ class Synthesis(nn.Module):
             )
         logits = self.logits(f.detach() if frozen_router else f, coords)
         # Softmax written out: torch's CPU kernel for a last dim of 2-8 costs more than the
-        # experts (profiled in the prototype: 130 ms for 262k x 2).
-        z = torch.exp(logits - logits.max(dim=-1, keepdim=True).values.detach())
+        # experts (profiled in the prototype: 130 ms for 262k x 2). The clamp keeps exp out
+        # of float32's denormals (below e^-87), where a CPU's exp is ~70x slower: a decisive
+        # router's logits 90 apart made exp 40 % of a 4-expert CPU step (ct_head 256x).
+        shifted = logits - logits.max(dim=-1, keepdim=True).values.detach()
+        z = torch.exp(shifted.clamp_min(-60.0))
         probs = z / z.sum(dim=-1, keepdim=True)
         if k == 1:
             weight, index = probs.max(dim=-1, keepdim=True)
