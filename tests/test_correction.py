@@ -190,8 +190,9 @@ def test_anchored_voxels_hold_whatever_the_reader_predicts(dtype):
     roi, stride = ("3:10,1:19,:", (2, 3, 1))
     index = np.s_[3:10:2, 1:19:3, :]
     np.testing.assert_array_equal(apply(stream, other[index], roi, stride), out[index])
-    # without the anchors the same reader misses the bound: they are what keeps it
-    plain = parse(encode(x, y, bound), x.shape, x.dtype)
+    # without the anchors the same reader misses the bound: they are what keeps it (in a
+    # network-coded stream; an absolute chunk would ignore the prediction altogether)
+    plain = parse(encode(x, y, bound, version=2), x.shape, x.dtype)
     assert _error(apply(plain, other), x) > bound
     with pytest.raises(ConfigError, match="unstable"):
         encode(x, y, bound, unstable=unstable[:, :, :-1])
@@ -358,12 +359,28 @@ def _patched(data: bytes, offset: int, raw: bytes) -> bytes:
     return data[:offset] + raw + data[offset + len(raw) :]
 
 
+def _tables_end(data: bytes, pos: int, rows, low: bool) -> int:
+    """Where one set of tables that starts at ``pos`` ends (the layout of the stream doc)."""
+    sig_rows, cls_rows, sign_rows = rows
+    n_classes = data[pos + sig_rows + sign_rows]
+    n_low = min(3, max(n_classes - 1, 0)) if low else 0
+    end = pos + sig_rows + sign_rows + 1 + 2 * cls_rows * n_classes
+    return end + sum(2 << k for k in range(1, n_low + 1))
+
+
 def test_hostile_header_fields_are_format_errors(sample):
     x, data = sample
+    version = data[0]
     shape_at, tail_at = 3, 3 + 12
     range_at = tail_at + correction_codec._TAIL.size
     tables_at = range_at + 4
-    sig_rows, cls_rows, sign_rows = correction_codec.TABLE_ROWS[data[0]]
+    present = (True, False)
+    if version == 3:  # a flags byte says which tables follow
+        present = (bool(data[tables_at] & 1), bool(data[tables_at] & 2))
+        tables_at += 1
+    # the first table set present: the network's, else the absolute chunks'
+    rows = correction_codec.TABLE_ROWS[version] if present[0] else correction_codec.interp.ROWS
+    sig_rows, _, sign_rows = rows
     classes_at = tables_at + sig_rows + sign_rows
     cases = {
         "version": _patched(data, 0, b"\x07"),
@@ -377,17 +394,14 @@ def test_hostile_header_fields_are_format_errors(sample):
         "byte 0 is not": _patched(data, classes_at - 1, b"\0"),
         "classes": _patched(data, classes_at, b"\x63"),
     }
-    n_classes = data[classes_at]
-    low_tables = correction_codec.chunks.low_classes(data[0], n_classes)
-    anchors_at = (
-        classes_at + 1 + 2 * cls_rows * n_classes + sum(2 << k for k in range(1, low_tables + 1))
-    )
-    if data[0] == 3:  # the absolute chunks' tables follow
-        abs_sig, abs_cls, abs_sign = correction_codec.interp.ROWS
-        n_abs = data[anchors_at + abs_sig + abs_sign]
-        abs_low = min(3, max(n_abs - 1, 0))
-        anchors_at += abs_sig + abs_sign + 1 + 2 * abs_cls * n_abs
-        anchors_at += sum(2 << k for k in range(1, abs_low + 1))
+    if version == 3:
+        cases["table flags"] = _patched(data, tables_at - 1, b"\x07")
+    anchors_at = tables_at
+    if present[0]:
+        anchors_at = _tables_end(data, anchors_at, correction_codec.TABLE_ROWS[version],
+                                 version >= 2)  # fmt: skip
+    if present[1]:
+        anchors_at = _tables_end(data, anchors_at, correction_codec.interp.ROWS, True)
     assert data[anchors_at] == 0  # no anchors in this sample
     # 3 anchors at gaps 0, 0 and 5000: the last one falls outside the 9 x 13 x 11 volume
     outside = data[:anchors_at] + bytes([3, 0, 0, 0x88, 0x27]) + data[anchors_at + 1 :]

@@ -21,7 +21,11 @@ docstring is the byte-level specification. All integers little-endian::
     2 (2^1 ..   versions 2-3: for each class k = 1 .. min(3, K - 1), 2^k u16 frequencies
      + 2^L)     of the k low bits of its magnitudes (a zero row: uniform)
     ...         version 3 only: the absolute chunks' tables, laid out as the five fields
-                above (S', G', K', C' x K' class words, low bits), (S', C', G') = (97, 25, 3)
+                above (S', G', K', C' x K' class words, low bits), (S', C', G') = (97, 25, 4)
+
+    In version 3 a u8 of table flags precedes the tables (after lo, hi): bit 0 set when the
+    network tables (S .. low bits) follow, bit 1 when the absolute ones do, other bits 0; a
+    coding no chunk uses has no tables.
     varint      A, the number of anchored voxels (LEB128, as every varint here)
     varint x A  their C-order flat indices, each as the gap to the previous one minus 1
                 (the first as the index itself); all inside the volume. An anchored voxel
@@ -285,14 +289,17 @@ def encode_chunks(
     head += struct.pack(f"<{q.ndim}I", *q.shape)
     head += _TAIL.pack(*chunk, max_error, step)
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
-    head += net_raw
     if version == 3:
         abs_tables, abs_raw = _fit_tables(
             (b for b, m in zip(blocks, modes, strict=True) if m),
             interp.ROWS,
             low_tables=True,
         )
-        head += abs_raw
+        present = (not modes.all(), bool(modes.any()))
+        head.append(present[0] | present[1] << 1)
+        head += (net_raw if present[0] else b"") + (abs_raw if present[1] else b"")
+    else:
+        head += net_raw
     head += varint.encode(len(anchors))
     for gap in np.diff(np.asarray(anchors, np.int64), prepend=-1).tolist():
         head += varint.encode(gap - 1)
@@ -330,6 +337,11 @@ def _need(data: bytes, pos: int, size: int, what: str) -> None:
         raise MoecFormatError(
             f"correction stream truncated in {what}: needs {pos + size} bytes, has {len(data)}"
         )
+
+
+#: The tables of a coding no chunk uses (version 3 leaves them out): no classes, so a chunk
+#: claiming codes under them is refused.
+_EMPTY_TABLES = (np.zeros(0), np.zeros((0, 0)), np.zeros(0), ())
 
 
 def _read_tables(data: bytes, pos: int, rows: tuple[int, int, int], low_tables: bool):
@@ -407,9 +419,17 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
     pos += 2 * dtype.itemsize
     if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
         raise MoecFormatError(f"correction stream clip range [{lo}, {hi}] is not valid")
-    net_tables, pos = _read_tables(data, pos, TABLE_ROWS[version], version >= 2)
-    abs_tables = None
+    present = (True, False)
     if version == 3:
+        _need(data, pos, 1, "table flags")
+        if data[pos] > 3:
+            raise MoecFormatError(f"correction stream table flags {data[pos]} are not 0..3")
+        present, pos = (bool(data[pos] & 1), bool(data[pos] & 2)), pos + 1
+    net_tables = _EMPTY_TABLES
+    if present[0]:
+        net_tables, pos = _read_tables(data, pos, TABLE_ROWS[version], version >= 2)
+    abs_tables = None
+    if present[1]:
         abs_tables, pos = _read_tables(data, pos, interp.ROWS, True)
     count, pos = varint.decode(data, pos, len(data), "anchor count", "correction stream: ")
     if count > len(data) - pos:  # every anchor has a byte
@@ -435,7 +455,7 @@ def parse(data: bytes, expected_shape: tuple[int, ...], expected_dtype) -> Strea
         if (hi - lo) / step + 2 >= 2**MAX_CLASSES:
             raise MoecFormatError(f"correction stream step {step} is too small for its range")
         modes, lengths = (lengths & 1).astype(bool), lengths >> 1
-        if modes.any() and abs_tables[1].shape[1] == 0:
+        if modes.any() and (abs_tables is None or abs_tables[1].shape[1] == 0):
             raise MoecFormatError("correction stream has absolute chunks but no classes")
         if (~modes & (lengths > 0)).any() and net_tables[1].shape[1] == 0:
             raise MoecFormatError("correction stream has chunk data but no magnitude classes")
