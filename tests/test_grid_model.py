@@ -92,12 +92,14 @@ def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
     cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=3, top_k=top_k)
     torch.manual_seed(0)
     synth = Synthesis(cfg)
-    f, coords = torch.randn(200, 4), torch.randn(200, 3)
+    f, coords = torch.randn(4, 200), torch.randn(200, 3)  # features are (L, B)
     grads = []
     for plain in (False, True):
         if plain:
             monkeypatch.setattr(
-                model_module._GatherRows, "apply", lambda src, idx, inv: src.index_select(0, idx)
+                model_module._GatherColumns,
+                "apply",
+                lambda src, idx, inv: src.index_select(1, idx),
             )
         x = f.clone().requires_grad_(True)
         value, aux, load, _ = synth(x, coords)

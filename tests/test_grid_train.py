@@ -88,7 +88,7 @@ def test_point_decode_equals_region_decode():
     point_values, point_labels = model.decode(coords)
     np.testing.assert_allclose(point_values[:, 0].numpy().reshape(cfg.shape), values, atol=1e-4)
     assert (point_labels.numpy().reshape(cfg.shape) == labels).mean() > 0.99
-    assert point_features(model, coords).shape == (coords.shape[0], cfg.num_levels)
+    assert point_features(model, coords).shape == (cfg.num_levels, coords.shape[0])
 
 
 def test_same_generator_same_model():

@@ -126,10 +126,9 @@ class LatentGrids(nn.Module):
         return total
 
     def features(self, grids: list[torch.Tensor], mats) -> torch.Tensor:
-        """(B, L) features of the voxels selected by ``mats`` (``interp.axis_matrices``)."""
-        return torch.stack(
-            [upsample(g, m).reshape(-1) for g, m in zip(grids, mats, strict=True)], dim=1
-        )
+        """(L, B) features of the voxels selected by ``mats`` (``interp.axis_matrices``),
+        feature-major as :class:`Synthesis` takes them."""
+        return torch.stack([upsample(g, m).reshape(-1) for g, m in zip(grids, mats, strict=True)])
 
 
 class _SlotGather(torch.autograd.Function):
@@ -152,27 +151,34 @@ class _SlotGather(torch.autograd.Function):
         return hist.to(grad.dtype), None
 
 
-class _GatherRows(torch.autograd.Function):
-    """``src.index_select(0, index)`` whose backward is a gather too: with top-1 routing each
-    source row is read once, so its gradient is one row of ``grad`` picked by ``inverse``
-    (k rows for top-k) and no scatter-add is needed (-30% per step on a CPU, REPORT.md 6)."""
+class _GatherColumns(torch.autograd.Function):
+    """``src.index_select(1, index)`` whose backward is a gather too: with top-1 routing each
+    source column is read once, so its gradient is one column of ``grad`` picked by
+    ``inverse`` (k for top-k) and no scatter-add is needed (-30% per step on a CPU,
+    REPORT.md 6)."""
 
     @staticmethod
     def forward(ctx, src, index, inverse):
         ctx.save_for_backward(inverse)
-        return src.index_select(0, index)
+        return src.index_select(1, index)
 
     @staticmethod
     def backward(ctx, grad):
         (inverse,) = ctx.saved_tensors
-        out = grad.index_select(0, inverse[0])
+        out = grad.index_select(1, inverse[0])
         for j in range(1, inverse.shape[0]):
-            out = out + grad.index_select(0, inverse[j])
+            out = out + grad.index_select(1, inverse[j])
         return out, None, None
 
 
 class Synthesis(nn.Module):
-    """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder."""
+    """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder.
+
+    Everything runs feature-major: features (L, B), hidden activations (h, B), router rows
+    (n, B). The layers are a few units wide and B is 10^4-10^6 voxels, and a CPU multiplies
+    ``(h, L) @ (L, B)`` and its backward ~3.5x faster than ``(B, L) @ (L, h)`` (measured:
+    32k voxels, 8 units, one thread); per-expert quantities are contiguous rows. The stored
+    tensors keep their (n, in, out) layout (the file's)."""
 
     def __init__(self, cfg: GridConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -249,57 +255,70 @@ class Synthesis(nn.Module):
         return {name: params[name] for name, _ in mlp_layout(self.cfg)}
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` and the decoder's weights on features (L, B_e): values (1, B_e)."""
         for layer in self.experts:
-            x = F.relu(torch.addmm(layer.bias[e], x, layer.weight[e]))
-        return x @ self.decoder.weight.t()
+            x = F.relu(torch.addmm(layer.bias[e].t(), layer.weight[e].t(), x))
+        return self.decoder.weight @ x
 
     def logits(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.gate(torch.cat([coords, f], dim=1))
+        """Router logits (n, B) of features (L, B) at coordinates (B, ndim)."""
+        first, last = self.gate[0], self.gate[2]
+        inputs = torch.cat([coords.t(), f], dim=0)
+        hidden = F.relu(torch.addmm(first.bias[:, None], first.weight, inputs))
+        return torch.addmm(last.bias[:, None], last.weight, hidden)
 
     def forward(
         self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
     ):
-        """Returns value (B,), balance loss (scalar), load (n,) and the top-1 expert (B,)."""
-        B, n, k = f.shape[0], self.cfg.num_experts, self.cfg.top_k
+        """Features (L, B), coordinates (B, ndim) -> value (B,), balance loss (scalar), load
+        (n,) and the top-1 expert (B,)."""
+        B, n, k = f.shape[1], self.cfg.num_experts, self.cfg.top_k
         dev = f.device
         if self.gate is None:
-            value = self._expert(0, f)[:, 0] + self.decoder.bias
+            value = self._expert(0, f)[0] + self.decoder.bias
             return (
                 value,
                 value.new_zeros(()),
                 value.new_ones(1),
                 torch.zeros(B, dtype=torch.long, device=dev),
             )
-        logits = self.logits(f.detach() if frozen_router else f, coords)
-        # Softmax written out: torch's CPU kernel for a last dim of 2-8 costs more than the
-        # experts (profiled in the prototype: 130 ms for 262k x 2). The clamp keeps exp out
-        # of float32's denormals (below e^-87), where a CPU's exp is ~70x slower: a decisive
-        # router's logits 90 apart made exp 40 % of a 4-expert CPU step (ct_head 256x).
-        shifted = logits - logits.max(dim=-1, keepdim=True).values.detach()
-        z = torch.exp(shifted.clamp_min(-60.0))
-        probs = z / z.sum(dim=-1, keepdim=True)
+        # Rows (n, B): a reduction over the n experts is n - 1 elementwise ops (torch's CPU
+        # softmax/max/broadcast division over a last dim of 2-8 cost more than the experts).
+        rows = self.logits(f.detach() if frozen_router else f, coords)
+        top = rows[0]
+        for j in range(1, n):
+            top = torch.maximum(top, rows[j])
+        # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp is
+        # ~70x slower: a decisive router's logits lie ~90 apart.
+        z = torch.exp((rows - top.detach()).clamp_min(-60.0))
+        probs = z / z.sum(dim=0, keepdim=True)  # (n, B)
         if k == 1:
-            weight, index = probs.max(dim=-1, keepdim=True)
+            weight, index = probs[0], torch.zeros(B, dtype=torch.long, device=dev)
+            for j in range(1, n):
+                index = torch.where(probs[j] > weight, j, index)  # the first on ties
+                weight = torch.maximum(weight, probs[j])
+            weight, index = weight[None], index[None]
         else:
-            weight, index = torch.topk(probs, k, dim=-1)
-            weight = weight / weight.sum(dim=-1, keepdim=True)
-        top1 = index[:, 0]
-        flat_e = index.t().reshape(-1)  # choice-major assignments (k * B,)
+            weight, index = torch.topk(probs.t(), k, dim=-1)
+            weight = (weight / weight.sum(dim=-1, keepdim=True)).t()
+            index = index.t()
+        top1 = index[0]
+        flat_e = index.reshape(-1)  # choice-major assignments (k * B,)
         flat_v = torch.arange(B, device=dev).repeat(k)
         order = torch.argsort(flat_e, stable=True)
         counts = torch.bincount(flat_e, minlength=n)
         load = torch.bincount(top1, minlength=n).to(probs.dtype) / B
         # Switch-style balance loss: n * sum_e (top-1 share) * (mean probability).
-        aux = n * torch.sum(load * probs.mean(dim=0))
+        aux = n * torch.sum(load * probs.mean(dim=1))
         position = torch.empty_like(order)
         position[order] = torch.arange(order.numel(), device=dev)
-        xs = _GatherRows.apply(f, flat_v[order], position.view(k, B))
+        xs = _GatherColumns.apply(f, flat_v[order], position.view(k, B))
         outs, start = [], 0
         for e, size in enumerate(counts.tolist()):
             if size:
-                outs.append(self._expert(e, xs[start : start + size]))
+                outs.append(self._expert(e, xs[:, start : start + size]))
             start += size
-        y = torch.cat(outs)[:, 0] * weight.t().reshape(-1)[order]
+        y = torch.cat(outs, dim=1)[0] * weight.reshape(-1)[order]
         value = (
             torch.zeros(B, device=dev, dtype=y.dtype).index_add(0, flat_v[order], y)
             + self.decoder.bias
@@ -310,8 +329,8 @@ class Synthesis(nn.Module):
     def labels(self, f: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         """Top-1 expert of every voxel (the partition a Labels layer shows)."""
         if self.gate is None:
-            return torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
-        return torch.argmax(self.logits(f, coords), dim=-1)
+            return torch.zeros(f.shape[1], dtype=torch.long, device=f.device)
+        return torch.argmax(self.logits(f, coords), dim=0)
 
 
 class GridModel(nn.Module):
@@ -377,7 +396,7 @@ def _axis_taps(c: torch.Tensor, n: int, g: int, kernel: str) -> tuple[torch.Tens
 
 
 def point_features(model: GridModel, coords: torch.Tensor) -> torch.Tensor:
-    """(N, L) features at arbitrary coordinates (N, ndim) in [-1, 1]: ``taps^ndim`` nodes
+    """(L, N) features at arbitrary coordinates (N, ndim) in [-1, 1]: ``taps^ndim`` nodes
     gathered per level (64 in 3D with the cubic kernel). Equal, up to float rounding, to the
     separable path on voxel coordinates; used where a caller has points, not a region."""
     cfg, cols = model.cfg, []
@@ -389,4 +408,4 @@ def point_features(model: GridModel, coords: torch.Tensor) -> torch.Tensor:
             flat = (flat[:, :, None] * gk + idx[:, None, :]).reshape(coords.shape[0], -1)
             weight = (weight[:, :, None] * w[:, None, :]).reshape(coords.shape[0], -1)
         cols.append((y.detach().reshape(-1)[flat] * weight).sum(dim=1))
-    return torch.stack(cols, dim=1)
+    return torch.stack(cols)
