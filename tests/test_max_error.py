@@ -188,9 +188,10 @@ def test_cli_rejects_bad_bounds_and_tiled_outputs(tmp_path, capsys):
     assert "max_error" in capsys.readouterr().err
     assert main([*base, "--max-error", "2", "--max-error-rel", "0.1"]) == 2
     assert "not both" in capsys.readouterr().err
+    # Tiled stores take a bound too (tests/test_tiled_bound.py); bad values fail the same way.
     tiled = ["compress", str(src), str(tmp_path / "o.ome.zarr"), "--ratio", "32"]
-    assert main([*tiled, "--max-error", "2"]) == 2
-    assert "tiled" in capsys.readouterr().err
+    assert main([*tiled, "--max-error-rel", "0"]) == 2
+    assert "max_error_rel" in capsys.readouterr().err
 
 
 # -- hostile correction bytes in a full file --------------------------------------------------
