@@ -114,9 +114,12 @@ def decode_tile(
         decoded = norm.invert(raw, dtype)
     else:  # 1.2: the tile's stream corrects the network's unclipped, unrounded values
         local = tuple((a - off, b - off) for (a, b), off in zip(roi, offset, strict=True))
-        decoded = correction.apply(
-            tile.correction, correction.data_units(raw, norm), local, tuple(strides)
-        )
+        try:  # its chunks are entropy-decoded only now: a corrupt one is found here
+            decoded = correction.apply(
+                tile.correction, correction.data_units(raw, norm), local, tuple(strides)
+            )
+        except MoecFormatError as exc:
+            raise MoecFormatError(f"chunk {name}: correction: {exc}") from None
     if any(not isinstance(p, slice) for p in picks):
         grid = np.ix_(*[np.arange(n) if isinstance(p, slice) else p
                         for p, n in zip(picks, raw.shape, strict=True)])  # fmt: skip
