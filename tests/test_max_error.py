@@ -313,7 +313,7 @@ def test_router_ties_are_found_and_anchored_voxels_keep_the_bound():
 
 # -- the widget's settings ------------------------------------------------------------------
 @pytest.mark.gui
-def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
+def test_the_widget_offers_the_bound_and_tiled_mode_passes_it_on(qtbot):
     pytest.importorskip("napari")
     from napari.layers import Image
 
@@ -337,5 +337,4 @@ def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
     tiled = {"mode": "tiled", "tile": None, "workers": None, "scheduler": None}
     request = make_request([layer], "v", panel.compressor_kwargs, lambda: tiled)
     assert request.bound == BoundConfig(max_error=5.0) and request.configs["bound"] is request.bound
-    with pytest.raises(ConfigError, match="tiled"):
-        engine_kwargs(request)
+    assert engine_kwargs(request)["bound"] == BoundConfig(max_error=5.0)  # every tile keeps it

@@ -1,10 +1,17 @@
-"""The MoEC tile stream, version 1.1: the bytes of one chunk of a tiled store. This docstring is
+"""The MoEC tile stream, version 1.2: the bytes of one chunk of a tiled store. This docstring is
 the byte-level specification; it extends the ``.moec`` spec (``napari_moec.format``).
 
 Version 1.1 adds tiles of any registered model family (``napari_moec.families``): the
 configuration's optional ``"family"`` key and the chunk kind 3. A store of SIREN tiles omits
 the key and writes ``"version": "1.0"``, so its metadata and chunks are byte for byte what 1.0
 wrote; a store of another family writes ``"1.1"``.
+
+Version 1.2 adds a guaranteed maximum error (``--max-error``): the configuration's optional
+``"bound"`` key and, in such a store only, a correction stream in every network tile (kind 2 or
+3), after its model fields and before its payload. A store without a bound omits both and
+writes ``"1.0"``/``"1.1"`` as before, byte for byte (tests/data/golden_tiled); a store with one
+writes ``"1.2"`` (a reader of 1.0/1.1 rejects its unknown key instead of decoding it without
+the correction).
 
 A tiled store is an OME-Zarr image (NGFF 0.5, zarr v3) whose array's only codec is
 ``{"name": "napari_moec.tile", "configuration": {...}}`` (the serializer, an ArrayBytesCodec).
@@ -22,6 +29,8 @@ What every tile shares is stated once, in that configuration (JSON)::
                (below). Other families: null (each tile states its own model, kind 3)
     "quant"    [precision, per_channel 0|1, entropy 0|1]   as the .moec header's "q"
     "experts"  the largest num_experts of any tile (the stride of label ids, below)
+    "bound"    (1.2, optional) E > 0, finite: every decoded voxel is within E of the original
+               (data units); absent means no promise (and is never written without one)
 
 The data type is the array's ``data_type`` (uint8, uint16, int16 or float32).
 
@@ -58,19 +67,32 @@ Chunk bytes (integers little-endian; varint = unsigned LEB128, at most 5 bytes):
             P     payload: the family's payload for that config (``PayloadCodec``); its length
                   is what lies between the fields and the CRC, checked by the family's
                   ``unpack_payload`` before anything is sized from it
+    kinds 2 and 3 in a store with a "bound" (1.2), between the model fields and P:
+            v     varint C = correction stream length, 1 .. the bytes left before the CRC
+            C     the tile's correction stream (``napari_moec.correction_codec``, any of its
+                  versions) for the *tile's* shape (edge tiles: their voxels inside the array)
+                  and the array's dtype; its bound must equal "bound" and its clip range
+                  "range" (so every tile shares one quantizer step and reader margin)
     end-4   4     u32 CRC-32 (zlib.crc32) of every byte before it
 
 Chunks that are absent hold the array's fill value (zarr's rule): tiles whose every voxel equals
 it cost no byte. Decoded values are ``(y - lo) / (hi - lo) * (max - min) + min`` clipped to
-``[min, max]`` and rounded for integer types. Expert labels (top-1 expert ``e`` of tile ``c``,
-``c`` flattened in C order) are ``1 + flat(c) * experts + e``; constant and absent tiles are 0.
+``[min, max]`` and rounded for integer types. With a correction stream, that unclipped,
+unrounded value of each voxel asked for is the prediction the stream corrects
+(``napari_moec.correction.apply`` on the tile-local region and stride), which clips and rounds.
+Constant and absent tiles are exact, so they keep any bound. Expert labels (top-1 expert
+``e`` of tile ``c``, ``c`` flattened in C order) are ``1 + flat(c) * experts + e``; constant
+and absent tiles are 0.
 
 Per-tile overhead (what a tile costs besides its weights): 1 kind byte, the index varints (one
 byte per axis below 128 tiles an axis), 2 width/experts bytes (H < 128), 4 CRC bytes: 10 bytes
 for a 3D network tile of a grid under 128 tiles per axis; a grid tile (kind 3) has 1 + 9
-field bytes instead of 2: 17 bytes. Reading checks, in order: size, CRC, kind (against the
+field bytes instead of 2: 17 bytes; a correction adds its varint and stream (not overhead: it
+is reported apart). Reading checks, in order: size, CRC, kind (against the
 family), index (range and key), H and n (kind 2) or k and each field (kind 3, then the family's
-``config_from_json``), then the payload against the model (the family's ``unpack_payload``);
+``config_from_json``), C against the bytes left and the correction stream's header and index
+(1.2), then the payload against the model (the family's ``unpack_payload``); a correction's
+chunks are entropy-decoded when a region needs them, and their errors name the chunk too;
 every failure raises MoecFormatError naming the chunk, and nothing is allocated from a size
 that was not checked.
 """
