@@ -6,6 +6,7 @@ stride, for uint16 at both ends of its range and for float32."""
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,15 @@ def decode_tile_named(spec, data, axes):
     from napari_moec.tiled.tiledecode import decode_tile
 
     return decode_tile(spec, data, axes, name="0/c/0/1/0", expected_index=(0, 1, 0))
+
+
+def test_a_lazy_result_of_a_bounded_store_states_its_bound(bounded):
+    """What the widget's readouts and Compare call the guaranteed bound of an opened store."""
+    from napari_moec._napari.tiled_run import LazyResult
+
+    spec, _, root = bounded
+    result = LazyResult("b", TiledBlocks(open_tiled(root)), 1.0, store=str(root))
+    assert result.max_error == spec.values.max_error
+    golden = Path(__file__).parent / "data" / "golden_tiled" / "grid.ome.zarr"
+    plain = LazyResult("g", TiledBlocks(open_tiled(golden)), 1.0, store=str(golden))
+    assert plain.max_error is None
