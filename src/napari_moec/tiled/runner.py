@@ -420,8 +420,8 @@ def _result(future, index) -> TileResult:
 
 
 def compress_tiled(
-    source, dest, ratio: float = 256.0, *, tile="auto", client=None, progress: bool = True,
-    **options,
+    source, dest, ratio: float | None = 256.0, *, tile="auto", client=None,
+    progress: bool = True, **options,
 ) -> TiledReport:  # fmt: skip
     """Compress ``source`` into the tiled store ``dest``; blocks until done (or Ctrl-C, which
     keeps the finished tiles: run again with the same arguments to resume).
@@ -433,6 +433,10 @@ def compress_tiled(
     >>> import napari_moec
     >>> report = napari_moec.compress_tiled("scan.tif", "scan.ome.zarr", 256)  # doctest: +SKIP
     >>> report.ratio, report.psnr                                               # doctest: +SKIP
+    >>> napari_moec.compress_tiled("scan.tif", "bounded.ome.zarr", 64,
+    ...     bound=napari_moec.config.BoundConfig(max_error_rel=0.01))           # doctest: +SKIP
+    >>> napari_moec.compress_tiled("scan.tif", "q.ome.zarr", None,
+    ...     train=napari_moec.TrainConfig(target_psnr=40))                      # doctest: +SKIP
     """
     from .progress import TerminalProgress
 
