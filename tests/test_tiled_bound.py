@@ -295,3 +295,21 @@ def test_a_lazy_result_of_a_bounded_store_states_its_bound(bounded):
     golden = Path(__file__).parent / "data" / "golden_tiled" / "grid.ome.zarr"
     plain = LazyResult("g", TiledBlocks(open_tiled(golden)), 1.0, store=str(golden))
     assert plain.max_error is None
+
+
+@pytest.mark.parametrize("family", ["grid", "siren"])
+def test_4d_tiles_keep_the_bound(family, tmp_path):
+    """TZYX stores: tiles of two time points, each tile's correction chunked by 1 along T."""
+    grid4 = TileGrid((3, 12, 10, 9), (2, 8, 8, 8), (0, 2, 2, 2))
+    spec = TileSpec(grid4, TileValues("uint16", 0.0, 65535.0, max_error=100.0),
+                    TileNetworks(QUANT, experts=2, family=family))  # fmt: skip
+    volume = np.random.default_rng(1).integers(0, 65536, grid4.shape).astype(np.uint16)
+    volume.flat[:2] = (0, 65535)
+    root = tmp_path / "4d.ome.zarr"
+    write_metadata(root, metadata_documents(spec, axes="TZYX", spacing=None, unit=None,
+                                            fill_value=0, name="4d"))  # fmt: skip
+    for index in grid4.indices():
+        write_atomic(chunk_path(root, index), bounded_chunk(spec, index, volume))
+    _within(zarr.open_array(root / "0", mode="r")[:], volume, 100.0)
+    part = open_tiled(root).decode(roi="1:3,2:12,:,3:9", stride=(1, 2, 3, 1))
+    _within(part, volume[1:3, 2:12:2, ::3, 3:9], 100.0)
