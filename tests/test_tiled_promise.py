@@ -167,3 +167,30 @@ def test_command_line_promises(client, hipct, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_a_bounded_run_resumes_and_measures_the_tiles_it_finds(client, hipct, tmp_path):
+    """Stopped after two tiles, its log lost (a crash between a worker's write and the
+    client's log line): the resumed run keeps those chunks, measures them from their bytes,
+    and the finished store keeps the bound with the measured maximum."""
+    from napari_moec.tiled.events import TileFinished
+    from napari_moec.tiled.store import RESULTS_LOG, existing_chunks
+
+    dest = tmp_path / "r.ome.zarr"
+    options = dict(client=client, train=FAST, bound=BoundConfig(max_error=150), **TILING)
+    job = TiledCompressor(hipct, dest, 16, **options)
+    run = job.run()
+    finished = 0
+    for event in run:
+        finished += isinstance(event, TileFinished)
+        if finished == 2:
+            job.stop()
+    kept = {i: p.read_bytes() for i, p in existing_chunks(dest)}
+    assert 2 <= len(kept) < 8
+    (dest / RESULTS_LOG).unlink()
+    report = TiledCompressor(hipct, dest, 16, **options).fit()
+    assert not report.stopped and report.resumed == len(kept)
+    for index, data in kept.items():
+        assert (dest / "0" / "c").joinpath(*map(str, index)).read_bytes() == data
+    errors = _errors(zarr.open_array(dest / "0", mode="r")[:], hipct)
+    assert errors.max() <= 150 and errors.max() == report.max_error_measured
