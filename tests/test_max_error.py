@@ -188,9 +188,10 @@ def test_cli_rejects_bad_bounds_and_tiled_outputs(tmp_path, capsys):
     assert "max_error" in capsys.readouterr().err
     assert main([*base, "--max-error", "2", "--max-error-rel", "0.1"]) == 2
     assert "not both" in capsys.readouterr().err
+    # Tiled stores take a bound too (tests/test_tiled_bound.py); bad values fail the same way.
     tiled = ["compress", str(src), str(tmp_path / "o.ome.zarr"), "--ratio", "32"]
-    assert main([*tiled, "--max-error", "2"]) == 2
-    assert "tiled" in capsys.readouterr().err
+    assert main([*tiled, "--max-error-rel", "0"]) == 2
+    assert "max_error_rel" in capsys.readouterr().err
 
 
 # -- hostile correction bytes in a full file --------------------------------------------------
@@ -317,7 +318,7 @@ def test_router_ties_are_found_and_anchored_voxels_keep_the_bound():
 
 # -- the widget's settings ------------------------------------------------------------------
 @pytest.mark.gui
-def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
+def test_the_widget_offers_the_bound_and_tiled_mode_passes_it_on(qtbot):
     pytest.importorskip("napari")
     from napari.layers import Image
 
@@ -341,8 +342,7 @@ def test_the_widget_offers_the_bound_and_tiled_mode_refuses_it(qtbot):
     tiled = {"mode": "tiled", "tile": None, "workers": None, "scheduler": None}
     request = make_request([layer], "v", panel.compressor_kwargs, lambda: tiled)
     assert request.bound == BoundConfig(max_error=5.0) and request.configs["bound"] is request.bound
-    with pytest.raises(ConfigError, match="tiled"):
-        engine_kwargs(request)
+    assert engine_kwargs(request)["bound"] == BoundConfig(max_error=5.0)  # every tile keeps it
 
 
 def test_the_network_share_of_a_bounded_file_is_chosen_by_measurement(monkeypatch):

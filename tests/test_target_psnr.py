@@ -95,11 +95,15 @@ def test_siren_has_no_quality_target(volume16):
         )
 
 
-def test_tiled_stores_refuse_a_target(tmp_path, volume16, capsys):
+def test_tiled_stores_of_siren_tiles_refuse_a_target(tmp_path, volume16, capsys):
+    """Tiles of the grid family take ``--psnr`` (tests/test_tiled_bound.py); SIREN has no
+    quality target, and says so before any cluster starts."""
     np.save(tmp_path / "v.npy", volume16)
     out = tmp_path / "v.ome.zarr"
-    assert cli.main(["compress", str(tmp_path / "v.npy"), str(out), "--psnr", "40"]) == 2
-    assert "not available for tiled stores" in capsys.readouterr().err
+    argv = ["compress", str(tmp_path / "v.npy"), str(out), "--psnr", "40", "--model", "siren"]
+    assert cli.main(argv) == 2
+    assert "target PSNR needs --model grid" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_needs_a_ratio_or_a_target(tmp_path, volume16, capsys):

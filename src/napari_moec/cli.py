@@ -153,12 +153,7 @@ def _compress(args: argparse.Namespace) -> int:
     if args.ratio is None and getattr(args, "target_psnr", None) is None:
         raise ConfigError("give --ratio R or --psnr P (the size or the quality of the file)")
     if tiled_cli.wants_tiled(args.output):
-        if getattr(args, "target_psnr", None) is not None:
-            raise ConfigError("--psnr is not available for tiled stores yet: use --ratio")
-        configs = configs_from(args)
-        if configs.pop("bound").active:
-            raise ConfigError("--max-error is not available for tiled stores yet")
-        return tiled_cli.compress(args, configs)
+        return tiled_cli.compress(args, configs_from(args))
     volume = read_volume(args.input)
     compressor = Compressor(
         volume.array,

@@ -46,7 +46,13 @@ Wiring (container, Compressor, reader, tiles):
 * reader, once per file: ``stream = parse(raw, header.shape, header.dtype)``; per region:
   ``apply(stream, data_units(evaluate(model, shape, roi, stride), norm), roi, stride)``
   replaces ``norm.invert(...)`` (never clip or round before ``apply``).
-* tiles: one stream per tile, encoded from the tile and its prediction; each keeps the bound.
+* tiles (:mod:`napari_moec.tiled.tilebound`, tile stream 1.2): one stream per network tile,
+  encoded from the tile's own voxels (not its margin) and the prediction the tile decoder
+  computes for them (the region's stored network on the tile as a region of interest), with the
+  store's bound and the *store's* range as ``[lo, hi]`` (one normalisation for every tile, so
+  the margin scales with it); the chunk is decoded from its own bytes and every voxel checked
+  before it is written. Readers apply it to exactly the voxels they evaluate (ROI, stride,
+  irregular picks: ``tiledecode.decode_tile``); constant and empty tiles are exact.
 * ``stream.max_error`` is the promise (``moec info``, the widget's Compare).
 """
 

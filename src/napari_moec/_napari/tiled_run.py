@@ -47,6 +47,15 @@ class LazyResult:
     def stopped(self) -> bool:
         return bool(self.report is not None and self.report.stopped)
 
+    @property
+    def max_error(self) -> float | None:
+        """The bound every decoded voxel keeps (a big ``.moec``'s, or a tiled store's
+        ``"bound"``), or None: what Compare states as guaranteed."""
+        if self.compressed is not None:
+            return getattr(self.compressed, "max_error", None)
+        spec = getattr(self.blocks, "spec", None)
+        return None if spec is None else spec.values.max_error
+
 
 class ViewPrefetch:
     """The views the live layers show now, handed by the GUI thread to the worker, which

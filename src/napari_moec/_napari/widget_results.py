@@ -114,6 +114,8 @@ class ResultsController:
             text = f"{c.nbytes:,} B, {c.ratio:.0f}x, {psnr}"
         else:
             text = f"tiled store {result.store}"
+        if result.max_error is not None:
+            text += f", max error ≤ {result.max_error:g} (guaranteed)"
         self.result_name = result.name
         self.readouts["result"].setText(text)
         if report is not None and report.stopped:
@@ -329,7 +331,11 @@ class ResultsController:
         self.viewer.reset_view()  # fit each viewbox to its volume
         ssim = "n/a (volume thinner than 7 voxels)" if cmp.ssim is None else f"{cmp.ssim:.4f}"
         text = f"PSNR {cmp.psnr:.2f} dB, SSIM {ssim}, max |error| {bound:g}"
-        promised = getattr(getattr(self.result, "compressed", None), "max_error", None)
+        result = self.result
+        if isinstance(result, LazyResult):
+            promised = result.max_error
+        else:
+            promised = getattr(getattr(result, "compressed", None), "max_error", None)
         if promised is not None:
             text += f" (guaranteed ≤ {promised:g})"
         self.readouts["result"].setText(text)

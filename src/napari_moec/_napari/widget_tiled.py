@@ -41,9 +41,7 @@ def engine_kwargs(request: RunRequest) -> dict:
     ConfigError for what the tiled engine cannot do."""
     if request.arch.hidden_features is not None:
         raise ConfigError("the network width is sized per tile in tiled mode; leave it auto")
-    configs = dict(request.configs)
-    if configs.pop("bound").active:
-        raise ConfigError("a maximum error is not available in tiled mode yet; leave it off")
+    configs = dict(request.configs)  # a bound travels as ``bound``: every tile keeps it
     return {"ratio": request.ratio, **configs, "niceness": WORKER_NICENESS,
             **request.tiled.engine_kwargs}  # fmt: skip
 

@@ -98,8 +98,9 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compress(args: argparse.Namespace, configs: dict) -> int:
     """``moec compress IN OUT.ome.zarr|OUT.ozx``; ``configs`` are the Compressor configurations
-    from the command line (``arch``, ``train``, ``quant``, ``run``). The first Ctrl-C stops the
-    run keeping every finished tile (run again to resume); a second one aborts."""
+    from the command line (``arch``, ``train``, ``quant``, ``run``, ``bound``). The first
+    Ctrl-C stops the run keeping every finished tile (run again to resume); a second one
+    aborts."""
     from .progress import TerminalProgress
     from .runner import TiledCompressor
 
@@ -125,7 +126,15 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
         f"(target {report.target_ratio:g}x), PSNR {report.psnr:.2f} dB over the data range, "
         f"seam penalty {report.seam_penalty:.2f} dB, {report.seconds:.0f} s on "
         f"{report.workers} workers"
+        + ("" if report.target_psnr is None else f"; target PSNR {report.target_psnr:g} dB")
     )
+    if report.max_error is not None:
+        print(
+            f"max error   <= {report.max_error:g} (guaranteed), measured "
+            f"{report.max_error_measured:g}; the tiles' correction streams take "
+            f"{report.correction_bytes} of the {report.store_bytes} bytes "
+            f"(networks within the {report.target_ratio:g}x budget, store at {report.ratio:.1f}x)"
+        )
     return 0
 
 
@@ -199,7 +208,14 @@ def info(args: argparse.Namespace) -> int:
     print(f"overhead    {doc['tile_overhead_bytes']} bytes of tile headers and CRCs "
           f"({100 * doc['tile_overhead_share']:.2f}% of the chunk bytes)")  # fmt: skip
     if doc["psnr"] is not None:
-        print(f"quality     PSNR {doc['psnr']} dB over the data range, {doc['seconds']} s")
+        target = doc.get("target_psnr")
+        made = "" if target is None else f", promised >= {target:g} dB (made for --psnr)"
+        print(f"quality     PSNR {doc['psnr']} dB over the data range{made}, {doc['seconds']} s")
+    if doc.get("max_error") is not None:
+        measured = doc.get("max_error_measured")
+        print(f"max error   <= {doc['max_error']:g} (guaranteed)"
+              + ("" if measured is None else f", measured {measured:g}")
+              + f"; correction streams {doc['correction_bytes']} bytes")  # fmt: skip
     elif not doc["finished"]:
         print("quality     unfinished run: compress again with the same arguments to resume")
     for row in doc.get("tile_list", []):

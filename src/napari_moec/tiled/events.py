@@ -105,6 +105,14 @@ class TiledReport:
     workers: int
     stopped: bool
     allocation: str
+    #: The bound every voxel keeps (data units) or None, the largest error measured on the
+    #: network tiles as written, and the bytes of their correction streams (on top of the
+    #: networks' budget: ``ratio`` is then what the store reaches, not a promise).
+    max_error: float | None = None
+    max_error_measured: float | None = None
+    correction_bytes: int = 0
+    #: The PSNR every tile was made to reach (``psnr`` is the store's), or None.
+    target_psnr: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,12 +52,30 @@ __all__ = [
     "documents",
     "make_plan",
     "prepare_store",
+    "promise_summary",
     "remove_store",
     "scan",
 ]
 
 #: The run summary's placeholder: the metadata bytes it may take are set aside up front.
 SUMMARY_PLACEHOLDER = {"psnr": 999.99, "seconds": 9999999.9}
+#: The longest measured max error the summary states (6 significant digits, JSON).
+MAX_ERROR_PLACEHOLDER = 1.23456e-100
+
+
+def promise_summary(job, max_measured: float | None) -> dict:
+    """The summary's keys of a quality promise, none without one (the bytes a store without a
+    promise wrote before): ``"target"`` the PSNR promised, ``"max_err"`` the largest error
+    measured over every network tile as written (the bound itself is the codec's
+    ``"bound"``)."""
+    doc = {}
+    if job.target_psnr is not None:
+        doc["target"] = job.target_psnr
+    if max_measured is not None:
+        doc["max_err"] = float(f"{max_measured:.6g}")
+    return doc
+
+
 STATE_VERSION = 1
 
 
@@ -141,22 +159,37 @@ def store_experts(arch) -> int:
     return start or DEFAULT_EXPERTS
 
 
+def store_bound(job, dtype: str, value_range: tuple[float, float]) -> float | None:
+    """The absolute bound of every voxel (``max_error_rel`` against the *store's* range), or
+    None; checked against the range and dtype here, before any tile trains."""
+    max_error = job.bound.resolve(value_range)
+    if max_error is not None:
+        from ..correction import plan_bound
+
+        plan_bound(max_error, dtype, value_range)  # ConfigError: too small for the range
+    return max_error
+
+
 def make_plan(job, stats: list[TileStats]) -> StorePlan:
     vmin = min(s.vmin for s in stats)
     vmax = max(s.vmax for s in stats)
     if vmin == vmax:  # every tile is this one value: no network; any range decodes it
         vmax = vmin + 1.0
     arch = job.arch
+    dtype = job.source.dtype.name
     spec = TileSpec(
         tile_geometry(job),
-        TileValues(job.source.dtype.name, vmin, vmax),
+        TileValues(dtype, vmin, vmax, max_error=store_bound(job, dtype, (vmin, vmax))),
         TileNetworks(
             job.quant, top_k=arch.top_k, expert_layers=arch.expert_layers, w0=arch.w0,
             w0_first=arch.w0_first, experts=store_experts(arch), family=arch.model,
         ),
     )  # fmt: skip
     fill = choose_fill(stats, spec.values.dtype)
-    docs = documents(job, spec, fill, {"ratio": job.ratio, "summary": SUMMARY_PLACEHOLDER})
+    placeholder = SUMMARY_PLACEHOLDER | promise_summary(
+        job, MAX_ERROR_PLACEHOLDER if spec.values.bounded else None
+    )
+    docs = documents(job, spec, fill, {"ratio": job.ratio, "summary": placeholder})
     budget = budget_nbytes(job.source.nbytes, job.ratio)
     reserved = sum(len(d) for d in docs.values())
     overhead = lambda index: 0  # noqa: E731
@@ -249,8 +282,12 @@ def measure_existing(job, spec: TileSpec, index, data: bytes) -> TileResult:
     tile = parse_tile(spec, data)
     hidden = tile.model.hidden_features if tile.model else 0
     kind = "network" if tile.model else "constant"
+    worst = None
+    if spec.values.bounded and tile.model:
+        worst = float(np.abs(decoded.astype(np.float64) - original.astype(np.float64)).max())
     return TileResult(index, kind, len(data), hidden=hidden, voxels=original.size, sse=sse,
-                      face_voxels=face_voxels, face_sse=face_sse)  # fmt: skip
+                      face_voxels=face_voxels, face_sse=face_sse, max_error=worst,
+                      correction_bytes=tile.correction_nbytes)  # fmt: skip
 
 
 def _scan_tile(ref, index, slices, factor) -> TileStats:

@@ -206,13 +206,15 @@ class TiledStore:
         spec = self.spec
         original = math.prod(spec.grid.shape) * spec.values.itemsize
         sizes, widths, experts, overhead, kinds, rows = [], [], [], 0, {"network": 0}, []
+        correction_bytes = 0
         kinds["constant"] = 0
         for index, data in self.chunk_items():
             tile = parse_tile(spec, data, name=chunk_key(index), expected_index=index)
             kind = "network" if tile.network else "constant"
             kinds[kind] += 1
             payload = len(tile.payload) if tile.network else spec.values.itemsize
-            overhead += len(data) - payload
+            overhead += len(data) - payload - tile.correction_nbytes
+            correction_bytes += tile.correction_nbytes
             if tile.network:
                 sizes.append(len(data))
                 widths.append(tile.model.hidden_features)
@@ -252,6 +254,13 @@ class TiledStore:
             "network_tile_bytes": _spread(sizes),
             "network_tile_width": _spread(widths),
             "experts_per_tile": {str(n): experts.count(n) for n in sorted(set(experts))},
+            # A quality promise: the bound every voxel keeps (stream 1.2, the codec's "bound"),
+            # the largest error measured when written, what the corrections take, the PSNR
+            # every tile was made to reach.
+            "max_error": spec.values.max_error,
+            "max_error_measured": summary.get("max_err"),
+            "correction_bytes": correction_bytes,
+            "target_psnr": summary.get("target"),
         }
         if tiles:
             info["tile_list"] = rows

@@ -31,6 +31,10 @@ class TileResult:
     face_voxels: int = 0
     face_sse: float = 0.0
     peak_rss: int = 0
+    #: In a store with a bound: the largest error measured on the tile as written (data
+    #: units), and the bytes of its correction stream.
+    max_error: float | None = None
+    correction_bytes: int = 0
 
 
 def face_mask(spec: TileSpec, index) -> np.ndarray:

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ArchConfig, QuantConfig, RunConfig, TrainConfig
+from .. import families
+from ..config import ArchConfig, BoundConfig, QuantConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, MoecError
 from ..generators import drain
 from ..plan import check_ratio
+from ..training import PSNR_CAP_RATIO
 from .allocate import MODES
 from .cluster import ClusterShape, connect, default_shape, total_threads
 from .events import TiledEvent, TiledReport, TiledStarted, TileFinished, psnr_of
@@ -39,6 +41,7 @@ from .prepare import (
     documents,
     make_plan,
     prepare_store,
+    promise_summary,
     remove_store,
     scan,
 )
@@ -70,13 +73,20 @@ class TiledCompressor:
         The store to write: a folder (``.ome.zarr``) or a zipped OME-Zarr file (``.ozx``).
     ratio
         ``original bytes / store bytes`` (every chunk and metadata byte) is at least this.
+        With ``train.target_psnr`` it is the least ratio allowed (a ceiling on every tile's
+        bytes; None: ``PSNR_CAP_RATIO``), and with a ``bound`` it is the networks' budget
+        (each tile's correction stream comes on top: the ratio reached is reported).
     tile, margin
         Chunk shape ("auto", an edge in voxels, or one size per axis) and context voxels.
     allocation
         "difficulty" (bytes follow each tile's measured difficulty) or "equal".
-    arch, train, quant, run
+    arch, train, quant, run, bound
         As for :class:`~napari_moec.training.Compressor`; widths are sized per tile, so
-        ``arch.hidden_features`` must be None. ``train`` is each tile's schedule.
+        ``arch.hidden_features`` must be None. ``train`` is each tile's schedule; its
+        ``target_psnr`` (grid family) makes every tile the smallest that reaches that PSNR
+        over the *store's* range (the store's MSE is the voxel-weighted mean of its tiles', so
+        the store reaches it too). ``bound`` (max error, absolute or relative to the store's
+        range, known after the scan) adds a verified correction stream to every network tile.
     client, scheduler, workers, memory_limit, niceness
         A Dask ``Client`` to use, or a scheduler address, or the size of the LocalCluster
         started for the run (default: one worker per core) and how far its workers lower
@@ -92,7 +102,7 @@ class TiledCompressor:
         self,
         source,
         dest,
-        ratio: float = 256.0,
+        ratio: float | None = 256.0,
         *,
         tile="auto",
         margin="auto",
@@ -101,6 +111,7 @@ class TiledCompressor:
         train: TrainConfig | None = None,
         quant: QuantConfig | None = None,
         run: RunConfig | None = None,
+        bound: BoundConfig | None = None,
         client=None,
         scheduler: str | None = None,
         workers: int | None = None,
@@ -113,7 +124,14 @@ class TiledCompressor:
         hook=None,
     ) -> None:
         self.source = open_source(source, axes=axes, spacing=spacing, unit=unit)
+        self.train = train or TrainConfig()
+        #: The PSNR every tile (so the store) reaches, or None: the ratio sets the size.
+        self.target_psnr = self.train.target_psnr
+        if ratio is None:
+            ratio = 256.0 if self.target_psnr is None else PSNR_CAP_RATIO
         self.ratio = check_ratio(ratio)
+        #: The bound asked for (resolved against the store's range after the scan).
+        self.bound = bound or BoundConfig()
         self.tile = choose_tile(self.source.shape, self.source.dtype, self.ratio, tile)
         self.margin = choose_margin(self.tile, margin)
         self.quant = quant or QuantConfig()
@@ -124,9 +142,12 @@ class TiledCompressor:
         self.arch = arch or ArchConfig()
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
-        self.train = train or TrainConfig()
-        if self.train.target_psnr is not None:
-            raise ConfigError("a target PSNR is not available for tiled stores yet: use a ratio")
+        if self.target_psnr is not None and not hasattr(families.get(self.arch.model),
+                                                          "fit_quality"):  # fmt: skip
+            raise ConfigError(
+                f"a target PSNR needs --model grid (model={self.arch.model!r} has no quality "
+                "target)"
+            )
         self.run_config = run or RunConfig()
         self.dest = Path(dest)
         self.zipped = self.dest.suffix.lower() == ".ozx"
@@ -327,9 +348,12 @@ class TiledCompressor:
         net_sse, net_vox = sum(r.sse for r in net), sum(r.voxels for r in net)
         psnr = psnr_of(sse, voxels)
         seconds = time.monotonic() - start
+        measured = [r.max_error for r in net if r.max_error is not None]
+        max_measured = max(measured, default=0.0) if plan.spec.values.bounded else None
         if complete:
             summary = {"psnr": round(psnr, 2) if math.isfinite(psnr) else None,
                        "seconds": round(seconds, 1)}  # fmt: skip
+            summary.update(promise_summary(self, max_measured))
             write_metadata(
                 self.root,
                 documents(
@@ -346,7 +370,8 @@ class TiledCompressor:
         if complete and self.zipped:
             store_bytes = pack_ozx(self.root, self.dest)
             remove_store(self.root)
-        if complete and self.source.nbytes / store_bytes < self.ratio:
+        promised = not plan.spec.values.bounded  # a correction comes on top of the budget
+        if complete and promised and self.source.nbytes / store_bytes < self.ratio:
             raise MoecError(f"internal: the store takes {store_bytes} bytes, over its budget")
         psnr_faces = psnr_of(face_sse, face_vox)
         psnr_interior = psnr_of(net_sse - face_sse, net_vox - face_vox)
@@ -364,6 +389,8 @@ class TiledCompressor:
             seconds=seconds, tile_seconds=sum(r.seconds for r in net),
             peak_rss=max((r.peak_rss for r in net), default=0), workers=workers,
             stopped=not complete, allocation=self.allocation,
+            max_error=plan.spec.values.max_error, max_error_measured=max_measured,
+            correction_bytes=sum(r.correction_bytes for r in net), target_psnr=self.target_psnr,
         )  # fmt: skip
 
 
@@ -393,8 +420,8 @@ def _result(future, index) -> TileResult:
 
 
 def compress_tiled(
-    source, dest, ratio: float = 256.0, *, tile="auto", client=None, progress: bool = True,
-    **options,
+    source, dest, ratio: float | None = 256.0, *, tile="auto", client=None,
+    progress: bool = True, **options,
 ) -> TiledReport:  # fmt: skip
     """Compress ``source`` into the tiled store ``dest``; blocks until done (or Ctrl-C, which
     keeps the finished tiles: run again with the same arguments to resume).
@@ -406,6 +433,10 @@ def compress_tiled(
     >>> import napari_moec
     >>> report = napari_moec.compress_tiled("scan.tif", "scan.ome.zarr", 256)  # doctest: +SKIP
     >>> report.ratio, report.psnr                                               # doctest: +SKIP
+    >>> napari_moec.compress_tiled("scan.tif", "bounded.ome.zarr", 64,
+    ...     bound=napari_moec.config.BoundConfig(max_error_rel=0.01))           # doctest: +SKIP
+    >>> napari_moec.compress_tiled("scan.tif", "q.ome.zarr", None,
+    ...     train=napari_moec.TrainConfig(target_psnr=40))                      # doctest: +SKIP
     """
     from .progress import TerminalProgress
 

@@ -2,7 +2,10 @@
 network of the store's model family (the core's :func:`~napari_moec.training.train`: no ratio
 and no plan, the allocator sized it), store it at the best quality that fits its byte share
 (the family's rate control, judged on the training's fixed voxel sample), estimate its error
-from that sample (the tile is not decoded whole: issue 24), write its chunk atomically.
+from that sample (the tile is not decoded whole: issue 24), write its chunk atomically. Under a
+quality promise (:mod:`.tilebound`: a store with a bound, or a target PSNR) the payload is the
+smallest that reaches the tile's PSNR target, a verified correction stream rides with it, and
+the chunk is decoded from its own bytes before it is written: its errors are then exact.
 
 Nothing here talks to the scheduler except :class:`Signals`, which lets the client's stop and
 pause reach a tile that is training: the task looks at two Dask ``Event``s about once a second.
@@ -36,6 +39,7 @@ from .allocate import TilePlan
 from .results import TileResult, face_mask, tile_errors
 from .sources import SourceRef
 from .store import chunk_path, write_atomic
+from .tilebound import correct_tile, tile_prediction, tile_psnr, verify_chunk
 from .tileformat import TileSpec, encode_network_tile
 
 __all__ = ["Signals", "TileJob", "TileResult", "TileStopped", "compress_tile", "tile_errors"]
@@ -149,20 +153,48 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             with torch.no_grad():
                 return decoded_mse(stored_model(payload), coords, targets)
 
-        payload, multiplier, _ = family.fit_payload(
-            trained.model,
-            model_config,
-            quant,
-            plan.payload_budget,
-            distortion=payload_error if family.judged_tile_fit else None,
-        )
+        original = region[spec.grid.tile_in_region(plan.index)]
+        target_psnr = job.train.target_psnr
+        if target_psnr is not None:  # the smallest payload whose tile reaches the target
+            judge = tile_psnr(spec, original)
+
+            def payload_psnr(payload: bytes) -> float:
+                stored = stored_model(payload)
+                return judge(tile_prediction(family, stored, spec, plan.index, device))
+
+            payload, multiplier, _ = family.fit_quality(
+                trained.model, plan.payload_budget, payload_psnr, target_psnr
+            )
+        else:
+            payload, multiplier, _ = family.fit_payload(
+                trained.model,
+                model_config,
+                quant,
+                plan.payload_budget,
+                distortion=payload_error if family.judged_tile_fit else None,
+            )
+        raw = None
+        if spec.values.bounded:
+            stored = stored_model(payload)
+            values = tile_prediction(family, stored, spec, plan.index, device)
+            raw = correct_tile(spec, plan.index, original, values, stored, device)
         with torch.no_grad():
             value, _ = stored_model(payload).decode(coords)
         err = ((value[:, 0].float() - targets) ** 2).cpu().numpy().astype(np.float64)
-        data = encode_network_tile(spec, plan.index, model_config, payload)
+        data = encode_network_tile(spec, plan.index, model_config, payload, raw)
+        measured = None
+        if spec.values.bounded or target_psnr is not None:
+            # The chunk as written, decoded as every reader does: the bound is checked on each
+            # voxel (BoundViolation: nothing is written) and the errors reported are exact.
+            decoded = verify_chunk(spec, plan.index, data, original)
+            exact = tile_errors(spec, plan.index, original, decoded)
+            measured = float(np.abs(decoded.astype(np.float64) - original).max())
     finally:
         torch.set_num_threads(previous_threads)
-    sse, face_sse, face_voxels = sample_errors(spec, plan.index, coords.cpu().numpy(), err)
+    if measured is None:
+        sse, face_sse, face_voxels = sample_errors(spec, plan.index, coords.cpu().numpy(), err)
+    else:
+        sse, face_sse, face_voxels = exact
     voxels = spec.grid.tile_voxels(plan.index)
     write_atomic(chunk_path(Path(job.root), plan.index), data)
     return TileResult(
@@ -179,6 +211,8 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         face_voxels=face_voxels,
         face_sse=face_sse,
         peak_rss=_peak_rss(),
+        max_error=measured if spec.values.bounded else None,
+        correction_bytes=len(raw or b""),
     )
 
 

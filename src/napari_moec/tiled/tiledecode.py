@@ -3,6 +3,9 @@ the lazy dask reader both call, so ``zarr.open_array(...)[...]`` and ``open_tile
 the same voxels.
 
 A network tile evaluates only the voxels asked for (a strided grid costs only its own voxels);
+in a store with a bound (stream 1.2) its correction stream is applied to the network's values
+of exactly those voxels, before any clipping or rounding, decoding only the correction chunks
+they touch, so every path (zarr, the lazy reader, ROI and stride) keeps the bound;
 ``DECODE_COUNTS`` counts tile evaluations per process, so tests can check that a region read
 touches only the tiles it overlaps.
 """
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .. import families
+from .. import correction, families
 from ..errors import MoecFormatError
 from ..sampling import Normalization
 from .tileformat import KIND_CONSTANT, Tile, TileSpec, label_dtype, parse_tile
@@ -106,12 +109,22 @@ def decode_tile(
         raw, top1 = family.decode_region(
             model, region, tuple(roi), tuple(strides), values=True, labels=labels
         )
+    norm = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
+    if tile.correction is None:
+        decoded = norm.invert(raw, dtype)
+    else:  # 1.2: the tile's stream corrects the network's unclipped, unrounded values
+        local = tuple((a - off, b - off) for (a, b), off in zip(roi, offset, strict=True))
+        try:  # its chunks are entropy-decoded only now: a corrupt one is found here
+            decoded = correction.apply(
+                tile.correction, correction.data_units(raw, norm), local, tuple(strides)
+            )
+        except MoecFormatError as exc:
+            raise MoecFormatError(f"chunk {name}: correction: {exc}") from None
     if any(not isinstance(p, slice) for p in picks):
         grid = np.ix_(*[np.arange(n) if isinstance(p, slice) else p
                         for p, n in zip(picks, raw.shape, strict=True)])  # fmt: skip
-        raw, top1 = raw[grid], (None if top1 is None else top1[grid])
-    norm = Normalization(spec.values.vmin, spec.values.vmax, *spec.values.norm)
-    values[target] = norm.invert(raw, dtype)
+        decoded, top1 = decoded[grid], (None if top1 is None else top1[grid])
+    values[target] = decoded
     if labels:
         ids[target] = (
             1 + spec.grid.flat(tile.index) * spec.networks.experts + top1.astype(ids.dtype)

@@ -1,10 +1,17 @@
-"""The MoEC tile stream, version 1.1: the bytes of one chunk of a tiled store. This docstring is
+"""The MoEC tile stream, version 1.2: the bytes of one chunk of a tiled store. This docstring is
 the byte-level specification; it extends the ``.moec`` spec (``napari_moec.format``).
 
 Version 1.1 adds tiles of any registered model family (``napari_moec.families``): the
 configuration's optional ``"family"`` key and the chunk kind 3. A store of SIREN tiles omits
 the key and writes ``"version": "1.0"``, so its metadata and chunks are byte for byte what 1.0
 wrote; a store of another family writes ``"1.1"``.
+
+Version 1.2 adds a guaranteed maximum error (``--max-error``): the configuration's optional
+``"bound"`` key and, in such a store only, a correction stream in every network tile (kind 2 or
+3), after its model fields and before its payload. A store without a bound omits both and
+writes ``"1.0"``/``"1.1"`` as before, byte for byte (tests/data/golden_tiled); a store with one
+writes ``"1.2"`` (a reader of 1.0/1.1 rejects its unknown key instead of decoding it without
+the correction).
 
 A tiled store is an OME-Zarr image (NGFF 0.5, zarr v3) whose array's only codec is
 ``{"name": "napari_moec.tile", "configuration": {...}}`` (the serializer, an ArrayBytesCodec).
@@ -22,6 +29,8 @@ What every tile shares is stated once, in that configuration (JSON)::
                (below). Other families: null (each tile states its own model, kind 3)
     "quant"    [precision, per_channel 0|1, entropy 0|1]   as the .moec header's "q"
     "experts"  the largest num_experts of any tile (the stride of label ids, below)
+    "bound"    (1.2, optional) E > 0, finite: every decoded voxel is within E of the original
+               (data units); absent means no promise (and is never written without one)
 
 The data type is the array's ``data_type`` (uint8, uint16, int16 or float32).
 
@@ -58,19 +67,32 @@ Chunk bytes (integers little-endian; varint = unsigned LEB128, at most 5 bytes):
             P     payload: the family's payload for that config (``PayloadCodec``); its length
                   is what lies between the fields and the CRC, checked by the family's
                   ``unpack_payload`` before anything is sized from it
+    kinds 2 and 3 in a store with a "bound" (1.2), between the model fields and P:
+            v     varint C = correction stream length, 1 .. the bytes left before the CRC
+            C     the tile's correction stream (``napari_moec.correction_codec``, any of its
+                  versions) for the *tile's* shape (edge tiles: their voxels inside the array)
+                  and the array's dtype; its bound must equal "bound" and its clip range
+                  "range" (so every tile shares one quantizer step and reader margin)
     end-4   4     u32 CRC-32 (zlib.crc32) of every byte before it
 
 Chunks that are absent hold the array's fill value (zarr's rule): tiles whose every voxel equals
 it cost no byte. Decoded values are ``(y - lo) / (hi - lo) * (max - min) + min`` clipped to
-``[min, max]`` and rounded for integer types. Expert labels (top-1 expert ``e`` of tile ``c``,
-``c`` flattened in C order) are ``1 + flat(c) * experts + e``; constant and absent tiles are 0.
+``[min, max]`` and rounded for integer types. With a correction stream, that unclipped,
+unrounded value of each voxel asked for is the prediction the stream corrects
+(``napari_moec.correction.apply`` on the tile-local region and stride), which clips and rounds.
+Constant and absent tiles are exact, so they keep any bound. Expert labels (top-1 expert
+``e`` of tile ``c``, ``c`` flattened in C order) are ``1 + flat(c) * experts + e``; constant
+and absent tiles are 0.
 
 Per-tile overhead (what a tile costs besides its weights): 1 kind byte, the index varints (one
 byte per axis below 128 tiles an axis), 2 width/experts bytes (H < 128), 4 CRC bytes: 10 bytes
 for a 3D network tile of a grid under 128 tiles per axis; a grid tile (kind 3) has 1 + 9
-field bytes instead of 2: 17 bytes. Reading checks, in order: size, CRC, kind (against the
+field bytes instead of 2: 17 bytes; a correction adds its varint and stream (not overhead: it
+is reported apart). Reading checks, in order: size, CRC, kind (against the
 family), index (range and key), H and n (kind 2) or k and each field (kind 3, then the family's
-``config_from_json``), then the payload against the model (the family's ``unpack_payload``);
+``config_from_json``), C against the bytes left and the correction stream's header and index
+(1.2), then the payload against the model (the family's ``unpack_payload``); a correction's
+chunks are entropy-decoded when a region needs them, and their errors name the chunk too;
 every failure raises MoecFormatError naming the chunk, and nothing is allocated from a size
 that was not checked.
 """
@@ -115,9 +137,15 @@ __all__ = [
 ]
 
 CODEC_NAME = "napari_moec.tile"
-TILE_VERSION = (1, 1)
+TILE_VERSION = (1, 2)
 #: What a SIREN store writes (its bytes are version 1.0's).
 SIREN_VERSION = (1, 0)
+#: What a store of another family writes without a bound (its bytes are version 1.1's).
+FAMILY_VERSION = (1, 1)
+#: The minor version that added ``"bound"`` and the correction stream of network tiles.
+BOUND_MINOR = 2
+#: Largest correction stream a network tile may carry (checked before anything is sliced).
+MAX_CORRECTION_BYTES = 1 << 28
 KIND_CONSTANT = 1
 KIND_NETWORK = 2
 KIND_FAMILY = 3
@@ -216,12 +244,23 @@ class TileValues:
     vmin: float
     vmax: float
     norm: tuple[float, float] = (-1.0, 1.0)
+    #: The bound every decoded voxel keeps (data units; stream 1.2), or None: no correction.
+    max_error: float | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in SUPPORTED_DTYPES:
             raise ConfigError(f"unsupported dtype {self.dtype!r}")
         if not (self.vmin < self.vmax and self.norm[0] < self.norm[1]):
             raise ConfigError("empty intensity or normalisation range")
+        if self.max_error is not None and not (
+            math.isfinite(self.max_error) and self.max_error > 0
+        ):
+            raise ConfigError(f"max_error must be a finite number > 0, got {self.max_error}")
+
+    @property
+    def bounded(self) -> bool:
+        """True when every network tile carries a correction stream (stream 1.2)."""
+        return self.max_error is not None
 
     @property
     def itemsize(self) -> int:
@@ -299,7 +338,9 @@ class TileSpec:
     def to_json(self) -> dict:
         """The codec configuration (dtype is the array's, not repeated here)."""
         grid, values, nets = self.grid, self.values, self.networks
-        version = SIREN_VERSION if nets.siren else TILE_VERSION
+        version = SIREN_VERSION if nets.siren else FAMILY_VERSION
+        if values.bounded:
+            version = TILE_VERSION
         doc = {
             "version": f"{version[0]}.{version[1]}",
             "shape": list(grid.shape),
@@ -314,6 +355,8 @@ class TileSpec:
         if not nets.siren:  # 1.1: the family's tiles state their own model
             doc["model"] = None
             doc["family"] = nets.family
+        if values.bounded:  # 1.2: network tiles carry a correction stream
+            doc["bound"] = _num(values.max_error)
         return doc
 
     @classmethod
@@ -360,6 +403,8 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
         known.add("family")
         if family == "siren" or not isinstance(family, str) or family not in families.FAMILIES:
             raise MoecFormatError(f"{CODEC_NAME} family {family!r} is not a non-SIREN family")
+    if "bound" in doc:
+        known.add("bound")
     if set(doc) != known:
         raise MoecFormatError(
             f"{CODEC_NAME} configuration keys {sorted(doc)} differ from {sorted(known)}"
@@ -367,6 +412,14 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
     version = doc["version"]
     if not isinstance(version, str) or version.split(".")[0] != str(TILE_VERSION[0]):
         raise MoecFormatError(f"{CODEC_NAME} version {version!r} is not supported (reads 1.x)")
+    max_error = None
+    if "bound" in doc:
+        minor = version.split(".")[1] if version.count(".") == 1 else ""
+        if not minor.isdigit() or int(minor) < BOUND_MINOR:
+            raise MoecFormatError(
+                f"{CODEC_NAME} bound needs version 1.{BOUND_MINOR} or later, not {version!r}"
+            )
+        max_error = _number(doc["bound"], "bound")
     shape = doc["shape"]
     if not isinstance(shape, list) or len(shape) not in (3, 4):
         raise MoecFormatError(f"{CODEC_NAME} shape must list 3 or 4 sizes, got {shape!r}")
@@ -404,6 +457,7 @@ def _spec_from_json(doc, dtype: str) -> TileSpec:
             _number(rng[0], "range"),
             _number(rng[1], "range"),
             (_number(norm[0], "norm"), _number(norm[1], "norm")),
+            max_error,
         ),
         TileNetworks(
             QuantConfig(q[0], bool(q[1]), bool(q[2])),
@@ -438,12 +492,31 @@ def encode_constant_tile(spec: TileSpec, index, value) -> bytes:
     return _finish(bytes([KIND_CONSTANT]) + _index_bytes(spec, index) + raw)
 
 
-def encode_network_tile(spec: TileSpec, index, model: Any, payload: bytes) -> bytes:
+def _correction_field(spec: TileSpec, correction: bytes | None) -> bytes:
+    """The 1.2 field of a network tile: varint C + the C bytes of its correction stream, in a
+    store with a bound (required there); nothing otherwise (the bytes 1.0/1.1 wrote)."""
+    if not spec.values.bounded:
+        if correction:
+            raise ConfigError("a correction stream needs a store with a bound (max_error)")
+        return b""
+    if not correction or len(correction) > MAX_CORRECTION_BYTES:
+        raise ConfigError(
+            f"a network tile of a store with a bound needs its correction stream (1.."
+            f"{MAX_CORRECTION_BYTES} bytes), got {len(correction or b'')}"
+        )
+    return varint.encode(len(correction)) + bytes(correction)
+
+
+def encode_network_tile(
+    spec: TileSpec, index, model: Any, payload: bytes, correction: bytes | None = None
+) -> bytes:
     """The chunk of a network tile of the store's family: a SIREN ``payload`` packed
     (``format.pack_payload``) for ``model``, which must be ``spec.model_config(H, n)`` (kind
-    2), or a family's payload for its config (kind 3, :func:`encode_family_tile`)."""
+    2), or a family's payload for its config (kind 3, :func:`encode_family_tile`).
+    ``correction`` is the tile's correction stream, required in a store with a bound
+    (:func:`napari_moec.correction.encode` of the tile's voxels) and refused otherwise."""
     if not spec.networks.siren:
-        return encode_family_tile(spec, index, model, payload)
+        return encode_family_tile(spec, index, model, payload, correction)
     expected = spec.model_config(model.hidden_features, model.num_experts)
     if model != expected:
         raise ConfigError(f"tile network {model} is not the spec's {expected}")
@@ -455,7 +528,7 @@ def encode_network_tile(spec: TileSpec, index, model: Any, payload: bytes) -> by
         + varint.encode(model.hidden_features)
         + varint.encode(model.num_experts)
     )
-    return _finish(head + bytes(payload))
+    return _finish(head + _correction_field(spec, correction) + bytes(payload))
 
 
 def _family_fields(spec: TileSpec, config: Any) -> list[int]:
@@ -473,9 +546,12 @@ def _family_fields(spec: TileSpec, config: Any) -> list[int]:
     return fields
 
 
-def encode_family_tile(spec: TileSpec, index, config: Any, payload: bytes) -> bytes:
+def encode_family_tile(
+    spec: TileSpec, index, config: Any, payload: bytes, correction: bytes | None = None
+) -> bytes:
     """The chunk of a kind-3 tile: ``config`` (a model config of the store's family for the
-    tile's region shape, at most ``spec.networks.experts`` experts) and its ``payload``."""
+    tile's region shape, at most ``spec.networks.experts`` experts), its ``payload`` and, in a
+    store with a bound, its ``correction`` stream."""
     if spec.networks.siren:
         raise ConfigError("a SIREN store holds kind-2 network tiles (encode_network_tile)")
     shape = spec.region_shape(index)
@@ -487,7 +563,8 @@ def encode_family_tile(spec: TileSpec, index, config: Any, payload: bytes) -> by
         )
     fields = _family_fields(spec, config)
     head = bytes([KIND_FAMILY]) + _index_bytes(spec, index) + varint.encode(len(fields))
-    return _finish(head + b"".join(varint.encode(v) for v in fields) + bytes(payload))
+    head += b"".join(varint.encode(v) for v in fields)
+    return _finish(head + _correction_field(spec, correction) + bytes(payload))
 
 
 def tile_overhead(spec: TileSpec, index, config: Any) -> int:
@@ -535,6 +612,10 @@ class Tile:
     value: float | int | None = None
     model: Any = None
     payload: bytes = b""
+    #: The parsed correction stream of a network tile in a store with a bound (1.2), else
+    #: None, and its length in the chunk.
+    correction: Any = None
+    correction_nbytes: int = 0
 
     @property
     def network(self) -> bool:
@@ -596,7 +677,38 @@ def parse_tile(spec: TileSpec, data: bytes, *, name: str = "?", expected_index=N
         model = spec.model_config(hidden, experts)
     except ConfigError as exc:
         raise MoecFormatError(f"chunk {name}: {exc}") from None
-    return Tile(kind, index, n, model=model, payload=data[pos:end])
+    correction, start, pos = _parse_correction(spec, data, pos, end, index, name)
+    return Tile(kind, index, n, model=model, payload=data[pos:end], correction=correction,
+                correction_nbytes=pos - start)  # fmt: skip
+
+
+def _parse_correction(spec: TileSpec, data: bytes, pos: int, end: int, index, name):
+    """The 1.2 field of a network tile in a store with a bound: ``(parsed stream, where its
+    bytes start, where they end)``; ``(None, pos, pos)`` in a store without one. The length
+    is checked against the bytes left before anything is sliced; the stream is parsed for the
+    tile's own shape and must state the store's bound and range (what the writer wrote)."""
+    if not spec.values.bounded:
+        return None, pos, pos
+    from ..correction_codec import parse  # the tile stream needs it only with a bound
+
+    where = f"chunk {name}: "
+    size, pos = varint.decode(data, pos, end, "correction length", where)
+    if not 1 <= size <= min(end - pos, MAX_CORRECTION_BYTES):
+        raise MoecFormatError(
+            f"{where}correction length {size} does not fit the {end - pos} bytes left"
+        )
+    shape = tuple(s.stop - s.start for s in spec.grid.tile_slices(index))
+    try:
+        stream = parse(data[pos : pos + size], shape, spec.values.dtype)
+    except MoecFormatError as exc:
+        raise MoecFormatError(f"{where}correction: {exc}") from None
+    values = spec.values
+    if stream.max_error != values.max_error or (stream.lo, stream.hi) != (values.vmin, values.vmax):
+        raise MoecFormatError(
+            f"{where}correction states bound {stream.max_error} and range [{stream.lo}, "
+            f"{stream.hi}], not the store's {values.max_error} and [{values.vmin}, {values.vmax}]"
+        )
+    return stream, pos, pos + size
 
 
 def _parse_family_tile(spec: TileSpec, data: bytes, pos: int, end: int, index, name) -> Tile:
@@ -622,8 +734,12 @@ def _parse_family_tile(spec: TileSpec, data: bytes, pos: int, end: int, index, n
         raise MoecFormatError(
             f"{where}{experts} experts exceed the store's {spec.networks.experts}"
         )
+    correction, start, pos = _parse_correction(spec, data, pos, end, index, name)
     try:
         codec.unpack_payload(model, spec.networks.quant, data[pos:end], decode_weights=False)
     except MoecFormatError as exc:
         raise MoecFormatError(f"{where}{exc}") from None
-    return Tile(KIND_FAMILY, index, len(data), model=model, payload=data[pos:end])
+    return Tile(
+        KIND_FAMILY, index, len(data), model=model, payload=data[pos:end],
+        correction=correction, correction_nbytes=pos - start,
+    )  # fmt: skip
