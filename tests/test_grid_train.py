@@ -9,7 +9,7 @@ import torch
 
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
-from napari_moec.families.grid.fit import fit_budget
+from napari_moec.families.grid.fit import fit_budget, fit_checkpoint
 from napari_moec.families.grid.model import GridModel, point_features
 from napari_moec.families.grid.payload import unpack_payload
 from napari_moec.families.grid.sampling import stride_rows
@@ -56,6 +56,7 @@ def test_payload_never_exceeds_budget(ratio):
         for y in trainer.model.grids.latents:
             y.copy_(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)) * 20)
     assert len(fit_budget(trainer.model, limit, trainer.score).payload) <= limit
+    assert len(fit_checkpoint(trainer.model, limit, trainer.score_sample).payload) <= limit
 
 
 def test_strided_sampling_covers_the_volume():
