@@ -143,3 +143,13 @@ def test_sample_ranks_checkpoints_as_the_volume_does(one_thread, hipct):
     assert trainer.best is results[chosen]
     db = 10 * np.log10(volume.max() / volume[chosen])  # scores are minus MSE
     assert db < 0.02
+
+
+def test_fixed_steps_store_the_same_bytes(one_thread, hipct):
+    """Checkpoints and the end-of-training choice are deterministic: two runs of the same steps
+    and seed store the same file (but for the training summary's seconds)."""
+    from .test_golden_bytes import stable_digest
+
+    files = [Compressor(hipct, 256, train=TrainConfig(steps=260), run=RUN).fit() for _ in range(2)]
+    assert stable_digest(files[0].data) == stable_digest(files[1].data)
+    assert files[0].report.psnr == files[1].report.psnr

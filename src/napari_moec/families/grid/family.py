@@ -204,7 +204,7 @@ class GridFamily:
             and len(saved) <= budget
             and -distortion(saved) > best.score
         ):
-            return Fit(saved, 1.0, {})
+            return Fit(saved, model.best_network_step, {})
         return Fit(best.payload, best.network_step, {})
 
     def fit_quality(self, model, budget: int, psnr_of: Callable[[bytes], float], target: float):

@@ -430,6 +430,7 @@ class GridTrainer:
         if self.best is None or result.score > self.best.score:
             self.best = result
             self.model.best_payload = result.payload  # a candidate of the final choice
+            self.model.best_network_step = result.network_step
         self._record(result, "sample")
         return result
 
