@@ -426,8 +426,9 @@ class Compressor:
         """Mean squared error (normalised units) of the network a payload holds, decoded as a
         reader will: the rate controller's judge of quantization choices
         (:func:`~napari_moec.rate.fit_payload`). On :func:`eval_set`, or on every voxel for a
-        family ``judged_on_volume`` (grid: its fit compares the final model's payloads with
-        the best checkpoint's, which its trainer measured on the whole volume too)."""
+        family ``judged_on_volume`` (grid: its fit keeps the exact fit of the last weights
+        or the best checkpoint's file, whichever decodes better over the whole volume, the
+        measure of the grid trainer's own final choice, ``GridTrainer.score``)."""
         if self.family.judged_on_volume:
             return self.payload_volume_error(payload)
         if self._eval is None:

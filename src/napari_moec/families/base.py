@@ -287,9 +287,9 @@ class ModelFamily(Protocol):
     #: based dispatch/combine (built for wide expert outputs) would not make cheaper.
     tutel_routing: bool
     #: Whether a store judges this family's payloads on every voxel of the volume (what the
-    #: file decodes to, the measure of its checkpoints: grid, whose decode is one small MLP
-    #: per voxel) rather than on the eval sample (SIREN, whose full decode costs seconds per
-    #: candidate).
+    #: file decodes to; grid, whose decode is one small MLP per voxel and whose store chooses
+    #: between the last weights' fit and the best checkpoint's file by it) rather than on the
+    #: eval sample (SIREN, whose full decode costs seconds per candidate).
     judged_on_volume: bool
 
     # -- sizing: no voxel is read -----------------------------------------------------------
