@@ -79,7 +79,7 @@ def test_store_keeps_a_checkpoint_better_than_the_last_weights(one_thread, hipct
     model, steps, seconds = drain(comp.train())
     assert comp.final_choice == "last"  # the grid trainer chose among files, not floats
     saved = model.best_payload
-    assert saved is not None  # the checkpoint at step 250 (or the best-loss snapshot's)
+    assert saved is not None  # the checkpoint at step 200 (or the best-loss snapshot's)
     best_psnr = comp.payload_psnr(saved)
     _ruin(model)
     stored = comp.store(model, steps, seconds)
@@ -153,3 +153,30 @@ def test_fixed_steps_store_the_same_bytes(one_thread, hipct):
     files = [Compressor(hipct, 256, train=TrainConfig(steps=260), run=RUN).fit() for _ in range(2)]
     assert stable_digest(files[0].data) == stable_digest(files[1].data)
     assert files[0].report.psnr == files[1].report.psnr
+
+
+def test_a_checkpoint_whose_plain_rounding_fits_packs_nothing_more(hipct, monkeypatch):
+    """The calibration's pack of the same weights is reused; its plain rounding fitting, no
+    coarser network is tried (one decode of the sample). Over the budget, the bytes are the
+    same with or without the reused pack, and within the budget."""
+    from napari_moec.families.grid import fit as grid_fit
+
+    trainer = _trainer(hipct, 20)
+    for _ in range(20):
+        trainer.advance()
+    plain = grid_fit.pack_model(trainer.model)
+    packs, scores = [], []
+    real = grid_fit.pack_payload
+    monkeypatch.setattr(grid_fit, "pack_payload", lambda *a, **k: packs.append(1) or real(*a, **k))
+
+    def score(payload):
+        scores.append(payload)
+        return trainer.score_sample(payload)
+
+    fitted = grid_fit.fit_checkpoint(trainer.model, len(plain), score, plain=plain)
+    assert fitted.payload == plain and not packs and scores == [plain]
+    tight = len(plain) - 40
+    again = grid_fit.fit_checkpoint(trainer.model, tight, score, plain=plain)
+    assert len(again.payload) <= tight and again.payload != plain
+    fresh = grid_fit.fit_checkpoint(trainer.model, tight, trainer.score_sample)
+    assert fresh.payload == again.payload

@@ -97,7 +97,9 @@ class TrainSettings:
     ste_at: float = 0.9
     balance_weight: float = 0.01
     freeze_router_at: float = 0.8
-    checkpoint_every: int = 250  # steps; a real payload is packed and scored on a sample
+    # steps; a real payload is packed and scored on a sample. A multiple of calibrate_every:
+    # the checkpoint then reuses the calibration's pack of the same weights.
+    checkpoint_every: int = 200
     calibrate_every: int = 100  # steps; the rate proxy is compared with the real coder
     # voxels a step trains on (a strided subset of larger volumes); None: 32,768 on a CPU,
     # 400,000 on an accelerator (module docstring, "Sampling")
@@ -190,6 +192,7 @@ class GridTrainer:
         self.history: list[dict] = []
         self._overhead = _overhead_bytes(self.model)
         self._sample: tuple[list, list, np.ndarray] | None = None  # see sample()
+        self._plain: tuple[int, bytes] | None = None  # (step, plain pack) of the calibration
         self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
         # Under a quality target the budget is only a ceiling: its bits per latent say
         # nothing of the operating point, so lam starts at lam0 and moves faster.
@@ -411,7 +414,9 @@ class GridTrainer:
         strided sampling, 1500 steps on a GPU). Measured every ``calibrate_every`` steps
         with one plain pack (no decoding); clamped to [0.25, 4].
         """
-        plain = len(pack_model(self.model))
+        packed = pack_model(self.model)
+        self._plain = (self.step_count, packed)  # this step's checkpoint may reuse it
+        plain = len(packed)
         real_bits = 8.0 * max(plain - self._overhead, 1)
         if real_bits < 0.1 * self.target_bits():  # near-zero latents code in ~0 real bits:
             self.calibration = 1.0  # the ratio says nothing about the budget's operating point
@@ -425,8 +430,14 @@ class GridTrainer:
         ``GridModel.best_payload``) if it is the best checkpoint so far (module docstring,
         "Keeping the best"). Reads the weights only: a run's training does not depend on
         when it checkpoints."""
-        fit = fit_budget if exact else fit_checkpoint
-        result = fit(self.model, self.limit, self.score_sample)
+        if exact:
+            result = fit_budget(self.model, self.limit, self.score_sample)
+        else:
+            # The calibration packed these very weights at this step (the optimiser has not
+            # moved since): its bytes are the plain rounding a checkpoint starts from.
+            fresh = self._plain is not None and self._plain[0] == self.step_count
+            plain = self._plain[1] if fresh else None
+            result = fit_checkpoint(self.model, self.limit, self.score_sample, plain=plain)
         if self.best is None or result.score > self.best.score:
             self.best = result
             self.model.best_payload = result.payload  # a candidate of the final choice
