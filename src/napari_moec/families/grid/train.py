@@ -2,11 +2,11 @@
 files at checkpoints, the best one kept.
 
 Keeping the best. Every ``checkpoint_every`` steps :meth:`GridTrainer.checkpoint` packs the
-current weights into a real payload within the budget (:func:`.fit.fit_checkpoint`: about
-one pack per network step tried when the rate control landed under the budget) and scores
-it on a fixed strided sample of the volume (at most ``CHECKPOINT_VOXELS`` voxels, decoded
-from the bytes as a reader decodes them); the best by that score is
-``GridModel.best_payload``. The end of the run
+current weights into a real payload within the budget (:func:`.fit.fit_checkpoint`; when the
+rate control landed under the budget it is the plain rounding the rate calibration packed
+at the same step, so no pack of its own) and scores it on a fixed strided sample of the
+volume (at most ``CHECKPOINT_VOXELS`` voxels, decoded from the bytes as a reader decodes
+them); the best by that score is ``GridModel.best_payload``. The end of the run
 (:meth:`GridTrainer.final`, or the store through ``GridFamily.fit_payload``) fits the last
 weights exactly to the budget and keeps whichever file is better, that fit or the best
 checkpoint, by one measure: the MSE of the decoded bytes over the whole volume. Before,
@@ -16,7 +16,8 @@ file decodes (it rounds them, quantizes the network and zeroes latents to fit), 
 choice could keep the worse file (ct_head 1024x, 4000 steps: it kept 26.09 dB where the last
 weights stored 26.26 dB). A checkpoint used to run the whole budget search and decode every
 candidate in full (about 4 to 8 whole-volume decodes and 30 packs; 7 s on a 256³ volume on a
-GPU); now it is a few packs and a few decodes of the sample.
+GPU); now it is usually one decode of the sample and no pack, a few of each when the rate
+control overshot the budget (``benchmarks/grid_checkpoints.py`` counts both).
 
 Schedule in **steps**. ``progress = step / steps``, or with a wall-clock ``time_limit``
 ``max(step / steps, elapsed / time_limit)``: the cosine learning-rate decay, the switch from
