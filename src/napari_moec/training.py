@@ -200,7 +200,11 @@ def train(
         # moment more to quantize, code and measure).
         yield make_preview(model, step)
     judge = eval_set(volume, cfg.seed, device)
-    final_choice = keep_better(model, best_state, *judge)
+    finish = getattr(trainer, "finish", None)  # a trainer that keeps its best as files
+    if finish is not None:
+        final_choice = finish(best_state)
+    else:
+        final_choice = keep_better(model, best_state, *judge)
     return Trained(model, step, active, final_choice, judge)
 
 
@@ -316,6 +320,8 @@ class Compressor:
         self.final_choice: str | None = None
         #: (coordinates, targets) of :func:`eval_set`, made on first use.
         self._eval: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: The normalised volume (float32), made on first use by :meth:`payload_volume_error`.
+        self._normalised: np.ndarray | None = None
 
     # -- what the plan decided -------------------------------------------------------------
     @property
@@ -417,9 +423,14 @@ class Compressor:
         return self.plan.payload_budget
 
     def payload_error(self, payload: bytes) -> float:
-        """Mean squared error (normalised units) on :func:`eval_set` of the network a payload
-        holds, decoded as a reader will: the rate controller's judge of quantization choices
-        (:func:`~napari_moec.rate.fit_payload`)."""
+        """Mean squared error (normalised units) of the network a payload holds, decoded as a
+        reader will: the rate controller's judge of quantization choices
+        (:func:`~napari_moec.rate.fit_payload`). On :func:`eval_set`, or on every voxel for a
+        family ``judged_on_volume`` (grid: its fit keeps the exact fit of the last weights
+        or the best checkpoint's file, whichever decodes better over the whole volume, the
+        measure of the grid trainer's own final choice, ``GridTrainer.score``)."""
+        if self.family.judged_on_volume:
+            return self.payload_volume_error(payload)
         if self._eval is None:
             values = torch.from_numpy(self.normalization.apply(self.volume).reshape(-1))
             target = TrainingTarget(values, self.header.shape, self.header.norm)
@@ -430,6 +441,19 @@ class Compressor:
         candidate = self.family.model_from_weights(header.model, weights).to(self.device)
         use_backend(candidate, self.backend)
         return decoded_mse(candidate, coords, target)
+
+    def payload_volume_error(self, payload: bytes) -> float:
+        """Mean squared error (normalised units, float64) over every voxel of the volume a
+        payload decodes to, before the cast to the data type: the grid trainer's
+        ``GridTrainer.score`` of the same bytes, so the store's choice and the checkpoints'
+        compare like with like."""
+        header, family, device = self.header, self.family, self.device
+        weights = family.codec.unpack_payload(header.model, header.quant, payload)
+        candidate = family.model_from_weights(header.model, weights).to(device)
+        values, _ = family.decode_region(candidate, header.shape, device=device, labels=False)
+        if self._normalised is None:
+            self._normalised = self.normalization.apply(self.volume).reshape(header.shape)
+        return float(np.mean((values.astype(np.float64) - self._normalised) ** 2))
 
     def payload_psnr(self, payload: bytes) -> float:
         """PSNR over the data range of the whole volume a payload decodes to, in the original

@@ -219,7 +219,13 @@ class StepStats(NamedTuple):
 @runtime_checkable
 class FamilyTrainer(Protocol):
     """The training behaviour of one model on one volume, made by
-    :meth:`ModelFamily.trainer` and driven by :func:`napari_moec.training.train`."""
+    :meth:`ModelFamily.trainer` and driven by :func:`napari_moec.training.train`.
+
+    Optional: ``finish(best_state) -> str``. A trainer that keeps its own best result as
+    files (grid: real payloads at checkpoints) makes the end-of-training choice itself; the
+    loop then calls it with its best-so-far snapshot (or None) instead of judging the float
+    weights (:func:`napari_moec.schedule.keep_better`), and it returns "last" or "best" as
+    that function does."""
 
     #: The module being trained (``LossGuard`` snapshots and restores its state).
     model: torch.nn.Module
@@ -280,6 +286,11 @@ class ModelFamily(Protocol):
     #: counting-sort dispatch moves one scalar per assignment back, which Tutel's capacity-
     #: based dispatch/combine (built for wide expert outputs) would not make cheaper.
     tutel_routing: bool
+    #: Whether a store judges this family's payloads on every voxel of the volume (what the
+    #: file decodes to; grid, whose decode is one small MLP per voxel and whose store chooses
+    #: between the last weights' fit and the best checkpoint's file by it) rather than on the
+    #: eval sample (SIREN, whose full decode costs seconds per candidate).
+    judged_on_volume: bool
 
     # -- sizing: no voxel is read -----------------------------------------------------------
     def default_options(self) -> Any:

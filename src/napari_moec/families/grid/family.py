@@ -10,8 +10,13 @@ Contract notes (what the shared code gets):
 * ``trainer`` needs the payload budget (``budget=``), which the contract does not pass yet.
 * The trainer reports the step's MSE, load and phase ("noise", then "ste" with
   ``restart_best`` on the switch: distortions of noisy and rounded latents do not compare).
-* ``fit_payload`` keeps the best real payload the trainer's checkpoints saw
-  (``GridModel.best_payload``) as a candidate besides the fits of the final model.
+* Keeping the best (:mod:`.train`, "Keeping the best"): the trainer checkpoints a real payload
+  every ``checkpoint_every`` steps and keeps the best (``GridModel.best_payload``); at the end
+  of training (``finish``) it checkpoints the loop's best-training-loss snapshot too and hands
+  the *last* weights on, instead of the loop judging float weights (which a grid file does not
+  decode to). ``fit_payload`` then keeps the better of the exact fit of the last weights and
+  the best checkpoint by ``distortion``, which the store measures on the whole volume
+  (``judged_on_volume``): the kept file is the best the run has seen, by the file's measure.
 """
 
 from __future__ import annotations
@@ -72,11 +77,18 @@ class GridFamilyTrainer:
         self.optimizer = trainer.opt
         self.num_experts = trainer.cfg.num_experts
         self._phase = "noise"
+        # A quality target's store searches the smallest file that passes (``fit_quality``)
+        # and has no use for checkpoints within the ceiling.
+        self._keeps_files = trainer.target_mse is None
 
     def step(self, progress: float, lr_scale: float):
         from ..base import StepStats
 
-        s = self.inner.advance(progress, lr_scale)  # numbers stay on the device
+        inner = self.inner
+        s = inner.advance(progress, lr_scale)  # numbers stay on the device
+        due = self._keeps_files and inner.step_count % inner.st.checkpoint_every == 0
+        if due and inner.step_count < inner.st.steps:  # (the last step's file: the final fit)
+            inner.checkpoint()
         restart, self._phase = s.phase != self._phase, s.phase
         return StepStats(
             s.mse,
@@ -87,6 +99,19 @@ class GridFamilyTrainer:
             restart,
         )
 
+    def finish(self, best_state: dict | None) -> str:
+        """The end-of-training choice (``FamilyTrainer``'s optional ``finish``): checkpoint
+        the loop's best-so-far snapshot as a real file too, then leave the last weights in the
+        model ("last"): the store fits them and keeps the best file of the run
+        (module docstring)."""
+        if best_state is not None and self._keeps_files:
+            model = self.model
+            last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_state)
+            self.inner.checkpoint(exact=True)  # once a run: the whole budget search
+            model.load_state_dict(last)
+        return "last"
+
 
 class GridFamily:
     """:class:`~napari_moec.families.base.ModelFamily` of the grid family."""
@@ -94,6 +119,7 @@ class GridFamily:
     name = "grid"
     judged_tile_fit = True
     tutel_routing = False
+    judged_on_volume = True
     codec = CODEC
 
     def default_options(self) -> GridOptions:
@@ -165,6 +191,8 @@ class GridFamily:
         *,
         distortion: Callable[[bytes], float] | None = None,
     ):
+        """The exact budget fit of ``model``'s weights, or the trainer's best checkpoint
+        (``model.best_payload``) when it is better by ``distortion`` (module docstring)."""
         from ..base import Fit
 
         score = (lambda data: -distortion(data)) if distortion else (lambda data: 0.0)
@@ -176,7 +204,7 @@ class GridFamily:
             and len(saved) <= budget
             and -distortion(saved) > best.score
         ):
-            return Fit(saved, 1.0, {})
+            return Fit(saved, model.best_network_step, {})
         return Fit(best.payload, best.network_step, {})
 
     def fit_quality(self, model, budget: int, psnr_of: Callable[[bytes], float], target: float):

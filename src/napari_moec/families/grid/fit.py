@@ -12,6 +12,13 @@ The training loop's rate control lands near the budget; this module makes the pa
 then every candidate is decoded *from its bytes* (``evaluate``) and the best score wins. A
 coarser network step stops the search as soon as it scores worse than the previous one.
 
+:func:`fit_checkpoint` is the training checkpoint's cheap form: per network step one
+payload (:func:`fit_once`: as few packs as the rate control allows, one when the plain
+rounding fits, which the controller aims at; else a few secant steps on the zeroed-latent
+count; no finer latent step for slack), scored by ``evaluate`` (the trainer's fixed sample),
+coarser network steps while they score better. Its files are real and within the budget, a
+little under it at worst; the final fit still runs the whole search above.
+
 :func:`fit_quality` is the same search turned around for a quality target: the *smallest*
 payload whose decoded PSNR (``psnr_of``: pack, decode, measure as a reader gets it) is at
 least ``target``. Per network step it bisects the zeroed-latent count and a coarser latent
@@ -24,7 +31,7 @@ the knobs are fine (one latent at a time), so the PSNR lands just above the targ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +44,8 @@ from .payload import pack_payload
 __all__ = [
     "FitResult",
     "fit_budget",
+    "fit_checkpoint",
+    "fit_once",
     "fit_quality",
     "pack_model",
     "quantize_latents",
@@ -143,6 +152,97 @@ def _candidates(model: GridModel, limit: int, ms: float):
         hi, best, lo = (mid, (data, 2.0**mid), lo) if data is not None else (hi, best, mid)
     if best is not None:
         yield best[0], float(np.float16(best[1])), 0
+
+
+@torch.no_grad()
+def fit_once(
+    model: GridModel, limit: int, network_step: float = 1.0, plain: bytes | None = None
+) -> FitResult:
+    """One payload of at most ``limit`` bytes at ``network_step`` (module docstring), its
+    ``score`` NaN (the caller scores it). Deterministic: the same weights give the same bytes.
+    ``plain``: this model's plain rounding at ``network_step`` when the caller has packed it
+    already (the trainer's rate calibration), so that the common case costs no pack.
+
+    Over the budget, the nonzero latents of smallest ``|y|`` are zeroed: the count comes from
+    the bytes each zeroed latent saved so far (the first guess from the average bytes of a
+    nonzero latent), with 10% more to land under the budget. After 4 tries (tiny payloads,
+    whose size is not monotone in the count) a bisection above the last count still over the
+    budget, then a coarser latent step (:func:`_candidates`) take over.
+
+    Raises
+    ------
+    TrainingError
+        When nothing fits (the budget is smaller than the network at this step).
+    """
+    if plain is None:
+        plain = pack_model(model, network_step)
+    if len(plain) <= limit:
+        return FitResult(float("nan"), plain, network_step, 1.0, 0)
+    nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+    top = nonzero // 2
+    over, k, size = 0, 0, len(plain)  # ``over``: the largest count known to be over
+    for _ in range(4):
+        per_latent = (len(plain) - size) / k if k else len(plain) / max(nonzero, 1)
+        if per_latent <= 0:
+            break
+        k = min(top, k + int(np.ceil(1.1 * (size - limit) / per_latent)))
+        data = pack_model(model, network_step, k)
+        if len(data) <= limit:
+            return FitResult(float("nan"), data, network_step, 1.0, k)
+        over, size = max(over, k), len(data)
+        if k >= top:
+            break
+    if over < top:
+
+        def fits(j: int) -> bytes | None:
+            data = pack_model(model, network_step, over + j)
+            return data if len(data) <= limit else None
+
+        found = _bisect_int(fits, top - over, max(1, nonzero // 500))
+        if found is not None:
+            return FitResult(float("nan"), found[1], network_step, 1.0, over + found[0])
+    for data, s, zeroed in _candidates(model, limit, network_step):
+        return FitResult(float("nan"), data, network_step, s, zeroed)
+    raise TrainingError(
+        f"no grid payload fits {limit} bytes: the budget is too small for the network"
+    )
+
+
+@torch.no_grad()
+def fit_checkpoint(
+    model: GridModel,
+    limit: int,
+    evaluate: Callable[[bytes], float],
+    network_steps=NETWORK_STEPS,
+    plain: bytes | None = None,
+) -> FitResult:
+    """The best-scoring of :func:`fit_once`'s payloads at each network step, finest first
+    (``plain``: the plain rounding at the first, if packed already), stopping at the first
+    coarser step that scores worse, or after a step whose plain rounding fitted (a coarser
+    network then only adds error: :func:`fit_once` leaves slack unspent).
+
+    Raises
+    ------
+    TrainingError
+        When nothing fits (the budget is smaller than the network at its coarsest step).
+    """
+    best: FitResult | None = None
+    for i, ms in enumerate(network_steps):
+        try:
+            fitted = fit_once(model, limit, ms, plain if i == 0 else None)
+        except TrainingError:
+            continue
+        result = replace(fitted, score=evaluate(fitted.payload))
+        if best is not None and result.score <= best.score:
+            break
+        best = result
+        if result.zeroed == 0 and result.latent_step == 1.0:
+            break
+    if best is None:
+        raise TrainingError(
+            f"no grid payload fits {limit} bytes: the budget is too small for the network"
+        )
+    return best
 
 
 @torch.no_grad()

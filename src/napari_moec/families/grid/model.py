@@ -346,6 +346,7 @@ class GridModel(nn.Module):
         self.grids = LatentGrids(cfg)
         self.synth = Synthesis(cfg, generator)
         self.best_payload: bytes | None = None
+        self.best_network_step = 1.0  # the network step ``best_payload`` was packed at
 
     def forward(self, mats, coords=None, mode: QuantMode = "none", frozen_router: bool = False):
         f = self.grids.features(self.grids.quantized(mode), mats)

@@ -100,6 +100,7 @@ class SirenFamily:
     name = "siren"
     judged_tile_fit = False
     tutel_routing = True
+    judged_on_volume = False
     codec = CODEC
 
     def default_options(self) -> ArchConfig:
