@@ -613,7 +613,7 @@ class Compressor:
 #: Shares of the model's budget a ``max_error`` file tries for the network (one training
 #: run, coarser quantization); the smallest network + correction is kept
 #: (:meth:`Compressor._store_bounded`).
-BOUND_SHARES = (1.0, 0.5, 0.25, 0.125)
+BOUND_SHARES = (1.0, 0.5, 0.25, 0.125, 0.03125)
 
 
 class _PreviewSchedule:
