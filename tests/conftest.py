@@ -58,3 +58,12 @@ def client():
         memory_limit="2GiB",
     ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
         yield c
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (bytes that must not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_moec.config import ArchConfig, RunConfig, TrainConfig
 from napari_moec.format import frame, unpack
@@ -46,14 +45,6 @@ def _read(name: str) -> np.ndarray:
     if not path.exists():
         pytest.skip(f"shared data not found: {path}")
     return tifffile.imread(path)
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def stable_digest(data: bytes) -> str:

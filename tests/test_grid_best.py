@@ -21,14 +21,6 @@ from napari_moec.training import Compressor
 RUN = RunConfig(device="cpu", threads=1)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trainer(hipct, steps: int, every: int = 10**6) -> GridTrainer:
     limit = hipct.nbytes // 256 - 60
     cfg = auto_config(hipct.shape, limit)

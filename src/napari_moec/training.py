@@ -447,21 +447,15 @@ class Compressor:
         payload decodes to, before the cast to the data type: the grid trainer's
         ``GridTrainer.score`` of the same bytes, so the store's choice and the checkpoints'
         compare like with like."""
-        header, family, device = self.header, self.family, self.device
-        weights = family.codec.unpack_payload(header.model, header.quant, payload)
-        candidate = family.model_from_weights(header.model, weights).to(device)
-        values, _ = family.decode_region(candidate, header.shape, device=device, labels=False)
+        _, values, _ = self._decode_payload(payload, labels=False)
         if self._normalised is None:
-            self._normalised = self.normalization.apply(self.volume).reshape(header.shape)
+            self._normalised = self.normalization.apply(self.volume).reshape(self.header.shape)
         return float(np.mean((values.astype(np.float64) - self._normalised) ** 2))
 
     def payload_psnr(self, payload: bytes) -> float:
         """PSNR over the data range of the whole volume a payload decodes to, in the original
         dtype (what a reader gets): the judge of a quality target (``target_psnr``)."""
-        header, family, device = self.header, self.family, self.device
-        weights = family.codec.unpack_payload(header.model, header.quant, payload)
-        candidate = family.model_from_weights(header.model, weights).to(device)
-        values, _ = family.decode_region(candidate, header.shape, device=device, labels=False)
+        _, values, _ = self._decode_payload(payload, labels=False)
         return psnr(self.volume, self.normalization.invert(values, self.volume.dtype))
 
     def preview_stride(self) -> tuple[int, ...]:
@@ -490,15 +484,17 @@ class Compressor:
         return Preview(step=step, stride=stride, image=image, labels=labels, regions=tuple(regions))
 
     # ------------------------------------------------------------------------------------
-    def _decode_payload(self, payload: bytes):
-        """The stored network a payload holds and its whole-volume decode (normalised)."""
+    def _decode_payload(self, payload: bytes, labels: bool = True):
+        """The stored network a payload holds, and its whole-volume decode (normalised
+        values, and the expert labels when asked), as a reader will decode it."""
         header, family = self.header, self.family
         weights = family.codec.unpack_payload(header.model, header.quant, payload)
         stored = family.model_from_weights(header.model, weights)
         use_backend(stored, self.backend)
-        values, labels = family.decode_region(stored.to(self.device), header.shape,
-                                              device=self.device)  # fmt: skip
-        return stored, values, labels
+        values, label_values = family.decode_region(
+            stored.to(self.device), header.shape, device=self.device, labels=labels
+        )
+        return stored, values, label_values
 
     def _store_bounded(self, model: torch.nn.Module):
         """The network's share of a ``max_error`` file, chosen by measurement: the trained
