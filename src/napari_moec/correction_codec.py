@@ -261,40 +261,61 @@ def encode_chunks(
     ``version`` None codes every version of :data:`VERSIONS` and keeps the smallest (a
     version-2 table costs ~0.5 kB more, which a stream of a few hundred codes does not repay;
     version 3 needs ``original``)."""
-    fields = dict(dtype=dtype, chunk=chunk, max_error=max_error, step=step, lo=lo, hi=hi,
-                  anchors=anchors)  # fmt: skip
-    if version is None:
-        versions = VERSIONS if original is not None else VERSIONS[:2]
-        streams = [encode_chunks(q, **fields, original=original, version=v) for v in versions]
-        return min(streams, key=len)
-    if version not in VERSIONS:
+    fields = dict(dtype=np.dtype(dtype), chunk=chunk, max_error=max_error, step=step, lo=lo,
+                  hi=hi, anchors=anchors)  # fmt: skip
+    if version is not None and version not in VERSIONS:
         raise ValueError(f"correction stream version {version} is not one of {VERSIONS}")
     if version == 3 and (original is None or original.shape != q.shape):
         raise ValueError("version 3 needs the original volume")
-    edges = full_chunk(chunk, q.ndim)
-    slices = list(_chunk_slices(q.shape, edges))
+    slices = list(_chunk_slices(q.shape, full_chunk(chunk, q.ndim)))
     net = [q[sl].reshape((-1, *q[sl].shape[-2:])) for sl in slices]
-    modes = np.zeros(len(slices), bool)
+    if version == 1:
+        return _stream(q, net, 1, fields, _network_coding(net, 1))
+    # Network chunks coded with tables fitted on every chunk: version 2's stream, and the
+    # network side of version 3's choice (its network coder is version 2's).
+    every = _network_coding(net, 2)
+    if version == 2:
+        return _stream(q, net, 2, fields, every)
+    blocks = None if original is None else [
+        interp.groups(_block(original[sl]), step, lo) for sl in slices
+    ]  # fmt: skip
+    modes = None if blocks is None else _choose_modes(every[2], blocks)
     if version == 3:
-        blocks = [interp.groups(_block(original[sl]), step, lo) for sl in slices]
-        modes = _choose_modes(net, blocks)
-    version_rows = TABLE_ROWS[version]
-    net_tables, net_raw = _fit_tables(
-        (list(_network_groups(p, version)) for p, m in zip(net, modes, strict=True) if not m),
-        version_rows,
+        return _stream(q, net, 3, fields, _network_coding(net, 3, ~modes), blocks, modes)
+    streams = [_stream(q, net, 1, fields, _network_coding(net, 1)),
+               _stream(q, net, 2, fields, every)]  # fmt: skip
+    if modes is not None and modes.any():  # with none absolute, 3 is 2 plus a flags byte
+        streams.append(_stream(q, net, 3, fields, _network_coding(net, 3, ~modes), blocks, modes))
+    return min(streams, key=len)
+
+
+def _network_coding(net: list[np.ndarray], version: int, use: np.ndarray | None = None):
+    """``(tables, table bytes, words)`` of the network chunks ``use`` (default all): tables
+    fitted on them, and each such chunk's ANS words (b"" for the others)."""
+    use = np.ones(len(net), bool) if use is None else use
+    tables, raw = _fit_tables(
+        (list(_network_groups(p, version)) for p, u in zip(net, use, strict=True) if u),
+        TABLE_ROWS[version],
         low_tables=version >= 2,
     )
+    words = [chunks.encode(p, tables, version) if u else b"" for p, u in zip(net, use, strict=True)]
+    return tables, raw, words
 
-    dtype = np.dtype(dtype)
+
+def _stream(q, net, version: int, fields: dict, network, blocks=None, modes=None) -> bytes:
+    """One stream of ``version`` from the network chunks' coding ``network``
+    (:func:`_network_coding`) and, in version 3, the absolute chunks ``modes`` coded from
+    ``blocks`` (:func:`correction_interp.groups`)."""
+    _, net_raw, net_words = network
+    dtype, lo, hi, anchors = fields["dtype"], fields["lo"], fields["hi"], fields["anchors"]
     head = bytearray(_FIXED.pack(version, DTYPES.index(dtype.name), q.ndim))
     head += struct.pack(f"<{q.ndim}I", *q.shape)
-    head += _TAIL.pack(*chunk, max_error, step)
+    head += _TAIL.pack(*fields["chunk"], fields["max_error"], fields["step"])
     head += np.array([lo, hi], dtype=dtype.newbyteorder("<")).tobytes()
+    modes = np.zeros(len(net), bool) if modes is None else modes
     if version == 3:
         abs_tables, abs_raw = _fit_tables(
-            (b for b, m in zip(blocks, modes, strict=True) if m),
-            interp.ROWS,
-            low_tables=True,
+            (b for b, m in zip(blocks, modes, strict=True) if m), interp.ROWS, low_tables=True
         )
         present = (not modes.all(), bool(modes.any()))
         head.append(present[0] | present[1] << 1)
@@ -306,28 +327,24 @@ def encode_chunks(
         head += varint.encode(gap - 1)
     index = bytearray()
     body = []
-    for i, planes in enumerate(net):
+    for i, words in enumerate(net_words):
         if modes[i]:
             words = interp.encode(blocks[i], abs_tables)
-        else:
-            words = chunks.encode(planes, net_tables, version)
         length = len(words) // 4
         index += varint.encode(2 * length + int(modes[i]) if version == 3 else length)
         body.append(words)
     return bytes(head) + bytes(index) + b"".join(body)
 
 
-def _choose_modes(net: list[np.ndarray], blocks: list[np.ndarray]) -> np.ndarray:
-    """Per chunk, whether its absolute coding is smaller than its network coding, each coded
-    with tables fitted on every chunk (the final tables are refitted on the chunks chosen)."""
-    net_tables, _ = _fit_tables(
-        (list(_network_groups(p, 3)) for p in net), TABLE_ROWS[3], low_tables=True
-    )
+def _choose_modes(network_words: list[bytes], blocks: list) -> np.ndarray:
+    """Per chunk, whether its absolute coding is smaller than its network coding
+    (``network_words``: with tables fitted on every chunk), the absolute one also with tables
+    fitted on every chunk (the final tables are refitted on the chunks chosen)."""
     abs_tables, _ = _fit_tables(blocks, interp.ROWS, low_tables=True)
     return np.array(
         [
-            len(interp.encode(b, abs_tables)) < len(chunks.encode(p, net_tables, 3))
-            for p, b in zip(net, blocks, strict=True)
+            len(interp.encode(b, abs_tables)) < len(w)
+            for w, b in zip(network_words, blocks, strict=True)
         ],
         bool,
     )
