@@ -171,11 +171,6 @@ class _GatherColumns(torch.autograd.Function):
         return out, None, None
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """``weight @ x + bias`` for (out, in) weights and (in, B) inputs."""
-    return torch.mm(weight, x) if bias is None else torch.addmm(bias, weight, x)
-
-
 class Synthesis(nn.Module):
     """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder.
 
@@ -262,15 +257,15 @@ class Synthesis(nn.Module):
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` and the decoder's weights on features (L, B_e): values (1, B_e)."""
         for layer in self.experts:
-            x = F.relu(_linear(layer.weight[e].t(), layer.bias[e].t(), x))
-        return _linear(self.decoder.weight, None, x)
+            x = F.relu(torch.addmm(layer.bias[e].t(), layer.weight[e].t(), x))
+        return self.decoder.weight @ x
 
     def logits(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Router logits (n, B) of features (L, B) at coordinates (B, ndim)."""
         first, last = self.gate[0], self.gate[2]
         inputs = torch.cat([coords.t(), f], dim=0)
-        hidden = F.relu(_linear(first.weight, first.bias[:, None], inputs))
-        return _linear(last.weight, last.bias[:, None], hidden)
+        hidden = F.relu(torch.addmm(first.bias[:, None], first.weight, inputs))
+        return torch.addmm(last.bias[:, None], last.weight, hidden)
 
     def forward(
         self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
