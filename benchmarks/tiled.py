@@ -90,6 +90,10 @@ def run(args) -> dict:
         n_workers=args.workers, threads_per_worker=1, processes=True,
         memory_limit=args.memory_limit, dashboard_address=":0",
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        if args.pin:
+            from napari_moec.tiled.placement import PinToCore
+
+            client.register_plugin(PinToCore())
         job = TiledCompressor(
             path, dest, args.ratio, tile=args.tile if args.tile == "auto" else int(args.tile),
             margin=args.margin if args.margin == "auto" else int(args.margin),
@@ -134,7 +138,14 @@ def run(args) -> dict:
         "compress_seconds": round(end - started_at, 2),
         "voxels_per_second": round(voxels / (end - start), 1),
         "network_tiles": len(net),
+        "pinned": args.pin,
         "tile_seconds": [round(r.seconds, 3) for r in net],
+        "tile_wall_seconds": [round(r.wall_seconds, 3) for r in net],
+        "overhead_share": round(report.overhead_share, 4),
+        "tile_steps": [r.steps for r in net],
+        "peak_anon_per_tile": [r.peak_anon for r in net],
+        "baseline_anon_per_tile": [r.baseline_anon for r in net],
+        "peak_file_per_tile": [r.peak_file for r in net],
         "tile_widths": [r.hidden for r in net],
         "tile_bytes": [r.nbytes for r in net],
         "tile_psnr": [
@@ -529,6 +540,7 @@ def main(argv=None) -> int:
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--threads", type=int, default=1, help="torch threads per tile")
         p.add_argument("--memory-limit", default="2GiB", help="per worker")
+        p.add_argument("--pin", action="store_true", help="pin each worker to a core")
         p.add_argument("--tag", required=True)
         p.add_argument("--work", default=str(WORK), help="volumes and stores (not committed)")
         p.add_argument("--out", default=str(DATA_OUT))

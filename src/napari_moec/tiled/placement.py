@@ -8,6 +8,7 @@ elsewhere the plugin does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from distributed import WorkerPlugin
@@ -24,10 +25,8 @@ def pin_to_core(slot: int) -> int | None:
     cores = sorted(os.sched_getaffinity(0))
     core = cores[slot % len(cores)]
     for task in os.listdir("/proc/self/task"):
-        try:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
             os.sched_setaffinity(int(task), {core})
-        except ProcessLookupError:  # a thread that has just ended
-            pass
     return core
 
 
