@@ -45,8 +45,11 @@ def main() -> None:
         start = time.perf_counter()
         result = codecs.METHODS[method](volume, budget)
         seconds = time.perf_counter() - start
-        record = {"volume": args.volume, "shape": list(volume.shape), "dtype": volume.dtype.name,
-                  "method": method, "ratio_target": args.ratio, "budget_bytes": budget,
+        shape = "x".join(map(str, volume.shape))
+        tag = f"baseline-{args.volume}-{shape}-{args.ratio:g}x-{method}"
+        record = {"kind": "baseline", "tag": tag, "volume": args.volume,
+                  "shape": list(volume.shape), "dtype": volume.dtype.name, "method": method,
+                  "ratio_target": args.ratio, "budget_bytes": budget,
                   "seconds": round(seconds, 1)}  # fmt: skip
         if result is None:
             record["status"] = "does not fit"
@@ -55,8 +58,7 @@ def main() -> None:
             record.update(status="ok", bytes=int(nbytes), ratio=volume.nbytes / nbytes,
                           psnr=round(psnr(volume, decoded), 3))  # fmt: skip
         record.update(provenance("cpu"))
-        shape = "x".join(map(str, volume.shape))
-        name = f"baseline-{args.volume}-{shape}-{args.ratio:g}x-{method}.json"
+        name = f"{tag}.json"
         write_json(Path(args.out) / name, record)
         print(name, record.get("psnr"), record.get("bytes"), f"{seconds:.0f} s", flush=True)
 
