@@ -370,6 +370,15 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     assert main(["compress", str(source), str(dest), *flags]) == 2  # exists, no --overwrite
     assert "overwrite" in capsys.readouterr().err
+    other = str(tmp_path / "pinned.ome.zarr")
+    assert main(["compress", str(source), other, *flags, "--pin-workers"]) == 2
+    assert "local cluster" in capsys.readouterr().err
+    local = [f for f in flags if f not in ("--scheduler", address)]
+    too_many = str(len(os.sched_getaffinity(0)) + 1) if hasattr(os, "sched_getaffinity") else "1"
+    if too_many != "1":
+        assert main(["compress", str(source), other, *local, "--pin-workers",
+                     "--workers", too_many]) == 2  # fmt: skip
+        assert "one core per worker" in capsys.readouterr().err
 
 
 def test_4d_and_constant_volumes(client, tmp_path):

@@ -157,6 +157,11 @@ class TiledCompressor:
         self.overwrite = overwrite
         self._check_dest()
         self._client, self._scheduler = client, scheduler
+        if pin and (client is not None or scheduler is not None):
+            raise ConfigError(
+                "pin: only the workers of a local cluster started for the run can be pinned, "
+                "not those of a given client or scheduler"
+            )
         self.shape: ClusterShape = default_shape(self.run_config.device, workers, memory_limit,
                                                    niceness, pin)  # fmt: skip
         self.hook = hook
