@@ -263,6 +263,60 @@ def test_a_cluster_started_for_napari_trains_at_lower_priority():
             cluster.close()
 
 
+def _affinity() -> list[set[int]]:
+    """The cores every thread of this process may run on."""
+    return [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity: Linux")
+def test_pinned_workers_each_run_on_a_core_of_their_own():
+    """``pin``: every thread of worker i (and a task's thread, started later) may run on the
+    i-th allowed core only; unpinned workers keep this process's cores; more pinned workers
+    than cores is refused."""
+    cores = sorted(os.sched_getaffinity(0))
+    workers = min(2, len(cores))
+    for pin in (False, True):
+        client, _ = connect(shape=default_shape("cpu", workers=workers, pin=pin))
+        try:
+            seen = client.run(_affinity)
+            in_tasks = [client.submit(_affinity, pure=False, workers=[w]).result()
+                        for w in sorted(seen)]  # fmt: skip
+            allowed = []  # one set of cores per worker, the same for all its threads
+            for threads, in_task in zip(seen.values(), in_tasks, strict=True):
+                (worker_cores,) = {frozenset(a) for a in threads + in_task}
+                allowed.append(worker_cores)
+            if pin:
+                assert sorted(c for a in allowed for c in a) == cores[:workers]
+            else:
+                assert allowed == [frozenset(cores)] * workers
+        finally:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+    with pytest.raises(ConfigError, match="one core per worker"):
+        default_shape("cpu", workers=len(cores) + 1, pin=True)
+
+
+def test_report_splits_tile_time_and_memory(client, volume, tmp_path):
+    """Each network tile reports its task's wall time (training is a part of it) and its
+    worker's anonymous and file-backed memory; the report sums them into the per-tile
+    overhead share (issue 24)."""
+    job = TiledCompressor(volume[:32, :32, :16], tmp_path / "m.ome.zarr", client=client,
+                          **{**SETTINGS, "tile": (16, 16, 16)})  # fmt: skip
+    _, report = run_events(job)
+    net = [r for r in job.results.values() if r.kind == "network"]
+    assert len(net) == 4
+    for r in net:
+        assert r.wall_seconds >= r.seconds > 0
+        if sys.platform.startswith("linux"):
+            assert r.peak_anon >= r.baseline_anon > 0 and r.peak_file > 0
+    assert report.tile_wall_seconds == pytest.approx(sum(r.wall_seconds for r in net))
+    share = 1 - sum(r.seconds for r in net) / report.tile_wall_seconds
+    assert report.overhead_share == pytest.approx(share) and 0 < share < 1
+    assert report.peak_anon == max(r.peak_anon for r in net)
+    assert report.tile_anon == max(r.peak_anon - r.baseline_anon for r in net)
+
+
 def test_pause_holds_new_tiles_until_resumed(client, volume, tmp_path):
     dest = tmp_path / "p.ome.zarr"
     job = TiledCompressor(volume, dest, client=client, **SETTINGS)
@@ -316,6 +370,15 @@ def test_command_line_on_tiled_stores(client, volume, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     assert main(["compress", str(source), str(dest), *flags]) == 2  # exists, no --overwrite
     assert "overwrite" in capsys.readouterr().err
+    other = str(tmp_path / "pinned.ome.zarr")
+    assert main(["compress", str(source), other, *flags, "--pin-workers"]) == 2
+    assert "local cluster" in capsys.readouterr().err
+    local = [f for f in flags if f not in ("--scheduler", address)]
+    too_many = str(len(os.sched_getaffinity(0)) + 1) if hasattr(os, "sched_getaffinity") else "1"
+    if too_many != "1":
+        assert main(["compress", str(source), other, *local, "--pin-workers",
+                     "--workers", too_many]) == 2  # fmt: skip
+        assert "one core per worker" in capsys.readouterr().err
 
 
 def test_4d_and_constant_volumes(client, tmp_path):

@@ -89,6 +89,11 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="memory per local worker, e.g. 4GiB (default: RAM / workers)",
     )
+    g.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="pin each local worker to a core of its own (a machine running nothing else)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
 
@@ -107,7 +112,8 @@ def compress(args: argparse.Namespace, configs: dict) -> int:
     job = TiledCompressor(
         args.input, args.output, args.ratio, tile=args.tile, margin=args.margin,
         allocation=args.allocation, workers=args.workers, scheduler=args.scheduler,
-        memory_limit=args.memory_limit, overwrite=args.overwrite, **configs,
+        memory_limit=args.memory_limit, pin=args.pin_workers, overwrite=args.overwrite,
+        **configs,
     )  # fmt: skip
     bar = TerminalProgress(enabled=not getattr(args, "quiet", False))
     note = "stopping: finished tiles are kept (Ctrl-C again to abort)"

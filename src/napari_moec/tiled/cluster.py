@@ -23,14 +23,16 @@ __all__ = ["ClusterShape", "connect", "default_shape"]
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """Workers, tiles at a time per worker, torch threads per tile, memory per worker, and
-    the workers' niceness (0: normal priority; 1-19: yield the CPU to other programs)."""
+    """Workers, tiles at a time per worker, torch threads per tile, memory per worker, the
+    workers' niceness (0: normal priority; 1-19: yield the CPU to other programs), and whether
+    each worker is pinned to a core of its own (:mod:`.placement`)."""
 
     workers: int
     threads_per_worker: int = 1
     torch_threads: int = 1
     memory_limit: str | int = "auto"
     niceness: int = 0
+    pin: bool = False
 
 
 def _cores() -> int:
@@ -41,8 +43,9 @@ def _cores() -> int:
 
 
 def default_shape(device: str = "auto", workers: int | None = None, memory_limit="auto",
-                  niceness: int = 0):  # fmt: skip
-    """The local cluster for this machine (``workers`` overrides the count)."""
+                  niceness: int = 0, pin: bool = False):  # fmt: skip
+    """The local cluster for this machine (``workers`` overrides the count; ``pin``: one
+    core per worker)."""
     cores = _cores()
     check_int("niceness", niceness, 0, 19)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
@@ -53,9 +56,11 @@ def default_shape(device: str = "auto", workers: int | None = None, memory_limit
 
         if torch.cuda.is_available():
             return ClusterShape(workers or 1, 1, max(1, cores // (workers or 1)), memory_limit,
-                                niceness)  # fmt: skip
+                                niceness, pin)  # fmt: skip
     count = workers or cores
-    return ClusterShape(count, 1, max(1, cores // count), memory_limit, niceness)
+    if pin and count > cores:
+        raise ConfigError(f"cannot pin {count} workers to {cores} cores: one core per worker")
+    return ClusterShape(count, 1, max(1, cores // count), memory_limit, niceness, pin)
 
 
 def connect(client=None, scheduler: str | None = None, shape: ClusterShape | None = None):
@@ -83,6 +88,10 @@ def connect(client=None, scheduler: str | None = None, shape: ClusterShape | Non
         from .priority import LowerPriority
 
         client.register_plugin(LowerPriority(shape.niceness))
+    if shape.pin:
+        from .placement import PinToCore
+
+        client.register_plugin(PinToCore())
     return client, True
 
 

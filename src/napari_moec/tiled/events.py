@@ -113,6 +113,16 @@ class TiledReport:
     correction_bytes: int = 0
     #: The PSNR every tile was made to reach (``psnr`` is the store's), or None.
     target_psnr: float | None = None
+    #: The network tiles' task seconds summed (``tile_seconds`` is their training's part)
+    #: and the share that is not training: the per-tile overhead (issue 24).
+    tile_wall_seconds: float = 0.0
+    overhead_share: float = 0.0
+    #: Largest resident memory of a worker while a tile ran, split: anonymous (what the
+    #: worker holds) and file-backed (mapped pages the kernel may drop); and the most
+    #: anonymous memory one tile added to its worker's (:mod:`~.memory`).
+    peak_anon: int = 0
+    peak_file: int = 0
+    tile_anon: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,6 +35,14 @@ class TileResult:
     #: units), and the bytes of its correction stream.
     max_error: float | None = None
     correction_bytes: int = 0
+    #: Seconds from the task's start to its chunk written (``seconds`` is the training's
+    #: part; the rest is the tile's overhead: read, rate fit, correction, encode, write).
+    wall_seconds: float = 0.0
+    #: Resident memory of the worker while the tile ran (:class:`~.memory.MemoryWatch`):
+    #: anonymous at the tile's start and at its peak, and the peak of file-backed pages.
+    baseline_anon: int = 0
+    peak_anon: int = 0
+    peak_file: int = 0
 
 
 def face_mask(spec: TileSpec, index) -> np.ndarray:

@@ -87,10 +87,11 @@ class TiledCompressor:
         over the *store's* range (the store's MSE is the voxel-weighted mean of its tiles', so
         the store reaches it too). ``bound`` (max error, absolute or relative to the store's
         range, known after the scan) adds a verified correction stream to every network tile.
-    client, scheduler, workers, memory_limit, niceness
+    client, scheduler, workers, memory_limit, niceness, pin
         A Dask ``Client`` to use, or a scheduler address, or the size of the LocalCluster
-        started for the run (default: one worker per core) and how far its workers lower
-        their CPU priority (0 to 19; napari's widget uses 10, to keep the viewer responsive).
+        started for the run (default: one worker per core), how far its workers lower
+        their CPU priority (0 to 19; napari's widget uses 10, to keep the viewer responsive)
+        and whether each is pinned to a core of its own (a machine running nothing else).
     overwrite
         Replace an existing store at ``dest`` (an unfinished run of the same job resumes
         without it).
@@ -117,6 +118,7 @@ class TiledCompressor:
         workers: int | None = None,
         memory_limit="auto",
         niceness: int = 0,
+        pin: bool = False,
         overwrite: bool = False,
         axes: str | None = None,
         spacing=None,
@@ -155,8 +157,13 @@ class TiledCompressor:
         self.overwrite = overwrite
         self._check_dest()
         self._client, self._scheduler = client, scheduler
+        if pin and (client is not None or scheduler is not None):
+            raise ConfigError(
+                "pin: only the workers of a local cluster started for the run can be pinned, "
+                "not those of a given client or scheduler"
+            )
         self.shape: ClusterShape = default_shape(self.run_config.device, workers, memory_limit,
-                                                   niceness)  # fmt: skip
+                                                   niceness, pin)  # fmt: skip
         self.hook = hook
         self._stop = threading.Event()
         self._pause = threading.Event()
@@ -373,6 +380,10 @@ class TiledCompressor:
         promised = not plan.spec.values.bounded  # a correction comes on top of the budget
         if complete and promised and self.source.nbytes / store_bytes < self.ratio:
             raise MoecError(f"internal: the store takes {store_bytes} bytes, over its budget")
+        # Tiles logged by an older run carry no wall time: the overhead is over those that do.
+        timed = [r for r in net if r.wall_seconds > 0]
+        wall = sum(r.wall_seconds for r in timed)
+        trained = sum(r.seconds for r in timed)
         psnr_faces = psnr_of(face_sse, face_vox)
         psnr_interior = psnr_of(net_sse - face_sse, net_vox - face_vox)
         return TiledReport(
@@ -391,6 +402,10 @@ class TiledCompressor:
             stopped=not complete, allocation=self.allocation,
             max_error=plan.spec.values.max_error, max_error_measured=max_measured,
             correction_bytes=sum(r.correction_bytes for r in net), target_psnr=self.target_psnr,
+            tile_wall_seconds=wall, overhead_share=1.0 - trained / wall if wall > 0 else 0.0,
+            peak_anon=max((r.peak_anon for r in net), default=0),
+            peak_file=max((r.peak_file for r in net), default=0),
+            tile_anon=max((r.peak_anon - r.baseline_anon for r in net), default=0),
         )  # fmt: skip
 
 

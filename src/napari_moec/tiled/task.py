@@ -36,6 +36,7 @@ from ..sampling import Normalization
 from ..schedule import decoded_mse
 from ..training import train
 from .allocate import TilePlan
+from .memory import MemoryWatch
 from .results import TileResult, face_mask, tile_errors
 from .sources import SourceRef
 from .store import chunk_path, write_atomic
@@ -104,12 +105,16 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     lie in the tile times its voxel count, ``face_sse`` the same over the sampled voxels on its
     faces (:func:`sample_errors`)."""
     spec, plan = job.spec, job.plan
+    started = time.perf_counter()
+    memory = MemoryWatch()
+    memory.sample()
     if job.hook is not None:
         job.hook(job)
     if job.signals is not None:
         job.signals.check()
     if region is None:
         region = job.source.read(spec.grid.region_slices(plan.index))
+    memory.sample()
     model_config = plan.config
     family = families.get(spec.networks.family)
     device = resolve_device(job.run.device)
@@ -138,7 +143,8 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             quant=spec.networks.quant,
             budget=plan.payload_budget,
         )
-        trained = drain(training, _signal_check(job.signals))
+        trained = drain(training, _signal_check(job.signals, memory))
+        memory.sample()
         coords, targets = trained.eval_set
         quant = spec.networks.quant
 
@@ -196,6 +202,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     else:
         sse, face_sse, face_voxels = exact
     voxels = spec.grid.tile_voxels(plan.index)
+    memory.sample()
     write_atomic(chunk_path(Path(job.root), plan.index), data)
     return TileResult(
         index=plan.index,
@@ -213,6 +220,10 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         peak_rss=_peak_rss(),
         max_error=measured if spec.values.bounded else None,
         correction_bytes=len(raw or b""),
+        wall_seconds=time.perf_counter() - started,
+        baseline_anon=memory.baseline_anon,
+        peak_anon=memory.peak_anon,
+        peak_file=memory.peak_file,
     )
 
 
@@ -256,17 +267,17 @@ def _face_voxels(spec: TileSpec, index) -> int:
     return int(face_mask(spec, index).sum())
 
 
-def _signal_check(signals: Signals | None) -> Callable[[object], None] | None:
-    """An event callback for :func:`~napari_moec.generators.drain` that looks at the run's
-    signals about once a second (None without signals)."""
-    if signals is None:
-        return None
+def _signal_check(signals: Signals | None, memory: MemoryWatch) -> Callable[[object], None]:
+    """An event callback for :func:`~napari_moec.generators.drain` that, about once a second,
+    looks at the run's signals (when there are any) and samples the worker's memory."""
     last = time.monotonic()
 
     def check(_event) -> None:
         nonlocal last
         if time.monotonic() - last >= CHECK_EVERY:
-            signals.check()
+            memory.sample()
+            if signals is not None:
+                signals.check()
             last = time.monotonic()
 
     return check

@@ -28,7 +28,7 @@ from .config import GridConfig, mlp_layout
 from .context import N_SLOTS, context_slots, even_mask, uses_cb
 from .interp import upsample
 from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
-from .rate import laplace_bits
+from .rate import laplace_bits, slot_laplace_bits
 
 __all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
 
@@ -90,10 +90,6 @@ class LatentGrids(nn.Module):
                 out.append(torch.zeros(y.shape, dtype=torch.long, device=y.device))
         return out
 
-    def slot_log_scales(self, level: int, slots: torch.Tensor) -> torch.Tensor:
-        """Log-scale of every latent of ``level`` from its context slot (``slots``)."""
-        return _SlotGather.apply(self.log_scale[level], slots)
-
     @torch.no_grad()
     def context(self) -> list:
         """What the coder conditions each level on, from the rounded latents: the context
@@ -110,7 +106,7 @@ class LatentGrids(nn.Module):
         total = 0
         for i, (v, c) in enumerate(zip(values, context, strict=True)):
             if not self.use_lin[i]:
-                total = total + laplace_bits(v, self.slot_log_scales(i, c)).sum()
+                total = total + slot_laplace_bits(v, self.log_scale[i], c)
                 continue
             s_sum, a_sum = c
             alpha, c0, c1 = self.ctx[i]
@@ -129,26 +125,6 @@ class LatentGrids(nn.Module):
         """(L, B) features of the voxels selected by ``mats`` (``interp.axis_matrices``),
         feature-major as :class:`Synthesis` takes them."""
         return torch.stack([upsample(g, m).reshape(-1) for g, m in zip(grids, mats, strict=True)])
-
-
-class _SlotGather(torch.autograd.Function):
-    """``table[slots]`` for a table of a few entries (the context slots' log-scales) whose
-    backward is a weighted histogram. Plain indexing's backward is an accumulating
-    ``index_put_``: on a GPU it sorts all of a level's indices to add them into 6 entries, and
-    the first GPU lease measured it at 98 % of a 256³ volume's step (560 of 574 ms in 5 steps,
-    2.5 M latents, H200; benchmarks/grid_profile.py)."""
-
-    @staticmethod
-    def forward(ctx, table, slots):
-        ctx.save_for_backward(slots)
-        ctx.size = table.shape[0]
-        return table[slots]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (slots,) = ctx.saved_tensors
-        hist = torch.bincount(slots.reshape(-1), weights=grad.reshape(-1), minlength=ctx.size)
-        return hist.to(grad.dtype), None
 
 
 class _GatherColumns(torch.autograd.Function):

@@ -111,8 +111,9 @@ class TrainSettings:
     lam_kd: float = 0.5
     lam_free_after: float = 0.2
     probe_every: int = 4  # steps; the rounded-latent MSE under a quality target
-    # steps between rate-controller updates (each reads the latents' bits back to the host);
-    # None: every step on a CPU, every 8 on an accelerator (see GridTrainer.advance)
+    # steps between rate-controller updates (each computes the rounded latents' bits and
+    # reads them back to the host) and refreshes of the latents' context slots; None: every
+    # 4 steps on a CPU, every 8 on an accelerator (see GridTrainer.advance)
     control_every: int | None = None
     quality_eta_gain: float = 2.0  # the controller's step under a quality target, x lam_eta
 
@@ -212,7 +213,8 @@ class GridTrainer:
             CPU_MAX_VOXELS if self.device.type == "cpu" else ACCELERATOR_MAX_VOXELS
         )
         every = self.st.control_every
-        self._control_every = max(1, every or (1 if self.device.type == "cpu" else 8))
+        self._control_every = max(1, every or (4 if self.device.type == "cpu" else 8))
+        self._context: list | None = None  # the context slots, refreshed by advance()
         self.opt = torch.optim.Adam(
             [
                 {
@@ -305,10 +307,18 @@ class GridTrainer:
         back; the first GPU lease measured 164 ms a step on a 256³ volume (docs/benchmarks/
         gpu.md), with the rate controller reading the MSE, the latents' bits and the expert
         load back every step. Here the MSE's running mean stays a device tensor and the
-        controller reads the bits every ``control_every`` steps (every step on a CPU, where a
-        read-back costs nothing; every 8 on an accelerator, with the ascent's step scaled to
-        match), and the returned numbers stay on the device: a caller reads them when it
-        reports. A quality target still reads the MSE every step (its controller follows it).
+        controller reads the bits every ``control_every`` steps (every 8 on an accelerator,
+        with the ascent's step scaled to match), and the returned numbers stay on the device:
+        a caller reads them when it reports. A quality target still reads the MSE every step
+        (its controller follows it).
+
+        The rate proxy's work. The rate term covers every latent at every step, which on a
+        CPU made it about half of a step on volumes of a few million voxels (a 128³ tile
+        profiled with py-spy: its forward for the loss, again for the controller's bits, and
+        the context slots, each over every latent). The proxy is fused
+        (:func:`.rate.slot_laplace_bits`); the controller's bits and the context slots
+        (which change only when a rounded neighbour does) are computed every
+        ``control_every`` steps, 4 on a CPU.
         """
         st, grids = self.st, self.model.grids
         progress = self.progress if progress is None else progress
@@ -325,7 +335,9 @@ class GridTrainer:
         synth_in = noisy if phase == "noise" else grids.quantized("ste")
         value, aux, load, _ = self.model.synth(grids.features(synth_in, mats), coords, frozen)
         mse = torch.mean((value - tgt) ** 2)
-        context = grids.context()
+        if self._context is None or self.step_count % self._control_every == 0:
+            self._context = grids.context()
+        context = self._context
         rate = grids.bits(noisy, context)
         mse_d = mse.detach()
         d_ref = mse_d if self._d_ema is None else self._d_ema
