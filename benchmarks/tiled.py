@@ -469,10 +469,7 @@ def _grid(runs, baselines) -> list[str]:
                    f"| {wall:.1f} | {rep['psnr']:.2f} | {rep['seam_penalty']:+.2f} | {overhead} "
                    f"| {anon} | {mapped} |")  # fmt: skip
     out += [""]
-    pairs: dict = {}
-    for r in runs:
-        pairs.setdefault(r["tag"].replace("-1w", "").replace("-2w", ""), {})[r["workers"]] = r
-    for pair, by in sorted(pairs.items()):
+    for pair, by in _worker_pairs(runs):
         if 1 in by and 2 in by:
             t1, t2 = (by[w]["compress_seconds"] + by[w]["scan_and_plan_seconds"] for w in (1, 2))
             walls = [sum(by[w].get("tile_wall_seconds") or by[w]["tile_seconds"]) for w in (1, 2)]
@@ -540,6 +537,14 @@ def _grid_estimate(runs) -> list[str]:
     ]
 
 
+def _worker_pairs(runs) -> list[tuple[str, dict]]:
+    """Runs of one setting by worker count: (tag without "-1w"/"-2w", {workers: run}), sorted."""
+    pairs: dict = {}
+    for r in runs:
+        pairs.setdefault(r["tag"].replace("-1w", "").replace("-2w", ""), {})[r["workers"]] = r
+    return sorted(pairs.items())
+
+
 def _big(runs) -> list[str]:
     if not runs:
         return []
@@ -558,11 +563,7 @@ def _big(runs) -> list[str]:
                    f"{_face(rep)} | {rep['store_bytes']} | {wall:.0f} | "
                    f"{r['voxels_per_second']:,.0f} |")  # fmt: skip
     out += [""]
-    pairs: dict = {}
-    for r in runs:
-        pair = r["tag"].replace("-1w", "").replace("-2w", "")
-        pairs.setdefault(pair, {})[r["workers"]] = r
-    for pair, by in sorted(pairs.items()):
+    for pair, by in _worker_pairs(runs):
         if 1 in by and 2 in by:
             t1 = by[1]["compress_seconds"] + by[1]["scan_and_plan_seconds"]
             t2 = by[2]["compress_seconds"] + by[2]["scan_and_plan_seconds"]
