@@ -73,9 +73,8 @@ def _peak_rss() -> int:
 
 
 def run(args) -> dict:
-    import distributed
-
     from napari_moec.config import RunConfig, TrainConfig
+    from napari_moec.tiled.cluster import ClusterShape, connect
     from napari_moec.tiled.events import TiledStarted
     from napari_moec.tiled.runner import TiledCompressor
 
@@ -86,14 +85,10 @@ def run(args) -> dict:
     if args.exponent is not None:
         allocate_module.DIFFICULTY_EXPONENT = args.exponent
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size)
-    with distributed.LocalCluster(
-        n_workers=args.workers, threads_per_worker=1, processes=True,
-        memory_limit=args.memory_limit, dashboard_address=":0",
-    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
-        if args.pin:
-            from napari_moec.tiled.placement import PinToCore
-
-            client.register_plugin(PinToCore())
+    # The engine's own local cluster (its workers' environment, pinning), sized here.
+    shape = ClusterShape(args.workers, memory_limit=args.memory_limit, pin=args.pin)
+    client, _ = connect(shape=shape)
+    with client.cluster, client:
         job = TiledCompressor(
             path, dest, args.ratio, tile=args.tile if args.tile == "auto" else int(args.tile),
             margin=args.margin if args.margin == "auto" else int(args.margin),
@@ -146,6 +141,8 @@ def run(args) -> dict:
         "peak_anon_per_tile": [r.peak_anon for r in net],
         "baseline_anon_per_tile": [r.baseline_anon for r in net],
         "peak_file_per_tile": [r.peak_file for r in net],
+        "tile_index": [list(r.index) for r in net],
+        "tile_budget": [r.payload_budget for r in net],
         "tile_widths": [r.hidden for r in net],
         "tile_bytes": [r.nbytes for r in net],
         "tile_psnr": [

@@ -43,6 +43,9 @@ class TileResult:
     baseline_anon: int = 0
     peak_anon: int = 0
     peak_file: int = 0
+    #: The payload bytes the allocator gave the tile (``nbytes`` is its chunk as written:
+    #: the payload, the tile's header and any correction stream).
+    payload_budget: int = 0
 
 
 def face_mask(spec: TileSpec, index) -> np.ndarray:

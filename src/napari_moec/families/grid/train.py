@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from ...errors import TrainingError
+from ...sampling import lattice_sample
 from .config import GridConfig
 from .decode import decode_region, model_from_payload, region_coords
 from .fit import FitResult, fit_budget, fit_checkpoint, pack_model, quantize_weights
@@ -393,19 +394,12 @@ class GridTrainer:
         return -float(np.mean((values.astype(np.float64) - self.target_np) ** 2))
 
     def sample(self) -> tuple[list, list, np.ndarray]:
-        """``(roi, stride, targets)`` of the checkpoints' fixed sample: per axis the centre of
-        each cell of a stride, strides grown on the axis with the most samples (as
-        :func:`.sampling.stride_rows`) until at most ``CHECKPOINT_VOXELS`` voxels remain. Made
-        once; it draws nothing from the training generator."""
+        """``(roi, stride, targets)`` of the checkpoints' fixed sample: the regular sub-grid
+        of at most ``CHECKPOINT_VOXELS`` voxels of :func:`~napari_moec.sampling.lattice_sample`.
+        Made once; it draws nothing from the training generator."""
         if self._sample is None:
-            shape = self.cfg.shape
-            strides, counts = [1] * len(shape), list(shape)
-            while math.prod(counts) > CHECKPOINT_VOXELS:
-                axis = int(np.argmax(counts))
-                strides[axis] += 1
-                counts[axis] = math.ceil((shape[axis] - strides[axis] // 2) / strides[axis])
-            roi = [(s // 2, n) for s, n in zip(strides, shape, strict=True)]
-            cut = tuple(slice(s // 2, n, s) for s, n in zip(strides, shape, strict=True))
+            roi, strides = lattice_sample(self.cfg.shape, CHECKPOINT_VOXELS)
+            cut = tuple(slice(a, n, s) for (a, n), s in zip(roi, strides, strict=True))
             self._sample = (roi, strides, self.target_np[cut].astype(np.float64))
         return self._sample
 
