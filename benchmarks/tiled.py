@@ -442,12 +442,25 @@ def _allocation(runs) -> list[str]:
     return [*out, ""]
 
 
-#: Tags of the grid-family runs (sessions 9 and 10): their own section, with the wall time,
+#: Tags of the grid-family runs (sessions 9 to 11): their own section, with the wall time,
 #: memory split and overhead of each tile.
-GRID_TAGS = ("s9-grid", "s10-")
+GRID_TAGS = ("s9-grid", "s10-", "s11-")
 #: A grid step on an H200 (docs/benchmarks/gpu.md, second lease, code e633386): the macaque
 #: reflected to 256³, 400,000 voxels a step, 2.46 M latents, one network.
 GPU_STEP_S = 0.0174
+
+
+def _penalty(report: dict) -> str:
+    """The face-vs-interior seam number, "-" for a store of one tile (no faces)."""
+    penalty = report.get("seam_penalty")
+    return "-" if penalty is None or penalty != penalty else f"{penalty:+.2f}"
+
+
+def _store_psnr(run) -> str:
+    """The decoded store's PSNR, or ``~`` and the tiles' estimate where it was not decoded."""
+    if run.get("psnr_decoded") is not None:
+        return f"{run['psnr_decoded']:.2f}"
+    return f"~{run['report']['psnr']:.2f}"
 
 
 def _grid(runs, baselines) -> list[str]:
@@ -460,7 +473,11 @@ def _grid(runs, baselines) -> list[str]:
            "share of the tiles' task time that is not training (read, budget fit, encode, "
            "write); memory is per worker, at its peak while a tile ran: *anonymous* (what the "
            "worker holds) and *file-backed* (mapped pages, libraries: the kernel may drop them; "
-           "`napari_moec.tiled.memory`).", "",
+           "`napari_moec.tiled.memory`). *PSNR* is the store decoded whole against the "
+           "original (session 11 on; earlier runs: the sum of the tiles' sampled estimates, "
+           "marked ~). Runs before session 11 (s9-, s10-) had Dask's default allocator "
+           "setting in the workers, which made a grid step ~3x slower (docs/tiled.md, \"The "
+           "workers' allocator\"): their times are not comparable with the s11- ones.", "",
            "| run | volume | ratio (reached) | tile | workers | steps a tile | wall s | PSNR (dB) "
            "| seam penalty (dB) | overhead | anon. peak / tile's own (MB) | file-backed (MB) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -479,7 +496,7 @@ def _grid(runs, baselines) -> list[str]:
             anon = mapped = overhead = "-"
         out.append(f"| {r['tag']} | {r['volume']} {shape} | {r['ratio_target']:g}x "
                    f"({rep['ratio']:.0f}x) | {r['tile'][0]} | {r['workers']}{pin} | {r['steps']} "
-                   f"| {wall:.1f} | {rep['psnr']:.2f} | {rep['seam_penalty']:+.2f} | {overhead} "
+                   f"| {wall:.1f} | {_store_psnr(r)} | {_penalty(rep)} | {overhead} "
                    f"| {anon} | {mapped} |")  # fmt: skip
     out += [""]
     for pair, by in _worker_pairs(runs):
@@ -598,6 +615,7 @@ def _estimate(runs) -> list[str]:
     with the default schedule (2000 steps of 16384 points); GPU times are assumptions (no GPU
     was lent to this work), stated in the text."""
     from napari_moec.config import QuantConfig
+    from napari_moec.families.siren.family import SIREN_TILES
     from napari_moec.families.siren.sizing import widest_for_payload
     from napari_moec.tiled.tileformat import TileNetworks
     from napari_moec.tiled.tiling import choose_tile
@@ -621,7 +639,7 @@ def _estimate(runs) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for ratio in (256, 1024):
-        tile = choose_tile((side, side, side), "uint16", ratio)
+        tile = choose_tile((side, side, side), "uint16", ratio, policy=SIREN_TILES)
         budget = math.prod(tile) * 2 / ratio - 10
         width = widest_for_payload(
             TileNetworks(QuantConfig()).model_config(3, 1, 2), QuantConfig(), int(budget)

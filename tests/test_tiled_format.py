@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from napari_moec.config import QuantConfig
 from napari_moec.errors import ConfigError, MoecFormatError
+from napari_moec.families.grid.family import GRID_TILES
+from napari_moec.families.siren.family import SIREN_TILES
 from napari_moec.families.siren.moe import MoESiren
 from napari_moec.format import pack_payload
 from napari_moec.tiled.allocate import allocate, choose_fill
@@ -267,14 +269,23 @@ def test_fill_value_is_the_commonest_constant():
 
 
 def test_tile_and_margin_choices():
-    assert choose_tile((512, 512, 512), "uint16", 256) == (96, 96, 96)
-    assert choose_tile((512, 512, 512), "uint16", 16) == (32, 32, 32)
-    assert choose_tile((40, 512, 512), "float32", 64, 48) == (40, 48, 48)
-    assert choose_tile((3, 40, 512, 512), "uint16", 64, 32) == (3, 32, 32, 32)
-    assert choose_margin((64, 64, 64)) == (8, 8, 8)
-    assert choose_margin((3, 16, 16, 16)) == (0, 2, 2, 2)
-    assert choose_margin((3, 32, 32, 32), 3) == (0, 3, 3, 3)
+    """ "auto" follows the family's policy (SIREN's ~4 kB a tile here); given sizes pass
+    through, clipped to the volume."""
+    siren = SIREN_TILES
+    assert choose_tile((512, 512, 512), "uint16", 256, policy=siren) == (96, 96, 96)
+    assert choose_tile((512, 512, 512), "uint16", 16, policy=siren) == (32, 32, 32)
+    assert choose_tile((40, 512, 512), "float32", 64, 48, policy=siren) == (40, 48, 48)
+    assert choose_tile((3, 40, 512, 512), "uint16", 64, 32, policy=siren) == (3, 32, 32, 32)
+    assert choose_margin((64, 64, 64), policy=siren) == (8, 8, 8)
+    assert choose_margin((3, 16, 16, 16), policy=siren) == (0, 2, 2, 2)
+    assert choose_margin((3, 32, 32, 32), 3, policy=siren) == (0, 3, 3, 3)
+    grid = GRID_TILES  # ~32 kB a tile: a grid tile's cost is per latent (GRID_TILES)
+    assert choose_tile((512, 512, 512), "float32", 256, policy=grid) == (128, 128, 128)
+    assert choose_tile((512, 512, 512), "uint16", 256, policy=grid) == (192, 192, 192)
+    assert choose_tile((512, 512, 512), "float32", 1024, policy=grid) == (256, 256, 256)
+    assert choose_tile((128, 206, 168), "float32", 6000, policy=grid) == (128, 206, 168)
+    assert choose_margin((128, 128, 128), policy=grid) == (16, 16, 16)
     with pytest.raises(ConfigError):
-        choose_tile((64, 64, 64), "uint16", 16, "big")
+        choose_tile((64, 64, 64), "uint16", 16, "big", policy=siren)
     with pytest.raises(ConfigError):
-        choose_margin((64, 64, 64), -1)
+        choose_margin((64, 64, 64), -1, policy=siren)

@@ -48,6 +48,7 @@ def engine_kwargs(request: RunRequest) -> dict:
 
 def tiled_estimate(request: RunRequest) -> str:
     """The tiled plan from the layer's shape and dtype only: tiles, store budget, where."""
+    from ..families import get as family
     from ..plan import budget_nbytes, check_ratio
     from ..tiled.cluster import default_shape
     from ..tiled.tiling import choose_margin, choose_tile
@@ -55,8 +56,9 @@ def tiled_estimate(request: RunRequest) -> str:
     shape, dtype = request.shape, request.dtype
     kwargs = engine_kwargs(request)
     ratio = check_ratio(kwargs["ratio"])
-    tile = choose_tile(shape, dtype, ratio, kwargs["tile"])
-    margin = choose_margin(tile, "auto")
+    policy = family(kwargs["arch"].model).tile_policy
+    tile = choose_tile(shape, dtype, ratio, kwargs["tile"], policy=policy)
+    margin = choose_margin(tile, "auto", policy=policy)
     tiles = math.prod(math.ceil(n / t) for n, t in zip(shape, tile, strict=True))
     budget = budget_nbytes(math.prod(shape) * dtype.itemsize, ratio)
     workers = default_shape(request.run.device, kwargs["workers"]).workers

@@ -96,8 +96,25 @@ __all__ = [
     "PayloadCodec",
     "SizeRequest",
     "StepStats",
+    "TilePolicy",
     "TrainingTarget",
 ]
+
+
+@dataclass(frozen=True)
+class TilePolicy:
+    """How a store tiles a volume for a family when tile and margin are "auto"
+    (:mod:`napari_moec.tiled.tiling`; each family's values are measured, docs/tiled.md).
+
+    ``edges``: the spatial tile edges to choose from (multiples of 16, so that strides 2^k stay
+    aligned); "auto" takes the smallest whose byte share at the ratio reaches
+    ``target_bytes`` (the largest when none does). ``margin_fraction``: context voxels
+    beyond each face, a fraction of the edge, at least ``min_margin``."""
+
+    edges: tuple[int, ...]
+    target_bytes: int
+    margin_fraction: float
+    min_margin: int
 
 
 class Fit(NamedTuple):
@@ -286,6 +303,8 @@ class ModelFamily(Protocol):
     #: counting-sort dispatch moves one scalar per assignment back, which Tutel's capacity-
     #: based dispatch/combine (built for wide expert outputs) would not make cheaper.
     tutel_routing: bool
+    #: Tile and margin sizes a store chooses for this family ("auto").
+    tile_policy: TilePolicy
     #: Whether a store judges this family's payloads on every voxel of the volume (what the
     #: file decodes to; grid, whose decode is one small MLP per voxel and whose store chooses
     #: between the last weights' fit and the best checkpoint's file by it) rather than on the

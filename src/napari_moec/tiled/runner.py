@@ -134,14 +134,16 @@ class TiledCompressor:
         self.ratio = check_ratio(ratio)
         #: The bound asked for (resolved against the store's range after the scan).
         self.bound = bound or BoundConfig()
-        self.tile = choose_tile(self.source.shape, self.source.dtype, self.ratio, tile)
-        self.margin = choose_margin(self.tile, margin)
+        self.arch = arch or ArchConfig()
+        policy = families.get(self.arch.model).tile_policy
+        self.tile = choose_tile(self.source.shape, self.source.dtype, self.ratio, tile,
+                                policy=policy)  # fmt: skip
+        self.margin = choose_margin(self.tile, margin, policy=policy)
         self.quant = quant or QuantConfig()
         check_regions(self)
         if allocation not in MODES:
             raise ConfigError(f"allocation must be one of {MODES}, got {allocation!r}")
         self.allocation = allocation
-        self.arch = arch or ArchConfig()
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
         if self.target_psnr is not None and not hasattr(families.get(self.arch.model),
