@@ -91,8 +91,8 @@ def test_round_trip_through_plain_zarr_in_a_fresh_process(client, volume, tmp_pa
     assert np.array_equal(open_tiled(dest).decode(), decoded)
     span = float(volume.max() - volume.min())
     mse = np.mean(((decoded.astype(float) - volume) / span) ** 2)
-    # the report estimates each tile's error on the training's voxel sample (issue 24: no
-    # decode of whole tiles), close to what readers see
+    # the report estimates each tile's error on a fixed sample of its region (grid: a regular
+    # sub-grid; issue 24: no decode of whole tiles), close to what readers see
     assert abs(10 * np.log10(1 / mse) - report.psnr) < 0.3
     assert report.psnr > 20
     assert np.isfinite(report.seam_penalty)
