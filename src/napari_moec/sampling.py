@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Normalization", "axis_coords", "flat_index_coords", "lattice_sample"]
+__all__ = [
+    "Normalization",
+    "axis_coords",
+    "flat_index_coords",
+    "lattice_sample",
+    "region_coords",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,16 @@ def axis_coords(size: int, start: int = 0, stop: int | None = None, step: int = 
     if size == 1:
         return np.zeros_like(index, dtype=np.float32)
     return (index * (2.0 / (size - 1)) - 1.0).astype(np.float32)
+
+
+def region_coords(shape: tuple[int, ...], region, device="cpu") -> torch.Tensor:
+    """(B, ndim) coordinates in [-1, 1] of the voxels of ``region`` (``(start, stop, step)``
+    per axis) of a volume of ``shape``, C order."""
+    axes = [
+        torch.from_numpy(axis_coords(n, *r)).to(device) for n, r in zip(shape, region, strict=True)
+    ]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
 def lattice_sample(shape: tuple[int, ...], max_voxels: int) -> tuple[list, list[int]]:

@@ -32,7 +32,7 @@ from ..errors import MoecError
 from ..families.base import TrainingTarget
 from ..families.siren.tutel_backend import resolve_backend, use_backend
 from ..generators import drain
-from ..sampling import Normalization, axis_coords, lattice_sample
+from ..sampling import Normalization, lattice_sample, region_coords
 from ..schedule import EVAL_POINTS
 from ..training import train
 from .allocate import TilePlan
@@ -152,9 +152,10 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             # decoder: the grid family's per-point decode of the random eval sample gathered
             # 64 nodes a level a point and was ~40 % of a 400-step tile's time (py-spy).
             roi, stride = lattice_sample(region.shape, EVAL_POINTS)
-            cut = tuple(slice(a, n, st) for (a, n), st in zip(roi, stride, strict=True))
+            lattice = [(a, n, st) for (a, n), st in zip(roi, stride, strict=True)]
+            cut = tuple(slice(*axis) for axis in lattice)
             targets = torch.from_numpy(normalization.apply(region[cut]).reshape(-1))
-            coords = _lattice_coords(region.shape, roi, stride)
+            coords = region_coords(region.shape, lattice)
 
             def sample_values(stored: torch.nn.Module) -> torch.Tensor:
                 values, _ = family.decode_region(stored, region.shape, roi, stride,
@@ -227,8 +228,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     finally:
         torch.set_num_threads(previous_threads)
     if measured is None:
-        coords = coords.cpu().numpy() if isinstance(coords, torch.Tensor) else coords
-        sse, face_sse, face_voxels = sample_errors(spec, plan.index, coords, err)
+        sse, face_sse, face_voxels = sample_errors(spec, plan.index, coords.cpu().numpy(), err)
     else:
         sse, face_sse, face_voxels = exact
     voxels = spec.grid.tile_voxels(plan.index)
@@ -291,13 +291,6 @@ def sample_errors(spec: TileSpec, index, coords: np.ndarray, err: np.ndarray):
         mean(face) * scale * face_voxels,
         face_voxels,
     )
-
-
-def _lattice_coords(shape, roi, stride) -> np.ndarray:
-    """Coordinates (N, ndim) in [-1, 1] of the voxels ``roi[::stride]`` of a region of
-    ``shape``, in C order (the order the region decoder returns them in)."""
-    axes = [axis_coords(n, a, b, st) for n, (a, b), st in zip(shape, roi, stride, strict=True)]
-    return np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], axis=1)
 
 
 def _face_voxels(spec: TileSpec, index) -> int:

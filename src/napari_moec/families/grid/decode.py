@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...decode import grid_shape, parse_roi
-from ...sampling import axis_coords
+from ...sampling import region_coords
 from .interp import Region, axis_matrices
 from .model import GridModel
 from .payload import GridPayload
@@ -118,12 +118,3 @@ def _rows(m: torch.Tensor | None, where: slice, n: int, device) -> torch.Tensor 
             return None
         return torch.eye(n, device=device)[where]
     return m[where]
-
-
-def region_coords(shape: tuple[int, ...], region: Region, device) -> torch.Tensor:
-    """(B, ndim) coordinates in [-1, 1] (``napari_moec.sampling``) of a region, C order."""
-    axes = [
-        torch.from_numpy(axis_coords(n, *r)).to(device) for n, r in zip(shape, region, strict=True)
-    ]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([g.reshape(-1) for g in grids], dim=1)
