@@ -1,14 +1,17 @@
 """The fused rate proxy (``slot_laplace_bits``) against the plain one it replaces: the same
 bits and the same gradients for the latents and the slot scales, over the whole range a run
 meets (exact zeros, the ±1/2 branch boundary, latents far in the tail, scales from very peaked
-to very flat), and under ``no_grad`` the same value without a graph."""
+to very flat), and under ``no_grad`` the same value without a graph; large levels the same
+through the compiled CPU kernel, and eagerly when it cannot be compiled."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_moec.families.grid import rate
 from napari_moec.families.grid.rate import laplace_bits, slot_laplace_bits
 
 
@@ -68,3 +71,47 @@ def test_without_gradients_it_is_a_plain_value():
         value = slot_laplace_bits(x, table, slots)
     assert not value.requires_grad
     assert torch.allclose(value, laplace_bits(x.detach(), table.detach()[slots]).sum())
+
+
+def _large_level(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A level big enough for the compiled kernel, with zeros, branch edges and tails."""
+    x = torch.randn(rate.COMPILE_MIN_LATENTS, generator=gen) * 2
+    x[:1000] = 0.0
+    x[1000:1100] = 0.5
+    x[1100:1200] = -0.5
+    x[1200:1204] = torch.tensor([40.0, -75.0, 300.0, 1e4])
+    log_scale = torch.tensor([-4.0, -1.5, 0.0, 0.7, 2.5, 5.0])
+    return x, log_scale, torch.randint(0, 6, x.shape, generator=gen)
+
+
+def test_large_levels_use_the_compiled_kernel_with_the_same_bits_and_gradients(monkeypatch):
+    monkeypatch.delenv(rate.COMPILE_ENV, raising=False)
+    monkeypatch.setattr(rate, "_compile_failure", None)
+    x, log_scale, slots = _large_level(torch.Generator().manual_seed(1))
+    assert rate._kernel_for(x) is rate._guarded
+    assert rate._kernel_for(x[:-1]) is rate._slot_bits  # one latent short: eager
+    _check(x, log_scale, slots)
+    with torch.no_grad():
+        value = slot_laplace_bits(x, log_scale, slots)
+    assert torch.allclose(value, laplace_bits(x, log_scale[slots]).sum(), rtol=1e-5)
+    assert rate._compile_failure is None, rate._compile_failure
+
+
+def test_the_environment_switch_keeps_the_eager_kernel(monkeypatch):
+    monkeypatch.setenv(rate.COMPILE_ENV, "0")
+    x = torch.zeros(rate.COMPILE_MIN_LATENTS)
+    assert rate._kernel_for(x) is rate._slot_bits
+
+
+def test_a_kernel_that_cannot_be_compiled_warns_once_and_trains_on_eagerly(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore detail")
+
+    monkeypatch.delenv(rate.COMPILE_ENV, raising=False)
+    monkeypatch.setattr(rate, "_compile_failure", None)
+    monkeypatch.setattr(rate, "_compiled_bits", no_compiler)
+    x, log_scale, slots = _large_level(torch.Generator().manual_seed(2))
+    with pytest.warns(RuntimeWarning, match="could not be compiled.*no working C"):
+        _check(x, log_scale, slots)
+    assert rate._compile_failure.startswith("RuntimeError: InvalidCxxCompiler")
+    assert rate._kernel_for(x) is rate._slot_bits  # given up for the process

@@ -27,12 +27,28 @@ worse one lowers it. The floor holds until ``D_hat`` first reaches ``D*``.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 
-__all__ = ["RateController", "laplace_bits", "slot_laplace_bits", "start_lambda"]
+__all__ = [
+    "COMPILE_ENV",
+    "COMPILE_MIN_LATENTS",
+    "RateController",
+    "laplace_bits",
+    "slot_laplace_bits",
+    "start_lambda",
+]
 
 LN2 = math.log(2.0)
+#: A level of at least this many latents gets its proxy from one compiled CPU kernel
+#: (:func:`_kernel_for`): ~20 ns a latent a step saved, against a few seconds of compiling
+#: once a process, so from here on it pays within the default 2000 steps.
+COMPILE_MIN_LATENTS = 1 << 17
+#: Set to ``0`` to keep the proxy in eager torch (no C++ compiler needed, bit-reproducible
+#: across machines with and without one).
+COMPILE_ENV = "NAPARI_MOEC_COMPILE"
 
 
 def laplace_bits(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -67,7 +83,52 @@ def slot_laplace_bits(x: torch.Tensor, log_scale: torch.Tensor, slots: torch.Ten
     """
     if torch.is_grad_enabled() and (x.requires_grad or log_scale.requires_grad):
         return _SlotLaplaceBits.apply(x, log_scale, slots)
-    return _slot_bits(x, log_scale, slots, want_x=False, want_scale=False)[0]
+    return _kernel_for(x)(x, log_scale, slots, want_x=False, want_scale=False)[0]
+
+
+_compiled_bits = None  # torch.compile of _slot_bits, made on first use
+_compile_failure: str | None = None  # why compiling failed once: eager from then on
+
+
+def _kernel_for(x: torch.Tensor):
+    """:func:`_slot_bits`, or on a CPU for a level of ``COMPILE_MIN_LATENTS`` or more its
+    compiled form: the proxy's ~25 elementwise passes over every latent fused into one loop.
+    Measured on the macaque at 256x (661,775 latents, 2 threads): the proxy's value and
+    gradients 14.7 -> 2.0 ms for the finest level, a training step 34.2 -> 20.0 ms (a step
+    without the rate term: 14.0). Small levels, GPUs (whose step is launch-bound and
+    measured there without it), ``NAPARI_MOEC_COMPILE=0`` and any failure to compile (no C++
+    compiler, an unsupported platform: one warning) keep the eager function."""
+    if (
+        x.device.type != "cpu"
+        or x.numel() < COMPILE_MIN_LATENTS
+        or _compile_failure is not None
+        or os.environ.get(COMPILE_ENV, "1").strip() == "0"
+    ):
+        return _slot_bits
+    return _guarded
+
+
+def _guarded(x, log_scale, slots, *, want_x: bool, want_scale: bool):
+    """The compiled kernel; on any failure to build it the eager one, for good."""
+    global _compiled_bits, _compile_failure
+    try:
+        with warnings.catch_warnings():
+            # torch's compiler stack warns of its own deprecations and internals (a caller
+            # that turns warnings into errors would otherwise break the compile)
+            warnings.simplefilter("ignore")
+            if _compiled_bits is None:
+                _compiled_bits = torch.compile(_slot_bits, dynamic=True)
+            return _compiled_bits(x, log_scale, slots, want_x=want_x, want_scale=want_scale)
+    except Exception as exc:  # noqa: BLE001 - any compiler/backend failure means eager
+        _compile_failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        warnings.warn(
+            f"napari-moec: the rate kernel could not be compiled ({_compile_failure}); "
+            f"training continues with the eager one, ~1.7x slower a step on large volumes. "
+            f"Set {COMPILE_ENV}=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _slot_bits(x, log_scale, slots, want_x=want_x, want_scale=want_scale)
 
 
 def _slot_bits(x, log_scale, slots, *, want_x: bool, want_scale: bool):
@@ -118,7 +179,7 @@ class _SlotLaplaceBits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, log_scale, slots):
-        total, grad_x, grad_scale = _slot_bits(
+        total, grad_x, grad_scale = _kernel_for(x)(
             x, log_scale, slots,
             want_x=ctx.needs_input_grad[0], want_scale=ctx.needs_input_grad[1],
         )  # fmt: skip
