@@ -65,7 +65,7 @@ def main() -> None:
     limit = int(volume.nbytes // args.ratio) - FRAME
     fixed = {"first_level": args.first_level, "hidden": args.hidden}
     cfg = auto_config(
-        volume.shape, limit, num_experts=args.experts, **{k: v for k, v in fixed.items() if v}
+        volume.shape, limit, num_experts=args.experts, **{k: v for k, v in fixed.items() if v is not None}
     )
     settings = TrainSettings(
         steps=args.steps,

@@ -69,6 +69,16 @@ def as_grid_options(options) -> GridOptions:
     )
 
 
+def _leaner(chosen: dict) -> list[dict]:
+    """Sizing overrides to try in turn until a model fits: the default, then for the smallest
+    budgets (a few hundred bytes, where the network is a third of the file) experts of one
+    layer, then one layer 2 wide, unless the user chose the width."""
+    ladder = [{}, {"expert_layers": 1}]
+    if "hidden" not in chosen:
+        ladder.append({"expert_layers": 1, "hidden": 2})
+    return ladder
+
+
 class GridFamilyTrainer:
     """The contract's ``FamilyTrainer`` over :class:`GridTrainer`."""
 
@@ -149,18 +159,20 @@ class GridFamily:
         header = request.header
         opts = as_grid_options(request.options)
         kw = {k: v for k, v in vars(opts).items() if v is not None}
-        cfg = auto_config(header.shape, max(1, request.budget - 64), **kw)
-        for _ in range(2):  # the header's size depends (weakly) on the config
-            payload = request.budget - request.file_nbytes(cfg, 0)
-            cfg = auto_config(header.shape, max(1, payload), **kw)
-        need = request.file_nbytes(cfg, self.predict_payload_nbytes(cfg, header.quant))
-        if need > request.budget:
-            nbytes = int(np.prod(header.shape)) * np.dtype(header.dtype).itemsize
-            raise ConfigError(
-                f"no grid model fits {request.budget} bytes, so the highest possible ratio is "
-                f"about {nbytes / need:.0f}x"
-            )
-        return cfg
+        need = None
+        for lean in _leaner(kw):
+            cfg = auto_config(header.shape, max(1, request.budget - 64), **kw, **lean)
+            for _ in range(2):  # the header's size depends (weakly) on the config
+                payload = request.budget - request.file_nbytes(cfg, 0)
+                cfg = auto_config(header.shape, max(1, payload), **kw, **lean)
+            need = request.file_nbytes(cfg, self.predict_payload_nbytes(cfg, header.quant))
+            if need <= request.budget:
+                return cfg
+        nbytes = int(np.prod(header.shape)) * np.dtype(header.dtype).itemsize
+        raise ConfigError(
+            f"no grid model fits {request.budget} bytes, so the highest possible ratio is "
+            f"about {nbytes / need:.0f}x"
+        )
 
     def predict_payload_nbytes(self, config: GridConfig, quant) -> int:
         latent = int(np.ceil(config.latent_count * MIN_BITS_PER_LATENT / 8))

@@ -1,7 +1,7 @@
 """Choosing a grid model for a volume and a payload budget.
 
 * Levels: from ``first_level`` down to the level whose largest axis has <= 3 nodes (at most
-  12). ``first_level`` is the finest level at which the latents get at least
+  12). ``first_level`` is the finest level (0: the voxel lattice) at which the latents get at least
   ``MIN_BITS_PER_LATENT`` bits each on average: finer grids at lower rates spend bytes on
   (cheap, not free) zeros and train slower.
 * Width from the payload: 16 from 4 kB, 8 from 1.2 kB, else 4 (the network is then ~5-25%
@@ -14,6 +14,13 @@ case to 1/4 and leaves the 64x and 256x choices of ct_head and hipct as measured
 Here, 1000 steps on a CPU (``benchmarks/grid_fill.py ct_head 1024 --steps 1000``): levels
 from 1/8, 24.80 dB; from 1/4, 25.16 and 25.56 dB (seeds 0 and 1). It also moves hipct 1024x
 from 1/8 to 1/4 and mri4d 1024x/256x to 1/8 and 1/4: not measured.
+
+The search starts at level 0, latents on the voxel lattice itself (Cool-chic's finest level),
+which the rule picks only at high rates (about 1 bit a voxel: 16x of 16-bit data). Starting
+at 1/2 left those files half empty: the 1/2-resolution latents could not hold the budget in
+2000 steps. Measured at 2000 steps (``benchmarks/grid_fill.py V 16 --first-level 0|1``, one
+thread): hipct 16x 33.02 dB filling 46 % of the payload -> 36.22 dB at 96 %; ct_head 16x
+34.62 at 47 % -> 40.64 at 100 %; mri4d 16x 32.49 at 37 % -> 36.61 at 98 %.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> Grid
     latent_bits = 8 * max(32, payload_bytes - _NETWORK_BYTES.get(hidden, 400))
     first = overrides.get("first_level")
     if first is None:
-        first = 1
+        first = 0
         while first < 12:
             count = sum(n for n in _counts(shape, first))
             if latent_bits / count >= MIN_BITS_PER_LATENT and count <= MAX_LATENTS:
