@@ -64,9 +64,8 @@ def main() -> None:
     norm = Normalization.of(volume)
     limit = int(volume.nbytes // args.ratio) - FRAME
     fixed = {"first_level": args.first_level, "hidden": args.hidden}
-    cfg = auto_config(
-        volume.shape, limit, num_experts=args.experts, **{k: v for k, v in fixed.items() if v is not None}
-    )
+    fixed = {k: v for k, v in fixed.items() if v is not None}  # level 0 is a choice
+    cfg = auto_config(volume.shape, limit, num_experts=args.experts, **fixed)
     settings = TrainSettings(
         steps=args.steps,
         sampling=args.sampling,

@@ -119,7 +119,7 @@ def _guarded(x, log_scale, slots, *, want_x: bool, want_scale: bool):
             if _compiled_bits is None:
                 _compiled_bits = torch.compile(_slot_bits, dynamic=True)
             return _compiled_bits(x, log_scale, slots, want_x=want_x, want_scale=want_scale)
-    except Exception as exc:  # noqa: BLE001 - any compiler/backend failure means eager
+    except Exception as exc:  # any compiler or backend failure means eager
         _compile_failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         warnings.warn(
             f"napari-moec: the rate kernel could not be compiled ({_compile_failure}); "
