@@ -39,12 +39,16 @@ def _mirror_index(n_target: int, n_source: int) -> np.ndarray:
     return np.where(period < n_source, period, 2 * n_source - 1 - period)
 
 
+def _crop_slices(crop: str) -> tuple[slice, ...]:
+    return tuple(slice(*map(int, p.split(":"))) for p in crop.split(","))
+
+
 def build_volume(args) -> tuple[Path, np.ndarray | None]:
     """The source path (.npy) of the run, built if needed; and the array when it is small."""
     name = args.volume.removesuffix("-mirror")
     source = load_volume(name)
-    if args.crop:
-        source = source[tuple(slice(*map(int, p.split(":"))) for p in args.crop.split(","))]
+    if args.crop and not args.volume.endswith("-mirror"):
+        source = source[_crop_slices(args.crop)]
     if not args.volume.endswith("-mirror"):
         crop = (args.crop or "full").replace(":", "-").replace(",", "_")
         path = Path(args.work) / f"{name}_{crop}.npy"
@@ -54,6 +58,15 @@ def build_volume(args) -> tuple[Path, np.ndarray | None]:
         return path, source
     shape = tuple(int(n) for n in args.shape.split(","))
     path = Path(args.work) / f"{name}_mirror_{'x'.join(map(str, shape))}.npy"
+    if args.crop:  # a crop of the mirrored volume (the source is mirrored whole first)
+        crop = args.crop.replace(":", "-").replace(",", "_")
+        cropped = path.with_name(f"{path.stem}_{crop}.npy")
+        if not cropped.exists():
+            whole = build_volume(argparse.Namespace(**{**vars(args), "crop": None}))[0]
+            region = np.load(whole, mmap_mode="r")[_crop_slices(args.crop)]
+            np.save(cropped.with_suffix(".tmp.npy"), np.ascontiguousarray(region))
+            cropped.with_suffix(".tmp.npy").replace(cropped)
+        return cropped, None
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         index = [_mirror_index(n, m) for n, m in zip(shape, source.shape, strict=True)]
@@ -206,7 +219,11 @@ def seams(args) -> None:
     shift = tile // 2
     crops = {"A": args.crop, "B": ",".join(f"{a + shift}:{b + shift}" for a, b in
                                            zip(starts, stops, strict=True))}  # fmt: skip
-    full = load_volume(args.volume)
+    if args.volume.endswith("-mirror"):  # the whole mirrored volume, memory-mapped
+        whole = build_volume(argparse.Namespace(**{**vars(args), "crop": None}))[0]
+        full = np.load(whole, mmap_mode="r")
+    else:
+        full = load_volume(args.volume)
     base_tag, base_crop, decoded, records = args.tag, args.crop, {}, {}
     for name, crop in crops.items():
         args.crop, args.tag, args.keep = crop, f"{base_tag}-{name}", True

@@ -89,3 +89,28 @@ def test_too_small_budget_names_the_ratio():
     vol = _volume()
     with pytest.raises(ConfigError, match="highest possible ratio"):
         FAMILY.size(_request(vol, 100))
+
+
+def test_sizing_puts_latents_on_the_voxel_lattice_only_at_high_rates():
+    """About a bit a voxel (16x of 16-bit data) starts the levels at the lattice itself; at a
+    few tenths of a bit the finest level stays at 1/2 (sizing.py: 16x files were half empty
+    with levels from 1/2)."""
+    shape = (64, 64, 64)
+    voxels = 64**3
+    assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 16)).first_level == 0
+    assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 64)).first_level == 1
+
+
+def test_the_smallest_budgets_get_one_layer_experts_before_giving_up():
+    shape = (64, 64, 64)
+    assert FAMILY.size(_request(np.empty(shape), 130)).expert_layers == 2
+    for budget, hidden in ((110, 4), (100, 2)):  # one layer 4 wide, then 2 wide
+        lean = FAMILY.size(_request(np.empty(shape), budget))
+        assert (lean.expert_layers, lean.hidden) == (1, hidden)
+        assert 60 + FAMILY.predict_payload_nbytes(lean, QUANT) <= budget
+    with pytest.raises(ConfigError, match="highest possible ratio"):
+        FAMILY.size(_request(np.empty(shape), 95))
+    # a width the user chose is kept: the ladder stops at one layer of that width
+    chosen = SimpleNamespace(num_experts=1, top_k=1, hidden_features=4)
+    with pytest.raises(ConfigError, match="highest possible ratio"):
+        FAMILY.size(_request(np.empty(shape), 100, chosen))

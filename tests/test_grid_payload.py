@@ -44,6 +44,8 @@ def _random_payload(cfg: GridConfig, seed: int = 0) -> tuple[bytes, list, list]:
         ((21, 30, 17), {"num_levels": 3, "first_level": 0, "context": "lin"}),
         ((3, 25, 41, 33), {"num_experts": 2, "num_levels": 4, "context": "lin"}),
         ((1, 5, 7), {"num_levels": 2, "context": "lin"}),  # no level is large enough
+        ((21, 30, 17), {"expert_layers": 1, "hidden": 2, "num_levels": 2}),  # the leanest
+        ((21, 30, 17), {"expert_layers": 1, "num_experts": 2}),
     ],
 )
 def test_round_trip_exact(shape, kw):
