@@ -86,7 +86,7 @@ def _peak_rss() -> int:
 
 
 def run(args) -> dict:
-    from napari_moec.config import RunConfig, TrainConfig
+    from napari_moec.config import ArchConfig, RunConfig, TrainConfig
     from napari_moec.tiled.cluster import ClusterShape, connect
     from napari_moec.tiled.events import TiledStarted
     from napari_moec.tiled.runner import TiledCompressor
@@ -97,7 +97,8 @@ def run(args) -> dict:
 
     if args.exponent is not None:
         allocate_module.DIFFICULTY_EXPONENT = args.exponent
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size)
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, time_limit=args.time_limit)
+    arch = None if args.experts is None else ArchConfig(num_experts=args.experts)
     # The engine's own local cluster (its workers' environment, pinning), sized here.
     shape = ClusterShape(args.workers, memory_limit=args.memory_limit, pin=args.pin)
     client, _ = connect(shape=shape)
@@ -105,7 +106,7 @@ def run(args) -> dict:
         job = TiledCompressor(
             path, dest, args.ratio, tile=args.tile if args.tile == "auto" else int(args.tile),
             margin=args.margin if args.margin == "auto" else int(args.margin),
-            allocation=args.allocation, train=train, client=client, overwrite=True,
+            allocation=args.allocation, train=train, arch=arch, client=client, overwrite=True,
             run=RunConfig(device="cpu", threads=args.threads),
         )  # fmt: skip
         events, started_at, start = job.run(), None, time.monotonic()
@@ -126,6 +127,8 @@ def run(args) -> dict:
         "tag": args.tag,
         "volume": args.volume,
         "crop": args.crop,
+        "experts": args.experts,
+        "time_limit": args.time_limit,
         "shape": list(report.shape),
         "dtype": report.dtype,
         "original_bytes": report.original_bytes,
@@ -283,7 +286,9 @@ def figure(args) -> None:
         record = json.loads(saved.read_text())  # a kept store of an earlier run (--keep)
     else:
         record = run(args)
-    _, volume = build_volume(args)
+    path, volume = build_volume(args)
+    if volume is None:  # a mirrored volume: memory-mapped
+        volume = np.load(path, mmap_mode="r")
     store = open_tiled(Path(args.work) / f"{args.tag}.ome.zarr")
     t = store.spec.grid.tile
     # a plane on a z tile face near the middle: the YX tile corners all cross it
@@ -699,6 +704,9 @@ def main(argv=None) -> int:
         p.add_argument("--exponent", type=float, default=None,
                        help="difficulty allocation: bytes ∝ difficulty^EXPONENT")  # fmt: skip
         p.add_argument("--steps", type=int, default=300, help="training steps per tile")
+        p.add_argument("--time-limit", type=float, default=None,
+                       help="training seconds per tile (the schedule follows it)")  # fmt: skip
+        p.add_argument("--experts", type=int, default=None, help="per tile (default: auto)")
         p.add_argument("--batch-size", type=int, default=4096)
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--threads", type=int, default=1, help="torch threads per tile")
