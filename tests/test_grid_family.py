@@ -99,6 +99,10 @@ def test_sizing_puts_latents_on_the_voxel_lattice_only_at_high_rates():
     voxels = 64**3
     assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 16)).first_level == 0
     assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 64)).first_level == 1
+    # under a quality target the budget is a ceiling, not the rate: no lattice level
+    header = SimpleNamespace(shape=shape, dtype="float32", quant=QUANT)
+    ceiling = _Request(header, voxels * 2 // 16, None, quality_target=True)
+    assert FAMILY.size(ceiling).first_level == 1
 
 
 def test_the_smallest_budgets_get_one_layer_experts_before_giving_up():

@@ -154,3 +154,23 @@ def test_widget_target_choice_gives_a_quality_target(qtbot):
     panel.target.value = "ratio"
     kwargs = panel.compressor_kwargs()
     assert kwargs["train"].target_psnr is None and kwargs["ratio"] == 64
+
+
+def test_a_model_over_the_byte_cap_is_trimmed_to_it_when_the_target_allows():
+    """Under a quality target the budget is only a ceiling; a run can end with latents whose
+    plain payload exceeds it. A finer latent step only adds bytes: the fit zeroes the smallest
+    latents until the payload fits, and keeps it when it still reaches the target."""
+    import torch
+
+    from napari_moec.families.grid.config import GridConfig
+    from napari_moec.families.grid.model import GridModel
+
+    model = GridModel(GridConfig((16, 16, 16), num_levels=2, first_level=0, hidden=4))
+    with torch.no_grad():
+        for y in model.grids.latents:
+            y.normal_(0, 5, generator=torch.Generator().manual_seed(0))
+    cap = len(pack_model(model)) // 2
+    fit = fit_quality(model, cap, lambda data: 30.0, 25.0)  # every payload "reaches" it
+    assert len(fit.payload) <= cap and fit.zeroed > 0
+    with pytest.raises(TrainingError, match="not reached"):
+        fit_quality(model, cap, lambda data: 20.0, 25.0)  # none does

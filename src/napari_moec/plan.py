@@ -159,6 +159,7 @@ def plan(
     value_range: tuple[float, float] | None = None,
     norm_range: tuple[float, float] = (-1.0, 1.0),
     family: str | None = None,
+    quality_target: bool = False,
 ) -> Plan:
     """Check the settings and size the network for a volume of ``shape`` and ``dtype``: the
     one sizing and budget policy of single volumes (the CLI, ``api.compress``, both widget
@@ -169,7 +170,8 @@ def plan(
 
     Reads no voxel. ``value_range`` is the volume's (min, max); when None (a size estimate before
     the data is scanned) a placeholder of the dtype's range is used, which can move the header,
-    and with it the sized width, by a few bytes.
+    and with it the sized width, by a few bytes. ``quality_target``: a PSNR target sizes the
+    run and ``ratio`` is only its byte ceiling (``SizeRequest.quality_target``).
 
     Raises
     ------
@@ -200,7 +202,7 @@ def plan(
     )
     budget = budget_nbytes(template.original_nbytes, ratio)
     options = family.default_options() if arch is None else arch
-    model = family.size(SizeRequest(template, budget, options))
+    model = family.size(SizeRequest(template, budget, options, quality_target))
     header = replace(template, model=model)
     summary = summary_for(header, budget)
     predicted = predict_nbytes(replace(header, train=summary))

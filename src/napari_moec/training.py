@@ -289,6 +289,7 @@ class Compressor:
             value_range=(self.normalization.vmin, self.normalization.vmax),
             norm_range=norm_range,
             family=family,
+            quality_target=self.target_psnr is not None,
         )
         #: The model family the plan sized (:mod:`napari_moec.families`).
         self.family: ModelFamily = families.get(self.plan.family)

@@ -56,7 +56,10 @@ def network_chunk(spec, index) -> bytes:
         return encode_network_tile(spec, index, model, pack_payload(model, spec.networks.quant,
                                                                     state))  # fmt: skip
     family = families.get("grid")
-    config = tile_model_config(spec, index, BUDGET, None, GridOptions(num_experts=2))
+    # first_level pinned: the golden tiles were sized when the levels started at 1/2 (session
+    # 12 lets the sizing start at the voxel lattice); this pins the bytes, not the sizing
+    options = GridOptions(num_experts=2, first_level=1)
+    config = tile_model_config(spec, index, BUDGET, None, options)
     model = family.build(config, generator=torch.Generator().manual_seed(sum(index)))
     with torch.no_grad():
         for latents in model.grids.latents:

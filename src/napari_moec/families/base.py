@@ -188,6 +188,10 @@ class SizeRequest:
     header: Header
     budget: int
     options: Any
+    #: A quality target (``--psnr``) sizes the model: ``budget`` is then only a ceiling, so a
+    #: family should not size for the rate it allows (the grid family keeps its latents off
+    #: the voxel lattice).
+    quality_target: bool = False
 
     def file_nbytes(self, config: Any, predicted_payload: int) -> int:
         """Predicted bytes of the whole file holding ``config`` with a payload of

@@ -102,12 +102,14 @@ def allocate(
     exponent: float = DIFFICULTY_EXPONENT,
     fill: float | int | None = None,
     options: Any = None,
+    quality_target: bool = False,
 ) -> Allocation:
     """Share ``budget`` bytes (all chunk bytes; metadata already set aside) between the tiles.
 
     ``experts`` is the user's expert count for SIREN tiles (None: the tiles' rule);
     ``options`` the options a family other than SIREN sizes each tile with (None: its own
-    defaults; an ``ArchConfig`` carries experts and top-k over).
+    defaults; an ``ArchConfig`` carries experts and top-k over); ``quality_target``: a PSNR
+    target sizes the tiles, their shares are ceilings (``SizeRequest.quality_target``).
 
     Raises ConfigError when the budget cannot hold the smallest network for every tile that
     needs one (the message says which tile size or ratio would fit).
@@ -132,7 +134,10 @@ def allocate(
     fixed += sum(reserve.values())
     available = budget - fixed
     by_shape = {spec.region_shape(s.index): s.index for s in network}
-    smallest = max((smallest_payload(spec, i, options) for i in by_shape.values()), default=1)
+    smallest = max(
+        (smallest_payload(spec, i, options, quality_target) for i in by_shape.values()),
+        default=1,
+    )
     if network and available < smallest * len(network):
         raise ConfigError(
             f"the budget leaves {max(0, available)} bytes for {len(network)} tiles of "
@@ -157,7 +162,7 @@ def allocate(
         shares = _water_fill(weights, available, smallest, cap)
     for s in network:
         share = shares[s.index]
-        config = tile_model_config(spec, s.index, share, experts, options)
+        config = tile_model_config(spec, s.index, share, experts, options, quality_target)
         if config is None:
             raise ConfigError(f"no network fits the {share} bytes of tile {s.index}")
         plans[s.index] = TilePlan(

@@ -205,7 +205,7 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
     allocation = allocate(
         spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
         container_overhead=overhead, fill=fill, exponent=allocate_module.DIFFICULTY_EXPONENT,
-        options=arch,
+        options=arch, quality_target=job.train.target_psnr is not None,
     )  # fmt: skip
     digest = hashlib.sha256()
     for doc in (

@@ -36,13 +36,15 @@ class TileSizeRequest(SizeRequest):
         return predicted_payload
 
 
-def _request(spec: TileSpec, index, budget: int, options: Any) -> TileSizeRequest:
+def _request(
+    spec: TileSpec, index, budget: int, options: Any, quality_target: bool = False
+) -> TileSizeRequest:
     values = spec.values
     shape = spec.region_shape(index)
     axes = "ZYX" if len(shape) == 3 else "TZYX"
     header = Header(shape, axes, values.dtype, values.vmin, values.vmax, None,
                     spec.networks.quant, values.norm, family=spec.networks.family)  # fmt: skip
-    return TileSizeRequest(header, int(budget), _with_experts(spec, options))
+    return TileSizeRequest(header, int(budget), _with_experts(spec, options), quality_target)
 
 
 def _with_experts(spec: TileSpec, options: Any) -> Any:
@@ -56,7 +58,12 @@ def _with_experts(spec: TileSpec, options: Any) -> Any:
 
 
 def tile_model_config(
-    spec: TileSpec, index, share: int, experts: int | None, options: Any = None
+    spec: TileSpec,
+    index,
+    share: int,
+    experts: int | None,
+    options: Any = None,
+    quality_target: bool = False,
 ) -> Any | None:
     """The model config of tile ``index`` for a payload of ``share`` bytes, or None when no
     network of the store's family fits. ``experts`` (SIREN) is the user's expert count (None:
@@ -68,7 +75,7 @@ def tile_model_config(
         return None if sized is None else spec.model_config(*sized)
     family = families.get(spec.networks.family)
     try:
-        config = family.size(_request(spec, index, share, options))
+        config = family.size(_request(spec, index, share, options, quality_target))
     except ConfigError:
         return None
     if family.predict_payload_nbytes(config, spec.networks.quant) > share:
@@ -76,19 +83,21 @@ def tile_model_config(
     return config
 
 
-def smallest_payload(spec: TileSpec, index, options: Any = None) -> int:
+def smallest_payload(
+    spec: TileSpec, index, options: Any = None, quality_target: bool = False
+) -> int:
     """The payload bytes of the smallest network tile ``index`` can hold (SIREN: width 1, one
     expert; other families: the least share their sizing accepts, found by bisection)."""
     if spec.networks.siren:
         return predict_payload_nbytes(spec.model_config(1, 1), spec.networks.quant)
     lo, hi = 1, 16
-    while tile_model_config(spec, index, hi, None, options) is None:
+    while tile_model_config(spec, index, hi, None, options, quality_target) is None:
         lo, hi = hi, hi * 2
         if hi > _SEARCH_LIMIT:
             raise ConfigError(f"no {spec.networks.family} network fits tile {index}")
     while hi - lo > 1:  # invariant: lo does not fit, hi does
         mid = (lo + hi) // 2
-        if tile_model_config(spec, index, mid, None, options) is None:
+        if tile_model_config(spec, index, mid, None, options, quality_target) is None:
             lo = mid
         else:
             hi = mid

@@ -159,6 +159,8 @@ class GridFamily:
         header = request.header
         opts = as_grid_options(request.options)
         kw = {k: v for k, v in vars(opts).items() if v is not None}
+        if request.quality_target:  # the budget is a ceiling: not the rate to size for
+            kw["finest_level"] = 1
         need = None
         for lean in _leaner(kw):
             cfg = auto_config(header.shape, max(1, request.budget - 64), **kw, **lean)

@@ -297,7 +297,21 @@ def _quality_candidates(model: GridModel, limit: int, ms: float, ok: Callable[[b
         return data if len(data) <= limit and ok(data) else None
 
     plain = passes()
-    if plain is None:  # short of the target (or over the cap): a finer latent step 2**-x,
+    if plain is None and len(pack_model(model, ms)) > limit:
+        # Over the byte cap (a quality target whose run left large latents, e.g. latents on
+        # the voxel lattice after few steps): a finer step only adds bytes, so zero the
+        # smallest latents until the payload fits, and keep it if it still reaches the target.
+        nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+        lo, hi = 0, nonzero
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(pack_model(model, ms, mid)) <= limit else (mid + 1, hi)
+        data = pack_model(model, ms, hi)
+        if len(data) <= limit and ok(data):  # then the most zeroed that still reaches it
+            found = _bisect_real(lambda k: passes(int(k)), float(hi), float(nonzero), 11)
+            yield (data, 1.0, hi) if found is None else (found[1], 1.0, int(found[0]))
+        return
+    if plain is None:  # short of the target: a finer latent step 2**-x,
         if passes(0, 0.25) is None:  # with the smallest x (coarsest step) that passes
             return
         lo, hi = 0.0, 2.0

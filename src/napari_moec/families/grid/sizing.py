@@ -42,16 +42,21 @@ def _levels_from(shape: tuple[int, ...], first: int) -> int:
     return n
 
 
-def auto_config(shape: tuple[int, ...], payload_bytes: int, **overrides) -> GridConfig:
+def auto_config(
+    shape: tuple[int, ...], payload_bytes: int, *, finest_level: int = 0, **overrides
+) -> GridConfig:
     """A :class:`GridConfig` for ``shape`` and a payload of ``payload_bytes``; ``overrides``
-    replace any field (``num_experts=4`` for a partition)."""
+    replace any field (``num_experts=4`` for a partition). ``finest_level``: where the search
+    for ``first_level`` starts (1 under a quality target, whose budget is only a ceiling: at
+    the 8x ceiling the lattice level would always be chosen, and a 150-step tile at 20 dB
+    did not reach its target with it)."""
     hidden = overrides.get("hidden") or (
         16 if payload_bytes >= 4000 else 8 if payload_bytes >= 1200 else 4
     )
     latent_bits = 8 * max(32, payload_bytes - _NETWORK_BYTES.get(hidden, 400))
     first = overrides.get("first_level")
     if first is None:
-        first = 0
+        first = finest_level
         while first < 12:
             count = sum(n for n in _counts(shape, first))
             if latent_bits / count >= MIN_BITS_PER_LATENT and count <= MAX_LATENTS:
