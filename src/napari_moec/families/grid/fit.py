@@ -296,18 +296,19 @@ def _quality_candidates(model: GridModel, limit: int, ms: float, ok: Callable[[b
         data = pack_model(model, ms, zero_k, s)
         return data if len(data) <= limit and ok(data) else None
 
-    plain = passes()
-    if plain is None and len(pack_model(model, ms)) > limit:
-        # Over the byte cap (a quality target whose run left large latents, e.g. latents on
-        # the voxel lattice after few steps): a finer step only adds bytes, so zero the
-        # smallest latents until the payload fits, and keep it if it still reaches the target.
+    first = pack_model(model, ms)
+    plain = first if len(first) <= limit and ok(first) else None
+    if len(first) > limit:
+        # Over the byte cap (a quality target whose run left large latents): a finer step
+        # only adds bytes, so zero the smallest latents until the payload fits, and keep it
+        # if it still reaches the target.
         nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
         lo, hi = 0, nonzero
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if len(pack_model(model, ms, mid)) <= limit else (mid + 1, hi)
-        data = pack_model(model, ms, hi)
-        if len(data) <= limit and ok(data):  # then the most zeroed that still reaches it
+        data = passes(hi)
+        if data is not None:  # then the most zeroed that still reaches it
             found = _bisect_real(lambda k: passes(int(k)), float(hi), float(nonzero), 11)
             yield (data, 1.0, hi) if found is None else (found[1], 1.0, int(found[0]))
         return
