@@ -464,9 +464,9 @@ def _allocation(runs) -> list[str]:
     return [*out, ""]
 
 
-#: Tags of the grid-family runs (sessions 9 to 11): their own section, with the wall time,
+#: Tags of the grid-family runs (sessions 9 to 12): their own section, with the wall time,
 #: memory split and overhead of each tile.
-GRID_TAGS = ("s9-grid", "s10-", "s11-")
+GRID_TAGS = ("s9-grid", "s10-", "s11-", "s12-")
 #: A grid step on an H200 (docs/benchmarks/gpu.md, second lease, code e633386): the macaque
 #: reflected to 256³, 400,000 voxels a step, 2.46 M latents, one network.
 GPU_STEP_S = 0.0174
@@ -476,6 +476,13 @@ def _penalty(report: dict) -> str:
     """The face-vs-interior seam number, "-" for a store of one tile (no faces)."""
     penalty = report.get("seam_penalty")
     return "-" if penalty is None or penalty != penalty else f"{penalty:+.2f}"
+
+
+def _steps(run) -> str:
+    """A tile's schedule: its steps, or its training seconds where a time limit set it."""
+    if run.get("time_limit") is not None:
+        return f"{run['time_limit']:g} s"
+    return str(run["steps"])
 
 
 def _store_psnr(run) -> str:
@@ -517,7 +524,7 @@ def _grid(runs, baselines) -> list[str]:
         else:
             anon = mapped = overhead = "-"
         out.append(f"| {r['tag']} | {r['volume']} {shape} | {r['ratio_target']:g}x "
-                   f"({rep['ratio']:.0f}x) | {r['tile'][0]} | {r['workers']}{pin} | {r['steps']} "
+                   f"({rep['ratio']:.0f}x) | {r['tile'][0]} | {r['workers']}{pin} | {_steps(r)} "
                    f"| {wall:.1f} | {_store_psnr(r)} | {_penalty(rep)} | {overhead} "
                    f"| {anon} | {mapped} |")  # fmt: skip
     out += [""]
