@@ -110,6 +110,23 @@ def test_estimate_shows_size_and_impossible_ratio(viewer_widget, qtbot):
     assert "B file" not in widget.settings.estimate.text()
 
 
+def test_estimate_in_psnr_mode_sizes_the_model_training_uses(viewer_widget):
+    """Under a PSNR target the ratio is only a ceiling, so the estimate must describe the
+    model Compressor sizes with ``quality_target`` (its levels off the voxel lattice), not
+    the one the ceiling alone would give."""
+    from napari_moec.plan import plan
+
+    _, widget = viewer_widget
+    widget.settings.set_values(target_psnr=40.0)
+    request = widget.request()
+    kw = {"arch": request.arch, "quant": request.quant, **request.physical}
+    sized = plan(request.shape, request.dtype, request.ratio, quality_target=True, **kw)
+    ceiling = plan(request.shape, request.dtype, request.ratio, **kw)
+    assert sized.num_parameters != ceiling.num_parameters  # the test can tell them apart
+    widget.update_estimate()
+    assert f"{sized.num_parameters:,} parameters" in widget.settings.estimate.text()
+
+
 def test_the_widget_starts_with_the_router_on(viewer_widget):
     """The plugin is for watching the learned partition: it starts on the grid family with 4
     experts (top-1), unlike the library's one-network default, and its estimate says so."""

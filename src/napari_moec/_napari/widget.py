@@ -231,8 +231,10 @@ class MoecWidget(QWidget):
                 self.settings.show_estimate(tiled_estimate(request))
                 return
             # plan() is the one sizing and budget policy (the CLI and Compressor call it too)
+            # (a PSNR target sizes the run: its ratio is only the ceiling, as in Compressor)
             p = plan(request.shape, request.dtype, request.ratio, arch=request.arch,
-                     quant=request.quant, **request.physical)  # fmt: skip
+                     quant=request.quant, quality_target=request.train.target_psnr is not None,
+                     **request.physical)  # fmt: skip
         except ConfigError as exc:
             self.settings.show_estimate(str(exc), error=True)
             return
