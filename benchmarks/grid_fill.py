@@ -57,6 +57,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None, help="override auto sizing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="override an integer GridConfig field (gate_hidden=4, expert_layers=1); repeatable",
+    )
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,6 +72,7 @@ def main() -> None:
     limit = int(volume.nbytes // args.ratio) - FRAME
     fixed = {"first_level": args.first_level, "hidden": args.hidden}
     fixed = {k: v for k, v in fixed.items() if v is not None}  # level 0 is a choice
+    fixed |= {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     cfg = auto_config(volume.shape, limit, num_experts=args.experts, **fixed)
     settings = TrainSettings(
         steps=args.steps,

@@ -118,3 +118,42 @@ def test_the_smallest_budgets_get_one_layer_experts_before_giving_up():
     chosen = SimpleNamespace(num_experts=1, top_k=1, hidden_features=4)
     with pytest.raises(ConfigError, match="highest possible ratio"):
         FAMILY.size(_request(np.empty(shape), 100, chosen))
+
+
+@pytest.mark.parametrize("experts", [2, 4])
+def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
+    """The latents get >= MIN_BITS_PER_LATENT bits each after the *routed* network's bytes
+    (router, every expert, side bytes), and one level finer would not: before, a routed model
+    was priced as one network, its levels overran the budget and the lean ladder left it 152
+    latents of 1/16 at hipct 1024x where one network had 5,794. The gate is
+    ROUTED_GATE_HIDDEN wide unless chosen."""
+    from napari_moec.families.grid.payload import side_bytes
+    from napari_moec.families.grid.sizing import (
+        MIN_BITS_PER_LATENT,
+        ROUTED_GATE_HIDDEN,
+        auto_config,
+        network_bytes,
+    )
+
+    def free_bits(cfg, payload):
+        return 8 * (payload - network_bytes(cfg) - side_bytes(cfg)) / cfg.latent_count
+
+    for shape, payload in (((64, 64, 64), 452), ((94, 256, 256), 684), ((64, 64, 64), 8132)):
+        cfg = auto_config(shape, payload, num_experts=experts)
+        assert cfg.gate_hidden == ROUTED_GATE_HIDDEN and cfg.expert_layers == 2
+        assert free_bits(cfg, payload) >= MIN_BITS_PER_LATENT
+        if cfg.first_level > 0:
+            finer = auto_config(
+                shape, payload, num_experts=experts, first_level=cfg.first_level - 1
+            )
+            assert free_bits(finer, payload) < MIN_BITS_PER_LATENT
+    assert auto_config((64,) * 3, 452, num_experts=experts, gate_hidden=8).gate_hidden == 8
+    # through the family: hipct's 1024x file (512 bytes) keeps two layers 4 wide
+    routed = FAMILY.size(
+        _request(
+            np.empty((64, 64, 64)),
+            512,
+            SimpleNamespace(num_experts=experts, top_k=1, hidden_features=None),
+        )
+    )
+    assert (routed.hidden, routed.expert_layers, routed.first_level) == (4, 2, 3)

@@ -49,6 +49,7 @@ class GridOptions:
     top_k: int = 1
     hidden: int | None = None
     first_level: int | None = None
+    gate_hidden: int | None = None
     kernel: str = "cubic"
     context: str = "cb"
 

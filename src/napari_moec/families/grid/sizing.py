@@ -7,6 +7,8 @@
 * Width from the payload: 16 from 4 kB, 8 from 1.2 kB, else 4 (the network is then ~5-25%
   of the payload).
 * One expert unless asked (``num_experts``): the router's cost is measured in REPORT.md 6.
+  A routed model's gate is ``ROUTED_GATE_HIDDEN`` wide, and the bytes its network takes
+  (router and every expert) are priced before the levels are chosen.
 
 The prototype used 1.0 bit per latent; at ct_head 1024x that chose levels from 1/8 and
 reached 24.24 dB in 60 s, while levels from 1/4 reached 25.82 (REPORT.md 1). 0.5 moves that
@@ -28,10 +30,18 @@ from __future__ import annotations
 import math
 
 from .config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
+from .payload import side_bytes
 
-__all__ = ["MIN_BITS_PER_LATENT", "auto_config", "network_bytes"]
+__all__ = ["MIN_BITS_PER_LATENT", "ROUTED_GATE_HIDDEN", "auto_config", "network_bytes"]
 
 MIN_BITS_PER_LATENT = 0.5
+#: The router's hidden width in routed models (``GridConfig.gate_hidden`` is 8). Measured at
+#: 2000 steps, one thread, 4 experts, width 4 against 8 (``benchmarks/grid_fill.py V R
+#: --experts 4 [--set gate_hidden=4]``): better in all 11 pairs, +0.0 to +1.3 dB (hipct 64x
+#: +0.25, 256x +0.39, 1024x +0.31; ct_head 256x +0.90, 1024x +0.59; mri4d 64x +0.48, 256x
+#: +0.35; macaque 256x +1.27): its ~100 weights at width 8 are bytes the latents lack, and
+#: four experts need no wider a gate to split a volume into air, tissue and bone.
+ROUTED_GATE_HIDDEN = 4
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
 
 
@@ -53,23 +63,42 @@ def auto_config(
     hidden = overrides.get("hidden") or (
         16 if payload_bytes >= 4000 else 8 if payload_bytes >= 1200 else 4
     )
-    latent_bits = 8 * max(32, payload_bytes - _NETWORK_BYTES.get(hidden, 400))
+
+    routed = {"gate_hidden": ROUTED_GATE_HIDDEN} if overrides.get("num_experts", 1) > 1 else {}
+
+    def config(first: int) -> GridConfig:
+        kw = {
+            "shape": tuple(shape),
+            "num_levels": _levels_from(shape, first),
+            "first_level": first,
+            "hidden": hidden,
+        }
+        return GridConfig(**(kw | routed | overrides))
+
     first = overrides.get("first_level")
     if first is None:
         first = finest_level
         while first < 12:
             count = sum(n for n in _counts(shape, first))
-            if latent_bits / count >= MIN_BITS_PER_LATENT and count <= MAX_LATENTS:
-                break
+            if count <= MAX_LATENTS:
+                latent_bits = 8 * max(32, payload_bytes - _network_estimate(config(first)))
+                if latent_bits / count >= MIN_BITS_PER_LATENT:
+                    break
             first += 1
-    kw = {
-        "shape": tuple(shape),
-        "num_levels": _levels_from(shape, first),
-        "first_level": first,
-        "hidden": hidden,
-    }
-    kw.update(overrides)
-    return GridConfig(**kw)
+    return config(first)
+
+
+def _network_estimate(cfg: GridConfig) -> int:
+    """The bytes of ``cfg``'s payload the latents cannot have: for one network of a width in
+    the measured table, the table; else (routed models, the lean ladder's width 2) the
+    predicted network and side bytes. The table alone priced every model as one network of
+    its width, and a width outside it as 400 bytes: at 1024x a 4-expert model (a router of
+    ~100 weights, 4 experts) was sized for latents it could not afford, and the lean ladder's
+    width 2 then left it 152 latents of 1/16 where one network had 5,794 of 1/4 (notes.md,
+    session 12)."""
+    if cfg.num_experts == 1 and cfg.hidden in _NETWORK_BYTES:
+        return _NETWORK_BYTES[cfg.hidden]
+    return network_bytes(cfg) + side_bytes(cfg)
 
 
 def _counts(shape: tuple[int, ...], first: int) -> list[int]:
