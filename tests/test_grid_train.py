@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_moec.errors import TrainingError
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import fit_budget, fit_checkpoint
@@ -136,3 +137,29 @@ def test_controller_read_back_every_few_steps(hipct):
     assert changed and all(step % 4 == 0 for step in changed)
     best = drain(trainer.run())
     assert len(best.payload) <= limit and len(best.payload) > 0.8 * limit
+
+
+def test_a_decoded_box_is_judged_alone(hipct):
+    """A tile trains on its region but a reader decodes only the tile: the kept file is the
+    best by the tile's voxels alone, and checkpoints are sampled inside the tile."""
+    torch.set_num_threads(1)
+    region = Normalization.of(hipct).apply(hipct)
+    box = ((8, 56), (8, 56), (8, 56))
+    limit = hipct.nbytes // 64 - 60
+    cfg = auto_config(hipct.shape, limit)
+    trainer = GridTrainer(
+        region, cfg, limit, TrainSettings(steps=60, checkpoint_every=30), decoded=box
+    )
+    best = drain(trainer.run())
+    model = model_from_payload(unpack_payload(best.payload, cfg))
+    decoded, _ = decode_region(model, list(box), labels=False)
+    tile = region[tuple(slice(a, b) for a, b in box)]
+    assert best.score == pytest.approx(-float(np.mean((decoded - tile) ** 2.0)), rel=1e-6)
+    whole, _ = decode_region(model, labels=False)
+    assert best.score != pytest.approx(-float(np.mean((whole - region) ** 2.0)), rel=1e-3)
+    roi, _, targets = trainer.sample()
+    assert all(a <= r0 < r1 <= b for (r0, r1), (a, b) in zip(roi, box, strict=True))
+    assert targets.size > 0
+    for bad in (((0, 65), (0, 64), (0, 64)), ((8, 8), (0, 64), (0, 64)), ((0, 64),) * 2):
+        with pytest.raises(TrainingError, match="decoded box"):
+            GridTrainer(region, cfg, limit, decoded=bad)

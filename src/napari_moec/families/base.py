@@ -209,11 +209,14 @@ class SizeRequest:
 class TrainingTarget(NamedTuple):
     """The data one training run fits: the normalised volume as a flat float32 tensor on the
     training device (C order of ``shape``), its shape, and the range it was normalised to
-    (the header's ``"n"``: the span of the loop's PSNR)."""
+    (the header's ``"n"``: the span of the loop's PSNR). ``decoded``: (start, stop) per axis
+    of the voxels a reader will decode (a tile inside its region with margin), None for all:
+    what a family judges the files it keeps by (grid: checkpoints and the final choice)."""
 
     values: torch.Tensor
     shape: tuple[int, ...]
     norm: tuple[float, float] = (-1.0, 1.0)
+    decoded: tuple[tuple[int, int], ...] | None = None
 
 
 class StepStats(NamedTuple):

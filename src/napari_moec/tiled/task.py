@@ -98,10 +98,11 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     client sent them, else they are read from ``job.source``.
 
     The reported errors are *estimates* (issue 24: decoding the whole tile only to report it
-    would cost a reader's decode): the stored payload's network is evaluated on a fixed sample
-    of the region, the one the rate control judged payloads on: for a family judged by region
-    decodes (``judged_on_volume``, grid) a regular sub-grid of at most ``EVAL_POINTS`` voxels
-    (:func:`~napari_moec.sampling.lattice_sample`), else the training's random sample
+    would cost a reader's decode): the stored payload's network is evaluated on a fixed sample,
+    the one the rate control judged payloads on: for a family judged by region decodes
+    (``judged_on_volume``, grid) a regular sub-grid of at most ``EVAL_POINTS`` voxels of the
+    tile itself (:func:`~napari_moec.sampling.lattice_sample`), else the training's random
+    sample of the region
     (:func:`~napari_moec.training.eval_set`, drawn with replacement). ``sse`` is the mean
     squared error (over the volume's range) of the sampled voxels that lie in the tile times
     its voxel count, ``face_sse`` the same over the sampled voxels on its faces
@@ -134,8 +135,9 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         model = model.to(device)
         use_backend(model, backend)
         values = torch.from_numpy(normalization.apply(region).reshape(-1)).to(device)
+        inner = spec.grid.tile_in_region(plan.index)  # the voxels a reader decodes
         training = train(
-            TrainingTarget(values, region.shape, spec.values.norm),
+            TrainingTarget(values, region.shape, spec.values.norm, decoded=_box(inner)),
             model,
             job.train,
             device=device,
@@ -151,7 +153,10 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             # A regular sub-grid of the region, decoded by the family's separable region
             # decoder: the grid family's per-point decode of the random eval sample gathered
             # 64 nodes a level a point and was ~40 % of a 400-step tile's time (py-spy).
-            roi, stride = lattice_sample(region.shape, EVAL_POINTS)
+            # (of the tile's own voxels: the margin is not decoded, and a grid tile holds
+            # the latents only the margin reads at 0; TrainingTarget.decoded)
+            roi, stride = lattice_sample(tuple(s.stop - s.start for s in inner), EVAL_POINTS)
+            roi = [(s.start + a, s.stop) for (a, _), s in zip(roi, inner, strict=True)]
             lattice = [(a, n, st) for (a, n), st in zip(roi, stride, strict=True)]
             cut = tuple(slice(*axis) for axis in lattice)
             targets = torch.from_numpy(normalization.apply(region[cut]).reshape(-1))
@@ -191,7 +196,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             """MSE (normalised units) of the network ``payload`` holds on the sample."""
             return float(sample_errors_of(payload).mean())
 
-        original = region[spec.grid.tile_in_region(plan.index)]
+        original = region[inner]
         target_psnr = job.train.target_psnr
         if target_psnr is not None:  # the smallest payload whose tile reaches the target
             judge = tile_psnr(spec, original)
@@ -291,6 +296,11 @@ def sample_errors(spec: TileSpec, index, coords: np.ndarray, err: np.ndarray):
         mean(face) * scale * face_voxels,
         face_voxels,
     )
+
+
+def _box(slices) -> tuple[tuple[int, int], ...]:
+    """(start, stop) per axis of a tuple of unit-step slices."""
+    return tuple((s.start, s.stop) for s in slices)
 
 
 def _face_voxels(spec: TileSpec, index) -> int:

@@ -211,6 +211,7 @@ class GridFamily:
             model=model,
             generator=generator,
             target_mse=target_mse,
+            decoded=target.decoded,
         )
         return GridFamilyTrainer(inner)
 
