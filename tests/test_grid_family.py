@@ -157,3 +157,22 @@ def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
         )
     )
     assert (routed.hidden, routed.expert_layers, routed.first_level) == (4, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "gate"), [((24, 28, 20), 4), ((24, 28, 20), 8), ((3, 16, 18, 14), 4)]
+)
+def test_the_router_starts_on_a_balanced_split_at_every_gate_width(shape, gate):
+    """Every expert starts with a share of the volume (Neural Experts' balanced
+    pre-assignment), also with gates narrower than 2 units a coordinate (the sizing's
+    ROUTED_GATE_HIDDEN): a random start left a 40-step 4-expert widget run with one label."""
+    from napari_moec.families.grid.config import GridConfig
+    from napari_moec.families.grid.decode import decode_region
+    from napari_moec.families.grid.model import GridModel
+
+    cfg = GridConfig(shape=shape, num_levels=3, num_experts=4, gate_hidden=gate)
+    for seed in range(3):
+        model = GridModel(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+        _, labels = decode_region(model, values=False, labels=True)
+        shares = np.bincount(labels.ravel(), minlength=4) / labels.size
+        assert shares.min() > 0.02, shares

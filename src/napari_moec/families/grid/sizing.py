@@ -35,12 +35,14 @@ from .payload import side_bytes
 __all__ = ["MIN_BITS_PER_LATENT", "ROUTED_GATE_HIDDEN", "auto_config", "network_bytes"]
 
 MIN_BITS_PER_LATENT = 0.5
-#: The router's hidden width in routed models (``GridConfig.gate_hidden`` is 8). Measured at
-#: 2000 steps, one thread, 4 experts, width 4 against 8 (``benchmarks/grid_fill.py V R
-#: --experts 4 [--set gate_hidden=4]``): better in all 11 pairs, +0.0 to +1.3 dB (hipct 64x
-#: +0.25, 256x +0.39, 1024x +0.31; ct_head 256x +0.90, 1024x +0.59; mri4d 64x +0.48, 256x
-#: +0.35; macaque 256x +1.27): its ~100 weights at width 8 are bytes the latents lack, and
-#: four experts need no wider a gate to split a volume into air, tissue and bone.
+#: The router's hidden width in routed models (``GridConfig.gate_hidden`` is 8): its ~100
+#: weights at width 8 are a fifth of a 512-byte file. Measured at 2000 steps, one thread, 4
+#: experts, both with the balanced start (``benchmarks/grid_fill.py V R --experts 4 --set
+#: gate_hidden=4|8``): hipct 1024x 27.96 against 27.46 dB, 64x 32.37 / 32.21, ct_head 256x
+#: 27.28 / 27.85 (seed 1), macaque 256x 38.40 / 38.38: the bytes at the smallest budgets, a
+#: wash elsewhere. (A gate of 4 first ran without the balanced start, which needed 2 units a
+#: coordinate, and measured better in all 11 pairs, +0.0 to +1.3 dB; but that random start
+#: left a 40-step widget run with one label. notes.md, session 13.)
 ROUTED_GATE_HIDDEN = 4
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
 
