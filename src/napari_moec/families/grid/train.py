@@ -51,13 +51,14 @@ Loss: ``MSE + rate weight * bits(latents + U) + balance_weight * balance`` (see 
 Decoded box (``decoded``: a tile inside its region). A tile trains on its voxels and a margin
 around them, but a reader decodes only the tile, so checkpoints and the final choice are
 judged on the box alone (the margin's errors weighed in every choice before). On the whole
-macaque as four 128³ tiles at 256x, 1500 steps a tile: 40.79 dB in 63.8 kB against 40.75 in
-66.9 kB (the same training; two tiles kept an earlier checkpoint that decodes the tile better).
+macaque as four 128³ tiles at 256x, 1500 steps a tile, decoded: 40.74 dB in 63.8 kB against
+40.74 in 66.9 kB (the same training; two tiles kept an earlier, smaller checkpoint that decodes
+the tile as well).
 The latents no voxel of the tile reads (14 % of a 128³ tile's payload at 256x,
 ``benchmarks/tile_margin_latents.py``) are still stored: storing them as 0 measured worse on
-the same run, whether they were held at 0 while training (40.10 dB: the margin then fits with
+the same run, whether they were held at 0 while training (40.08 dB: the margin then fits with
 the coarse levels alone and pulls the shared network) or trained free of the rate term and
-zeroed when stored (37.66 dB).
+zeroed when stored (37.68 dB).
 
 Quality target (``target_mse``, from ``--psnr``): the controller steers lam toward that MSE
 instead of the budget's bits (``limit`` is then only a ceiling that sized the grids). The
