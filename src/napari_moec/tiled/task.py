@@ -153,8 +153,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             # A regular sub-grid of the region, decoded by the family's separable region
             # decoder: the grid family's per-point decode of the random eval sample gathered
             # 64 nodes a level a point and was ~40 % of a 400-step tile's time (py-spy).
-            # (of the tile's own voxels: the margin is not decoded, and a grid tile holds
-            # the latents only the margin reads at 0; TrainingTarget.decoded)
+            # (of the tile's own voxels: the margin is not decoded; TrainingTarget.decoded)
             roi, stride = lattice_sample(tuple(s.stop - s.start for s in inner), EVAL_POINTS)
             roi = [(s.start + a, s.stop) for (a, _), s in zip(roi, inner, strict=True)]
             lattice = [(a, n, st) for (a, n), st in zip(roi, stride, strict=True)]

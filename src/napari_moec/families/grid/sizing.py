@@ -41,8 +41,9 @@ MIN_BITS_PER_LATENT = 0.5
 #: gate_hidden=4|8``): hipct 1024x 27.96 against 27.46 dB, 64x 32.37 / 32.21, ct_head 256x
 #: 27.28 / 27.85 (seed 1), macaque 256x 38.40 / 38.38: the bytes at the smallest budgets, a
 #: wash elsewhere. (A gate of 4 first ran without the balanced start, which needed 2 units a
-#: coordinate, and measured better in all 11 pairs, +0.0 to +1.3 dB; but that random start
-#: left a 40-step widget run with one label. notes.md, session 13.)
+#: coordinate, and measured better than the balanced gate of 8 in 12 of 13 pairs, by 0.25 to
+#: 2.1 dB: the random start's gain, not the width's; but that random start left a 40-step
+#: widget run with one label. notes.md, session 13.)
 ROUTED_GATE_HIDDEN = 4
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
 
