@@ -292,23 +292,25 @@ def _bisect_real(passes: Callable[[float], bytes | None], lo: float, hi: float, 
 def _quality_candidates(model: GridModel, limit: int, ms: float, ok: Callable[[bytes], bool]):
     """(payload, latent_step, zeroed) of network step ``ms`` that fit and pass ``ok``."""
 
-    def passes(zero_k: int = 0, s: float = 1.0) -> bytes | None:
+    def fits(zero_k: int = 0, s: float = 1.0) -> bytes | None:
         data = pack_model(model, ms, zero_k, s)
-        return data if len(data) <= limit and ok(data) else None
+        return data if len(data) <= limit else None
+
+    def passes(zero_k: int = 0, s: float = 1.0) -> bytes | None:
+        data = fits(zero_k, s)
+        return data if data is not None and ok(data) else None
 
     first = pack_model(model, ms)
     plain = first if len(first) <= limit and ok(first) else None
     if len(first) > limit:
         # Over the byte cap (a quality target whose run left large latents): a finer step
-        # only adds bytes, so zero the smallest latents until the payload fits, and keep it
-        # if it still reaches the target.
+        # only adds bytes, so zero the smallest latents until the payload fits (the fewest,
+        # ``_bisect_int`` to one latent: no zeroing is over), and keep it if it still
+        # reaches the target.
         nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
-        lo, hi = 0, nonzero
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if len(pack_model(model, ms, mid)) <= limit else (mid + 1, hi)
-        data = passes(hi)
-        if data is not None:  # then the most zeroed that still reaches it
+        least = _bisect_int(fits, nonzero, 1)
+        if least is not None and ok(least[1]):  # then the most zeroed that still reaches it
+            hi, data = least
             found = _bisect_real(lambda k: passes(int(k)), float(hi), float(nonzero), 11)
             yield (data, 1.0, hi) if found is None else (found[1], 1.0, int(found[0]))
         return
