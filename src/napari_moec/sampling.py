@@ -9,6 +9,7 @@ device and turns them into coordinates there: no per-step host-to-device copy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,18 +77,23 @@ def region_coords(shape: tuple[int, ...], region, device="cpu") -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
-def lattice_sample(shape: tuple[int, ...], max_voxels: int) -> tuple[list, list[int]]:
+def lattice_sample(
+    shape: tuple[int, ...], max_voxels: int, box: Sequence[tuple[int, int]] | None = None
+) -> tuple[list, list[int]]:
     """``(roi, strides)`` of a fixed regular sub-grid of at most ``max_voxels`` voxels of a
-    volume of ``shape``: per axis the centre of each cell of a stride, strides grown on the
-    axis with the most samples until few enough remain. A family with a separable region
-    decoder (grid) decodes it far faster than as many scattered points; it draws nothing
-    random, so every payload of a run is judged on the same voxels."""
-    strides, counts = [1] * len(shape), list(shape)
+    volume of ``shape`` (or of its ``box``, one (start, stop) per axis: a tile inside its
+    region): per axis the centre of each cell of a stride, strides grown on the axis with
+    the most samples until few enough remain. A family with a separable region decoder
+    (grid) decodes it far faster than as many scattered points; it draws nothing random, so
+    every payload of a run is judged on the same voxels."""
+    box = box or tuple((0, n) for n in shape)
+    sizes = [b - a for a, b in box]
+    strides, counts = [1] * len(sizes), list(sizes)
     while math.prod(counts) > max_voxels:
         axis = int(np.argmax(counts))
         strides[axis] += 1
-        counts[axis] = math.ceil((shape[axis] - strides[axis] // 2) / strides[axis])
-    roi = [(s // 2, n) for s, n in zip(strides, shape, strict=True)]
+        counts[axis] = math.ceil((sizes[axis] - strides[axis] // 2) / strides[axis])
+    roi = [(a + s // 2, b) for s, (a, b) in zip(strides, box, strict=True)]
     return roi, strides
 
 

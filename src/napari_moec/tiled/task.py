@@ -136,8 +136,9 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         use_backend(model, backend)
         values = torch.from_numpy(normalization.apply(region).reshape(-1)).to(device)
         inner = spec.grid.tile_in_region(plan.index)  # the voxels a reader decodes
+        inner_box = spec.grid.tile_box_in_region(plan.index)
         training = train(
-            TrainingTarget(values, region.shape, spec.values.norm, decoded=_box(inner)),
+            TrainingTarget(values, region.shape, spec.values.norm, decoded=inner_box),
             model,
             job.train,
             device=device,
@@ -154,8 +155,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             # decoder: the grid family's per-point decode of the random eval sample gathered
             # 64 nodes a level a point and was ~40 % of a 400-step tile's time (py-spy).
             # (of the tile's own voxels: the margin is not decoded; TrainingTarget.decoded)
-            roi, stride = lattice_sample(tuple(s.stop - s.start for s in inner), EVAL_POINTS)
-            roi = [(s.start + a, s.stop) for (a, _), s in zip(roi, inner, strict=True)]
+            roi, stride = lattice_sample(region.shape, EVAL_POINTS, inner_box)
             lattice = [(a, n, st) for (a, n), st in zip(roi, stride, strict=True)]
             cut = tuple(slice(*axis) for axis in lattice)
             targets = torch.from_numpy(normalization.apply(region[cut]).reshape(-1))
@@ -295,11 +295,6 @@ def sample_errors(spec: TileSpec, index, coords: np.ndarray, err: np.ndarray):
         mean(face) * scale * face_voxels,
         face_voxels,
     )
-
-
-def _box(slices) -> tuple[tuple[int, int], ...]:
-    """(start, stop) per axis of a tuple of unit-step slices."""
-    return tuple((s.start, s.stop) for s in slices)
 
 
 def _face_voxels(spec: TileSpec, index) -> int:

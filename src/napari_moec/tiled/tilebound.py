@@ -43,7 +43,7 @@ def tile_prediction(family, stored: torch.nn.Module, spec: TileSpec, index, devi
     """The stored network's normalised values on tile ``index``'s voxels (float32, the tile's
     shape): the region's network on the tile as a region of interest, as the tile decoder
     evaluates it."""
-    roi = tuple((s.start, s.stop) for s in spec.grid.tile_in_region(index))
+    roi = spec.grid.tile_box_in_region(index)
     with torch.no_grad():
         values, _ = family.decode_region(
             stored, spec.region_shape(index), roi, (1,) * spec.grid.ndim, device=device,

@@ -231,6 +231,10 @@ class TileGrid:
             for t, r in zip(self.tile_slices(index), self.region_slices(index), strict=True)
         )
 
+    def tile_box_in_region(self, index) -> tuple[tuple[int, int], ...]:
+        """:meth:`tile_in_region` as (start, stop) per axis."""
+        return tuple((s.start, s.stop) for s in self.tile_in_region(index))
+
     def tile_voxels(self, index) -> int:
         return math.prod(s.stop - s.start for s in self.tile_slices(index))
 

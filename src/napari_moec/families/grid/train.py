@@ -419,9 +419,7 @@ class GridTrainer:
         of at most ``CHECKPOINT_VOXELS`` voxels of :func:`~napari_moec.sampling.lattice_sample`.
         Made once; it draws nothing from the training generator."""
         if self._sample is None:
-            box = self.box
-            roi, strides = lattice_sample(tuple(b - a for a, b in box), CHECKPOINT_VOXELS)
-            roi = [(a + r, b) for (r, _), (a, b) in zip(roi, box, strict=True)]
+            roi, strides = lattice_sample(self.cfg.shape, CHECKPOINT_VOXELS, self.box)
             cut = tuple(slice(a, n, s) for (a, n), s in zip(roi, strides, strict=True))
             self._sample = (roi, strides, self.target_np[cut].astype(np.float64))
         return self._sample
