@@ -64,6 +64,13 @@ def main() -> None:
         metavar="FIELD=INT",
         help="override an integer GridConfig field (gate_hidden=4, expert_layers=1); repeatable",
     )
+    ap.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="FIELD=FLOAT",
+        help="override a float TrainSettings field (cone_fade=0.25); repeatable",
+    )
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,6 +87,9 @@ def main() -> None:
         lr_latent=args.lr_latent,
         checkpoint_every=args.checkpoint_every,
         calibrate_every=args.calibrate_every or 10**9,
+    )
+    settings = replace(
+        settings, **{k: float(v) for k, v in (item.split("=", 1) for item in args.train)}
     )
     if args.lam_free_after is not None:
         settings = replace(settings, lam_free_after=args.lam_free_after)
@@ -101,6 +111,8 @@ def main() -> None:
         "calibrate_every": args.calibrate_every,
         "seed": args.seed,
         "lam_free_after": settings.lam_free_after,
+        "train_overrides": args.train,
+        "grid_overrides": args.set,
         "steps": trainer.step_count,
         "payload_bytes": len(best.payload),
         "payload_budget": limit,

@@ -163,3 +163,40 @@ def test_a_decoded_box_is_judged_alone(hipct):
     for bad in (((0, 65), (0, 64), (0, 64)), ((8, 8), (0, 64), (0, 64)), ((0, 64),) * 2):
         with pytest.raises(TrainingError, match="decoded box"):
             GridTrainer(region, cfg, limit, decoded=bad)
+
+
+def test_the_balanced_start_fades_out_of_the_router_on_schedule():
+    """``cone_fade``: the balanced start's cones (logits ``BALANCED_SCALE · d_e · coords``)
+    leave the router's output layer by that share of the schedule, what training added
+    stays, and a run without it keeps them."""
+    rng = np.random.default_rng(3)
+    vol = np.tanh(rng.normal(size=(20, 24, 18)).cumsum(0) / 8).astype(np.float32)
+    cfg = GridConfig(shape=vol.shape, num_levels=3, num_experts=4, gate_hidden=4)
+
+    def start():
+        return GridModel(cfg, generator=torch.Generator().manual_seed(0)).synth
+
+    def run(fade: float, steps: int):
+        settings = TrainSettings(steps=20, checkpoint_every=20, cone_fade=fade)
+        trainer = GridTrainer(vol, cfg, 4000, settings, seed=0)
+        for _ in range(steps):
+            trainer.step()
+        return trainer.model.synth.gate[2]
+
+    cones, drawn = start().cone_weight, start()
+    assert cones.abs().max() > 1.0  # the cones are the output layer's largest weights
+    drawn.fade_cones(1.0)  # the output layer as drawn, before the cones were written
+    at_start = start().gate[2].weight
+    drift = 0.1  # what 5-11 Adam steps of lr 0.005 can add to a weight, with room
+    kept = run(0.0, 20)
+    torch.testing.assert_close(kept.weight, at_start, atol=drift * 2, rtol=0)
+    half = run(0.5, 5)  # progress 4/20 at the last step, of 0.5: 40 % faded
+    torch.testing.assert_close(half.weight, at_start - 0.4 * cones, atol=drift, rtol=0)
+    gone = run(0.5, 11)  # progress 10/20: all of it
+    torch.testing.assert_close(gone.weight, drawn.gate[2].weight, atol=drift, rtol=0)
+    torch.testing.assert_close(gone.bias, drawn.gate[2].bias, atol=drift, rtol=0)
+    # faded in pieces = faded at once
+    pieces = start()
+    for part in (0.25, 0.5, 0.25):
+        pieces.fade_cones(part)
+    torch.testing.assert_close(pieces.gate[2].weight, drawn.gate[2].weight)
