@@ -12,6 +12,7 @@ any work; the voxel checks (NaN/Inf) happen in the scan, before any tile is trai
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,14 +37,62 @@ class SourceRef:
     def read(self, slices: tuple[slice, ...]) -> np.ndarray:
         """The voxels ``slices`` as an in-memory array (only those are read)."""
         if self.kind == "npy":
-            # A fresh map per read, dropped after the copy: pages of a map kept open count in
-            # the worker's resident memory, which then grows with the volume, not the tile.
-            mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            return read_npy_region(self.path, slices)
+        return np.ascontiguousarray(_open(self)[slices])
+
+
+#: Largest block :func:`read_npy_region` reads at once (rows of one plane); wider planes are
+#: read a row at a time.
+READ_BLOCK_BYTES = 16 << 20
+
+
+def read_npy_region(path, slices: tuple[slice, ...]) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")[slices]`` without a memory map: the region's rows are
+    read into one plane's buffer at a time and copied out.
+
+    Why not the map: copying a region out of a map faults in every page its rows touch, and
+    the kernel maps neighbouring pages with each fault; those file-backed pages count in the
+    process's resident memory until the map is dropped. Measured: a 320³ float32 region (125
+    MB) of a 1024³ ``.npy`` took the resident peak to 1,627 MB, so a Dask worker under a 2 GB
+    limit was killed and restarted mid-tile. Read here, the peak is the region plus one
+    buffer. C-order files and unit steps only; others fall back to the map."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+        box = [sl.indices(n) for sl, n in zip(slices, shape, strict=True)]
+        if fortran or dtype.hasobject or any(step != 1 for _, _, step in box) or len(shape) < 2:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
             try:
                 return np.array(mapped[slices], order="C")
             finally:
                 del mapped
-        return np.ascontiguousarray(_open(self)[slices])
+        box = [(start, max(start, stop)) for start, stop, _ in box]
+        out = np.empty([stop - start for start, stop in box], dtype=dtype)
+        if out.size == 0:
+            return out
+        (y0, y1), (x0, x1) = box[-2], box[-1]
+        row = shape[-1] * dtype.itemsize
+        rows = y1 - y0 if (y1 - y0) * row <= READ_BLOCK_BYTES else 1
+        buf = np.empty((rows, shape[-1]), dtype=dtype)
+        view = memoryview(buf).cast("B")
+        lead = [range(start, stop) for start, stop in box[:-2]]
+        for out_index, index in zip(
+            np.ndindex(*out.shape[:-2]), itertools.product(*lead), strict=True
+        ):
+            plane = int(np.ravel_multi_index(index, shape[:-2])) if index else 0
+            for y in range(y0, y1, rows):
+                n = min(rows, y1 - y)
+                fh.seek(offset + (plane * shape[-2] + y) * row)
+                if fh.readinto(view[: n * row]) != n * row:
+                    raise ConfigError(f"{path}: the file ends before its header's shape")
+                out[(*out_index, slice(y - y0, y - y0 + n))] = buf[:n, x0:x1]
+        return out
 
 
 @lru_cache(maxsize=8)
