@@ -66,6 +66,7 @@ ARCH_VARIANTS = {
     "grid": {"model": "grid"},
     "grid2": {"model": "grid", "num_experts": 2},
     "grid4": {"model": "grid", "num_experts": 4},
+    "grid4_top2": {"model": "grid", "num_experts": 4, "top_k": 2},
     # wider experts than the sizing's 16 (the network is ~1 % of a 69 kB macaque payload)
     "grid_h24": {"model": "grid", "hidden_features": 24},
     "grid_h32": {"model": "grid", "hidden_features": 32},

@@ -64,8 +64,16 @@ def test_a_file_shorter_than_its_header_says_is_refused(tmp_path):
     np.save(path, np.zeros((8, 16, 16), np.float32))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 5000])
-    with pytest.raises(ConfigError, match="ends before"):
+    with pytest.raises(ConfigError, match="ends before its header"):
         read_npy_region(path, (slice(0, 8), slice(0, 16), slice(0, 16)))
+    # a header that claims rows of 10^12 voxels sizes nothing: the file's size is checked first
+    hostile = tmp_path / "hostile.npy"
+    with open(hostile, "wb") as fh:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (2, 2, 10**12)}
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(bytes(64))
+    with pytest.raises(ConfigError, match="ends before its header"):
+        read_npy_region(hostile, (slice(0, 1), slice(0, 2), slice(0, 4)))
 
 
 def test_reading_a_region_keeps_no_pages_of_the_file(tmp_path):

@@ -76,22 +76,30 @@ def read_npy_region(path, slices: tuple[slice, ...]) -> np.ndarray:
         out = np.empty([stop - start for start, stop in box], dtype=dtype)
         if out.size == 0:
             return out
+        fh.seek(0, 2)
+        if fh.tell() < offset + math.prod(shape) * dtype.itemsize:
+            raise ConfigError(f"{path}: the file ends before its header's shape {shape}")
         (y0, y1), (x0, x1) = box[-2], box[-1]
         row = shape[-1] * dtype.itemsize
-        rows = y1 - y0 if (y1 - y0) * row <= READ_BLOCK_BYTES else 1
-        buf = np.empty((rows, shape[-1]), dtype=dtype)
+        # whole rows of the plane's y-range at once, or where that is too large a row's x-range
+        block = (y1 - y0) * row <= READ_BLOCK_BYTES
+        buf = np.empty((y1 - y0, shape[-1]) if block else (1, x1 - x0), dtype=dtype)
         view = memoryview(buf).cast("B")
         lead = [range(start, stop) for start, stop in box[:-2]]
         for out_index, index in zip(
             np.ndindex(*out.shape[:-2]), itertools.product(*lead), strict=True
         ):
             plane = int(np.ravel_multi_index(index, shape[:-2])) if index else 0
-            for y in range(y0, y1, rows):
-                n = min(rows, y1 - y)
-                fh.seek(offset + (plane * shape[-2] + y) * row)
-                if fh.readinto(view[: n * row]) != n * row:
-                    raise ConfigError(f"{path}: the file ends before its header's shape")
-                out[(*out_index, slice(y - y0, y - y0 + n))] = buf[:n, x0:x1]
+            start = offset + (plane * shape[-2] + y0) * row
+            if block:
+                fh.seek(start)
+                fh.readinto(view)
+                out[out_index] = buf[:, x0:x1]
+                continue
+            for y in range(y1 - y0):
+                fh.seek(start + y * row + x0 * dtype.itemsize)
+                fh.readinto(view)
+                out[(*out_index, y)] = buf[0]
         return out
 
 
