@@ -62,7 +62,7 @@ ARCH_VARIANTS = {
     "layers2": {"expert_layers": 2},
     "layers5": {"expert_layers": 5},
     # the grid family (entropy-coded latent grids under ReLU-MLP experts): one network, and
-    # the router on with 2 and 4 experts (top-1)
+    # the router on with 2 and 4 experts (top-1), and 4 experts top-2
     "grid": {"model": "grid"},
     "grid2": {"model": "grid", "num_experts": 2},
     "grid4": {"model": "grid", "num_experts": 4},
