@@ -72,13 +72,13 @@ def read_npy_region(path, slices: tuple[slice, ...]) -> np.ndarray:
                 return np.array(mapped[slices], order="C")
             finally:
                 del mapped
+        fh.seek(0, 2)  # the header's shape is checked against the file before it sizes anything
+        if fh.tell() < offset + math.prod(shape) * dtype.itemsize:
+            raise ConfigError(f"{path}: the file ends before its header's shape {shape}")
         box = [(start, max(start, stop)) for start, stop, _ in box]
         out = np.empty([stop - start for start, stop in box], dtype=dtype)
         if out.size == 0:
             return out
-        fh.seek(0, 2)
-        if fh.tell() < offset + math.prod(shape) * dtype.itemsize:
-            raise ConfigError(f"{path}: the file ends before its header's shape {shape}")
         (y0, y1), (x0, x1) = box[-2], box[-1]
         row = shape[-1] * dtype.itemsize
         # whole rows of the plane's y-range at once, or where that is too large a row's x-range
