@@ -222,18 +222,19 @@ class Synthesis(nn.Module):
         against the cones kept, better in 17 (notes.md, session 14). The output layer's
         edits are kept in ``cone_weight``/``cone_bias`` (buffers, not stored in a file).
         """
-        d, n = self.cfg.ndim, self.cfg.num_experts
         first, last = self.gate[0], self.gate[2]
-        if first.out_features < d:
+        if first.out_features < self.cfg.ndim:
             return  # too narrow to carry the coordinates: keep the random start
         before = (last.weight.clone(), last.bias.clone())
-        self._write_cones(d, n, first, last, generator)
+        self._write_cones(generator)
         # What the cones added to the output layer, for :meth:`fade_cones`.
         self.register_buffer("cone_weight", last.weight - before[0], persistent=False)
         self.register_buffer("cone_bias", last.bias - before[1], persistent=False)
 
-    def _write_cones(self, d, n, first, last, generator) -> None:
+    def _write_cones(self, generator: torch.Generator | None) -> None:
         """The weights of :meth:`_start_balanced`'s cones."""
+        d, n = self.cfg.ndim, self.cfg.num_experts
+        first, last = self.gate[0], self.gate[2]
         directions = torch.randn(n, d, generator=generator)
         directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-6)
         scale = BALANCED_SCALE
