@@ -19,6 +19,7 @@ import time
 import torch
 
 from gpu_session import volume
+from napari_moec.families.grid.family import AUTO_TOP_K
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
 from napari_moec.sampling import Normalization
@@ -44,13 +45,15 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("ratio", type=float)
     ap.add_argument("experts", type=int)
+    ap.add_argument("--top-k", type=int, default=None, help="default: the family's auto")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--control-every", type=int, default=None)
     args = ap.parse_args()
     vol = volume(args.name)
     limit = int(vol.nbytes // args.ratio) - 60
-    cfg = auto_config(vol.shape, limit, num_experts=args.experts)
+    top_k = min(args.top_k or AUTO_TOP_K, args.experts)
+    cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k)
     trainer = GridTrainer(
         Normalization.of(vol).apply(vol),
         cfg,
@@ -68,6 +71,7 @@ def main() -> None:
         "shape": vol.shape,
         "ratio": args.ratio,
         "experts": args.experts,
+        "top_k": top_k,
         "control_every": trainer._control_every,
         "device": torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "cpu",
         "latents": cfg.latent_count,

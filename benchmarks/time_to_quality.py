@@ -64,8 +64,8 @@ ARCH_VARIANTS = {
     # the grid family (entropy-coded latent grids under ReLU-MLP experts): one network, and
     # the router on with 2 and 4 experts (top-1), and 4 experts top-2
     "grid": {"model": "grid"},
-    "grid2": {"model": "grid", "num_experts": 2},
-    "grid4": {"model": "grid", "num_experts": 4},
+    "grid2": {"model": "grid", "num_experts": 2, "top_k": 1},
+    "grid4": {"model": "grid", "num_experts": 4, "top_k": 1},
     "grid4_top2": {"model": "grid", "num_experts": 4, "top_k": 2},
     # wider experts than the sizing's 16 (the network is ~1 % of a 69 kB macaque payload)
     "grid_h24": {"model": "grid", "hidden_features": 24},

@@ -120,6 +120,30 @@ def test_the_smallest_budgets_get_one_layer_experts_before_giving_up():
         FAMILY.size(_request(np.empty(shape), 100, chosen))
 
 
+def test_auto_top_k_is_two_under_a_router_and_a_chosen_top_k_is_kept():
+    """The "auto" top-k (None) is the grid family's ``AUTO_TOP_K`` where there is a router (it
+    measured ahead of top-1 at equal bytes and time), 1 for one network; the SIREN family's
+    "auto" stays 1 (its top-2 measured worse); a user's choice is kept by both."""
+    from napari_moec.config import ArchConfig
+    from napari_moec.plan import plan
+
+    def sized(**arch):
+        return FAMILY.size(_request(np.empty((64, 64, 64)), 8132, ArchConfig(**arch)))
+
+    assert sized(model="grid", num_experts=4).top_k == 2
+    assert sized(model="grid", num_experts=4, top_k=1).top_k == 1
+    assert sized(model="grid", num_experts=1).top_k == 1
+    assert sized(model="grid").num_experts == 1 and sized(model="grid").top_k == 1
+    siren = plan((64, 64, 64), "float32", 64, arch=ArchConfig(model="siren", num_experts=4))
+    assert (siren.model.num_experts, siren.model.top_k) == (4, 1)
+    chosen = plan(
+        (64, 64, 64), "float32", 64, arch=ArchConfig(model="siren", num_experts=4, top_k=2)
+    )
+    assert chosen.model.top_k == 2
+    with pytest.raises(ConfigError, match="top_k"):
+        ArchConfig(num_experts=1, top_k=2)
+
+
 @pytest.mark.parametrize("experts", [2, 4])
 def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
     """The latents get >= MIN_BITS_PER_LATENT bits each after the *routed* network's bytes

@@ -129,13 +129,17 @@ def test_estimate_in_psnr_mode_sizes_the_model_training_uses(viewer_widget):
 
 def test_the_widget_starts_with_the_router_on(viewer_widget):
     """The plugin is for watching the learned partition: it starts on the grid family with 4
-    experts (top-1), unlike the library's one-network default, and its estimate says so."""
+    experts and the family's "auto" top-k (top-2 for a routed grid model), unlike the
+    library's one-network default, and its estimate says so."""
     _, widget = viewer_widget
     arch = widget.settings.compressor_kwargs()["arch"]
-    assert (arch.model, arch.num_experts, arch.top_k) == ("grid", 4, 1)
+    assert (arch.model, arch.num_experts, arch.top_k) == ("grid", 4, None)
     widget.update_estimate()
     assert "grid · width" in widget.settings.estimate.text()
-    assert "× 4 experts" in widget.settings.estimate.text()
+    assert "× 4 experts, top-2" in widget.settings.estimate.text()
+    widget.settings.set_values(top_k=1)
+    widget.update_estimate()
+    assert "× 4 experts, top-1" in widget.settings.estimate.text()
 
 
 def test_auto_experts_follow_the_budget(viewer_widget):

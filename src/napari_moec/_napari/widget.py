@@ -244,7 +244,7 @@ class MoecWidget(QWidget):
             # Nothing to partition: say how to get the learned partition back.
             shape = f"width {m.hidden_features} · one network, no router (Experts ≥ 2 to partition)"
         else:
-            shape = f"width {m.hidden_features} × {m.num_experts} experts"
+            shape = f"width {m.hidden_features} × {m.num_experts} experts, top-{m.top_k}"
         self.settings.show_estimate(
             f"≈ {p.predicted_nbytes:,} B file (budget {p.budget:,} B) · "
             f"{p.num_parameters:,} parameters · {family}{shape}"

@@ -43,9 +43,9 @@ __all__ = ["RATIO_PRESETS", "OptionControl", "SettingsPanel", "parse_ratio"]
 RATIO_PRESETS = (64, 128, 256, 512, 1024, 2048, 4096, 6000)
 #: Where the widget starts unlike the library and the CLI: the plugin is for watching what the
 #: model learns, so it starts with the router on. The grid family (its partition separates
-#: air, soft tissue and bone on the CT head: benchmarks/research/grid_experts) with 4 experts,
-#: top-1, which the time-to-quality runs measure against one network at equal bytes and time
-#: (docs/benchmarks/time_to_quality.md).
+#: air, soft tissue and bone on the CT head: benchmarks/research/grid_experts) with 4 experts
+#: and the family's "auto" top-k (2), which the time-to-quality runs measure against one
+#: network at equal bytes and time (docs/benchmarks/time_to_quality.md).
 WIDGET_DEFAULTS: dict[str, Any] = {"model": "grid", "num_experts": 4}
 _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX×]?\s*$")
 #: Largest value a spin box offers for an unbounded option without a ``ui_max``.
