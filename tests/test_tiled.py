@@ -433,3 +433,24 @@ def test_4d_and_constant_volumes(client, tmp_path):
     with pytest.raises(ConfigError, match="thinner than a 3D volume"):
         TiledCompressor(np.zeros((33, 40, 40), np.uint16), tmp_path / "x.ome.zarr", tile=16,
                         margin=0)  # fmt: skip
+
+
+def test_a_float32_region_normalised_in_place_gives_the_same_store(client, volume, tmp_path):
+    """A tile that reads its float32 region itself (an ``.npy`` source) normalises it in
+    place (issue 24: one copy of the region); a region the client sends is not touched. Both
+    write the same chunks, and neither the file nor the caller's array changes."""
+    data = volume.astype(np.float32) * 0.5
+    kept = data.copy()
+    path = tmp_path / "v.npy"
+    np.save(path, data)
+    stores = {}
+    for name, source in (("file", path), ("array", data)):
+        dest = tmp_path / f"{name}.ome.zarr"
+        compress_tiled(source, dest, client=client, progress=False, **SETTINGS)
+        stores[name] = dest
+    np.testing.assert_array_equal(data, kept)
+    np.testing.assert_array_equal(np.load(path), kept)
+    chunks = sorted(p.relative_to(stores["file"]) for p in stores["file"].rglob("c/*/*/*"))
+    assert len(chunks) >= 20
+    for chunk in chunks:
+        assert (stores["file"] / chunk).read_bytes() == (stores["array"] / chunk).read_bytes()

@@ -43,6 +43,10 @@ class TileResult:
     baseline_anon: int = 0
     peak_anon: int = 0
     peak_file: int = 0
+    #: The worker's exact resident peak (anonymous + file-backed) while the tile ran, and its
+    #: resident size at the tile's start (0 where the kernel's high-water mark is unavailable).
+    peak_resident: int = 0
+    baseline_resident: int = 0
     #: The payload bytes the allocator gave the tile (``nbytes`` is its chunk as written:
     #: the payload, the tile's header and any correction stream).
     payload_budget: int = 0

@@ -36,7 +36,7 @@ from ..sampling import Normalization, lattice_sample, region_coords
 from ..schedule import EVAL_POINTS
 from ..training import train
 from .allocate import TilePlan
-from .memory import MemoryWatch
+from .memory import MemoryWatch, release_heap, worker_peak
 from .results import TileResult, face_mask, tile_errors
 from .sources import SourceRef
 from .store import chunk_path, write_atomic
@@ -88,7 +88,11 @@ class TileJob:
 
 
 def _peak_rss() -> int:
-    """Peak resident memory of this process, bytes (the worker's high-water mark)."""
+    """Peak resident memory of this process, bytes (the worker's high-water mark, over the
+    resets of :class:`MemoryWatch`)."""
+    peak = worker_peak()
+    if peak:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -109,12 +113,14 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
     (:func:`sample_errors`)."""
     spec, plan = job.spec, job.plan
     started = time.perf_counter()
+    release_heap()  # what earlier tiles freed goes back to the system: the baseline is real
     memory = MemoryWatch()
     memory.sample()
     if job.hook is not None:
         job.hook(job)
     if job.signals is not None:
         job.signals.check()
+    owned = region is None  # read here: nobody else sees the array
     if region is None:
         region = job.source.read(spec.grid.region_slices(plan.index))
     memory.sample()
@@ -134,11 +140,28 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         model = family.build(model_config, generator=torch.Generator().manual_seed(seed))
         model = model.to(device)
         use_backend(model, backend)
-        values = torch.from_numpy(normalization.apply(region).reshape(-1)).to(device)
+        shape = region.shape
         inner = spec.grid.tile_in_region(plan.index)  # the voxels a reader decodes
         inner_box = spec.grid.tile_box_in_region(plan.index)
+        target_psnr = job.train.target_psnr
+        # Only a quality promise reads the raw voxels again (the correction stream and the
+        # exact check of the chunk): otherwise the tile holds one copy of its region, the
+        # normalised one, made in place where the region is a float32 array of its own
+        # (issue 24: a worker holds its tile plus margin).
+        promised = spec.values.bounded or target_psnr is not None
+        original = region[inner] if promised else None
+        in_place = (
+            owned
+            and not promised
+            and region.dtype == np.float32
+            and region.flags.owndata
+            and region.flags.writeable
+        )
+        normalised = normalization.apply(region, out=region if in_place else None)
+        del region
+        values = torch.from_numpy(normalised.reshape(-1)).to(device)
         training = train(
-            TrainingTarget(values, region.shape, spec.values.norm, decoded=inner_box),
+            TrainingTarget(values, shape, spec.values.norm, decoded=inner_box),
             model,
             job.train,
             device=device,
@@ -155,14 +178,14 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             # decoder: the grid family's per-point decode of the random eval sample gathered
             # 64 nodes a level a point and was ~40 % of a 400-step tile's time (py-spy).
             # (of the tile's own voxels: the margin is not decoded; TrainingTarget.decoded)
-            roi, stride = lattice_sample(region.shape, EVAL_POINTS, inner_box)
+            roi, stride = lattice_sample(shape, EVAL_POINTS, inner_box)
             lattice = [(a, n, st) for (a, n), st in zip(roi, stride, strict=True)]
             cut = tuple(slice(*axis) for axis in lattice)
-            targets = torch.from_numpy(normalization.apply(region[cut]).reshape(-1))
-            coords = region_coords(region.shape, lattice)
+            targets = torch.from_numpy(normalised[cut].reshape(-1))
+            coords = region_coords(shape, lattice)
 
             def sample_values(stored: torch.nn.Module) -> torch.Tensor:
-                values, _ = family.decode_region(stored, region.shape, roi, stride,
+                values, _ = family.decode_region(stored, shape, roi, stride,
                                                  device=device, labels=False)  # fmt: skip
                 return torch.from_numpy(values.reshape(-1))
         else:
@@ -195,8 +218,6 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
             """MSE (normalised units) of the network ``payload`` holds on the sample."""
             return float(sample_errors_of(payload).mean())
 
-        original = region[inner]
-        target_psnr = job.train.target_psnr
         if target_psnr is not None:  # the smallest payload whose tile reaches the target
             judge = tile_psnr(spec, original)
 
@@ -223,7 +244,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         err = sample_errors_of(payload).cpu().numpy().astype(np.float64)
         data = encode_network_tile(spec, plan.index, model_config, payload, raw)
         measured = None
-        if spec.values.bounded or target_psnr is not None:
+        if promised:
             # The chunk as written, decoded as every reader does: the bound is checked on each
             # voxel (BoundViolation: nothing is written) and the errors reported are exact.
             decoded = verify_chunk(spec, plan.index, data, original)
@@ -258,6 +279,8 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         baseline_anon=memory.baseline_anon,
         peak_anon=memory.peak_anon,
         peak_file=memory.peak_file,
+        peak_resident=memory.peak_resident,
+        baseline_resident=memory.baseline_resident,
         payload_budget=plan.payload_budget,
     )
 
