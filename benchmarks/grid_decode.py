@@ -29,6 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", nargs="+", default=["macaque", "ct_head", "hipct", "mri4d"])
     parser.add_argument("--ratio", type=float, default=256.0)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument(
+        "--experts",
+        type=int,
+        default=None,
+        help="experts (default: the library's auto, one network); top-k is the family's auto",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
@@ -38,7 +44,9 @@ def main(argv=None) -> int:
     rows = []
     for name in args.volumes:
         x = load_volume(name)
-        c = napari_moec.compress(x, ratio=args.ratio, steps=args.steps, threads=1)
+        c = napari_moec.compress(
+            x, ratio=args.ratio, steps=args.steps, threads=1, num_experts=args.experts
+        )
         torch.set_num_threads(args.threads)
         times = []
         for _ in range(args.repeat):
@@ -51,6 +59,8 @@ def main(argv=None) -> int:
             "shape": list(x.shape),
             "ratio": args.ratio,
             "family": c.header.family,
+            "experts": c.info()["model"].get("num_experts", 1),
+            "top_k": c.info()["model"].get("top_k", 1),
             "file_bytes": c.nbytes,
             "threads": args.threads,
             "seconds": round(best, 3),

@@ -109,6 +109,29 @@ def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("experts", "top_k"), [(1, 1), (3, 1), (4, 2), (3, 3)])
+def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, top_k):
+    """``Synthesis.infer`` (decoding: a mask per expert, no sort) returns the values and top-1
+    experts of ``forward`` (training: a counting sort of the assignments), to the last bit
+    where every voxel takes one expert and to float rounding where it blends several."""
+    cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=experts, top_k=top_k)
+    synth = Synthesis(cfg, torch.Generator().manual_seed(3)).eval()
+    with torch.no_grad():
+        for p in synth.parameters():  # a decisive router: every expert gets voxels
+            p.mul_(4.0)
+    f, coords = torch.randn(4, 5000), torch.rand(5000, 3) * 2 - 1
+    with torch.no_grad():
+        value, _, load, top1 = synth(f, coords)
+    got, labels = synth.infer(f, coords)
+    assert torch.equal(labels, top1)
+    if experts > 1:
+        assert (load > 0).all()
+    if top_k == 1:
+        assert torch.equal(got, value)
+    else:
+        torch.testing.assert_close(got, value, rtol=1e-6, atol=1e-6)
+
+
 def test_top_k_weights_sum_to_one_and_one_expert_is_plain():
     cfg = GridConfig((4, 5, 6), num_levels=2, hidden=4)
     model = _random_model(cfg)

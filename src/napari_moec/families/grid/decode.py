@@ -101,7 +101,7 @@ def decode_region(
         coords = region_coords(cfg.shape, sub, device) if model.needs_coords else None
         bshape = tuple(len(range(*r)) for r in sub)
         if values:
-            value, _, _, top1 = model.synth(f, coords)
+            value, top1 = model.synth.infer(f, coords)
             out_v[where] = value.float().cpu().numpy().reshape(bshape)
             if labels:
                 out_l[where] = top1.to(torch.uint8).cpu().numpy().reshape(bshape)

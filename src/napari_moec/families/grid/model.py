@@ -346,6 +346,39 @@ class Synthesis(nn.Module):
         return value, aux, load, top1
 
     @torch.no_grad()
+    def infer(self, f: torch.Tensor, coords: torch.Tensor | None = None):
+        """Values (B,) and top-1 experts (B,) for decoding: :meth:`forward`'s values without
+        its training machinery. Each expert takes the voxels routed to it by a mask (no sort,
+        no inverse permutation, no balance loss): ``forward`` spent half of a routed decode
+        sorting assignments and building their inverse (macaque, 4 experts, top-2). The
+        experts' terms are added in expert order, as ``forward``'s scatter adds them."""
+        if self.gate is None:
+            value = self._expert(0, f)[0] + self.decoder.bias
+            return value, torch.zeros(f.shape[1], dtype=torch.long, device=f.device)
+        rows = self.logits(f, coords)
+        z = torch.exp((rows - rows.max(dim=0, keepdim=True).values).clamp_min(-60.0))
+        probs = z / z.sum(dim=0, keepdim=True)
+        n, k = self.cfg.num_experts, self.cfg.top_k
+        if k == 1:  # the value is scaled by its probability, as in forward (Switch)
+            weight, index = probs.max(dim=0, keepdim=True)
+        else:
+            weight, index = torch.topk(probs.t(), k, dim=-1)
+            weight = (weight / weight.sum(dim=-1, keepdim=True)).t()
+            index = index.t()
+        value = torch.zeros(f.shape[1], device=f.device, dtype=f.dtype)
+        for e in range(n):
+            chosen = index == e  # (k, B): at most one True per column
+            mask, w = chosen[0], weight[0]
+            for j in range(1, k):
+                mask = mask | chosen[j]
+                w = torch.where(chosen[j], weight[j], w)
+            voxels = mask.nonzero().squeeze(1)
+            if voxels.numel():
+                y = self._expert(e, f.index_select(1, voxels))[0] * w.index_select(0, voxels)
+                value.index_add_(0, voxels, y)
+        return value + self.decoder.bias, index[0]
+
+    @torch.no_grad()
     def labels(self, f: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         """Top-1 expert of every voxel (the partition a Labels layer shows)."""
         if self.gate is None:
