@@ -16,8 +16,10 @@ __all__ = ["MemoryWatch", "release_heap", "resident", "worker_peak"]
 
 _FIELDS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem", "VmHWM:": "hwm"}
 #: The process's resident peak before the last reset of the kernel's high-water mark (a tile
-#: resets it to measure its own peak: :meth:`MemoryWatch.start`).
+#: resets it to measure its own peak: the first :meth:`MemoryWatch.sample`).
 _peak_before_reset = 0
+#: libc's ``malloc_trim`` once looked up (:func:`release_heap`); False where there is none.
+_malloc_trim = None
 
 
 def resident() -> dict[str, int]:
@@ -59,9 +61,6 @@ def release_heap() -> bool:
         except (OSError, AttributeError):
             _malloc_trim = False
     return bool(_malloc_trim and _malloc_trim(0) is not None)
-
-
-_malloc_trim = None  # libc's malloc_trim once looked up; False where there is none
 
 
 def _reset_high_water_mark() -> bool:
