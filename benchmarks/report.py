@@ -68,7 +68,8 @@ def load(inputs: list[Path]) -> dict[str, dict]:
             record["_path"] = str(path)
             if "points" in record:
                 continue  # a time_to_quality.py curve: that script writes its own report
-            if "variant" in record:
+            if "variant" in record and "target_ratio" in record:
+                # (other scripts' records name a variant too: tiled.py's research runs)
                 key = (record["volume"], record["target_ratio"], record["variant"])
                 found["ablation"][key] = record
             elif "train" in record and "decode" in record:
