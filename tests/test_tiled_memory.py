@@ -3,6 +3,7 @@ samples; the kernel's high-water mark, reset when a tile starts, does not."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def test_the_exact_peak_sees_a_transient_the_samples_miss():
     assert worker_peak() >= resident()["hwm"]
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_heap_returns_the_free_pages_a_tile_left_inside_the_heap():
     """A worker's allocator settings (``cluster.WORKER_MALLOC``) keep arrays below 32 MiB on
     the heap and return free memory only from its top: arrays freed under a live one stay
