@@ -287,6 +287,30 @@ class Synthesis(nn.Module):
         hidden = F.relu(torch.addmm(first.bias[:, None], first.weight, inputs))
         return torch.addmm(last.bias[:, None], last.weight, hidden)
 
+    def _route(self, rows: torch.Tensor):
+        """Router logits (n, B) -> probabilities (n, B), the gate weights (k, B) and experts
+        (k, B) of every voxel's top-k: the probability itself for top-1 (Switch), the chosen
+        probabilities normalised for top-k. Training and decoding share it."""
+        n, k = self.cfg.num_experts, self.cfg.top_k
+        # Rows (n, B): a reduction over the n experts is n - 1 elementwise ops (torch's CPU
+        # softmax/max/broadcast division over a last dim of 2-8 cost more than the experts).
+        top = rows[0]
+        for j in range(1, n):
+            top = torch.maximum(top, rows[j])
+        # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp is
+        # ~70x slower: a decisive router's logits lie ~90 apart.
+        z = torch.exp((rows - top.detach()).clamp_min(-60.0))
+        probs = z / z.sum(dim=0, keepdim=True)  # (n, B)
+        if k == 1:
+            weight = probs[0]
+            index = torch.zeros(rows.shape[1], dtype=torch.long, device=rows.device)
+            for j in range(1, n):
+                index = torch.where(probs[j] > weight, j, index)  # the first on ties
+                weight = torch.maximum(weight, probs[j])
+            return probs, weight[None], index[None]
+        weight, index = torch.topk(probs.t(), k, dim=-1)
+        return probs, (weight / weight.sum(dim=-1, keepdim=True)).t(), index.t()
+
     def forward(
         self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
     ):
@@ -302,26 +326,7 @@ class Synthesis(nn.Module):
                 value.new_ones(1),
                 torch.zeros(B, dtype=torch.long, device=dev),
             )
-        # Rows (n, B): a reduction over the n experts is n - 1 elementwise ops (torch's CPU
-        # softmax/max/broadcast division over a last dim of 2-8 cost more than the experts).
-        rows = self.logits(f.detach() if frozen_router else f, coords)
-        top = rows[0]
-        for j in range(1, n):
-            top = torch.maximum(top, rows[j])
-        # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp is
-        # ~70x slower: a decisive router's logits lie ~90 apart.
-        z = torch.exp((rows - top.detach()).clamp_min(-60.0))
-        probs = z / z.sum(dim=0, keepdim=True)  # (n, B)
-        if k == 1:
-            weight, index = probs[0], torch.zeros(B, dtype=torch.long, device=dev)
-            for j in range(1, n):
-                index = torch.where(probs[j] > weight, j, index)  # the first on ties
-                weight = torch.maximum(weight, probs[j])
-            weight, index = weight[None], index[None]
-        else:
-            weight, index = torch.topk(probs.t(), k, dim=-1)
-            weight = (weight / weight.sum(dim=-1, keepdim=True)).t()
-            index = index.t()
+        probs, weight, index = self._route(self.logits(f.detach() if frozen_router else f, coords))
         top1 = index[0]
         flat_e = index.reshape(-1)  # choice-major assignments (k * B,)
         flat_v = torch.arange(B, device=dev).repeat(k)
@@ -355,16 +360,8 @@ class Synthesis(nn.Module):
         if self.gate is None:
             value = self._expert(0, f)[0] + self.decoder.bias
             return value, torch.zeros(f.shape[1], dtype=torch.long, device=f.device)
-        rows = self.logits(f, coords)
-        z = torch.exp((rows - rows.max(dim=0, keepdim=True).values).clamp_min(-60.0))
-        probs = z / z.sum(dim=0, keepdim=True)
+        _, weight, index = self._route(self.logits(f, coords))
         n, k = self.cfg.num_experts, self.cfg.top_k
-        if k == 1:  # the value is scaled by its probability, as in forward (Switch)
-            weight, index = probs.max(dim=0, keepdim=True)
-        else:
-            weight, index = torch.topk(probs.t(), k, dim=-1)
-            weight = (weight / weight.sum(dim=-1, keepdim=True)).t()
-            index = index.t()
         value = torch.zeros(f.shape[1], device=f.device, dtype=f.dtype)
         for e in range(n):
             chosen = index == e  # (k, B): at most one True per column
