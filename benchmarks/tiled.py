@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -81,17 +80,11 @@ def build_volume(args) -> tuple[Path, np.ndarray | None]:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def _peak_rss() -> int:
-    """A worker's resident peak (tiles reset the kernel's mark to measure their own)."""
-    from napari_moec.tiled.memory import worker_peak
-
-    return worker_peak() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run(args) -> dict:
     from napari_moec.config import ArchConfig, RunConfig, TrainConfig
     from napari_moec.tiled.cluster import ClusterShape, connect
     from napari_moec.tiled.events import TiledStarted
+    from napari_moec.tiled.memory import worker_peak
     from napari_moec.tiled.runner import TiledCompressor
 
     path, _ = build_volume(args)
@@ -122,7 +115,7 @@ def run(args) -> dict:
             if isinstance(event, TiledStarted):
                 started_at, plan_event = time.monotonic(), event
         end = time.monotonic()
-        peaks = client.run(_peak_rss)
+        peaks = client.run(worker_peak)  # over the tiles' resets of the kernel's mark
     results = list(job.results.values())
     net = [r for r in results if r.kind == "network"]
     voxels = math.prod(report.shape)

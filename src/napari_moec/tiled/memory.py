@@ -4,7 +4,7 @@
 libraries: the kernel can drop them at any time). ``ru_maxrss`` and Dask's monitor see only the
 sum, which is how a worker under a 2 GB limit once reported 4.6 GB (issue 24).
 
-Linux only (``/proc/self/status``); elsewhere every figure is 0.
+Linux only (``/proc/self/status``); elsewhere every figure is 0 (but :func:`worker_peak`).
 """
 
 from __future__ import annotations
@@ -79,8 +79,15 @@ def _reset_high_water_mark() -> bool:
 
 def worker_peak() -> int:
     """This process's resident peak over its life, bytes (what ``ru_maxrss`` reports where
-    nothing resets the high-water mark): the largest of every tile's peak."""
-    return max(_peak_before_reset, resident()["hwm"])
+    nothing resets the high-water mark): the largest of every tile's peak; ``ru_maxrss``
+    itself where there is no ``/proc``."""
+    peak = max(_peak_before_reset, resident()["hwm"])
+    if peak:
+        return peak
+    import resource  # (Unix; ru_maxrss is in kB, on macOS in bytes)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 @dataclass
@@ -102,10 +109,11 @@ class MemoryWatch:
     _exact: bool = False
 
     def sample(self) -> None:
-        if self.baseline_anon < 0:
+        first = self.baseline_anon < 0
+        if first:
             self._exact = _reset_high_water_mark()
         now = resident()
-        if self.baseline_anon < 0:
+        if first:
             self.baseline_anon = now["anon"]
             self.baseline_resident = now["anon"] + now["file"] + now["shmem"]
         self.peak_anon = max(self.peak_anon, now["anon"])

@@ -15,8 +15,6 @@ scheduler, and since a chunk appears only by an atomic rename, no half tile is e
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,16 +83,6 @@ class TileJob:
     source: SourceRef | None = None
     signals: Signals | None = None
     hook: Callable | None = None
-
-
-def _peak_rss() -> int:
-    """Peak resident memory of this process, bytes (the worker's high-water mark, over the
-    resets of :class:`MemoryWatch`)."""
-    peak = worker_peak()
-    if peak:
-        return peak
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
@@ -272,7 +260,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         sse=sse,
         face_voxels=face_voxels,
         face_sse=face_sse,
-        peak_rss=_peak_rss(),
+        peak_rss=worker_peak(),
         max_error=measured if spec.values.bounded else None,
         correction_bytes=len(raw or b""),
         wall_seconds=time.perf_counter() - started,
