@@ -54,13 +54,14 @@ def main(argv=None) -> int:
             napari_moec.Compressed.from_bytes(c.data).decode()
             times.append(time.perf_counter() - t0)
         best = min(times)
+        model = c.info()["model"]
         row = {
             "volume": name,
             "shape": list(x.shape),
             "ratio": args.ratio,
             "family": c.header.family,
-            "experts": c.info()["model"].get("num_experts", 1),
-            "top_k": c.info()["model"].get("top_k", 1),
+            "experts": model.get("num_experts", 1),
+            "top_k": model.get("top_k", 1),
             "file_bytes": c.nbytes,
             "threads": args.threads,
             "seconds": round(best, 3),

@@ -19,7 +19,7 @@ import time
 import torch
 
 from gpu_session import volume
-from napari_moec.families.grid.family import AUTO_TOP_K
+from napari_moec.families.grid.family import GridOptions, top_k_of
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
 from napari_moec.sampling import Normalization
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     vol = volume(args.name)
     limit = int(vol.nbytes // args.ratio) - 60
-    top_k = min(args.top_k or AUTO_TOP_K, args.experts)
+    top_k = top_k_of(GridOptions(num_experts=args.experts, top_k=args.top_k))
     cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k)
     trainer = GridTrainer(
         Normalization.of(vol).apply(vol),

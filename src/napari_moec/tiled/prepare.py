@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import families
 from ..errors import ConfigError, MoecError
-from ..families.siren.sizing import DEFAULT_EXPERTS, DEFAULT_TOP_K
+from ..families.siren.sizing import DEFAULT_EXPERTS, top_k_of
 from ..plan import budget_nbytes
 from . import allocate as allocate_module
 from .allocate import Allocation, allocate, choose_fill
@@ -181,8 +181,7 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
         tile_geometry(job),
         TileValues(dtype, vmin, vmax, max_error=store_bound(job, dtype, (vmin, vmax))),
         TileNetworks(
-            job.quant, top_k=DEFAULT_TOP_K if arch.top_k is None else arch.top_k,
-            expert_layers=arch.expert_layers, w0=arch.w0,
+            job.quant, top_k=top_k_of(arch), expert_layers=arch.expert_layers, w0=arch.w0,
             w0_first=arch.w0_first, experts=store_experts(arch), family=arch.model,
         ),
     )  # fmt: skip

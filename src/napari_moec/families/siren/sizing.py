@@ -135,6 +135,13 @@ MIN_EXPERT_WIDTH = 4
 #: Experts per voxel where the user leaves top-k to "auto": the paper's top-1 (top-2 measured
 #: worse at equal bytes and time, docs/benchmarks.md).
 DEFAULT_TOP_K = 1
+
+
+def top_k_of(arch: ArchConfig) -> int:
+    """The experts per voxel ``arch`` asks of SIREN networks, "auto" (None) resolved."""
+    return DEFAULT_TOP_K if arch.top_k is None else arch.top_k
+
+
 #: "auto" stores one network without a router where it would be at least
 #: ``SINGLE_NETWORK_WIDTH`` and at most ``SINGLE_NETWORK_MAX_WIDTH`` wide. Measured at equal
 #: bytes in 5-minute CPU runs (issue 10, docs/benchmarks/notes.md): one network of width 25-64
@@ -185,7 +192,7 @@ def base_model(arch: ArchConfig, ndim: int) -> ModelConfig:
     return ModelConfig(
         in_features=ndim,
         num_experts=DEFAULT_EXPERTS if arch.num_experts is None else arch.num_experts,
-        top_k=DEFAULT_TOP_K if arch.top_k is None else arch.top_k,
+        top_k=top_k_of(arch),
         expert_layers=arch.expert_layers,
         w0=arch.w0,
         w0_first=30.0 if arch.w0_first is None else arch.w0_first,
