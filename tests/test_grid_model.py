@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_moec.families.grid import model as model_module
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import pack_model, quantize_latents, quantize_weights
@@ -87,8 +88,6 @@ def test_region_equals_slice_of_full_decode(shape, kw):
 
 @pytest.mark.parametrize("top_k", [1, 2])
 def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
-    import napari_moec.families.grid.model as model_module
-
     cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=3, top_k=top_k)
     torch.manual_seed(0)
     synth = Synthesis(cfg)
@@ -112,8 +111,8 @@ def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
 @pytest.mark.parametrize(("experts", "top_k"), [(1, 1), (3, 1), (4, 2), (3, 3)])
 def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, top_k):
     """``Synthesis.infer`` (decoding: a mask per expert, no sort) returns the values and top-1
-    experts of ``forward`` (training: a counting sort of the assignments), to the last bit
-    where every voxel takes one expert and to float rounding where it blends several."""
+    experts of ``forward`` (training: a counting sort of the assignments) to the last bit,
+    top-k blends included: both take their gate weights from ``_route``."""
     cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=experts, top_k=top_k)
     synth = Synthesis(cfg, torch.Generator().manual_seed(3)).eval()
     with torch.no_grad():
@@ -126,10 +125,37 @@ def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, t
     assert torch.equal(labels, top1)
     if experts > 1:
         assert (load > 0).all()
-    if top_k == 1:
-        assert torch.equal(got, value)
-    else:
-        torch.testing.assert_close(got, value, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got, value)
+
+
+@pytest.mark.parametrize(("experts", "top_k"), [(2, 2), (3, 2), (4, 2), (4, 3), (8, 2), (5, 5)])
+def test_top_k_routing_picks_the_largest_logits_lower_expert_first_on_ties(experts, top_k):
+    """``_top_k_rows`` (elementwise passes, no ``torch.topk``) picks what a stable descending
+    sort of each voxel's logits picks; rounded logits make ties on purpose."""
+    gen = torch.Generator().manual_seed(experts * 10 + top_k)
+    rows = torch.round(torch.randn(experts, 4000, generator=gen) * 2) / 2  # many exact ties
+    expected = torch.sort(rows, dim=0, descending=True, stable=True).indices[:top_k]
+    assert torch.equal(model_module._top_k_rows(rows, top_k), expected)
+
+
+def test_top_k_gate_weights_are_the_chosen_probabilities_normalised():
+    """The top-k weights (a softmax over the chosen logits) and their gradients are those of
+    the textbook form: the softmax over every expert, the top-k probabilities renormalised."""
+    cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=5, top_k=3)
+    synth = Synthesis(cfg, torch.Generator().manual_seed(1))
+    rows = (torch.randn(5, 3000) * 3).requires_grad_(True)
+    probs, weight, index = synth._route(rows)
+    textbook = torch.softmax(rows, dim=0)
+    chosen = textbook.gather(0, index)
+    torch.testing.assert_close(probs, textbook)
+    torch.testing.assert_close(weight, chosen / chosen.sum(dim=0, keepdim=True))
+    cotangent = torch.randn(3, 3000)
+    (got,) = torch.autograd.grad((weight * cotangent).sum(), rows)
+    (want,) = torch.autograd.grad(
+        ((chosen / chosen.sum(dim=0, keepdim=True)) * cotangent).sum(), rows
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert synth._route(rows.detach(), probabilities=False)[0] is None
 
 
 def test_top_k_weights_sum_to_one_and_one_expert_is_plain():

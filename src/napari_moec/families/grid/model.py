@@ -21,7 +21,6 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import GridConfig, mlp_layout
@@ -151,6 +150,25 @@ class _GatherColumns(torch.autograd.Function):
         return out, None, None
 
 
+def _top_k_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (k, B) of the ``k`` largest of rows (n, B) per column, largest first, the
+    lower expert first on ties: ``k`` passes of ``n - 1`` elementwise ops, where
+    ``torch.topk`` over a last dim of 4 (after a transpose) cost a routed decode a fifth of
+    its time (macaque, 4 experts, top-2)."""
+    n = rows.shape[0]
+    work = list(rows.detach().unbind(0))
+    picked = []
+    for j in range(k):
+        best, index = work[0], torch.zeros_like(work[0], dtype=torch.long)
+        for e in range(1, n):
+            index = torch.where(work[e] > best, e, index)
+            best = torch.maximum(best, work[e])
+        picked.append(index)
+        if j + 1 < k:  # the chosen expert cannot be chosen again
+            work = [w.masked_fill(index == e, float("-inf")) for e, w in enumerate(work)]
+    return torch.stack(picked)
+
+
 class Synthesis(nn.Module):
     """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder.
 
@@ -277,39 +295,55 @@ class Synthesis(nn.Module):
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` and the decoder's weights on features (L, B_e): values (1, B_e)."""
         for layer in self.experts:
-            x = F.relu(torch.addmm(layer.bias[e].t(), layer.weight[e].t(), x))
+            # In place: the product is a fresh tensor no backward reads (-10 % of a routed
+            # decode: relu's own output buffer, macaque, 4 experts, top-2).
+            x = torch.addmm(layer.bias[e].t(), layer.weight[e].t(), x).relu_()
         return self.decoder.weight @ x
 
     def logits(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Router logits (n, B) of features (L, B) at coordinates (B, ndim)."""
         first, last = self.gate[0], self.gate[2]
         inputs = torch.cat([coords.t(), f], dim=0)
-        hidden = F.relu(torch.addmm(first.bias[:, None], first.weight, inputs))
+        hidden = torch.addmm(first.bias[:, None], first.weight, inputs).relu_()
         return torch.addmm(last.bias[:, None], last.weight, hidden)
 
-    def _route(self, rows: torch.Tensor):
-        """Router logits (n, B) -> probabilities (n, B), the gate weights (k, B) and experts
-        (k, B) of every voxel's top-k: the probability itself for top-1 (Switch), the chosen
-        probabilities normalised for top-k. Training and decoding share it."""
+    def _route(self, rows: torch.Tensor, probabilities: bool = True):
+        """Router logits (n, B) -> probabilities (n, B) (``None`` when not asked for and not
+        needed), the gate weights (k, B) and experts (k, B) of every voxel's top-k: the
+        probability itself for top-1 (Switch), a softmax over the chosen logits for top-k
+        (the chosen probabilities normalised). Training and decoding share it, so a file
+        decodes with the weights it was trained with, to the bit."""
         n, k = self.cfg.num_experts, self.cfg.top_k
         # Rows (n, B): a reduction over the n experts is n - 1 elementwise ops (torch's CPU
-        # softmax/max/broadcast division over a last dim of 2-8 cost more than the experts).
-        top = rows[0]
+        # softmax/max/topk/broadcast division over a last dim of 2-8 cost more than the
+        # experts).
+        if k > 1:
+            index = _top_k_rows(rows, k)
+            chosen = rows.gather(0, index)  # (k, B), descending: row 0 is each voxel's max
+            # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp
+            # is ~70x slower: a decisive router's logits lie ~90 apart.
+            z = torch.exp((chosen - chosen[0:1].detach()).clamp_min(-60.0))
+            total = z[0]
+            for j in range(1, k):
+                total = total + z[j]
+            probs = self._softmax(rows) if probabilities else None
+            return probs, z / total, index
+        probs = self._softmax(rows)
+        weight = probs[0]
+        index = torch.zeros(rows.shape[1], dtype=torch.long, device=rows.device)
         for j in range(1, n):
+            index = torch.where(probs[j] > weight, j, index)  # the first on ties
+            weight = torch.maximum(weight, probs[j])
+        return probs, weight[None], index[None]
+
+    @staticmethod
+    def _softmax(rows: torch.Tensor) -> torch.Tensor:
+        """Softmax over the experts of rows (n, B), n - 1 elementwise ops a reduction."""
+        top = rows[0]
+        for j in range(1, rows.shape[0]):
             top = torch.maximum(top, rows[j])
-        # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp is
-        # ~70x slower: a decisive router's logits lie ~90 apart.
-        z = torch.exp((rows - top.detach()).clamp_min(-60.0))
-        probs = z / z.sum(dim=0, keepdim=True)  # (n, B)
-        if k == 1:
-            weight = probs[0]
-            index = torch.zeros(rows.shape[1], dtype=torch.long, device=rows.device)
-            for j in range(1, n):
-                index = torch.where(probs[j] > weight, j, index)  # the first on ties
-                weight = torch.maximum(weight, probs[j])
-            return probs, weight[None], index[None]
-        weight, index = torch.topk(probs.t(), k, dim=-1)
-        return probs, (weight / weight.sum(dim=-1, keepdim=True)).t(), index.t()
+        z = torch.exp((rows - top.detach()).clamp_min(-60.0))  # see _route for the clamp
+        return z / z.sum(dim=0, keepdim=True)
 
     def forward(
         self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
@@ -360,7 +394,7 @@ class Synthesis(nn.Module):
         if self.gate is None:
             value = self._expert(0, f)[0] + self.decoder.bias
             return value, torch.zeros(f.shape[1], dtype=torch.long, device=f.device)
-        _, weight, index = self._route(self.logits(f, coords))
+        _, weight, index = self._route(self.logits(f, coords), probabilities=False)
         n, k = self.cfg.num_experts, self.cfg.top_k
         value = torch.zeros(f.shape[1], device=f.device, dtype=f.dtype)
         for e in range(n):
