@@ -11,6 +11,7 @@ rate      the Laplace rate proxy and the lambda controller
 fit       quantization and the exact fit of a payload to a byte budget
 train     GridTrainer: a step-based schedule, checkpoints, the best payload kept
 sampling  strided subsets (default) or boxes of large volumes, per step
+noise     the uniform noise standing in for rounding while latents train (a table's windows)
 decode    decode_region (values and labels) in bounded-memory blocks
 sizing    auto_config: a config for a shape and a payload budget
 codec     CODEC, the contract's PayloadCodec (the header's "m", the payload; no network code)

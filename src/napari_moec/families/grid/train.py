@@ -85,6 +85,7 @@ from .decode import decode_region, model_from_payload, region_coords
 from .fit import FitResult, fit_budget, fit_checkpoint, pack_model, quantize_weights
 from .interp import axis_matrices
 from .model import GridModel
+from .noise import LatentNoise
 from .payload import pack_payload, unpack_payload
 from .rate import RateController, start_lambda
 from .sampling import box_rows, stride_rows
@@ -235,6 +236,7 @@ class GridTrainer:
         every = self.st.control_every
         self._control_every = max(1, every or (4 if self.device.type == "cpu" else 8))
         self._context: list | None = None  # the context slots, refreshed by advance()
+        self._noise = LatentNoise(cfg.grid_shapes, self.gen, self.device)  # see .noise
         self.opt = torch.optim.Adam(
             [
                 {
@@ -351,10 +353,7 @@ class GridTrainer:
             g["lr"] = g["base"] * (st.lr_floor + (1 - st.lr_floor) * cos) * lr_scale
         frozen = progress >= st.freeze_router_at
         mats, coords, tgt = self._batch()
-        noisy = [
-            y + torch.rand(y.shape, generator=self.gen, device=self.device) - 0.5
-            for y in grids.latents
-        ]
+        noisy = [y + u for y, u in zip(grids.latents, self._noise.draw(), strict=True)]
         phase = "noise" if progress < st.ste_at else "ste"
         synth_in = noisy if phase == "noise" else grids.quantized("ste")
         value, aux, load, _ = self.model.synth(grids.features(synth_in, mats), coords, frozen)
