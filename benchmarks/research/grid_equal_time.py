@@ -1,0 +1,95 @@
+"""One grid-family training lever at equal wall time: ``GridTrainer`` with a time limit and
+one setting changed, as ``time_to_quality.py`` trains (2 threads, the schedule compressed to
+the limit, the best file kept), printing one JSON line: PSNR of the kept payload decoded from
+its bytes, its bytes, the steps and the last checkpoints. Timed: run alone on an idle machine,
+the baseline in the same session (this machine's speed moves between sessions).
+
+    python benchmarks/research/grid_equal_time.py macaque 256 --max-voxels 65536
+    python benchmarks/research/grid_equal_time.py macaque 256 --train lr_latent=0.1
+    python benchmarks/research/grid_equal_time.py hipct 64 --first-level 0
+
+Session 16's runs (docs/benchmarks/notes.md): voxels a step and the latent lr on the macaque,
+the voxel-lattice level at 64x; JSON lines in docs/benchmarks/data/equal_time/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import load_volume, provenance
+from napari_moec.families.grid.decode import decode_region, model_from_payload
+from napari_moec.families.grid.family import GridOptions, top_k_of
+from napari_moec.families.grid.payload import unpack_payload
+from napari_moec.families.grid.sizing import auto_config
+from napari_moec.families.grid.train import GridTrainer, TrainSettings
+from napari_moec.generators import drain
+from napari_moec.metrics import psnr
+from napari_moec.sampling import Normalization
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("volume")
+    ap.add_argument("ratio", type=float)
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--experts", type=int, default=1, help="top-k is the family's auto")
+    ap.add_argument("--max-voxels", type=int, default=None, help="default: the trainer's")
+    ap.add_argument("--first-level", type=int, default=None, help="default: the sizing's")
+    ap.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="FIELD=FLOAT",
+        help="override a float TrainSettings field (lr_latent=0.1); repeatable",
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    vol = load_volume(args.volume)
+    norm = Normalization.of(vol)
+    limit = int(vol.nbytes // args.ratio) - 60  # a 60-byte frame, as grid_fill.py
+    fixed = {} if args.first_level is None else {"first_level": args.first_level}
+    top_k = top_k_of(GridOptions(num_experts=args.experts))
+    cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k, **fixed)
+    settings = TrainSettings(steps=10**9, time_limit=args.seconds, max_voxels=args.max_voxels)
+    overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.train)}
+    settings = replace(settings, **overrides)
+    t0 = time.perf_counter()
+    trainer = GridTrainer(norm.apply(vol), cfg, limit, settings)
+    best = drain(trainer.run())
+    wall = time.perf_counter() - t0
+    values, _ = decode_region(model_from_payload(unpack_payload(best.payload, cfg)))
+    row = {
+        "volume": args.volume,
+        "ratio": args.ratio,
+        "seconds": args.seconds,
+        "experts": args.experts,
+        "max_voxels": trainer.max_voxels,
+        "first_level": cfg.first_level,
+        "latents": cfg.latent_count,
+        "train_overrides": overrides,
+        "psnr": round(psnr(vol, norm.invert(values, vol.dtype)), 3),
+        "payload_bytes": len(best.payload),
+        "payload_budget": limit,
+        "steps": trainer.step_count,
+        "wall_s": round(wall, 1),
+        "checkpoints": [
+            (h["step"], round(10 * math.log10(4 / h["mse"]), 2)) for h in trainer.history[-10:]
+        ],
+        **provenance("cpu"),
+    }
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
