@@ -53,8 +53,7 @@ class LatentNoise:
         """One field a level (views of the table on a CPU: read them, never write)."""
         if self.table is None:
             return [
-                torch.rand(s, generator=self.gen, device=self.device).sub_(0.5)
-                for s in self.shapes
+                torch.rand(s, generator=self.gen, device=self.device).sub_(0.5) for s in self.shapes
             ]
         start = int(torch.randint(0, self.offsets, (1,), generator=self.gen))
         out = []
