@@ -108,7 +108,7 @@ def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("experts", "top_k"), [(1, 1), (3, 1), (4, 2), (3, 3)])
+@pytest.mark.parametrize(("experts", "top_k"), [(1, 1), (3, 1), (4, 2), (3, 3), (4, 3), (8, 2)])
 def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, top_k):
     """``Synthesis.infer`` (decoding: a mask per expert, no sort) returns the values and top-1
     experts of ``forward`` (training: a counting sort of the assignments) to the last bit,

@@ -1,14 +1,15 @@
 """The uniform noise that stands in for rounding while the latents train (the rate proxy's
 "latents + U(-1/2, 1/2)"), one fresh field a step.
 
-On a CPU, drawing it was a tenth of a large volume's step: torch's CPU generator (a Mersenne
+On a CPU, drawing it was an eighth of a large volume's step: torch's CPU generator (a Mersenne
 twister, one value at a time, one thread) took 3.3 ms of a 27.9 ms step on the macaque at
 256x (661,775 latents, 2 threads; ``benchmarks/grid_profile.py``, ``aten::uniform_``), more
 than the fused rate proxy itself. There the field is a random *window* of a table drawn once:
 ``table[o : o + n]`` at a random offset ``o`` each step, a view (no draw, no copy). Each
 field is ``n`` independent uniforms, as a fresh draw is; successive fields differ at every
 latent (unless two offsets coincide, one chance in the number of offsets); the table holds
-``n + max(n, MIN_OFFSETS)`` values, so a run draws from at least a million distinct fields.
+``n + MIN_OFFSETS`` values, so a run draws from a million distinct fields, and the table costs
+the latents' own float32 bytes plus 4 MB (a tile's memory is counted, docs/tiled.md).
 Accelerators draw fresh noise every step (their generators are fast and parallel).
 """
 
@@ -21,7 +22,7 @@ import torch
 
 __all__ = ["MIN_OFFSETS", "LatentNoise"]
 
-#: Fewest distinct windows the table offers (4 MB of float32 for the smallest models).
+#: Distinct windows the table offers beyond one (4 MB of float32 besides the latents' size).
 MIN_OFFSETS = 1 << 20
 
 
@@ -41,7 +42,7 @@ class LatentNoise:
         self.device = torch.device(device)
         self.table: torch.Tensor | None = None
         if self.device.type == "cpu":
-            span = self.total + max(self.total, MIN_OFFSETS)
+            span = self.total + MIN_OFFSETS
             self.table = torch.rand(span, generator=generator).sub_(0.5)
 
     @property
