@@ -11,7 +11,7 @@ from napari_moec.families.grid import model as model_module
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import pack_model, quantize_latents, quantize_weights
-from napari_moec.families.grid.interp import axis_matrices
+from napari_moec.families.grid.interp import axis_matrices, upsample
 from napari_moec.families.grid.model import GridModel, Synthesis
 from napari_moec.families.grid.payload import unpack_payload
 
@@ -84,6 +84,34 @@ def test_region_equals_slice_of_full_decode(shape, kw):
     np.testing.assert_allclose(only, full, atol=1e-5)
     _, labels_only = decode_region(model, roi, stride, values=False, labels=True)
     assert np.array_equal(labels_only, full_labels[sl])
+
+
+@pytest.mark.parametrize("shape", [(9, 6, 5), (3, 7, 4, 6)])
+def test_node_index_selectors_equal_the_identitys_rows_to_the_bit(shape):
+    """A grid axis as fine as the voxels is gathered by node index (interp.Selector): the
+    values and the latents' gradients equal the product with the identity's rows exactly."""
+    cfg = GridConfig(shape, num_levels=2, first_level=0)
+    region = tuple((1, n, 2) for n in shape)
+    selectors = axis_matrices(shape, cfg.grid_shapes, cfg.kernel, region)
+    assert all(m.dtype == torch.int64 for m in selectors[0])  # the lattice level: gathers
+    assert all(m.dtype == torch.float32 for m in selectors[1])  # coarser: products
+    products = [
+        [torch.eye(n)[m] if m.dtype == torch.int64 else m for m, n in zip(lvl, shape, strict=True)]
+        for lvl in selectors
+    ]
+    outs, grads = [], []
+    for mats in (selectors, products):
+        torch.manual_seed(0)
+        grids = [torch.randn(g, requires_grad=True) for g in cfg.grid_shapes]
+        out = torch.stack([upsample(g, m).reshape(-1) for g, m in zip(grids, mats, strict=True)])
+        weight = torch.randn(out.shape)
+        (out * weight).sum().backward()
+        outs.append(out.detach())
+        grads.append([g.grad for g in grids])
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+    assert outs[0].shape[1] == np.prod([len(range(*r)) for r in region])
 
 
 @pytest.mark.parametrize("top_k", [1, 2])

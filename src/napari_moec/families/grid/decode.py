@@ -16,7 +16,7 @@ import torch
 
 from ...decode import grid_shape, parse_roi
 from ...sampling import region_coords
-from .interp import Region, axis_matrices
+from .interp import Region, Selector, axis_matrices
 from .model import GridModel
 from .payload import GridPayload
 
@@ -111,10 +111,11 @@ def decode_region(
     return out_v, out_l
 
 
-def _rows(m: torch.Tensor | None, where: slice, n: int, device) -> torch.Tensor | None:
-    """Rows ``where`` of an axis matrix (``None``: the identity of the whole axis)."""
+def _rows(m: Selector, where: slice, n: int, device) -> Selector:
+    """Rows ``where`` of an axis selector (``interp.Selector``; ``None``: the whole axis of a
+    grid as fine as the voxels, whose part is its node indices)."""
     if m is None:
         if where == slice(0, n):
             return None
-        return torch.eye(n, device=device)[where]
+        return torch.arange(n, device=device)[where]
     return m[where]

@@ -12,6 +12,12 @@ small matrix per axis (rows = requested voxels, columns = nodes), so
   matmuls on a GPU. The prototype measured 6 ms for all levels of a 64^3 volume, forward and
   backward, against 20 ms for ``F.interpolate`` (REPORT.md 7).
 
+A grid axis as fine as the voxels (the voxel lattice level, or a short axis such as a 4D
+volume's time) needs no weights: each voxel *is* a node. Its selector is ``None`` for the
+whole axis and otherwise the nodes' indices (int64), applied as a gather: a product with the
+rows of an identity spent ``rows x n`` multiply-adds per grid line on what is a copy (the
+voxel-lattice level of a 64^3 volume, trained on strided subsets).
+
 Kernels: ``linear`` (2 taps) and ``cubic`` (uniform cubic B-spline, 4 taps, C2; edge nodes
 replicated). Weights are computed in float64 from +, -, *, / only, then cast to float32, so
 every platform builds the same matrices.
@@ -22,10 +28,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Region", "axis_matrices", "interp_matrix", "upsample"]
+__all__ = ["Region", "Selector", "axis_matrices", "interp_matrix", "upsample"]
 
 #: One ``(start, stop, step)`` per axis, already checked against the shape.
 Region = tuple[tuple[int, int, int], ...]
+#: What one axis of a level applies (module docstring): ``None`` (the whole axis of a grid as
+#: fine as the voxels), float32 ``(rows, g)`` interpolation weights, or int64 node indices (a
+#: grid as fine as the voxels, some of them).
+Selector = torch.Tensor | None
 
 
 def interp_matrix(
@@ -65,16 +75,19 @@ def axis_matrices(
     kernel: str,
     region: Region | None = None,
     device: torch.device | str = "cpu",
-) -> list[list[torch.Tensor | None]]:
-    """Per level, per axis interpolation matrices of ``region`` on ``device``; ``None``
-    stands for an identity (a grid axis as fine as the voxels, whole axis requested)."""
+) -> list[list[Selector]]:
+    """Per level, per axis :data:`Selector` of ``region`` on ``device``: interpolation
+    matrices, and for a grid axis as fine as the voxels ``None`` (the whole axis) or the
+    requested nodes' indices."""
     region = region or tuple((0, n, 1) for n in shape)
     out = []
     for gs in grid_shapes:
-        level: list[torch.Tensor | None] = []
+        level: list[Selector] = []
         for n, g, (start, stop, step) in zip(shape, gs, region, strict=True):
             if g == n and (start, stop, step) == (0, n, 1):
                 level.append(None)
+            elif g == n:
+                level.append(torch.arange(start, stop, step, device=device))
             else:
                 level.append(
                     torch.from_numpy(interp_matrix(n, g, kernel, start, stop, step)).to(device)
@@ -83,10 +96,15 @@ def axis_matrices(
     return out
 
 
-def upsample(grid: torch.Tensor, mats: list[torch.Tensor | None]) -> torch.Tensor:
-    """Apply ``mats[k]`` along axis k of ``grid``."""
+def upsample(grid: torch.Tensor, mats: list[Selector]) -> torch.Tensor:
+    """Apply the selector ``mats[k]`` along axis k of ``grid`` (a product, or a gather of
+    node indices: the same values, to the bit, as the product with the identity's rows)."""
     out = grid
     for axis, m in enumerate(mats):
-        if m is not None:
+        if m is None:
+            continue
+        if m.dtype == torch.int64:
+            out = out.index_select(axis, m)
+        else:
             out = (out.movedim(axis, -1) @ m.t()).movedim(-1, axis)
     return out

@@ -201,9 +201,11 @@ class GridTrainer:
             self.target = torch.from_numpy(np.asarray(target, np.float32)).to(self.device)
         self.target_np = self.target.cpu().numpy()
         self.full = axis_matrices(cfg.shape, cfg.grid_shapes, cfg.kernel, None, self.device)
-        self.dense = [
+        # Every axis's selector of the whole axis, the identity's as its node indices: a
+        # strided batch takes its rows (interp.Selector).
+        self.whole = [
             [
-                torch.eye(n, device=self.device) if m is None else m
+                torch.arange(n, device=self.device) if m is None else m
                 for m, n in zip(lvl, cfg.shape, strict=True)
             ]
             for lvl in self.full
@@ -295,7 +297,7 @@ class GridTrainer:
         )
         index = rows
         mats = [
-            [m.index_select(0, i) for m, i in zip(lvl, index, strict=True)] for lvl in self.dense
+            [m.index_select(0, i) for m, i in zip(lvl, index, strict=True)] for lvl in self.whole
         ]
         tgt = self.target
         for axis, i in enumerate(index):
