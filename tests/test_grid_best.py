@@ -80,12 +80,15 @@ def test_store_keeps_a_checkpoint_better_than_the_last_weights(one_thread, hipct
 
 
 def test_store_and_trainer_judge_a_payload_alike(hipct):
-    trainer = _trainer(hipct, 20)
+    comp = Compressor(hipct, 256, run=RUN)
+    assert comp.family.judged_on_volume
+    # the store's own config and payload budget (a file's header takes bytes of the budget)
+    cfg, limit = comp.header.model, comp.payload_budget
+    settings = TrainSettings(steps=20, checkpoint_every=10**6)
+    trainer = GridTrainer(Normalization.of(hipct).apply(hipct), cfg, limit, settings)
     for _ in range(20):
         trainer.advance()
     payload = fit_once(trainer.model, trainer.limit).payload
-    comp = Compressor(hipct, 256, run=RUN)
-    assert comp.family.judged_on_volume
     assert comp.payload_error(payload) == pytest.approx(-trainer.score(payload), rel=1e-9)
 
 

@@ -91,17 +91,24 @@ def test_too_small_budget_names_the_ratio():
         FAMILY.size(_request(vol, 100))
 
 
-def test_sizing_puts_latents_on_the_voxel_lattice_only_at_high_rates():
+def test_sizing_puts_latents_on_the_voxel_lattice_at_high_rates_or_small_grids():
     """About a bit a voxel (16x of 16-bit data) starts the levels at the lattice itself; at a
-    few tenths of a bit the finest level stays at 1/2 (sizing.py: 16x files were half empty
-    with levels from 1/2)."""
-    shape = (64, 64, 64)
-    voxels = 64**3
-    assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 16)).first_level == 0
-    assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 64)).first_level == 1
+    few tenths of a bit only a grid of at most SMALL_GRID_LATENTS does (0.2 bits a latent),
+    a larger one stays at 1/2 (sizing.py: 16x files were half empty with levels from 1/2; the
+    macaque's 5 M lattice latents at 64x trained too few steps in 5 minutes)."""
+    from napari_moec.families.grid.sizing import SMALL_GRID_LATENTS, auto_config
+
+    for side, first_at_64x in ((64, 0), (128, 1)):
+        shape = (side,) * 3
+        voxels = side**3
+        assert FAMILY.size(_request(np.empty(shape), voxels * 2 // 16)).first_level == 0
+        cfg = FAMILY.size(_request(np.empty(shape), voxels * 2 // 64))
+        assert cfg.first_level == first_at_64x
+        lattice = auto_config(shape, voxels * 2 // 64, first_level=0).latent_count
+        assert (lattice <= SMALL_GRID_LATENTS) == (first_at_64x == 0)
     # under a quality target the budget is a ceiling, not the rate: no lattice level
-    header = SimpleNamespace(shape=shape, dtype="float32", quant=QUANT)
-    ceiling = _Request(header, voxels * 2 // 16, None, quality_target=True)
+    header = SimpleNamespace(shape=(64,) * 3, dtype="float32", quant=QUANT)
+    ceiling = _Request(header, 64**3 * 2 // 16, None, quality_target=True)
     assert FAMILY.size(ceiling).first_level == 1
 
 
@@ -146,31 +153,33 @@ def test_auto_top_k_is_two_under_a_router_and_a_chosen_top_k_is_kept():
 
 @pytest.mark.parametrize("experts", [2, 4])
 def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
-    """The latents get >= MIN_BITS_PER_LATENT bits each after the *routed* network's bytes
+    """The latents get >= min_latent_bits bits after the *routed* network's bytes
     (router, every expert, side bytes), and one level finer would not: before, a routed model
     was priced as one network, its levels overran the budget and the lean ladder left it 152
     latents of 1/16 at hipct 1024x where one network had 5,794. The gate is
     ROUTED_GATE_HIDDEN wide unless chosen."""
     from napari_moec.families.grid.payload import side_bytes
     from napari_moec.families.grid.sizing import (
-        MIN_BITS_PER_LATENT,
         ROUTED_GATE_HIDDEN,
         auto_config,
+        min_latent_bits,
         network_bytes,
     )
 
     def free_bits(cfg, payload):
-        return 8 * (payload - network_bytes(cfg) - side_bytes(cfg)) / cfg.latent_count
+        return 8 * (payload - network_bytes(cfg) - side_bytes(cfg))
 
     for shape, payload in (((64, 64, 64), 452), ((94, 256, 256), 684), ((64, 64, 64), 8132)):
         cfg = auto_config(shape, payload, num_experts=experts)
         assert cfg.gate_hidden == ROUTED_GATE_HIDDEN and cfg.expert_layers == 2
-        assert free_bits(cfg, payload) >= MIN_BITS_PER_LATENT
+        assert free_bits(cfg, payload) >= min_latent_bits(cfg.latent_count, cfg.first_level)
         if cfg.first_level > 0:
             finer = auto_config(
                 shape, payload, num_experts=experts, first_level=cfg.first_level - 1
             )
-            assert free_bits(finer, payload) < MIN_BITS_PER_LATENT
+            assert free_bits(finer, payload) < min_latent_bits(
+                finer.latent_count, finer.first_level
+            )
     assert auto_config((64,) * 3, 452, num_experts=experts, gate_hidden=8).gate_hidden == 8
     # through the family: hipct's 1024x file (512 bytes) keeps two layers 4 wide
     routed = FAMILY.size(

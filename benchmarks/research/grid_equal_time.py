@@ -7,6 +7,7 @@ the baseline in the same session (this machine's speed moves between sessions).
     python benchmarks/research/grid_equal_time.py macaque 256 --max-voxels 65536
     python benchmarks/research/grid_equal_time.py macaque 256 --train lr_latent=0.1
     python benchmarks/research/grid_equal_time.py hipct 64 --first-level 0
+    python benchmarks/research/grid_equal_time.py ct_head 64 --config hidden=32
 
 Session 16's runs (docs/benchmarks/notes.md): voxels a step and the latent lr on the macaque,
 the voxel-lattice level at 64x; JSON lines in docs/benchmarks/data/equal_time/.
@@ -47,6 +48,13 @@ def main() -> None:
     ap.add_argument("--max-voxels", type=int, default=None, help="default: the trainer's")
     ap.add_argument("--first-level", type=int, default=None, help="default: the sizing's")
     ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="override an integer GridConfig field (hidden=32); repeatable",
+    )
+    ap.add_argument(
         "--train",
         action="append",
         default=[],
@@ -59,6 +67,7 @@ def main() -> None:
     norm = Normalization.of(vol)
     limit = int(vol.nbytes // args.ratio) - 60  # a 60-byte frame, as grid_fill.py
     fixed = {} if args.first_level is None else {"first_level": args.first_level}
+    fixed |= {k: int(v) for k, v in (item.split("=", 1) for item in args.config)}
     top_k = top_k_of(GridOptions(num_experts=args.experts))
     cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k, **fixed)
     settings = TrainSettings(steps=10**9, time_limit=args.seconds, max_voxels=args.max_voxels)
@@ -76,6 +85,8 @@ def main() -> None:
         "experts": args.experts,
         "max_voxels": trainer.max_voxels,
         "first_level": cfg.first_level,
+        "hidden": cfg.hidden,
+        "expert_layers": cfg.expert_layers,
         "latents": cfg.latent_count,
         "train_overrides": overrides,
         "psnr": round(psnr(vol, norm.invert(values, vol.dtype)), 3),
@@ -84,7 +95,8 @@ def main() -> None:
         "steps": trainer.step_count,
         "wall_s": round(wall, 1),
         "checkpoints": [
-            (h["step"], round(10 * math.log10(4 / h["mse"]), 2)) for h in trainer.history[-10:]
+            (h["step"], round(10 * math.log10(4 / h["mse"]), 2), h["bytes"], h["zeroed"])
+            for h in trainer.history[-40:]
         ],
         **provenance("cpu"),
     }

@@ -5,8 +5,8 @@ Contract notes (what the shared code gets):
 
 * ``size`` takes the whole-file budget and ``request.file_nbytes``; the payload budget is
   the budget minus the file's bytes besides the payload. ``predict_payload_nbytes`` is the
-  payload the sizing *assumed* (side bytes, the network, ``MIN_BITS_PER_LATENT`` per
-  latent): a grid payload is filled to the budget by the rate control, whatever the config.
+  payload the sizing *assumed* (side bytes, the network, ``sizing.min_latent_bits`` for
+  the latents): a grid payload is filled to the budget by the rate control, whatever the config.
 * ``trainer`` needs the payload budget (``budget=``), which the contract does not pass yet.
 * The trainer reports the step's MSE, load and phase ("noise", then "ste" with
   ``restart_best`` on the switch: distortions of noisy and rounded latents do not compare).
@@ -34,8 +34,7 @@ from .config import GridConfig
 from .decode import decode_region
 from .fit import fit_budget, fit_quality
 from .model import GridModel
-from .payload import side_bytes
-from .sizing import MIN_BITS_PER_LATENT, auto_config, network_bytes
+from .sizing import auto_config, predicted_payload_bytes
 from .train import GridTrainer, TrainSettings
 
 __all__ = ["FAMILY", "GridFamily", "GridOptions"]
@@ -194,8 +193,7 @@ class GridFamily:
         )
 
     def predict_payload_nbytes(self, config: GridConfig, quant) -> int:
-        latent = int(np.ceil(config.latent_count * MIN_BITS_PER_LATENT / 8))
-        return side_bytes(config) + network_bytes(config) + latent
+        return predicted_payload_bytes(config)
 
     def build(self, config: GridConfig, *, generator: torch.Generator) -> GridModel:
         return GridModel(config, generator=generator)

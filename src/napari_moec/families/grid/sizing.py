@@ -2,8 +2,11 @@
 
 * Levels: from ``first_level`` down to the level whose largest axis has <= 3 nodes (at most
   12). ``first_level`` is the finest level (0: the voxel lattice) at which the latents get at least
-  ``MIN_BITS_PER_LATENT`` bits each on average: finer grids at lower rates spend bytes on
-  (cheap, not free) zeros and train slower.
+  :func:`min_latent_bits` bits in all: ``MIN_BITS_PER_LATENT`` (0.5) each on average, finer
+  grids at lower rates spending bytes on (cheap, not free) zeros and training slower; a grid
+  of at most ``SMALL_GRID_LATENTS`` latents whose latents have ``SMALL_GRID_MIN_BITS`` bits
+  in all needs only ``SMALL_GRID_BITS_PER_LATENT`` (0.35) each, ``LATTICE_BITS_PER_LATENT``
+  (0.2) on the voxel lattice (below).
 * Width from the payload: 16 from 4 kB, 8 from 1.2 kB, else 4 (the network is then ~5-25%
   of the payload).
 * One expert unless asked (``num_experts``): the router's cost is measured in REPORT.md 6.
@@ -23,6 +26,38 @@ at 1/2 left those files half empty: the 1/2-resolution latents could not hold th
 2000 steps. Measured at 2000 steps (``benchmarks/grid_fill.py V 16 --first-level 0|1``, one
 thread): hipct 16x 33.02 dB filling 46 % of the payload -> 36.22 dB at 96 %; ct_head 16x
 34.62 at 47 % -> 40.64 at 100 %; mri4d 16x 32.49 at 37 % -> 36.61 at 98 %.
+
+Small grids go one octave finer at fewer bits a latent. Measured in 5 minutes on 2 threads
+(the time-to-quality budget; ``benchmarks/research/grid_equal_time.py V R --first-level F``,
+one network, idle machine; notes.md, sessions 16 and 17), the finer level against the 0.5
+rule's, PSNR in dB:
+
+====================  ==========  ====================  =============  =============
+cell                  finer       latents, bits each    finer / rule   difference
+====================  ==========  ====================  =============  =============
+hipct 64x             lattice     303,875, 0.204        33.74 / 33.33  +0.41
+ct_head 64x           lattice     440,323, 0.208        35.62 / 35.10  +0.52
+mri4d 64x             lattice     112,479, 0.212        32.69 / 32.67  +0.02
+macaque 3000x         1/4         87,175, 0.497         39.76 / 38.48  +1.28
+ct_head 256x          1/2         59,395, 0.375         30.72 / 30.44  +0.28
+mri4d 256x            1/2         11,004, 0.496         29.05 / 28.96  +0.09
+macaque 1024x         1/2         661,775, 0.204        42.84 / 42.75  +0.09
+hipct 256x            1/2         41,731, 0.356         31.60 / 31.67  -0.07
+macaque 6000x         1/4         87,175, 0.250         37.49 / 37.99  -0.50
+mri4d 1024x           1/4         1,722, 0.408          24.34 / 25.19  -0.85
+macaque 64x           lattice     5,091,599, 0.434      46.02 / 47.99  -1.97
+====================  ==========  ====================  =============  =============
+
+Off the lattice a finer level paid from ~0.35 bits a latent (the macaque at 3000x by 1.3 dB)
+and lost at 0.25 (the macaque at 6000x); on the lattice, where a latent is a voxel's own
+value and no interpolation smooths it, from 0.2 (the 64³ volumes at 64x; at 16x, ~1 bit a
+latent, +3 to +6 dB, above). Two limits, each from a measured loss: the grid must be cheap to
+step (the macaque's lattice, 5.1 M latents, ran 2,345 steps to 1/2's 13,499 in the 5
+minutes: a step's rate term and interpolation cover every latent), so at most
+``SMALL_GRID_LATENTS`` (the largest measured to gain: 0.66 M); and the budget not among the
+smallest (mri4d at 1024x, a 138-byte payload, ~700 latent bits), so at least
+``SMALL_GRID_MIN_BITS`` (the smallest measured to gain: 5,456, mri4d 256x). The thresholds
+lie between measured cells of four volumes; the next volume may draw them elsewhere.
 """
 
 from __future__ import annotations
@@ -32,9 +67,29 @@ import math
 from .config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
 from .payload import side_bytes
 
-__all__ = ["MIN_BITS_PER_LATENT", "ROUTED_GATE_HIDDEN", "auto_config", "network_bytes"]
+__all__ = [
+    "LATTICE_BITS_PER_LATENT",
+    "MIN_BITS_PER_LATENT",
+    "ROUTED_GATE_HIDDEN",
+    "SMALL_GRID_BITS_PER_LATENT",
+    "SMALL_GRID_LATENTS",
+    "SMALL_GRID_MIN_BITS",
+    "auto_config",
+    "min_latent_bits",
+    "network_bytes",
+    "predicted_payload_bytes",
+]
 
+#: The bits a latent gets at least, on average, at the finest level chosen (module docstring).
 MIN_BITS_PER_LATENT = 0.5
+#: The floors for grids of at most ``SMALL_GRID_LATENTS`` latents (cheap enough to step that
+#: a finer level pays at fewer bits a latent) whose latents have at least
+#: ``SMALL_GRID_MIN_BITS`` bits in all; the voxel lattice's own (module docstring, measured
+#: in 5 minutes).
+SMALL_GRID_BITS_PER_LATENT = 0.35
+LATTICE_BITS_PER_LATENT = 0.2
+SMALL_GRID_LATENTS = 1 << 20
+SMALL_GRID_MIN_BITS = 4096
 #: The router's hidden width in routed models (``GridConfig.gate_hidden`` is 8): its ~100
 #: weights at width 8 are a fifth of a 512-byte file. Measured at 2000 steps, one thread, 4
 #: experts, both with the balanced start (``benchmarks/grid_fill.py V R --experts 4 --set
@@ -46,6 +101,24 @@ MIN_BITS_PER_LATENT = 0.5
 #: widget run with one label. notes.md, session 13.)
 ROUTED_GATE_HIDDEN = 4
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
+
+
+def min_latent_bits(latent_count: int, first_level: int) -> float:
+    """The fewest bits the latents of a grid of ``latent_count`` latents whose finest level is
+    ``first_level`` may have in all for those levels to be chosen (module docstring)."""
+    floor = MIN_BITS_PER_LATENT * latent_count
+    if latent_count <= SMALL_GRID_LATENTS:
+        each = LATTICE_BITS_PER_LATENT if first_level == 0 else SMALL_GRID_BITS_PER_LATENT
+        floor = min(floor, max(each * latent_count, SMALL_GRID_MIN_BITS))
+    return floor
+
+
+def predicted_payload_bytes(cfg: GridConfig) -> int:
+    """The payload the sizing assumes for ``cfg`` (the family's ``predict_payload_nbytes``):
+    side bytes, the network at nominal int8 and the fewest latent bits its levels were
+    chosen with (:func:`min_latent_bits`)."""
+    latent = math.ceil(min_latent_bits(cfg.latent_count, cfg.first_level) / 8)
+    return side_bytes(cfg) + network_bytes(cfg) + latent
 
 
 def _levels_from(shape: tuple[int, ...], first: int) -> int:
@@ -85,7 +158,14 @@ def auto_config(
             count = sum(n for n in _counts(shape, first))
             if count <= MAX_LATENTS:
                 latent_bits = 8 * max(32, payload_bytes - _network_estimate(config(first)))
-                if latent_bits / count >= MIN_BITS_PER_LATENT:
+                if latent_bits >= MIN_BITS_PER_LATENT * count:
+                    break
+                # A lower floor chooses a level at the edge of the budget: the payload the
+                # family predicts (the network at nominal int8, where this search prices one
+                # network by the measured table) must fit too, or the family's check sends
+                # the config down the lean ladder.
+                fits = predicted_payload_bytes(config(first)) <= payload_bytes
+                if fits and latent_bits >= min_latent_bits(count, first):
                     break
             first += 1
     return config(first)
