@@ -112,6 +112,22 @@ def test_sizing_puts_latents_on_the_voxel_lattice_at_high_rates_or_small_grids()
     assert FAMILY.size(ceiling).first_level == 1
 
 
+def test_small_grids_start_finer_off_the_lattice_only_with_enough_bits():
+    """Off the lattice a grid of at most SMALL_GRID_LATENTS latents needs 0.35 bits a latent
+    but 4,096 bits in all; a larger one 0.5 (sizing.py's table of timed cells)."""
+    from napari_moec.families.grid.sizing import min_latent_bits
+
+    assert min_latent_bits(40_000, 1) == pytest.approx(0.35 * 40_000)
+    assert min_latent_bits(40_000, 0) == pytest.approx(0.2 * 40_000)
+    assert min_latent_bits(2_000, 2) == pytest.approx(0.5 * 2_000)  # 4,096 bits > 0.5 each
+    assert min_latent_bits(10_000, 2) == 4096
+    assert min_latent_bits(2_000_000, 1) == pytest.approx(0.5 * 2_000_000)
+    # 64^3 of 16-bit data at 256x: levels from 1/2 (41,731 latents, ~0.36 bits each)
+    cfg = FAMILY.size(_request(np.empty((64, 64, 64)), 64**3 * 2 // 256))
+    assert (cfg.first_level, cfg.expert_layers) == (1, 2)
+    assert FAMILY.predict_payload_nbytes(cfg, QUANT) <= 64**3 * 2 // 256
+
+
 def test_the_smallest_budgets_get_one_layer_experts_before_giving_up():
     shape = (64, 64, 64)
     assert FAMILY.size(_request(np.empty(shape), 130)).expert_layers == 2
