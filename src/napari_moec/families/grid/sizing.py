@@ -156,15 +156,16 @@ def auto_config(
         first = finest_level
         while first < 12:
             count = sum(n for n in _counts(shape, first))
-            if count <= MAX_LATENTS:
-                latent_bits = 8 * max(32, payload_bytes - _network_estimate(config(first)))
+            if count <= MAX_LATENTS:  # (a config of more cannot be built)
+                candidate = config(first)
+                latent_bits = 8 * max(32, payload_bytes - _network_estimate(candidate))
                 if latent_bits >= MIN_BITS_PER_LATENT * count:
                     break
                 # A lower floor chooses a level at the edge of the budget: the payload the
                 # family predicts (the network at nominal int8, where this search prices one
                 # network by the measured table) must fit too, or the family's check sends
                 # the config down the lean ladder.
-                fits = predicted_payload_bytes(config(first)) <= payload_bytes
+                fits = predicted_payload_bytes(candidate) <= payload_bytes
                 if fits and latent_bits >= min_latent_bits(count, first):
                     break
             first += 1
