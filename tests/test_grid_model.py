@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_moec.families.grid import model as model_module
+from napari_moec.families.grid import routing
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import pack_model, quantize_latents, quantize_weights
@@ -139,7 +140,7 @@ def test_dispatch_gradients_equal_plain_autograd(top_k, monkeypatch):
 @pytest.mark.parametrize(("experts", "top_k"), [(1, 1), (3, 1), (4, 2), (3, 3), (4, 3), (8, 2)])
 def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, top_k):
     """``Synthesis.infer`` (decoding: a mask per expert, no sort) returns the values and top-1
-    experts of ``forward`` (training: a counting sort of the assignments) to the last bit,
+    experts of ``forward`` (training: the assignments grouped by expert) to the last bit,
     top-k blends included: both take their gate weights from ``_route``."""
     cfg = GridConfig((5, 6, 7), num_levels=4, hidden=8, num_experts=experts, top_k=top_k)
     synth = Synthesis(cfg, torch.Generator().manual_seed(3)).eval()
@@ -158,12 +159,12 @@ def test_the_decoders_masked_dispatch_gives_the_training_paths_values(experts, t
 
 @pytest.mark.parametrize(("experts", "top_k"), [(2, 2), (3, 2), (4, 2), (4, 3), (8, 2), (5, 5)])
 def test_top_k_routing_picks_the_largest_logits_lower_expert_first_on_ties(experts, top_k):
-    """``_top_k_rows`` (elementwise passes, no ``torch.topk``) picks what a stable descending
+    """``top_k_rows`` (elementwise passes, no ``torch.topk``) picks what a stable descending
     sort of each voxel's logits picks; rounded logits make ties on purpose."""
     gen = torch.Generator().manual_seed(experts * 10 + top_k)
     rows = torch.round(torch.randn(experts, 4000, generator=gen) * 2) / 2  # many exact ties
     expected = torch.sort(rows, dim=0, descending=True, stable=True).indices[:top_k]
-    assert torch.equal(model_module._top_k_rows(rows, top_k), expected)
+    assert torch.equal(routing.top_k_rows(rows, top_k), expected)
 
 
 def test_top_k_gate_weights_are_the_chosen_probabilities_normalised():

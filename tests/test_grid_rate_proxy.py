@@ -86,15 +86,15 @@ def _large_level(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torc
 
 def test_large_levels_use_the_compiled_kernel_with_the_same_bits_and_gradients(monkeypatch):
     monkeypatch.delenv(rate.COMPILE_ENV, raising=False)
-    monkeypatch.setattr(rate, "_compile_failure", None)
+    monkeypatch.setattr(rate.BITS_KERNEL, "failure", None)
     x, log_scale, slots = _large_level(torch.Generator().manual_seed(1))
-    assert rate._kernel_for(x) is rate._guarded
+    assert rate._kernel_for(x) is rate.BITS_KERNEL
     assert rate._kernel_for(x[:-1]) is rate._slot_bits  # one latent short: eager
     _check(x, log_scale, slots)
     with torch.no_grad():
         value = slot_laplace_bits(x, log_scale, slots)
     assert torch.allclose(value, laplace_bits(x, log_scale[slots]).sum(), rtol=1e-5)
-    assert rate._compile_failure is None, rate._compile_failure
+    assert rate.BITS_KERNEL.failure is None, rate.BITS_KERNEL.failure
 
 
 def test_the_environment_switch_keeps_the_eager_kernel(monkeypatch):
@@ -108,10 +108,10 @@ def test_a_kernel_that_cannot_be_compiled_warns_once_and_trains_on_eagerly(monke
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore detail")
 
     monkeypatch.delenv(rate.COMPILE_ENV, raising=False)
-    monkeypatch.setattr(rate, "_compile_failure", None)
-    monkeypatch.setattr(rate, "_compiled_bits", no_compiler)
+    monkeypatch.setattr(rate.BITS_KERNEL, "failure", None)
+    monkeypatch.setattr(rate.BITS_KERNEL, "compiled", no_compiler)
     x, log_scale, slots = _large_level(torch.Generator().manual_seed(2))
     with pytest.warns(RuntimeWarning, match="could not be compiled.*no working C"):
         _check(x, log_scale, slots)
-    assert rate._compile_failure.startswith("RuntimeError: InvalidCxxCompiler")
+    assert rate.BITS_KERNEL.failure.startswith("RuntimeError: InvalidCxxCompiler")
     assert rate._kernel_for(x) is rate._slot_bits  # given up for the process

@@ -11,8 +11,8 @@ Latents are stored as integers (Cool-chic: quantization step 1, the first expert
 the scale). Training sees them with additive U(-0.5, 0.5) noise, then rounded with a straight-
 through gradient (``quantized``). The decoder is linear, so applying it inside each expert's
 block equals applying it to the gate-weighted sum, and only one scalar per assignment is
-scattered back: the dispatch is a counting sort by expert, dropless (no capacity), and runs the
-same on a CPU or a GPU (index_select/index_add only, no custom kernel).
+permuted back: the dispatch groups the assignments by expert (a mask each), is dropless (no
+capacity), and runs the same on a CPU or a GPU (index_select/scatter only, no custom kernel).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .context import N_SLOTS, context_slots, even_mask, uses_cb
 from .interp import upsample
 from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
 from .rate import laplace_bits, slot_laplace_bits
+from .routing import route
 
 __all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
 
@@ -150,23 +151,19 @@ class _GatherColumns(torch.autograd.Function):
         return out, None, None
 
 
-def _top_k_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (k, B) of the ``k`` largest of rows (n, B) per column, largest first, the
-    lower expert first on ties: ``k`` passes of ``n - 1`` elementwise ops, where
-    ``torch.topk`` over a last dim of 4 (after a transpose) cost a routed decode a fifth of
-    its time (macaque, 4 experts, top-2)."""
-    n = rows.shape[0]
-    work = list(rows.detach().unbind(0))
-    picked = []
-    for j in range(k):
-        best, index = work[0], torch.zeros_like(work[0], dtype=torch.long)
-        for e in range(1, n):
-            index = torch.where(work[e] > best, e, index)
-            best = torch.maximum(best, work[e])
-        picked.append(index)
-        if j + 1 < k:  # the chosen expert cannot be chosen again
-            work = [w.masked_fill(index == e, float("-inf")) for e, w in enumerate(work)]
-    return torch.stack(picked)
+class _Permute(torch.autograd.Function):
+    """``x.index_select(0, perm)`` for a permutation ``perm`` of ``x``'s rows: the backward
+    gathers by the ``inverse`` permutation (no zeroed buffer, no scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
 class Synthesis(nn.Module):
@@ -309,41 +306,10 @@ class Synthesis(nn.Module):
 
     def _route(self, rows: torch.Tensor, probabilities: bool = True):
         """Router logits (n, B) -> probabilities (n, B) (``None`` when not asked for and not
-        needed), the gate weights (k, B) and experts (k, B) of every voxel's top-k: the
-        probability itself for top-1 (Switch), a softmax over the chosen logits for top-k
-        (the chosen probabilities normalised). Training and decoding share it, so a file
-        decodes with the weights it was trained with, to the bit."""
-        n, k = self.cfg.num_experts, self.cfg.top_k
-        # Rows (n, B): a reduction over the n experts is n - 1 elementwise ops (torch's CPU
-        # softmax/max/topk/broadcast division over a last dim of 2-8 cost more than the
-        # experts).
-        if k > 1:
-            index = _top_k_rows(rows, k)
-            chosen = rows.gather(0, index)  # (k, B), descending: row 0 is each voxel's max
-            # The clamp keeps exp out of float32's denormals (below e^-87), where a CPU's exp
-            # is ~70x slower: a decisive router's logits lie ~90 apart.
-            z = torch.exp((chosen - chosen[0:1].detach()).clamp_min(-60.0))
-            total = z[0]
-            for j in range(1, k):
-                total = total + z[j]
-            probs = self._softmax(rows) if probabilities else None
-            return probs, z / total, index
-        probs = self._softmax(rows)
-        weight = probs[0]
-        index = torch.zeros(rows.shape[1], dtype=torch.long, device=rows.device)
-        for j in range(1, n):
-            index = torch.where(probs[j] > weight, j, index)  # the first on ties
-            weight = torch.maximum(weight, probs[j])
-        return probs, weight[None], index[None]
-
-    @staticmethod
-    def _softmax(rows: torch.Tensor) -> torch.Tensor:
-        """Softmax over the experts of rows (n, B), n - 1 elementwise ops a reduction."""
-        top = rows[0]
-        for j in range(1, rows.shape[0]):
-            top = torch.maximum(top, rows[j])
-        z = torch.exp((rows - top.detach()).clamp_min(-60.0))  # see _route for the clamp
-        return z / z.sum(dim=0, keepdim=True)
+        needed), the gate weights (k, B) and experts (k, B) of every voxel's top-k
+        (:func:`.routing.route`). Training and decoding share it, so a file decodes with the
+        weights it was trained with, to the bit."""
+        return route(rows, self.cfg.top_k, probabilities)
 
     def forward(
         self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
@@ -362,27 +328,32 @@ class Synthesis(nn.Module):
             )
         probs, weight, index = self._route(self.logits(f.detach() if frozen_router else f, coords))
         top1 = index[0]
-        flat_e = index.reshape(-1)  # choice-major assignments (k * B,)
-        flat_v = torch.arange(B, device=dev).repeat(k)
-        order = torch.argsort(flat_e, stable=True)
-        counts = torch.bincount(flat_e, minlength=n)
+        # The assignments (choice-major, k * B) grouped by expert, each expert's in their
+        # own order: what a stable sort by expert gives, from n masks (no sort).
+        flat_e = index.reshape(-1)
+        picks = [(flat_e == e).nonzero().squeeze(1) for e in range(n)]
+        counts = [p.numel() for p in picks]
+        order = torch.cat(picks)
+        position = torch.empty_like(order).scatter_(
+            0, order, torch.arange(order.numel(), device=dev)
+        )
+        voxels = order % B if k > 1 else order
         load = torch.bincount(top1, minlength=n).to(probs.dtype) / B
         # Switch-style balance loss: n * sum_e (top-1 share) * (mean probability).
         aux = n * torch.sum(load * probs.mean(dim=1))
-        position = torch.empty_like(order)
-        position[order] = torch.arange(order.numel(), device=dev)
-        xs = _GatherColumns.apply(f, flat_v[order], position.view(k, B))
-        outs, start = [], 0
-        for e, size in enumerate(counts.tolist()):
-            if size:
-                outs.append(self._expert(e, xs[:, start : start + size]))
-            start += size
-        y = torch.cat(outs, dim=1)[0] * weight.reshape(-1)[order]
-        value = (
-            torch.zeros(B, device=dev, dtype=y.dtype).index_add(0, flat_v[order], y)
-            + self.decoder.bias
-        )
-        return value, aux, load, top1
+        xs = _GatherColumns.apply(f, voxels, position.view(k, B))
+        # split, not slices: a slice's backward writes its gradient into a zeroed copy of
+        # the whole input, one per expert.
+        outs = [self._expert(e, x) for e, x in enumerate(xs.split(counts, dim=1)) if counts[e]]
+        # Each assignment's value back in choice-major order (a permutation: its backward is
+        # the inverse gather), weighted and summed over the k choices.
+        terms = _Permute.apply(torch.cat(outs, dim=1)[0], position, order).view(k, B) * weight
+        if k > 2:  # in expert order, as ``infer`` adds them (k <= 2: addition commutes)
+            terms = terms.gather(0, torch.argsort(index, dim=0, stable=True))
+        value = terms[0]
+        for j in range(1, k):
+            value = value + terms[j]
+        return value + self.decoder.bias, aux, load, top1
 
     @torch.no_grad()
     def infer(self, f: torch.Tensor, coords: torch.Tensor | None = None):

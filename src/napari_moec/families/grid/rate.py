@@ -27,10 +27,10 @@ worse one lowers it. The floor holds until ``D_hat`` first reaches ``D*``.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 
 import torch
+
+from .compiled import COMPILE_ENV, CompiledKernel
 
 __all__ = [
     "COMPILE_ENV",
@@ -46,9 +46,6 @@ LN2 = math.log(2.0)
 #: (:func:`_kernel_for`): ~20 ns a latent a step saved, against a few seconds of compiling
 #: once a process, so from here on it pays within the default 2000 steps.
 COMPILE_MIN_LATENTS = 1 << 17
-#: Set to ``0`` to keep the proxy in eager torch (no C++ compiler needed, bit-reproducible
-#: across machines with and without one).
-COMPILE_ENV = "NAPARI_MOEC_COMPILE"
 
 
 def laplace_bits(x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -86,49 +83,17 @@ def slot_laplace_bits(x: torch.Tensor, log_scale: torch.Tensor, slots: torch.Ten
     return _kernel_for(x)(x, log_scale, slots, want_x=False, want_scale=False)[0]
 
 
-_compiled_bits = None  # torch.compile of _slot_bits, made on first use
-_compile_failure: str | None = None  # why compiling failed once: eager from then on
-
-
 def _kernel_for(x: torch.Tensor):
     """:func:`_slot_bits`, or on a CPU for a level of ``COMPILE_MIN_LATENTS`` or more its
-    compiled form: the proxy's ~25 elementwise passes over every latent fused into one loop.
-    Measured on the macaque at 256x (661,775 latents, 2 threads): the proxy's value and
-    gradients 14.7 -> 2.0 ms for the finest level, a training step 34.2 -> 20.0 ms (a step
-    without the rate term: 14.0). Small levels, GPUs (whose step is launch-bound and
-    measured there without it), ``NAPARI_MOEC_COMPILE=0`` and any failure to compile (no C++
-    compiler, an unsupported platform: one warning) keep the eager function."""
-    if (
-        x.device.type != "cpu"
-        or x.numel() < COMPILE_MIN_LATENTS
-        or _compile_failure is not None
-        or os.environ.get(COMPILE_ENV, "1").strip() == "0"
-    ):
+    compiled form (:data:`BITS_KERNEL`): the proxy's ~25 elementwise passes over every latent
+    fused into one loop. Measured on the macaque at 256x (661,775 latents, 2 threads): the
+    proxy's value and gradients 14.7 -> 2.0 ms for the finest level, a training step 34.2 ->
+    20.0 ms (a step without the rate term: 14.0). Small levels, GPUs (whose step is
+    launch-bound and measured there without it), ``NAPARI_MOEC_COMPILE=0`` and any failure to
+    compile (no C++ compiler, an unsupported platform: one warning) keep the eager function."""
+    if x.device.type != "cpu" or x.numel() < COMPILE_MIN_LATENTS or not BITS_KERNEL.usable():
         return _slot_bits
-    return _guarded
-
-
-def _guarded(x, log_scale, slots, *, want_x: bool, want_scale: bool):
-    """The compiled kernel; on any failure to build it the eager one, for good."""
-    global _compiled_bits, _compile_failure
-    try:
-        with warnings.catch_warnings():
-            # torch's compiler stack warns of its own deprecations and internals (a caller
-            # that turns warnings into errors would otherwise break the compile)
-            warnings.simplefilter("ignore")
-            if _compiled_bits is None:
-                _compiled_bits = torch.compile(_slot_bits, dynamic=True)
-            return _compiled_bits(x, log_scale, slots, want_x=want_x, want_scale=want_scale)
-    except Exception as exc:  # any compiler or backend failure means eager
-        _compile_failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        warnings.warn(
-            f"napari-moec: the rate kernel could not be compiled ({_compile_failure}); "
-            f"training continues with the eager one, ~1.7x slower a step on large volumes. "
-            f"Set {COMPILE_ENV}=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return _slot_bits(x, log_scale, slots, want_x=want_x, want_scale=want_scale)
+    return BITS_KERNEL
 
 
 def _slot_bits(x, log_scale, slots, *, want_x: bool, want_scale: bool):
@@ -172,6 +137,10 @@ def _slot_bits(x, log_scale, slots, *, want_x: bool, want_scale: bool):
             slots.reshape(-1), weights=(scale * dlb).reshape(-1), minlength=log_scale.shape[0]
         ).to(log_scale.dtype)
     return total, grad_x, grad_scale
+
+
+#: The compiled proxy (:func:`_kernel_for`).
+BITS_KERNEL = CompiledKernel(_slot_bits, "the rate kernel", "~1.7x slower a step on large volumes")
 
 
 class _SlotLaplaceBits(torch.autograd.Function):
