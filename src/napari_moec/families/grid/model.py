@@ -151,21 +151,6 @@ class _GatherColumns(torch.autograd.Function):
         return out, None, None
 
 
-class _Permute(torch.autograd.Function):
-    """``x.index_select(0, perm)`` for a permutation ``perm`` of ``x``'s rows: the backward
-    gathers by the ``inverse`` permutation (no zeroed buffer, no scatter-add)."""
-
-    @staticmethod
-    def forward(ctx, x, perm, inverse):
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, perm)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
 class Synthesis(nn.Module):
     """Router + ``n`` ReLU-MLP experts (stacked weights) + the shared linear decoder.
 
@@ -345,9 +330,10 @@ class Synthesis(nn.Module):
         # split, not slices: a slice's backward writes its gradient into a zeroed copy of
         # the whole input, one per expert.
         outs = [self._expert(e, x) for e, x in enumerate(xs.split(counts, dim=1)) if counts[e]]
-        # Each assignment's value back in choice-major order (a permutation: its backward is
-        # the inverse gather), weighted and summed over the k choices.
-        terms = _Permute.apply(torch.cat(outs, dim=1)[0], position, order).view(k, B) * weight
+        # Each assignment's value back in choice-major order: a permutation of one row, whose
+        # backward is the inverse gather.
+        y = torch.cat(outs, dim=1)
+        terms = _GatherColumns.apply(y, position, order[None])[0].view(k, B) * weight
         if k > 2:  # in expert order, as ``infer`` adds them (k <= 2: addition commutes)
             terms = terms.gather(0, torch.argsort(index, dim=0, stable=True))
         value = terms[0]
