@@ -292,8 +292,9 @@ class Synthesis(nn.Module):
     def _route(self, rows: torch.Tensor, probabilities: bool = True):
         """Router logits (n, B) -> probabilities (n, B) (``None`` when not asked for and not
         needed), the gate weights (k, B) and experts (k, B) of every voxel's top-k
-        (:func:`.routing.route`). Training and decoding share it, so a file decodes with the
-        weights it was trained with, to the bit."""
+        (:func:`.routing.route`). Training and decoding share its arithmetic, so a file
+        decodes with the weights it was trained with (to the last bit of a weight where a
+        large CPU training batch ran the compiled kernel)."""
         return route(rows, self.cfg.top_k, probabilities)
 
     def forward(
@@ -347,7 +348,7 @@ class Synthesis(nn.Module):
         its training machinery. Each expert takes the voxels routed to it by a mask (no sort,
         no inverse permutation, no balance loss): ``forward`` spent half of a routed decode
         sorting assignments and building their inverse (macaque, 4 experts, top-2). The
-        experts' terms are added in expert order, as ``forward``'s scatter adds them."""
+        experts' terms are added in expert order, as ``forward`` sums them."""
         if self.gate is None:
             value = self._expert(0, f)[0] + self.decoder.bias
             return value, torch.zeros(f.shape[1], dtype=torch.long, device=f.device)
