@@ -22,6 +22,13 @@ def _rows(n: int, voxels: int, seed: int) -> torch.Tensor:
     return rows
 
 
+def _compiled_kernel_replaced_by(fake, monkeypatch) -> None:
+    """Compiling allowed, no failure yet, and ``fake`` standing in for the compiled kernel."""
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    monkeypatch.setattr(routing._VALUES_KERNEL, "failure", None)
+    monkeypatch.setattr(routing._VALUES_KERNEL, "compiled", fake)
+
+
 def _autograd_reference(rows, k, probabilities, cot_p, cot_w):
     x = rows.detach().clone().requires_grad_(True)
     probs, weight, index = routing._route_values(x, k, probabilities)
@@ -70,9 +77,7 @@ def test_a_router_kernel_that_cannot_be_compiled_warns_once_and_routes_eagerly(m
     def no_compiler(*args, **kwargs):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore detail")
 
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    monkeypatch.setattr(routing._VALUES_KERNEL, "failure", None)
-    monkeypatch.setattr(routing._VALUES_KERNEL, "compiled", no_compiler)
+    _compiled_kernel_replaced_by(no_compiler, monkeypatch)
     rows = _rows(4, routing.COMPILE_MIN_VOXELS, 4)
     rows.requires_grad_(True)
     with pytest.warns(RuntimeWarning, match="router's kernel could not be compiled"):
@@ -91,9 +96,7 @@ def test_decoding_routes_eagerly_whatever_the_batch(monkeypatch):
     def must_not_compile(*args, **kwargs):
         raise AssertionError("decoding compiled the router's kernel")
 
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    monkeypatch.setattr(routing._VALUES_KERNEL, "failure", None)
-    monkeypatch.setattr(routing._VALUES_KERNEL, "compiled", must_not_compile)
+    _compiled_kernel_replaced_by(must_not_compile, monkeypatch)
     rows = _rows(4, routing.COMPILE_MIN_VOXELS * 2, 5)
     with torch.no_grad():
         got = routing.route(rows.requires_grad_(True), 2, probabilities=False)

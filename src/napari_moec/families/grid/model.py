@@ -135,7 +135,8 @@ class _GatherColumns(torch.autograd.Function):
     """``src.index_select(1, index)`` whose backward is a gather too: with top-1 routing each
     source column is read once, so its gradient is one column of ``grad`` picked by
     ``inverse`` (k for top-k) and no scatter-add is needed (-30% per step on a CPU,
-    REPORT.md 6)."""
+    REPORT.md 6). The dispatch also returns the experts' values through it (a permutation
+    of one row, ``inverse`` its inverse)."""
 
     @staticmethod
     def forward(ctx, src, index, inverse):

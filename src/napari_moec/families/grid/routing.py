@@ -1,8 +1,8 @@
 """The router's arithmetic: router logits (n, B) -> expert probabilities, each voxel's top-k
 experts and their gate weights, with derivatives formed by hand.
 
-Rows (n, B), experts first: a reduction over the n experts is n - 1 elementwise ops (torch's
-CPU softmax/max/topk over a last dim of 2-8 cost more than the experts). Still, those ops
+Rows (n, B), experts first: a reduction over the n experts runs along the batch (torch's CPU
+softmax/max/topk over a last dim of 2-8 cost more than the experts). Still, the router's ops
 (~40 passes over the batch with the backward's, each its own allocation) cost a routed
 training step on a CPU ~2.5 ms of ~20 (4 experts, top-2, 32,768 voxels, 2 threads), so from
 ``COMPILE_MIN_VOXELS`` voxels on a CPU a training step's forward runs as one compiled kernel
@@ -44,10 +44,9 @@ def top_k_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _softmax(rows: torch.Tensor) -> torch.Tensor:
-    """Softmax over the experts of rows (n, B), n - 1 elementwise ops a reduction."""
-    top = rows[0]
-    for j in range(1, rows.shape[0]):
-        top = torch.maximum(top, rows[j])
+    """Softmax over the experts of rows (n, B), the maximum taken as :func:`top_k_rows`
+    takes it (over the expert axis; exact, so the same values as a chain of maxima)."""
+    top = rows.max(dim=0, keepdim=True).values
     z = torch.exp((rows - top).clamp_min(-60.0))  # see _route_values for the clamp
     return z / z.sum(dim=0, keepdim=True)
 
@@ -78,8 +77,7 @@ _VALUES_KERNEL = CompiledKernel(_route_values, "the router's kernel", "~10 % slo
 def _training_values(rows: torch.Tensor, k: int, probabilities: bool):
     """:func:`_route_values` for a training step: compiled for large CPU batches."""
     big = rows.device.type == "cpu" and rows.shape[1] >= COMPILE_MIN_VOXELS
-    kernel = _VALUES_KERNEL if big and _VALUES_KERNEL.usable() else _route_values
-    return kernel(rows, k, probabilities)
+    return (_VALUES_KERNEL if big else _route_values)(rows, k, probabilities)
 
 
 def _softmax_backward(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
