@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=1)
     ap.add_argument("--first-level", type=int, default=None, help="override auto sizing")
     ap.add_argument("--hidden", type=int, default=None, help="override auto sizing")
+    ap.add_argument(
+        "--context", choices=("cb", "lin", "none"), default=None, help="override the default"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -77,7 +80,7 @@ def main() -> None:
     volume = tifffile.imread(DATA / VOLUMES[args.volume])
     norm = Normalization.of(volume)
     limit = int(volume.nbytes // args.ratio) - FRAME
-    fixed = {"first_level": args.first_level, "hidden": args.hidden}
+    fixed = {"first_level": args.first_level, "hidden": args.hidden, "context": args.context}
     fixed = {k: v for k, v in fixed.items() if v is not None}  # level 0 is a choice
     fixed |= {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     cfg = auto_config(volume.shape, limit, num_experts=args.experts, **fixed)

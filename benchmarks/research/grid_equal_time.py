@@ -8,6 +8,11 @@ the baseline in the same session (this machine's speed moves between sessions).
     python benchmarks/research/grid_equal_time.py macaque 256 --train lr_latent=0.1
     python benchmarks/research/grid_equal_time.py hipct 64 --first-level 0
     python benchmarks/research/grid_equal_time.py ct_head 64 --config hidden=32
+    python benchmarks/research/grid_equal_time.py macaque 256 --experts 4 --trace 500
+
+``--trace N`` adds the rate controller's state every N steps (``trace``: seconds, progress,
+lam, the training batch's MSE, the rounded latents' proxy bits against the target in proxy
+bits, the calibration, the experts' loads): how the bits reach, overshoot or miss the budget.
 
 Session 16's runs (docs/benchmarks/notes.md): voxels a step and the latent lr on the macaque,
 the voxel-lattice level at 64x; JSON lines in docs/benchmarks/data/equal_time/.
@@ -33,7 +38,6 @@ from napari_moec.families.grid.family import GridOptions, top_k_of
 from napari_moec.families.grid.payload import unpack_payload
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
-from napari_moec.generators import drain
 from napari_moec.metrics import psnr
 from napari_moec.sampling import Normalization
 
@@ -61,6 +65,7 @@ def main() -> None:
         metavar="FIELD=FLOAT",
         help="override a float TrainSettings field (lr_latent=0.1); repeatable",
     )
+    ap.add_argument("--trace", type=int, default=0, metavar="N", help="controller state every N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     vol = load_volume(args.volume)
@@ -75,7 +80,16 @@ def main() -> None:
     settings = replace(settings, **overrides)
     t0 = time.perf_counter()
     trainer = GridTrainer(norm.apply(vol), cfg, limit, settings)
-    best = drain(trainer.run())
+    trace = []
+    run = trainer.run()
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as stop:
+            best = stop.value
+            break
+        if args.trace and trainer.step_count % args.trace == 0:
+            trace.append(_controller_state(trainer, event, time.perf_counter() - t0))
     wall = time.perf_counter() - t0
     values, _ = decode_region(model_from_payload(unpack_payload(best.payload, cfg)))
     row = {
@@ -98,9 +112,25 @@ def main() -> None:
             (h["step"], round(10 * math.log10(4 / h["mse"]), 2), h["bytes"], h["zeroed"])
             for h in trainer.history[-40:]
         ],
+        **({"trace": trace} if args.trace else {}),
         **provenance("cpu"),
     }
     print(json.dumps(row), flush=True)
+
+
+def _controller_state(trainer: GridTrainer, event, seconds: float) -> dict:
+    """The rate controller's view after a step (module docstring, ``--trace``)."""
+    return {
+        "step": trainer.step_count,
+        "seconds": round(seconds, 1),
+        "progress": round(trainer.progress, 3),
+        "lam": round(trainer.rate.lam, 4),
+        "mse": float(event.mse),
+        "proxy_bits": round(trainer.last_bits),
+        "target_proxy_bits": round(trainer.target_bits() * trainer.calibration),
+        "calibration": round(trainer.calibration, 3),
+        "load": [round(float(x), 3) for x in event.load],
+    }
 
 
 if __name__ == "__main__":
