@@ -38,6 +38,7 @@ from napari_moec.families.grid.family import GridOptions, top_k_of
 from napari_moec.families.grid.payload import unpack_payload
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
+from napari_moec.generators import drain
 from napari_moec.metrics import psnr
 from napari_moec.sampling import Normalization
 
@@ -81,15 +82,12 @@ def main() -> None:
     t0 = time.perf_counter()
     trainer = GridTrainer(norm.apply(vol), cfg, limit, settings)
     trace = []
-    run = trainer.run()
-    while True:
-        try:
-            event = next(run)
-        except StopIteration as stop:
-            best = stop.value
-            break
+
+    def record(event) -> None:
         if args.trace and trainer.step_count % args.trace == 0:
             trace.append(_controller_state(trainer, event, time.perf_counter() - t0))
+
+    best = drain(trainer.run(), record)
     wall = time.perf_counter() - t0
     values, _ = decode_region(model_from_payload(unpack_payload(best.payload, cfg)))
     row = {
