@@ -118,16 +118,17 @@ def main() -> None:
 
 def _controller_state(trainer: GridTrainer, event, seconds: float) -> dict:
     """The rate controller's view after a step (module docstring, ``--trace``)."""
+    s = trainer.read_back(event)
     return {
-        "step": trainer.step_count,
+        "step": s.step,
         "seconds": round(seconds, 1),
-        "progress": round(trainer.progress, 3),
-        "lam": round(trainer.rate.lam, 4),
-        "mse": float(event.mse),
-        "proxy_bits": round(trainer.last_bits),
-        "target_proxy_bits": round(trainer.target_bits() * trainer.calibration),
+        "progress": round(s.progress, 3),
+        "lam": round(s.lam, 4),
+        "mse": s.mse,
+        "proxy_bits": round(s.bits),
+        "target_proxy_bits": round(s.target_bits),
         "calibration": round(trainer.calibration, 3),
-        "load": [round(float(x), 3) for x in event.load],
+        "load": [round(float(x), 3) for x in s.load],
     }
 
 

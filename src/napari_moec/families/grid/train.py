@@ -315,7 +315,11 @@ class GridTrainer:
 
     def step(self, progress: float | None = None, lr_scale: float = 1.0) -> GridStep:
         """One optimiser step (:meth:`advance`) with its numbers read back to the host."""
-        out = self.advance(progress, lr_scale)
+        return self.read_back(self.advance(progress, lr_scale))
+
+    def read_back(self, out: StepTensors) -> GridStep:
+        """``out`` (the step just taken) with the rate controller's numbers, on the host: for
+        :meth:`step`, and for a caller that drives :meth:`run` and reads a step now and then."""
         return GridStep(
             out.step,
             out.progress,
