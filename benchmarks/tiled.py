@@ -81,6 +81,7 @@ def build_volume(args) -> tuple[Path, np.ndarray | None]:
 
 # -- one run ----------------------------------------------------------------------------------
 def run(args) -> dict:
+    from napari_moec import families
     from napari_moec.config import ArchConfig, RunConfig, TrainConfig
     from napari_moec.tiled.cluster import ClusterShape, connect
     from napari_moec.tiled.events import TiledStarted
@@ -89,11 +90,9 @@ def run(args) -> dict:
 
     path, _ = build_volume(args)
     dest = Path(args.work) / f"{args.tag}.ome.zarr"
-    from napari_moec.tiled import allocate as allocate_module
-
-    if args.exponent is not None:
-        allocate_module.DIFFICULTY_EXPONENT = args.exponent
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, time_limit=args.time_limit)
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, time_limit=args.time_limit, seed=args.seed
+    )
     arch = None if args.experts is None else ArchConfig(num_experts=args.experts)
     # The engine's own local cluster (its workers' environment, pinning), sized here.
     shape = ClusterShape(args.workers, memory_limit=args.memory_limit, pin=args.pin)
@@ -102,7 +101,8 @@ def run(args) -> dict:
         job = TiledCompressor(
             path, dest, args.ratio, tile=args.tile if args.tile == "auto" else int(args.tile),
             margin=args.margin if args.margin == "auto" else int(args.margin),
-            allocation=args.allocation, train=train, arch=arch, client=client, overwrite=True,
+            allocation=args.allocation, exponent=args.exponent, train=train, arch=arch,
+            client=client, overwrite=True,
             run=RunConfig(device="cpu", threads=args.threads),
         )  # fmt: skip
         events, started_at, start = job.run(), None, time.monotonic()
@@ -125,6 +125,7 @@ def run(args) -> dict:
         "crop": args.crop,
         "experts": args.experts,
         "time_limit": args.time_limit,
+        "seed": args.seed,
         "shape": list(report.shape),
         "dtype": report.dtype,
         "original_bytes": report.original_bytes,
@@ -132,7 +133,11 @@ def run(args) -> dict:
         "tile": list(report.tile),
         "margin": list(report.margin),
         "allocation": args.allocation,
-        "exponent": allocate_module.DIFFICULTY_EXPONENT
+        "exponent": (
+            families.get(job.arch.model).tile_policy.difficulty_exponent
+            if args.exponent is None
+            else args.exponent
+        )
         if args.allocation == "difficulty"
         else None,
         "steps": args.steps,
@@ -722,6 +727,7 @@ def main(argv=None) -> int:
         p.add_argument("--exponent", type=float, default=None,
                        help="difficulty allocation: bytes ∝ difficulty^EXPONENT")  # fmt: skip
         p.add_argument("--steps", type=int, default=300, help="training steps per tile")
+        p.add_argument("--seed", type=int, default=0, help="every tile's training seed")
         p.add_argument("--time-limit", type=float, default=None,
                        help="training seconds per tile (the schedule follows it)")  # fmt: skip
         p.add_argument("--experts", type=int, default=None, help="per tile (default: auto)")

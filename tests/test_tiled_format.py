@@ -3,6 +3,7 @@ stores here are built from untrained networks, which decode like any others."""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -35,7 +36,7 @@ from napari_moec.tiled.tileformat import (
     network_overhead,
     parse_tile,
 )
-from napari_moec.tiled.tiling import choose_margin, choose_tile
+from napari_moec.tiled.tiling import ALIGN, balanced_edge, choose_margin, choose_tile
 
 SPEC = TileSpec(
     TileGrid((40, 36, 36), (16, 16, 16), (2, 2, 2)),
@@ -268,6 +269,24 @@ def test_fill_value_is_the_commonest_constant():
     assert choose_fill(stats, "uint16") == 5
 
 
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 5000), edge=st.sampled_from([32, 48, 64, 96, 128, 192, 256]))
+def test_auto_tiles_split_an_axis_evenly(n, edge):
+    """An "auto" axis keeps the tile count its edge gives, in aligned tiles whose sizes differ
+    by less than one alignment step more than an exact split would."""
+    size = balanced_edge(n, edge)
+    count = math.ceil(n / edge)
+    assert math.ceil(n / size) == count  # no more tiles than the edge makes
+    assert size <= edge
+    if n <= edge:
+        assert size == n
+    else:
+        assert size % ALIGN == 0
+        last = n - (count - 1) * size
+        assert 0 < last <= size
+        assert size - n / count < ALIGN  # as even as the alignment allows
+
+
 def test_tile_and_margin_choices():
     """ "auto" follows the family's policy (SIREN's ~4 kB a tile here); given sizes pass
     through, clipped to the volume."""
@@ -281,9 +300,12 @@ def test_tile_and_margin_choices():
     assert choose_margin((3, 32, 32, 32), 3, policy=siren) == (0, 3, 3, 3)
     grid = GRID_TILES  # ~32 kB a tile: a grid tile's cost is per latent (GRID_TILES)
     assert choose_tile((512, 512, 512), "float32", 256, policy=grid) == (128, 128, 128)
-    assert choose_tile((512, 512, 512), "uint16", 256, policy=grid) == (192, 192, 192)
+    # 512 = 3 tiles of 192 would leave a 128 remnant: 176, 176, 160 (balanced_edge)
+    assert choose_tile((512, 512, 512), "uint16", 256, policy=grid) == (176, 176, 176)
     assert choose_tile((512, 512, 512), "float32", 1024, policy=grid) == (256, 256, 256)
     assert choose_tile((128, 206, 168), "float32", 6000, policy=grid) == (128, 206, 168)
+    # the macaque at 256x: 206 and 168 as 112 + 94 and 96 + 72, not 128 + 78 and 128 + 40
+    assert choose_tile((128, 206, 168), "float32", 256, policy=grid) == (128, 112, 96)
     assert choose_margin((128, 128, 128), policy=grid) == (16, 16, 16)
     with pytest.raises(ConfigError):
         choose_tile((64, 64, 64), "uint16", 16, "big", policy=siren)

@@ -109,12 +109,16 @@ class TilePolicy:
     ``edges``: the spatial tile edges to choose from (multiples of 16, so that strides 2^k stay
     aligned); "auto" takes the smallest whose byte share at the ratio reaches
     ``target_bytes`` (the largest when none does). ``margin_fraction``: context voxels
-    beyond each face, a fraction of the edge, at least ``min_margin``."""
+    beyond each face, a fraction of the edge, at least ``min_margin``.
+    ``difficulty_exponent``: ``p`` of the "difficulty" byte split between tiles
+    (:mod:`napari_moec.tiled.allocate`: bytes ∝ voxels · difficulty^p, ``p = 1/(1+γ)`` for a
+    family whose error falls as bytes^-γ)."""
 
     edges: tuple[int, ...]
     target_bytes: int
     margin_fraction: float
     min_margin: int
+    difficulty_exponent: float
 
 
 class Fit(NamedTuple):

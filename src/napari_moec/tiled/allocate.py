@@ -10,9 +10,12 @@ tile leaves most of its share unused. ``"equal"`` gives the network tiles all th
 proportion to their voxels. ``"difficulty"`` (the default) tilts that split toward the tiles the
 scan measured as harder: ``b_i ∝ voxels_i · d_i^p`` with ``d_i`` the scan's probe (:mod:`.scan`).
 That is the optimum of a power-law model ``error_i ∝ d_i · b_i^-γ`` with ``p = 1/(1+γ)``; ``p``
-(``DIFFICULTY_EXPONENT``) is set by measurement: on the macaque at 1024x (64³ tiles, 1500 steps
-per tile) equal split gave 35.68 dB, ``p`` = 0.8 36.17 dB and ``p`` = 0.3 36.56 dB at the same
-bytes (docs/benchmarks/tiled.md). Every network
+is the store family's (``TilePolicy.difficulty_exponent``), set by measurement. SIREN 0.3: on
+the macaque at 1024x (64³ tiles, 1500 steps per tile) equal split gave 35.68 dB, ``p`` = 0.8
+36.17 dB and ``p`` = 0.3 36.56 dB at the same bytes (docs/benchmarks/tiled.md). Grid 0.6: its
+single files' error falls as bytes^-0.4 to bytes^-0.7 (the 5-minute files at 256x and 1024x),
+so ``p`` 0.6-0.7; on the whole macaque at 256x (four tiles, 140 s a tile) ``p`` = 0.3 stored
+45.62 dB, 0.6 45.88 dB and 1.0 45.79 dB (docs/tiled.md). Every network
 tile gets at least the smallest network and at most ``MAX_SHARE`` times the mean share (a network
 wider than its training schedule can fit wastes its bytes). Each tile's network is what its
 share buys in the store's model family (:mod:`.tilemodels`: the family's own sizing through the
@@ -33,13 +36,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .. import families
 from ..errors import ConfigError
 from .scan import TileStats
 from .tileformat import TileSpec, encode_constant_tile, max_network_overhead
 from .tilemodels import smallest_payload, tile_model_config
 
 __all__ = [
-    "DIFFICULTY_EXPONENT",
     "MAX_SHARE",
     "Allocation",
     "TilePlan",
@@ -49,8 +52,6 @@ __all__ = [
 
 #: Allocation modes (see the module docstring).
 MODES = ("difficulty", "equal", "uniform")
-#: bytes ∝ voxels · difficulty^p; p measured (module docstring, docs/benchmarks/tiled.md).
-DIFFICULTY_EXPONENT = 0.3
 #: The widest share of the budget one tile may get, in units of the mean share.
 MAX_SHARE = 8.0
 
@@ -99,7 +100,7 @@ def allocate(
     mode: str = "difficulty",
     experts: int | None = None,
     container_overhead=lambda index: 0,
-    exponent: float = DIFFICULTY_EXPONENT,
+    exponent: float | None = None,
     fill: float | int | None = None,
     options: Any = None,
     quality_target: bool = False,
@@ -109,7 +110,8 @@ def allocate(
     ``experts`` is the user's expert count for SIREN tiles (None: the tiles' rule);
     ``options`` the options a family other than SIREN sizes each tile with (None: its own
     defaults; an ``ArchConfig`` carries experts and top-k over); ``quality_target``: a PSNR
-    target sizes the tiles, their shares are ceilings (``SizeRequest.quality_target``).
+    target sizes the tiles, their shares are ceilings (``SizeRequest.quality_target``);
+    ``exponent``: ``p`` of the "difficulty" split (None: the store family's measured value).
 
     Raises ConfigError when the budget cannot hold the smallest network for every tile that
     needs one (the message says which tile size or ratio would fit).
@@ -117,6 +119,8 @@ def allocate(
     if mode not in MODES:
         raise ConfigError(f"allocation must be one of {MODES}, got {mode!r}")
     fill = choose_fill(stats, spec.values.dtype) if fill is None else fill
+    if exponent is None:
+        exponent = families.get(spec.networks.family).tile_policy.difficulty_exponent
     plans: dict[tuple, TilePlan] = {}
     fixed = 0
     network = [s for s in stats if not s.constant]

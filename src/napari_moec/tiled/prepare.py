@@ -18,7 +18,6 @@ from .. import families
 from ..errors import ConfigError, MoecError
 from ..families.siren.sizing import DEFAULT_EXPERTS, top_k_of
 from ..plan import budget_nbytes
-from . import allocate as allocate_module
 from .allocate import Allocation, allocate, choose_fill
 from .events import ScanProgress, TiledEvent
 from .results import TileResult, tile_errors
@@ -204,7 +203,7 @@ def make_plan(job, stats: list[TileStats]) -> StorePlan:
         )
     allocation = allocate(
         spec, stats, budget - reserved, mode=job.allocation, experts=arch.num_experts,
-        container_overhead=overhead, fill=fill, exponent=allocate_module.DIFFICULTY_EXPONENT,
+        container_overhead=overhead, fill=fill, exponent=job.exponent,
         options=arch, quality_target=job.train.target_psnr is not None,
     )  # fmt: skip
     digest = hashlib.sha256()

@@ -78,8 +78,9 @@ class TiledCompressor:
         (each tile's correction stream comes on top: the ratio reached is reported).
     tile, margin
         Chunk shape ("auto", an edge in voxels, or one size per axis) and context voxels.
-    allocation
-        "difficulty" (bytes follow each tile's measured difficulty) or "equal".
+    allocation, exponent
+        "difficulty" (bytes follow each tile's measured difficulty) or "equal"; the
+        difficulty split's exponent (:mod:`.allocate`; None: the family's measured value).
     arch, train, quant, run, bound
         As for :class:`~napari_moec.training.Compressor`; widths are sized per tile, so
         ``arch.hidden_features`` must be None. ``train`` is each tile's schedule; its
@@ -108,6 +109,7 @@ class TiledCompressor:
         tile="auto",
         margin="auto",
         allocation: str = "difficulty",
+        exponent: float | None = None,
         arch: ArchConfig | None = None,
         train: TrainConfig | None = None,
         quant: QuantConfig | None = None,
@@ -144,6 +146,9 @@ class TiledCompressor:
         if allocation not in MODES:
             raise ConfigError(f"allocation must be one of {MODES}, got {allocation!r}")
         self.allocation = allocation
+        if exponent is not None and not 0.0 <= exponent <= 4.0:
+            raise ConfigError(f"exponent must be within [0, 4], got {exponent}")
+        self.exponent = exponent
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
         if self.target_psnr is not None and not hasattr(families.get(self.arch.model),

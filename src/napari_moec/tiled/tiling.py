@@ -5,7 +5,10 @@ family, docs/tiled.md): the smallest edge of ``policy.edges`` whose byte share a
 reaches ``policy.target_bytes`` (a SIREN tile needs about 4 kB to be worth training; a grid
 tile's cost is per latent, not per network, and it prefers large tiles), and a margin of
 ``policy.margin_fraction`` of the edge: the context a tile is trained on beyond its faces
-(seams, docs/tiled.md).
+(seams, docs/tiled.md). An axis that the edge does not divide is split into as many tiles
+as the edge gives it, made as equal as multiples of :data:`ALIGN` allow (:func:`balanced_edge`):
+206 voxels with edge 128 become tiles of 112 and 94, not 128 and 78, and 130 voxels 80 and 50,
+not 128 and a 2-voxel sliver; the workers then get tiles of similar cost.
 """
 
 from __future__ import annotations
@@ -17,10 +20,25 @@ import numpy as np
 from ..errors import ConfigError
 from ..families.base import TilePolicy
 
-__all__ = ["LEAD_TILE", "choose_margin", "choose_tile"]
+__all__ = ["ALIGN", "LEAD_TILE", "balanced_edge", "choose_margin", "choose_tile"]
 
 #: Leading T/C axis: at most this many time points or channels per tile.
 LEAD_TILE = 8
+#: "auto" spatial tile sizes are multiples of this (unless a tile spans its whole axis), so
+#: that the strides 2^k of a pyramid stay aligned with the chunks (TilePolicy.edges).
+ALIGN = 16
+
+
+def balanced_edge(n: int, edge: int) -> int:
+    """The tile size along an axis of ``n`` voxels for an "auto" edge ``edge``: as many tiles
+    as ``edge`` needs (``ceil(n / edge)``, never more), as equal as multiples of :data:`ALIGN`
+    allow. An uneven split left the last tile of an axis a remnant (the macaque's 168 voxels
+    as 128 and 40): a tile's step costs what a full tile's does while it holds a fraction of
+    the voxels, and its worker idles beside the full ones."""
+    if n <= edge:
+        return n
+    count = math.ceil(n / edge)
+    return min(edge, ALIGN * math.ceil(math.ceil(n / count) / ALIGN))
 
 
 def choose_tile(
@@ -39,7 +57,7 @@ def choose_tile(
             if candidate**3 * itemsize / ratio >= policy.target_bytes:
                 edge = candidate
                 break
-        return lead + tuple(min(edge, n) for n in shape[-3:])
+        return lead + tuple(balanced_edge(n, edge) for n in shape[-3:])
     if isinstance(tile, int | np.integer) and not isinstance(tile, bool):
         sizes = lead + (int(tile),) * 3
     else:

@@ -150,8 +150,15 @@ class GridFamilyTrainer:
 #: smaller tiles keep every worker busy. The margin is SIREN's 1/8 (on the macaque at 256x,
 #: 1500 steps a tile, 128^3 tiles with 0, 4, 8 and 16 voxels of margin stored 33.68, 35.57,
 #: 36.01 and 40.41 dB: a tile's rate control lands better with more context).
+#: The difficulty split's exponent (tiled/allocate.py): 0.6, from the grid files' error falling
+#: as bytes^-0.4 to bytes^-0.7, and measured on the whole macaque at 256x (0.3 / 0.6 / 1.0:
+#: 45.62 / 45.88 / 45.79 dB, docs/tiled.md).
 GRID_TILES = TilePolicy(
-    edges=(64, 96, 128, 192, 256), target_bytes=32768, margin_fraction=1 / 8, min_margin=2
+    edges=(64, 96, 128, 192, 256),
+    target_bytes=32768,
+    margin_fraction=1 / 8,
+    min_margin=2,
+    difficulty_exponent=0.6,
 )
 
 

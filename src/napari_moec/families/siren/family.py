@@ -101,7 +101,11 @@ class SirenTrainer:
 #: the same voxels lose 1.67 dB on a tile face with no margin, 0.52 dB with 4 voxels (1/16),
 #: 0.07 dB with 8 (1/8).
 SIREN_TILES = TilePolicy(
-    edges=(32, 48, 64, 96, 128, 192, 256), target_bytes=4096, margin_fraction=1 / 8, min_margin=2
+    edges=(32, 48, 64, 96, 128, 192, 256),
+    target_bytes=4096,
+    margin_fraction=1 / 8,
+    min_margin=2,
+    difficulty_exponent=0.3,  # measured (tiled/allocate.py)
 )
 
 
