@@ -12,7 +12,7 @@ from napari_moec.families.grid import routing
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.fit import pack_model, quantize_latents, quantize_weights
-from napari_moec.families.grid.interp import axis_matrices, upsample
+from napari_moec.families.grid.interp import axis_matrices, support_box, upsample
 from napari_moec.families.grid.model import GridModel, Synthesis
 from napari_moec.families.grid.payload import unpack_payload
 
@@ -68,6 +68,34 @@ def test_bytes_decode_to_the_rounded_forward(shape, kw):
     assert labels.max() < cfg.num_experts
     if cfg.num_experts > 1:
         assert len(np.unique(labels)) > 1  # the random router splits the volume
+
+
+@pytest.mark.parametrize(("shape", "kw"), CASES)
+def test_a_box_reads_only_its_support_box(shape, kw):
+    """``support_box``: zeroing every latent outside it leaves the box's decode unchanged to
+    the bit (what a tile's payload relies on), and it is no larger than the box needs."""
+    cfg = GridConfig(shape, **kw)
+    rng = np.random.default_rng(len(shape) + sum(shape))
+    for _ in range(3):
+        box = []
+        for n in shape:
+            a = int(rng.integers(0, n))
+            box.append((a, int(rng.integers(a + 1, n + 1))))
+        model = _random_model(cfg)
+        full, _ = decode_region(model, box)
+        with torch.no_grad():
+            for y, g in zip(model.grids.latents, cfg.grid_shapes, strict=True):
+                keep = support_box(shape, g, cfg.kernel, box)
+                kept = y[keep].clone()
+                assert all(s.stop - s.start <= n for s, n in zip(keep, g, strict=True))
+                y.zero_()
+                y[keep] = kept
+        only, _ = decode_region(model, box)
+        np.testing.assert_array_equal(only, full)
+    # one voxel of a fine level reads at most the kernel's taps per axis
+    cfg = GridConfig((64, 64, 64), first_level=1, num_levels=2)
+    keep = support_box(cfg.shape, cfg.grid_shapes[0], cfg.kernel, ((30, 31),) * 3)
+    assert all(1 <= s.stop - s.start <= 4 for s in keep)
 
 
 @pytest.mark.parametrize(("shape", "kw"), CASES)

@@ -165,6 +165,39 @@ def test_a_decoded_box_is_judged_alone(hipct):
             GridTrainer(region, cfg, limit, decoded=bad)
 
 
+def test_a_decoded_box_stores_only_the_latents_it_reads(hipct):
+    """A tile's payload stores the latents its own voxels read and 0 for the margin's: its
+    budget buys tile latents only, and the tile decodes as the trained model does."""
+    torch.set_num_threads(1)
+    region = Normalization.of(hipct).apply(hipct)
+    box = ((8, 56), (0, 48), (8, 64))
+    limit = hipct.nbytes // 64 - 60
+    cfg = auto_config(hipct.shape, limit)
+    trainer = GridTrainer(region, cfg, limit, TrainSettings(steps=40, checkpoint_every=20),
+                          decoded=box)  # fmt: skip
+    grids = trainer.model.grids
+    assert grids.stored is not None and grids.stored_count() < cfg.latent_count
+    best = drain(trainer.run())
+    stored = unpack_payload(best.payload, cfg).latents
+    outside = 0
+    for q, keep in zip(stored, grids.stored, strict=True):
+        margin = np.ones(q.shape, bool)
+        margin[keep] = False
+        outside += int(margin.sum())
+        assert not q[margin].any()
+    assert outside > 0
+    trained, _ = decode_region(trainer.model, list(box), labels=False)
+    with torch.no_grad():  # the trained model with its margin latents zeroed, nothing else
+        for y, keep in zip(trainer.model.grids.latents, grids.stored, strict=True):
+            kept = y[keep].clone()
+            y.zero_()
+            y[keep] = kept
+    same, _ = decode_region(trainer.model, list(box), labels=False)
+    np.testing.assert_array_equal(same, trained)
+    whole = GridTrainer(region, cfg, limit, TrainSettings(steps=1))  # a single file: all
+    assert whole.model.grids.stored is None
+
+
 def test_the_balanced_start_fades_out_of_the_router_on_schedule():
     """``cone_fade``: the balanced start's cones (logits ``BALANCED_SCALE · d_e · coords``)
     leave the router's output layer by that share of the schedule, what training added

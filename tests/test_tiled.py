@@ -228,6 +228,9 @@ def test_bad_inputs_fail_before_any_work(client, volume, tmp_path):
         TiledCompressor(volume, dest, **{**SETTINGS, "arch": arch})
     with pytest.raises(ConfigError, match="ratio must be"):
         TiledCompressor(volume, dest, **{**SETTINGS, "ratio": 0.5})
+    for exponent in (-0.1, 4.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"exponent must be within \[0, 4\]"):
+            TiledCompressor(volume, dest, **{**SETTINGS, "exponent": exponent})
     for niceness in (-1, 20, True, 2.5):
         with pytest.raises(ConfigError, match=r"niceness must be an integer in \[0, 19\]"):
             TiledCompressor(volume, dest, niceness=niceness, **SETTINGS)

@@ -215,3 +215,21 @@ def test_grid_allocation_sizes_each_region_through_the_family():
     assert tile_model_config(spec, (0, 0, 1), least - 1, None, OPTIONS) is None
     with pytest.raises(ConfigError, match="use larger tiles or a lower ratio"):
         allocate(spec, stats, 3 * least, options=OPTIONS)
+
+
+def test_grid_tiles_split_the_bytes_with_their_familys_exponent():
+    """The difficulty split's exponent is the store family's (TilePolicy): a grid store tilts
+    bytes further toward hard tiles than SIREN's 0.3 would, and a given exponent wins."""
+    spec = TileSpec(TileGrid((16, 16, 48), (16, 16, 16), (0, 0, 2)), GRID.values,
+                    GRID.networks)  # fmt: skip
+    stats = [TileStats((0, 0, k), 16**3, 0.0, 1000.0, True, p)
+             for k, p in enumerate([1.0, 100.0, 10000.0])]  # fmt: skip
+    exponent = families.get("grid").tile_policy.difficulty_exponent
+    assert exponent == 0.6 and families.get("siren").tile_policy.difficulty_exponent == 0.3
+
+    def shares(**kw):
+        return [t.payload_budget for t in allocate(spec, stats, 9000, options=OPTIONS, **kw).tiles]
+
+    default, own, siren_like = shares(), shares(exponent=exponent), shares(exponent=0.3)
+    assert default == own
+    assert default[2] / default[0] > siren_like[2] / siren_like[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Region", "Selector", "axis_matrices", "interp_matrix", "upsample"]
+__all__ = ["Region", "Selector", "axis_matrices", "interp_matrix", "support_box", "upsample"]
 
 #: One ``(start, stop, step)`` per axis, already checked against the shape.
 Region = tuple[tuple[int, int, int], ...]
@@ -94,6 +94,19 @@ def axis_matrices(
                 )
         out.append(level)
     return out
+
+
+def support_box(
+    shape: tuple[int, ...], grid_shape: tuple[int, ...], kernel: str, box
+) -> tuple[slice, ...]:
+    """The nodes of a level (``grid_shape``) that the voxels of ``box`` (one (start, stop)
+    per axis of ``shape``) read: one slice per axis, from the interpolation matrices' nonzero
+    columns (a voxel reads a contiguous run of nodes, so their union over a box is a box)."""
+    out = []
+    for n, g, (a, b) in zip(shape, grid_shape, box, strict=True):
+        used = np.flatnonzero(np.abs(interp_matrix(n, g, kernel, a, b)).sum(axis=0) > 0)
+        out.append(slice(int(used[0]), int(used[-1]) + 1))
+    return tuple(out)
 
 
 def upsample(grid: torch.Tensor, mats: list[Selector]) -> torch.Tensor:

@@ -65,6 +65,17 @@ class LatentGrids(nn.Module):
             self.register_buffer(
                 f"even{i}", torch.from_numpy(even_mask(g).copy()), persistent=False
             )
+        #: Per level, the node box (a slice per axis) a payload stores; None: every latent.
+        #: A tile's trainer sets it (GridTrainer, "Decoded box"): the latents outside it are
+        #: read by margin voxels only, which no reader decodes, so they train like the others
+        #: but are neither counted against the budget nor stored (stored as 0).
+        self.stored: list[tuple[slice, ...]] | None = None
+
+    def stored_count(self) -> int:
+        """How many latents a payload stores (:attr:`stored`)."""
+        if self.stored is None:
+            return self.cfg.latent_count
+        return sum(math.prod(s.stop - s.start for s in box) for box in self.stored)
 
     def rate_parameters(self) -> list[nn.Parameter]:
         """The rate proxy's own parameters (trained with the rate term only)."""
@@ -104,11 +115,20 @@ class LatentGrids(nn.Module):
                 out[i] = neighbour_sums(torch.round(y), getattr(self, f"even{i}"))
         return out
 
-    def bits(self, values: list[torch.Tensor], context: list) -> torch.Tensor:
+    def bits(self, values: list[torch.Tensor], context: list, stored: bool = False) -> torch.Tensor:
         """Rate proxy (:func:`.rate.laplace_bits`): bits of ``values`` (one per level) under
-        the entropy model given ``context`` (:meth:`context`)."""
+        the entropy model given ``context`` (:meth:`context`); ``stored``: of the latents a
+        payload stores only (:attr:`stored`)."""
         total = 0
         for i, (v, c) in enumerate(zip(values, context, strict=True)):
+            even = getattr(self, f"even{i}")
+            if stored and self.stored is not None:
+                box = self.stored[i]  # contiguous copies: the compiled kernel's layout
+                v, even = v[box].contiguous(), even[box].contiguous()
+                if self.use_lin[i]:
+                    c = tuple(t[box].contiguous() for t in c)
+                else:
+                    c = c[box].contiguous()
             if not self.use_lin[i]:
                 total = total + slot_laplace_bits(v, self.log_scale[i], c)
                 continue
@@ -119,7 +139,6 @@ class LatentGrids(nn.Module):
             log2_spread = c0 + c1 * torch.log2(1.0 + a_sum)
             spread = torch.exp2(log2_spread.clamp(MIN_SPREAD / 4 - 2, MAX_SPREAD / 4 - 2))
             log_b = -torch.log(torch.log1p(1.0 / spread))  # the Laplace scale of that ratio
-            even = getattr(self, f"even{i}")
             odd_bits = laplace_bits(v - mu, log_b)
             even_bits = laplace_bits(v, self.log_scale[i][0])
             total = total + torch.where(even, even_bits, odd_bits).sum()

@@ -55,10 +55,17 @@ macaque as four 128³ tiles at 256x, 1500 steps a tile, decoded: 40.74 dB in 63.
 40.74 in 66.9 kB (the same training; two tiles kept an earlier, smaller checkpoint that decodes
 the tile as well).
 The latents no voxel of the tile reads (14 % of a 128³ tile's payload at 256x,
-``benchmarks/tile_margin_latents.py``) are still stored: storing them as 0 measured worse on
-the same run, whether they were held at 0 while training (40.08 dB: the margin then fits with
-the coarse levels alone and pulls the shared network) or trained free of the rate term and
-zeroed when stored (37.68 dB).
+``benchmarks/tile_margin_latents.py``; ``LatentGrids.stored`` holds, per level, the box of
+nodes the tile reads, :func:`.interp.support_box`) train as every latent does, rate term
+included, so the shared network sees one kind of latent on the margin and in the tile; but
+they are not counted against the budget (the controller's bits and its start are the stored
+latents') and a payload stores them as 0 (:func:`.fit.quantize_latents`), so the budget buys
+the tile's own latents. The whole macaque at 256x, four tiles, 140 s a tile on 2 workers:
+46.26 / 45.79 dB (seeds 0 / 1) against 45.88 / 45.34 storing them (docs/tiled.md). Two
+earlier tries lost: held at 0 while training (40.08 against 40.74 dB at 1,500 steps a tile:
+the margin then fits with the coarse levels alone), and trained free of the rate term, then
+zeroed (37.68 dB; session 13 read it as margin latents unlike the tile's pulling the shared
+network).
 
 Quality target (``target_mse``, from ``--psnr``): the controller steers lam toward that MSE
 instead of the budget's bits (``limit`` is then only a ceiling that sized the grids). The
@@ -83,7 +90,7 @@ from ...sampling import lattice_sample
 from .config import GridConfig
 from .decode import decode_region, model_from_payload, region_coords
 from .fit import FitResult, fit_budget, fit_checkpoint, pack_model, quantize_weights
-from .interp import axis_matrices
+from .interp import axis_matrices, support_box
 from .model import GridModel
 from .noise import LatentNoise
 from .payload import pack_payload, unpack_payload
@@ -211,6 +218,12 @@ class GridTrainer:
             for lvl in self.full
         ]
         self.n_lat = cfg.latent_count
+        whole = tuple((0, n) for n in cfg.shape)
+        self.model.grids.stored = (
+            None
+            if self.box == whole
+            else [support_box(cfg.shape, g, cfg.kernel, self.box) for g in cfg.grid_shapes]
+        )
         self.step_count, self.t0 = 0, time.perf_counter()
         self._faded = 0.0  # how much of the router's balanced start is faded out
         self.best: FitResult | None = None  # the best checkpoint (score: on the sample)
@@ -225,7 +238,7 @@ class GridTrainer:
         self.rate = RateController(
             self.st.lam0
             if quality
-            else start_lambda(self.target_bits() / self.n_lat, self.st.lam0),
+            else start_lambda(self.target_bits() / self.model.grids.stored_count(), self.st.lam0),
             self.st.lam_eta * (self.st.quality_eta_gain if quality else 1.0),
             self.st.lam_kd,
             self.st.lam_free_after,
@@ -389,7 +402,8 @@ class GridTrainer:
             if not math.isfinite(mse_f):
                 raise TrainingError(f"the loss became {mse_f} at step {self.step_count}")
             with torch.no_grad():
-                self.last_bits = float(grids.bits([torch.round(y) for y in grids.latents], context))
+                rounded = [torch.round(y) for y in grids.latents]
+                self.last_bits = float(grids.bits(rounded, context, stored=True))
             if self.target_mse is not None:
                 self._steer_quality(phase, mse_f, mats, coords, tgt, progress)
             else:
