@@ -218,10 +218,10 @@ class GridTrainer:
             for lvl in self.full
         ]
         self.n_lat = cfg.latent_count
-        whole = tuple((0, n) for n in cfg.shape)
-        self.model.grids.stored = (
+        volume_box = tuple((0, n) for n in cfg.shape)
+        self.model.grids.stored = (  # a tile stores the latents its voxels read (docstring)
             None
-            if self.box == whole
+            if self.box == volume_box
             else [support_box(cfg.shape, g, cfg.kernel, self.box) for g in cfg.grid_shapes]
         )
         self.step_count, self.t0 = 0, time.perf_counter()
