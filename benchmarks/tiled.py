@@ -81,7 +81,6 @@ def build_volume(args) -> tuple[Path, np.ndarray | None]:
 
 # -- one run ----------------------------------------------------------------------------------
 def run(args) -> dict:
-    from napari_moec import families
     from napari_moec.config import ArchConfig, RunConfig, TrainConfig
     from napari_moec.tiled.cluster import ClusterShape, connect
     from napari_moec.tiled.events import TiledStarted
@@ -133,13 +132,7 @@ def run(args) -> dict:
         "tile": list(report.tile),
         "margin": list(report.margin),
         "allocation": args.allocation,
-        "exponent": (
-            families.get(job.arch.model).tile_policy.difficulty_exponent
-            if args.exponent is None
-            else args.exponent
-        )
-        if args.allocation == "difficulty"
-        else None,
+        "exponent": job.exponent if args.allocation == "difficulty" else None,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "workers": args.workers,

@@ -148,7 +148,8 @@ class TiledCompressor:
         self.allocation = allocation
         if exponent is not None and not 0.0 <= exponent <= 4.0:
             raise ConfigError(f"exponent must be within [0, 4], got {exponent}")
-        self.exponent = exponent
+        #: The difficulty split's exponent this run uses (given, or the family's).
+        self.exponent = policy.difficulty_exponent if exponent is None else exponent
         if self.arch.hidden_features is not None:
             raise ConfigError("hidden_features is sized per tile; leave it unset")
         if self.target_psnr is not None and not hasattr(families.get(self.arch.model),
