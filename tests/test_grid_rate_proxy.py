@@ -115,3 +115,76 @@ def test_a_kernel_that_cannot_be_compiled_warns_once_and_trains_on_eagerly(monke
         _check(x, log_scale, slots)
     assert rate.BITS_KERNEL.failure.startswith("RuntimeError: InvalidCxxCompiler")
     assert rate._kernel_for(x) is rate._slot_bits  # given up for the process
+
+
+def _per_level_bits(grids, values, context, stored):
+    """The rate proxy one level at a time, from ``laplace_bits`` (what ``LatentGrids.bits``
+    computed before its levels shared one pass): a slot level under its slot's scale, a
+    learned-context level under its predicted mean and spread (learned.py)."""
+    from napari_moec.families.grid.learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD
+
+    total = 0
+    for i, v in enumerate(values):
+        box = grids.stored[i] if stored and grids.stored is not None else ...
+        even = getattr(grids, f"even{i}")[box]
+        if not grids.use_lin[i]:
+            slots = context.levels[i][box]
+            total = total + laplace_bits(v[box], grids.log_scale[i][slots]).sum()
+            continue
+        s_sum, a_sum = (t[box] for t in context.levels[i])
+        alpha, c0, c1 = grids.ctx[i]
+        mu = (alpha * s_sum / (2 * v.ndim)).clamp(-MEAN_LIMIT, MEAN_LIMIT)
+        log2_spread = (c0 + c1 * torch.log2(1.0 + a_sum)).clamp(
+            MIN_SPREAD / 4 - 2, MAX_SPREAD / 4 - 2
+        )
+        log_b = -torch.log(torch.log1p(1.0 / torch.exp2(log2_spread)))
+        odd = laplace_bits(v[box] - mu, log_b)
+        total = total + torch.where(even, laplace_bits(v[box], grids.log_scale[i][0]), odd).sum()
+    return total
+
+
+@pytest.mark.parametrize("context", ["cb", "none", "lin"])
+@pytest.mark.parametrize("stored", [False, True])
+def test_all_levels_in_one_pass_give_each_levels_bits_and_gradients(context, stored):
+    """``LatentGrids.bits`` runs its slot levels through one call of the fused proxy (their
+    slots offset into the flattened scale table): the bits and every gradient (latents,
+    scales, learned-context parameters) are those of one call per level, for every latent
+    and for a tile's stored boxes."""
+    from napari_moec.families.grid.config import GridConfig
+    from napari_moec.families.grid.interp import support_box
+    from napari_moec.families.grid.model import GridModel
+
+    shape = (20, 26, 18)
+    cfg = GridConfig(shape, num_levels=4, first_level=0, hidden=4, context=context)
+    model = GridModel(cfg)
+    grids = model.grids
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for y in grids.latents:
+            y.copy_(torch.round(torch.randn(y.shape, generator=gen) * 2.5))
+        grids.log_scale.copy_(torch.randn(grids.log_scale.shape, generator=gen))
+    if stored:
+        box = ((2, 15), (0, 11), (5, 18))
+        grids.stored = [support_box(shape, g, cfg.kernel, box) for g in cfg.grid_shapes]
+    assert any(grids.use_lin) == (context == "lin")
+    assert any(u for u in grids.use_cb) == (context == "cb")
+    context_now = grids.context()
+    noise = [torch.rand(y.shape, generator=gen) - 0.5 for y in grids.latents]
+
+    def run(fn):
+        grids.zero_grad(set_to_none=True)
+        values = [y + u for y, u in zip(grids.latents, noise, strict=True)]
+        total = fn(values)
+        total.backward()
+        params = [*grids.latents, *grids.rate_parameters()]
+        return total.detach(), [p.grad.clone() for p in params]
+
+    fused = run(lambda v: grids.bits(v, context_now, stored))
+    plain = run(lambda v: _per_level_bits(grids, v, context_now, stored))
+    assert torch.allclose(fused[0], plain[0], rtol=1e-5)
+    for a, b in zip(fused[1], plain[1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    if stored:  # a latent outside every stored box costs nothing
+        outside = torch.ones(grids.latents[0].shape, dtype=torch.bool)
+        outside[grids.stored[0]] = False
+        assert outside.any() and torch.all(fused[1][0][outside] == 0)

@@ -18,6 +18,7 @@ capacity), and runs the same on a CPU or a GPU (index_select/scatter only, no cu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -30,13 +31,34 @@ from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_li
 from .rate import laplace_bits, slot_laplace_bits
 from .routing import route
 
-__all__ = ["GridModel", "LatentGrids", "QuantMode", "Synthesis"]
+__all__ = ["GridModel", "LatentContext", "LatentGrids", "QuantMode", "Synthesis"]
 
 #: How decisively the router's balanced start splits the volume (``Synthesis._start_balanced``):
 #: logits ``scale * d_e . coords``, decisive enough to split, soft enough to move.
 BALANCED_SCALE = 4.0
 
 QuantMode = Literal["none", "noise", "ste", "hard"]
+
+
+@dataclass
+class LatentContext:
+    """What the coder conditions each level's latents on (:meth:`LatentGrids.context`):
+    ``levels[i]`` the context slots of level ``i``, or for a learned-context level its
+    neighbour sums ``(S, A)``; and, made once per context for the rate proxy's single pass
+    (:meth:`LatentGrids.bits`), the slot levels' slots flattened and offset by
+    ``level * N_SLOTS`` (indices into the flattened scale table), of every latent and of the
+    stored ones."""
+
+    levels: list
+    _flat: dict[bool, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def flat_slots(self, grids: LatentGrids, stored: bool) -> torch.Tensor:
+        if stored not in self._flat:
+            offset = [
+                c + i * N_SLOTS if not grids.use_lin[i] else c for i, c in enumerate(self.levels)
+            ]
+            self._flat[stored] = grids.flat_levels(offset, stored)
+        return self._flat[stored]
 
 
 class LatentGrids(nn.Module):
@@ -106,32 +128,61 @@ class LatentGrids(nn.Module):
         return out
 
     @torch.no_grad()
-    def context(self) -> list:
+    def context(self) -> LatentContext:
         """What the coder conditions each level on, from the rounded latents: the context
         slots, or with the learned context the neighbour sums ``(S, A)``."""
         out = self.slots()
         for i, y in enumerate(self.latents):
             if self.use_lin[i]:
                 out[i] = neighbour_sums(torch.round(y), getattr(self, f"even{i}"))
-        return out
+        return LatentContext(out)
 
-    def bits(self, values: list[torch.Tensor], context: list, stored: bool = False) -> torch.Tensor:
+    @property
+    def _slot_levels(self) -> list[int]:
+        """The levels whose model is a Laplace scale per (level, slot): all but the learned
+        context's."""
+        return [i for i, lin in enumerate(self.use_lin) if not lin]
+
+    def flat_levels(self, per_level: list[torch.Tensor], stored: bool) -> torch.Tensor:
+        """The slot levels' tensors (their stored boxes with ``stored``), flattened and
+        concatenated in level order: one pass of the rate proxy covers them all."""
+        parts = []
+        for i in self._slot_levels:
+            t = per_level[i]
+            if stored and self.stored is not None:
+                t = t[self.stored[i]]
+            parts.append(t.reshape(-1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def bits(
+        self, values: list[torch.Tensor], context: LatentContext, stored: bool = False
+    ) -> torch.Tensor:
         """Rate proxy (:func:`.rate.laplace_bits`): bits of ``values`` (one per level) under
         the entropy model given ``context`` (:meth:`context`); ``stored``: of the latents a
-        payload stores only (:attr:`stored`)."""
+        payload stores only (:attr:`stored`).
+
+        The slot levels go through :func:`.rate.slot_laplace_bits` once, concatenated, their
+        slots offset into the flattened ``(level, slot)`` scale table
+        (:meth:`LatentContext.flat_slots`): one call a level cost a fixed ~0.3 ms on a CPU
+        even for a level of 18 latents, and the levels under the compiled kernel's size ran
+        eagerly; the macaque's 7 levels at 256x took 6.4 ms a step, a third of a step on
+        hipct, ct_head and mri4d (docs/benchmarks.md, session 21). The values and gradients
+        are the per-level calls' (the sum's order aside)."""
         total = 0
-        for i, (v, c) in enumerate(zip(values, context, strict=True)):
-            even = getattr(self, f"even{i}")
-            if stored and self.stored is not None:
-                box = self.stored[i]  # contiguous copies: the compiled kernel's layout
-                v, even = v[box].contiguous(), even[box].contiguous()
-                if self.use_lin[i]:
-                    c = tuple(t[box].contiguous() for t in c)
-                else:
-                    c = c[box].contiguous()
+        if self._slot_levels:
+            total = slot_laplace_bits(
+                self.flat_levels(values, stored),
+                self.log_scale.reshape(-1),
+                context.flat_slots(self, stored),
+            )
+        for i in range(len(values)):
             if not self.use_lin[i]:
-                total = total + slot_laplace_bits(v, self.log_scale[i], c)
                 continue
+            v, c, even = values[i], context.levels[i], getattr(self, f"even{i}")
+            if stored and self.stored is not None:
+                box = self.stored[i]
+                v, even = v[box], even[box]
+                c = tuple(t[box] for t in c)
             s_sum, a_sum = c
             alpha, c0, c1 = self.ctx[i]
             mu = (alpha * s_sum / (2 * v.ndim)).clamp(-MEAN_LIMIT, MEAN_LIMIT)

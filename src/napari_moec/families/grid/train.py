@@ -91,7 +91,7 @@ from .config import GridConfig
 from .decode import decode_region, model_from_payload, region_coords
 from .fit import FitResult, fit_budget, fit_checkpoint, pack_model, quantize_weights
 from .interp import axis_matrices, support_box
-from .model import GridModel
+from .model import GridModel, LatentContext
 from .noise import LatentNoise
 from .payload import pack_payload, unpack_payload
 from .rate import RateController, start_lambda
@@ -250,7 +250,7 @@ class GridTrainer:
         )
         every = self.st.control_every
         self._control_every = max(1, every or (4 if self.device.type == "cpu" else 8))
-        self._context: list | None = None  # the context slots, refreshed by advance()
+        self._context: LatentContext | None = None  # the context slots, refreshed by advance()
         self._noise = LatentNoise(cfg.grid_shapes, self.gen, self.device)  # see .noise
         self.opt = torch.optim.Adam(
             [
