@@ -119,3 +119,29 @@ def test_the_widget_keeps_the_model_it_was_given():
         tiled=SimpleNamespace(engine_kwargs={}),
     )  # the fields engine_kwargs reads
     assert engine_kwargs(request)["arch"] == ArchConfig(model="grid", num_experts=4, top_k=2)
+
+
+def test_tiles_train_in_proportion_to_their_voxels(client, volume, tmp_path):
+    """Uneven tiles (32 + 16, 24 + 16, 24 + 12 voxels an axis) train for the job's steps times
+    their region's voxels over the mean region's (``TilePlan.schedule``): the store's steps
+    are the job's times its tiles, and a larger tile trains longer."""
+    from napari_moec.tiled.allocate import schedule_shares
+    from napari_moec.tiled.task import tile_schedule
+
+    dest = tmp_path / "uneven.ome.zarr"
+    job = TiledCompressor(volume, dest, client=client,
+                          **{**settings("grid"), "tile": (32, 24, 24)})  # fmt: skip
+    _, report = _run(job)
+    assert report.network_tiles == 8 and not report.stopped
+    spec = open_tiled(dest).spec
+    shares = schedule_shares(spec, list(job.results))
+    regions = {i: np.prod(spec.region_shape(i)) for i in job.results}
+    assert len(set(regions.values())) > 2 and sum(shares.values()) == pytest.approx(8)
+    for index, result in job.results.items():
+        expected = round(TRAIN.steps * regions[index] / np.mean(list(regions.values())))
+        assert result.steps == expected == tile_schedule(TRAIN, shares[index]).steps
+    biggest, smallest = max(regions, key=regions.get), min(regions, key=regions.get)
+    assert job.results[biggest].steps > TRAIN.steps > job.results[smallest].steps
+    timed = tile_schedule(TrainConfig(steps=10, time_limit=60.0), 0.5)
+    assert (timed.steps, timed.time_limit) == (5, 30.0)
+    assert tile_schedule(TRAIN, 1.0) is TRAIN

@@ -235,7 +235,8 @@ class TiledCompressor:
             plan = make_plan(self, stats)
             resumed = prepare_store(self, plan)
             todo = [t for t in plan.allocation.tiles if t.index not in self.results]
-            todo.sort(key=lambda t: -t.payload_budget)  # longest first: fewer idle workers
+            # longest first (the schedule, then the bytes): fewer idle workers at the end
+            todo.sort(key=lambda t: (-t.schedule, -t.payload_budget))
             workers = total_threads(client)
             yield TiledStarted(
                 dest=str(self.dest), shape=self.source.shape, tile=self.tile, margin=self.margin,

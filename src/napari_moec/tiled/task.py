@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,15 @@ from .store import chunk_path, write_atomic
 from .tilebound import correct_tile, tile_prediction, tile_psnr, verify_chunk
 from .tileformat import TileSpec, encode_network_tile
 
-__all__ = ["Signals", "TileJob", "TileResult", "TileStopped", "compress_tile", "tile_errors"]
+__all__ = [
+    "Signals",
+    "TileJob",
+    "TileResult",
+    "TileStopped",
+    "compress_tile",
+    "tile_errors",
+    "tile_schedule",
+]
 
 #: Seconds of training between looks at the stop/pause events.
 CHECK_EVERY = 1.0
@@ -83,6 +91,19 @@ class TileJob:
     source: SourceRef | None = None
     signals: Signals | None = None
     hook: Callable | None = None
+
+
+def tile_schedule(config: TrainConfig, share: float) -> TrainConfig:
+    """``config`` with its steps and time limit times ``share`` (``TilePlan.schedule``: a
+    tile trains in proportion to its voxels), at least one step."""
+    if share == 1.0:
+        return config
+    limit = config.time_limit
+    return replace(
+        config,
+        steps=max(1, round(config.steps * share)),
+        time_limit=None if limit is None else limit * share,
+    )
 
 
 def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
@@ -151,7 +172,7 @@ def compress_tile(job: TileJob, region: np.ndarray | None = None) -> TileResult:
         training = train(
             TrainingTarget(values, shape, spec.values.norm, decoded=inner_box),
             model,
-            job.train,
+            tile_schedule(job.train, plan.schedule),
             device=device,
             generator=torch.Generator(device=device).manual_seed(seed),
             family=family,
