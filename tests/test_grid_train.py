@@ -119,6 +119,34 @@ def test_rate_controller_does_not_wind_up_before_the_target_is_reached():
     assert late.lam < 0.5
 
 
+def test_an_uncalibrated_proxy_does_not_lift_the_floor(hipct):
+    """Bits over the target read before the proxy was calibrated against the real coder
+    (its untrained scales price a zero latent at 1.36 bits) do not lift the anti-windup
+    floor; a trainer's first controller readings are such, and its floor holds until a
+    calibration measured the proxy (session 21: lifted at the 4th step, lam then fell
+    40-fold before the latents grew into the budget)."""
+    from napari_moec.families.grid.rate import RateController
+
+    ctl = RateController(0.5, free_after=0.2)
+    ctl.update(4e5, 3e5, progress=0.001, trusted=False)  # "over" by the untrained proxy
+    for i in range(100):
+        ctl.update(4e5, 9e5, progress=0.01 + i / 1000)  # calibrated: far under
+    assert not ctl.reached and ctl.lam == 0.5
+    norm = Normalization.of(hipct)
+    limit = hipct.nbytes // 256 - 60
+    trainer = GridTrainer(norm.apply(hipct), auto_config(hipct.shape, limit), limit,
+                          TrainSettings(steps=400, calibrate_every=100))  # fmt: skip
+    over = False
+    for _ in range(99):
+        trainer.advance()
+        over = over or trainer.last_bits >= trainer.target_bits() * trainer.calibration
+    assert over  # the untrained proxy read "over the target" (what lifted the floor)
+    assert not trainer.calibrated and not trainer.rate.reached
+    assert trainer.rate.lam >= trainer.rate.floor  # the untrained proxy's readings
+    trainer.advance()
+    assert trainer.calibrated
+
+
 def test_controller_read_back_every_few_steps(hipct):
     """``control_every`` (what a GPU uses by default): the bits are read back and lam moves
     only every few steps, the run still fills and never exceeds its budget, and the step's

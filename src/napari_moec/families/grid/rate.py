@@ -184,20 +184,35 @@ class RateController:
         self._err_prev: float | None = None
 
     def update(
-        self, hard_bits: float, target_bits: float, progress: float, steps: int = 1
+        self,
+        hard_bits: float,
+        target_bits: float,
+        progress: float,
+        steps: int = 1,
+        trusted: bool = True,
     ) -> float:
         """Step toward ``target_bits`` (the budget's bits of the rounded latents), once for
-        ``steps`` training steps (a trainer that reads the bits back every few steps)."""
+        ``steps`` training steps (a trainer that reads the bits back every few steps).
+
+        ``trusted``: whether ``hard_bits`` can tell that the target was reached (the
+        anti-windup floor is lifted then). A trainer whose proxy has not yet been
+        calibrated against the real coder passes False: at the start the proxy's untrained
+        scales (1 a slot) price a zero latent at 1.36 bits, so below that many bits a latent
+        (most budgets at 256x and up) the untrained proxy "reached" the target at the 4th
+        step, the floor was lifted at once, and after the first calibration (the proxy
+        overstating 2.3x) lam fell 40-fold before the latents grew into the budget: a 144³
+        tile then overshot, zeroed up to 25,000 latents at every checkpoint and stored
+        38.85 dB at 2,551 steps against 43.32 at 3,000 (docs/benchmarks.md, session 21)."""
         err = math.log(max(hard_bits, 1.0) / max(target_bits, 1.0))
-        return self._ascend(err, progress, steps)
+        return self._ascend(err, progress, steps, trusted)
 
     def update_distortion(self, mse: float, target_mse: float, progress: float) -> float:
         """Step toward ``target_mse`` (a quality target): too good a model raises lam."""
         return self._ascend(math.log(max(target_mse, 1e-30) / max(mse, 1e-30)), progress)
 
-    def _ascend(self, err: float, progress: float, steps: int = 1) -> float:
+    def _ascend(self, err: float, progress: float, steps: int = 1, trusted: bool = True) -> float:
         err = min(0.5, max(-0.5, err))
-        self.reached = self.reached or err >= 0.0
+        self.reached = self.reached or (trusted and err >= 0.0)
         d_err = 0.0 if self._err_prev is None else err - self._err_prev
         self._err_prev = err
         lam = self.lam * math.exp(steps * self.eta * err + self.kd * d_err)

@@ -232,6 +232,9 @@ class GridTrainer:
         self._sample: tuple[list, list, np.ndarray] | None = None  # see sample()
         self._plain: tuple[int, bytes] | None = None  # (step, plain pack) of the calibration
         self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
+        # whether calibrate() has measured that ratio: until then the proxy's bits cannot
+        # tell the controller that the budget was reached (RateController.update)
+        self.calibrated = False
         # Under a quality target the budget is only a ceiling: its bits per latent say
         # nothing of the operating point, so lam starts at lam0 and moves faster.
         quality = target_mse is not None
@@ -411,7 +414,11 @@ class GridTrainer:
                     self.calibrate(self.last_bits)
                 if self.step_count % every == 0:
                     self.rate.update(
-                        self.last_bits, self.target_bits() * self.calibration, progress, every
+                        self.last_bits,
+                        self.target_bits() * self.calibration,
+                        progress,
+                        every,
+                        trusted=self.calibrated,
                     )
         return StepTensors(self.step_count, progress, mse_d, load.detach(), phase)
 
@@ -477,6 +484,7 @@ class GridTrainer:
             self.calibration = 1.0  # the ratio says nothing about the budget's operating point
             return
         self.calibration = min(4.0, max(0.25, proxy_bits / real_bits))
+        self.calibrated = True
 
     def checkpoint(self, *, exact: bool = False) -> FitResult:
         """Pack the current weights into a real payload within the budget (the best of a few
