@@ -50,7 +50,7 @@ class LatentContext:
     stored ones."""
 
     levels: list
-    _flat: dict[bool, torch.Tensor] = field(default_factory=dict, repr=False)
+    _flat: dict[bool, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def flat_slots(self, grids: LatentGrids, stored: bool) -> torch.Tensor:
         if stored not in self._flat:
@@ -165,9 +165,9 @@ class LatentGrids(nn.Module):
         slots offset into the flattened ``(level, slot)`` scale table
         (:meth:`LatentContext.flat_slots`): one call a level cost a fixed ~0.3 ms on a CPU
         even for a level of 18 latents, and the levels under the compiled kernel's size ran
-        eagerly; the macaque's 7 levels at 256x took 6.4 ms a step, a third of a step on
-        hipct, ct_head and mri4d (docs/benchmarks.md, session 21). The values and gradients
-        are the per-level calls' (the sum's order aside)."""
+        eagerly; the macaque's 7 levels at 256x took 6.4 ms of a ~19 ms step (3.7 now), and
+        a third of a step on grids of 11,000 to 440,000 latents (docs/benchmarks.md, session
+        21). The values and gradients are the per-level calls' (the sum's order aside)."""
         total = 0
         if self._slot_levels:
             total = slot_laplace_bits(

@@ -16,7 +16,10 @@ at its negative clamp; the prototype's lam fell 100-fold in the first few hundre
 latents then overshot and the budget fit zeroed them again: the 1-2 dB checkpoint drops at the
 smallest budgets (REPORT.md 9). The start value comes from the bits per latent the budget
 allows; after ``free_after`` of the schedule the floor is lifted anyway, so a start value that
-is too high cannot leave the budget under-filled.
+is too high cannot leave the budget under-filled. "Reached" counts only bits the trainer
+trusts (``update(trusted=)``): before its first calibration against the real coder the
+proxy's untrained scales overstate a zero latent's bits, which lifted the floor at the 4th
+step of most runs at 256x and up (session 21).
 
 Quality target (``--psnr``): :meth:`RateController.update_distortion` runs the same ascent on
 ``e = clamp(log(D* / D_hat), +-0.5)``, ``D_hat`` a running MSE of the rounded-latent model and
