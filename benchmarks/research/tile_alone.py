@@ -31,14 +31,9 @@ from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import GridTrainer, TrainSettings
 from napari_moec.generators import drain
 from napari_moec.sampling import Normalization
+from tiled import _mirror_index  # the store's mirroring (benchmarks/tiled.py), not a copy
 
 SIZE, TILE, MARGIN = 512, 128, 16
-
-
-def mirror_index(n_target: int, n_source: int) -> np.ndarray:
-    """As ``tiled.py``: symmetric reflection of 0..n_target-1 onto the source axis."""
-    period = np.arange(n_target) % (2 * n_source)
-    return np.where(period < n_source, period, 2 * n_source - 1 - period)
 
 
 def main() -> None:
@@ -50,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tile = tuple(int(c) for c in args.tile.split(","))
     source = load_volume("macaque")
-    index = [mirror_index(SIZE, n) for n in source.shape]
+    index = [_mirror_index(SIZE, n) for n in source.shape]
     region = [slice(max(0, c * TILE - MARGIN), min(SIZE, (c + 1) * TILE + MARGIN)) for c in tile]
     box = tuple(
         (c * TILE - r.start, (c + 1) * TILE - r.start) for c, r in zip(tile, region, strict=True)
