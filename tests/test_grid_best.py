@@ -11,7 +11,7 @@ import torch
 
 from napari_moec.config import RunConfig, TrainConfig
 from napari_moec.families.grid import train as grid_train
-from napari_moec.families.grid.fit import NETWORK_STEPS, fit_budget, fit_once
+from napari_moec.families.grid.fit import NETWORK_STEPS, fit_budget, fit_candidates
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import CHECKPOINT_VOXELS, GridTrainer, TrainSettings
 from napari_moec.generators import drain
@@ -88,7 +88,7 @@ def test_store_and_trainer_judge_a_payload_alike(hipct):
     trainer = GridTrainer(Normalization.of(hipct).apply(hipct), cfg, limit, settings)
     for _ in range(20):
         trainer.advance()
-    payload = fit_once(trainer.model, trainer.limit).payload
+    payload = next(fit_candidates(trainer.model, trainer.limit)).payload
     assert comp.payload_error(payload) == pytest.approx(-trainer.score(payload), rel=1e-9)
 
 

@@ -36,6 +36,18 @@ from tiled import _mirror_index  # the store's mirroring (benchmarks/tiled.py), 
 SIZE, TILE, MARGIN = 512, 128, 16
 
 
+def tile_target(tile: tuple[int, ...]) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """(the tile's region normalised as the store normalises it, the tile's box in it)."""
+    source = load_volume("macaque")
+    index = [_mirror_index(SIZE, n) for n in source.shape]
+    region = [slice(max(0, c * TILE - MARGIN), min(SIZE, (c + 1) * TILE + MARGIN)) for c in tile]
+    box = tuple(
+        (c * TILE - r.start, (c + 1) * TILE - r.start) for c, r in zip(tile, region, strict=True)
+    )
+    values = source[np.ix_(*(i[r] for i, r in zip(index, region, strict=True)))].astype(np.float32)
+    return Normalization.of(source).apply(values), box  # the mirror has the source's values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("steps", type=int)
@@ -44,16 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     tile = tuple(int(c) for c in args.tile.split(","))
-    source = load_volume("macaque")
-    index = [_mirror_index(SIZE, n) for n in source.shape]
-    region = [slice(max(0, c * TILE - MARGIN), min(SIZE, (c + 1) * TILE + MARGIN)) for c in tile]
-    box = tuple(
-        (c * TILE - r.start, (c + 1) * TILE - r.start) for c, r in zip(tile, region, strict=True)
-    )
-    values = source[np.ix_(*(i[r] for i, r in zip(index, region, strict=True)))].astype(np.float32)
-    norm = Normalization.of(source)  # the mirror has the source's values
-    target = norm.apply(values)
-    cfg = auto_config(values.shape, args.budget)
+    target, box = tile_target(tile)
+    cfg = auto_config(target.shape, args.budget)
     t0 = time.process_time()
     trainer = GridTrainer(target, cfg, args.budget, TrainSettings(steps=args.steps), decoded=box)
     best = drain(trainer.run())

@@ -4,20 +4,30 @@ The training loop's rate control lands near the budget; this module makes the pa
 *exactly* (never over, little under):
 
 1. for each network step (nominal int8 times 1, 1.5, 2, 3): pack with plain rounding;
-2. if that is over the budget, zero the ``k`` nonzero latents of smallest ``|y|`` (over all
-   levels), with ``k`` found by bisection (~14 packs of a few ms);
-3. if zeroing half of them is not enough, coarsen the latent step ``s > 1`` (bisection);
-4. if the plain rounding is more than 3% under the budget, also try a finer step ``s < 1``;
+2. if that is over the budget, two candidates: zero the ``k`` nonzero latents that cost the
+   least error (:func:`quantize_latents`: a latent's squared rounding error added by zeroing
+   it, times the voxels one latent of its level spans), with ``k`` found by bisection (~14
+   packs of a few ms); and the finest coarser latent step ``s > 1`` that fits (bisection);
+3. if the plain rounding is more than 3% under the budget, also try a finer step ``s < 1``;
 
 then every candidate is decoded *from its bytes* (``evaluate``) and the best score wins. A
 coarser network step stops the search as soon as it scores worse than the previous one.
 
-:func:`fit_checkpoint` is the training checkpoint's cheap form: per network step one
-payload (:func:`fit_once`: as few packs as the rate control allows, one when the plain
-rounding fits, which the controller aims at; else a few secant steps on the zeroed-latent
-count; no finer latent step for slack), scored by ``evaluate`` (the trainer's fixed sample),
-coarser network steps while they score better. Its files are real and within the budget, a
-little under it at worst; the final fit still runs the whole search above.
+Why both over-budget candidates, and why the level weight (session 22,
+``benchmarks/research/fit_over_budget.py``): a 144³ tile of the 512³ store whose latents had
+overshot its budget by 5-10 % stored 36.6 / 35.3 / 36.7 dB at steps 1,000 / 1,400 / 1,800
+when the fit zeroed the latents of smallest ``|y|`` over all levels (a coarse level's small
+latent, which spans up to 24³ voxels, went as early as a fine one's), 39.2 / 39.2 / 40.3
+with the level weight, and 39.8 / 40.6 / 41.3 with a latent step of 1.07-1.13 (the plain
+rounding, over the budget: 39.7 / 40.1 / 41.1).
+
+:func:`fit_checkpoint` is the training checkpoint's cheap form: per network step the
+payloads of :func:`fit_candidates` (one pack when the plain rounding fits, which the
+controller aims at; else a few secant steps on the zeroed-latent count and a short
+bisection of the latent step; no finer latent step for slack), scored by ``evaluate`` (the
+trainer's fixed sample), coarser network steps while they score better. Its files are real
+and within the budget, a little under it at worst; the final fit still runs the whole
+search above.
 
 :func:`fit_quality` is the same search turned around for a quality target: the *smallest*
 payload whose decoded PSNR (``psnr_of``: pack, decode, measure as a reader gets it) is at
@@ -30,7 +40,7 @@ the knobs are fine (one latent at a time), so the PSNR lands just above the targ
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -44,8 +54,8 @@ from .payload import pack_payload
 __all__ = [
     "FitResult",
     "fit_budget",
+    "fit_candidates",
     "fit_checkpoint",
-    "fit_once",
     "fit_quality",
     "pack_model",
     "quantize_latents",
@@ -65,8 +75,11 @@ class FitResult:
 
 
 def quantize_latents(model: GridModel, zero_k: int = 0, step: float = 1.0) -> list[np.ndarray]:
-    """Integers ``round(y / s)`` of every level, then the ``zero_k`` nonzero ones of smallest
-    ``|y / s|`` set to 0 (the fine rate knob)."""
+    """Integers ``q = round(y / s)`` of every level, then the ``zero_k`` nonzero ones that
+    cost the least error set to 0 (the fine rate knob): ranked by the squared error zeroing
+    adds to a latent, ``y² - (y - q)²``, times the voxels one latent of its level spans (the
+    decoder interpolates a latent into about that many voxels). Ranking by ``|y|`` alone
+    zeroed coarse latents as early as fine ones and cost 2.6-3.9 dB (module docstring)."""
     step = float(np.float16(step))
     vals = [y.detach().cpu().double().numpy() / step for y in model.grids.latents]
     if model.grids.stored is not None:  # the latents no decoded voxel reads are stored as 0
@@ -78,10 +91,16 @@ def quantize_latents(model: GridModel, zero_k: int = 0, step: float = 1.0) -> li
         vals = kept
     ints = [np.clip(np.rint(v), -32767, 32767).astype(np.int32) for v in vals]
     if zero_k > 0:
-        mags = np.concatenate([np.abs(v).ravel() for v in vals])
+        voxels = float(np.prod(model.cfg.shape))
+        cost = np.concatenate(
+            [
+                (q * (2.0 * v - q) * (voxels / v.size)).ravel()
+                for v, q in zip(vals, ints, strict=True)
+            ]
+        )
         flat = np.concatenate([q.ravel() for q in ints])
         nonzero = np.flatnonzero(flat)
-        flat[nonzero[np.argsort(mags[nonzero], kind="stable")][:zero_k]] = 0
+        flat[nonzero[np.argsort(cost[nonzero], kind="stable")][:zero_k]] = 0
         ints = [
             p.reshape(q.shape)
             for p, q in zip(
@@ -128,6 +147,22 @@ def _bisect_int(fits: Callable[[int], bytes | None], hi: int, tol: int) -> tuple
     return k, best
 
 
+def _coarser_step(
+    model: GridModel, limit: int, ms: float, hi: float = 8.0, iters: int = 14
+) -> tuple[bytes, float] | None:
+    """(payload, step) of the finest latent step ``2**x``, ``0 < x <= hi`` to ``hi / 2**iters``,
+    whose payload fits ``limit`` (bisection), or None when even ``2**hi`` does not."""
+    lo, best = 0.0, None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        data = pack_model(model, ms, 0, 2.0**mid)
+        if len(data) <= limit:
+            hi, best = mid, (data, float(np.float16(2.0**mid)))
+        else:
+            lo = mid
+    return best
+
+
 def _candidates(model: GridModel, limit: int, ms: float):
     """(payload, latent_step, zeroed) candidates for network step ``ms`` (module docstring)."""
 
@@ -151,40 +186,18 @@ def _candidates(model: GridModel, limit: int, ms: float):
     found = _bisect_int(lambda k: fits(k), nonzero // 2, max(1, nonzero // 2000))
     if found is not None:
         yield found[1], 1.0, found[0]
-        return
-    lo, hi, best = 0.0, 8.0, None  # latent step 2**x
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        data = fits(0, 2.0**mid)
-        hi, best, lo = (mid, (data, 2.0**mid), lo) if data is not None else (hi, best, mid)
-    if best is not None:
-        yield best[0], float(np.float16(best[1])), 0
+    coarse = _coarser_step(model, limit, ms)
+    if coarse is not None:
+        yield coarse[0], coarse[1], 0
 
 
-@torch.no_grad()
-def fit_once(
-    model: GridModel, limit: int, network_step: float = 1.0, plain: bytes | None = None
-) -> FitResult:
-    """One payload of at most ``limit`` bytes at ``network_step`` (module docstring), its
-    ``score`` NaN (the caller scores it). Deterministic: the same weights give the same bytes.
-    ``plain``: this model's plain rounding at ``network_step`` when the caller has packed it
-    already (the trainer's rate calibration), so that the common case costs no pack.
-
-    Over the budget, the nonzero latents of smallest ``|y|`` are zeroed: the count comes from
-    the bytes each zeroed latent saved so far (the first guess from the average bytes of a
-    nonzero latent), with 10% more to land under the budget. After 4 tries (tiny payloads,
-    whose size is not monotone in the count) a bisection above the last count still over the
-    budget, then a coarser latent step (:func:`_candidates`) take over.
-
-    Raises
-    ------
-    TrainingError
-        When nothing fits (the budget is smaller than the network at this step).
-    """
-    if plain is None:
-        plain = pack_model(model, network_step)
-    if len(plain) <= limit:
-        return FitResult(float("nan"), plain, network_step, 1.0, 0)
+def _zero_to_fit(model: GridModel, limit: int, ms: float, plain: bytes) -> tuple[int, bytes] | None:
+    """(count, payload) of the fewest zeroed latents (:func:`quantize_latents`) that fit,
+    found cheaply: the count comes from the bytes each zeroed latent saved so far (the first
+    guess from the average bytes of a nonzero latent), with 10% more to land under the
+    budget. After 4 tries (tiny payloads, whose size is not monotone in the count) a
+    bisection above the last count still over the budget. None when zeroing half of the
+    nonzero latents does not fit."""
     nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
     top = nonzero // 2
     over, k, size = 0, 0, len(plain)  # ``over``: the largest count known to be over
@@ -193,26 +206,47 @@ def fit_once(
         if per_latent <= 0:
             break
         k = min(top, k + int(np.ceil(1.1 * (size - limit) / per_latent)))
-        data = pack_model(model, network_step, k)
+        data = pack_model(model, ms, k)
         if len(data) <= limit:
-            return FitResult(float("nan"), data, network_step, 1.0, k)
+            return k, data
         over, size = max(over, k), len(data)
         if k >= top:
             break
-    if over < top:
+    if over >= top:
+        return None
 
-        def fits(j: int) -> bytes | None:
-            data = pack_model(model, network_step, over + j)
-            return data if len(data) <= limit else None
+    def fits(j: int) -> bytes | None:
+        data = pack_model(model, ms, over + j)
+        return data if len(data) <= limit else None
 
-        found = _bisect_int(fits, top - over, max(1, nonzero // 500))
-        if found is not None:
-            return FitResult(float("nan"), found[1], network_step, 1.0, over + found[0])
-    for data, s, zeroed in _candidates(model, limit, network_step):
-        return FitResult(float("nan"), data, network_step, s, zeroed)
-    raise TrainingError(
-        f"no grid payload fits {limit} bytes: the budget is too small for the network"
-    )
+    found = _bisect_int(fits, top - over, max(1, nonzero // 500))
+    return None if found is None else (over + found[0], found[1])
+
+
+@torch.no_grad()
+def fit_candidates(
+    model: GridModel, limit: int, network_step: float = 1.0, plain: bytes | None = None
+) -> Iterator[FitResult]:
+    """The checkpoint's payloads of at most ``limit`` bytes at ``network_step`` (module
+    docstring), their ``score`` NaN (the caller scores them): the plain rounding alone when
+    it fits, else the fewest zeroed latents that fit (:func:`_zero_to_fit`) and the finest
+    coarser latent step that fits (up to 4, to 0.5 %; the whole range when neither fits).
+    Deterministic: the same weights give the same bytes. ``plain``: this model's plain
+    rounding at ``network_step`` when the caller has packed it already (the trainer's rate
+    calibration), so that the common case costs no pack. Nothing when nothing fits."""
+    if plain is None:
+        plain = pack_model(model, network_step)
+    if len(plain) <= limit:
+        yield FitResult(float("nan"), plain, network_step, 1.0, 0)
+        return
+    zeroed = _zero_to_fit(model, limit, network_step, plain)
+    if zeroed is not None:
+        yield FitResult(float("nan"), zeroed[1], network_step, 1.0, zeroed[0])
+    coarse = _coarser_step(model, limit, network_step, hi=2.0, iters=8)
+    if coarse is None and zeroed is None:
+        coarse = _coarser_step(model, limit, network_step)
+    if coarse is not None:
+        yield FitResult(float("nan"), coarse[0], network_step, coarse[1], 0)
 
 
 @torch.no_grad()
@@ -223,10 +257,10 @@ def fit_checkpoint(
     network_steps=NETWORK_STEPS,
     plain: bytes | None = None,
 ) -> FitResult:
-    """The best-scoring of :func:`fit_once`'s payloads at each network step, finest first
-    (``plain``: the plain rounding at the first, if packed already), stopping at the first
-    coarser step that scores worse, or after a step whose plain rounding fitted (a coarser
-    network then only adds error: :func:`fit_once` leaves slack unspent).
+    """The best-scoring of :func:`fit_candidates`'s payloads at each network step, finest
+    first (``plain``: the plain rounding at the first, if packed already), stopping at the
+    first coarser step that scores worse, or after a step whose plain rounding fitted (a
+    coarser network then only adds error: the checkpoint leaves slack unspent).
 
     Raises
     ------
@@ -235,11 +269,11 @@ def fit_checkpoint(
     """
     best: FitResult | None = None
     for i, ms in enumerate(network_steps):
-        try:
-            fitted = fit_once(model, limit, ms, plain if i == 0 else None)
-        except TrainingError:
+        fitted = fit_candidates(model, limit, ms, plain if i == 0 else None)
+        scored = [replace(c, score=evaluate(c.payload)) for c in fitted]
+        if not scored:
             continue
-        result = replace(fitted, score=evaluate(fitted.payload))
+        result = max(scored, key=lambda r: r.score)
         if best is not None and result.score <= best.score:
             break
         best = result

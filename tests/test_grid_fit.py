@@ -1,0 +1,112 @@
+"""Fitting an over-budget grid model into its bytes (issue 24): the zeroed latents are the ones
+that cost the voxels least (a coarse level's latent spans many voxels), and a checkpoint scores
+a coarser latent step beside the zeroing and keeps the better."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_moec.families.grid.config import GridConfig
+from napari_moec.families.grid.fit import (
+    fit_checkpoint,
+    pack_model,
+    quantize_latents,
+    quantize_weights,
+)
+from napari_moec.families.grid.model import GridModel
+from napari_moec.families.grid.payload import pack_payload, unpack_payload
+from napari_moec.families.grid.sizing import auto_config
+from napari_moec.families.grid.train import GridTrainer, TrainSettings
+from napari_moec.sampling import Normalization
+
+
+def _model() -> GridModel:
+    cfg = GridConfig(shape=(32, 32, 32), num_levels=3, first_level=1)
+    return GridModel(cfg, generator=torch.Generator().manual_seed(0))
+
+
+def test_zeroing_takes_fine_latents_before_coarse_ones():
+    """The coarse levels' latents are the smaller (0.6 against 0.7), but each spans 8 or 64
+    times the voxels of a fine one: zeroing the finest level's count takes the finest level
+    and leaves the others whole (ranking by |y| took the coarse ones first)."""
+    model = _model()
+    with torch.no_grad():
+        for i, y in enumerate(model.grids.latents):
+            y.fill_(0.7 if i == 0 else 0.6)
+    sizes = [y.numel() for y in model.grids.latents]
+    assert sizes[0] > sizes[1] > sizes[2]  # level 0 is the finest
+    ints = quantize_latents(model, zero_k=sizes[0])
+    assert not ints[0].any()
+    assert all((q == 1).all() for q in ints[1:])
+
+
+def test_zeroing_ranks_by_the_error_it_adds_within_a_level():
+    """Within a level the latent whose rounding already lost most (|y| nearest 0.5) goes first,
+    and a latent rounding to 2 costs more than one rounding to 1."""
+    model = _model()
+    with torch.no_grad():
+        for y in model.grids.latents:
+            y.fill_(1.4)
+        finest = model.grids.latents[0].view(-1)
+        finest[:3] = torch.tensor([0.55, 0.9, 1.6])
+    ints = quantize_latents(model, zero_k=2)
+    flat = ints[0].ravel()
+    assert list(flat[:3]) == [0, 0, 2]  # 0.55 and 0.9 go; 1.6 (q = 2) stays
+    assert (flat[3:] == 1).all() and all((q == 1).all() for q in ints[1:])
+
+
+@pytest.fixture(scope="module")
+def trained(hipct):
+    """A hipct 256x grid trainer after 60 steps (one thread: the same weights every run)."""
+    torch.set_num_threads(1)
+    limit = hipct.nbytes // 256 - 60
+    cfg = auto_config(hipct.shape, limit)
+    settings = TrainSettings(steps=400, checkpoint_every=10**6)
+    trainer = GridTrainer(Normalization.of(hipct).apply(hipct), cfg, limit, settings)
+    for _ in range(60):
+        trainer.advance()
+    return trainer
+
+
+def test_level_weighted_zeroing_decodes_better_than_zeroing_the_smallest(trained):
+    """The same count of zeroed latents, a tenth of the nonzero ones: the ranking by the error
+    zeroing adds to the voxels decodes closer to the volume than the ranking by |y|."""
+    model = trained.model
+    ints = quantize_latents(model)
+    k = sum(int(np.count_nonzero(q)) for q in ints) // 10
+    mags = np.concatenate(
+        [np.abs(y.detach().double().numpy()).ravel() for y in model.grids.latents]
+    )
+    flat = np.concatenate([q.ravel() for q in ints])
+    nonzero = np.flatnonzero(flat)
+    flat[nonzero[np.argsort(mags[nonzero], kind="stable")][:k]] = 0
+    by_magnitude = np.split(flat, np.cumsum([q.size for q in ints])[:-1])
+    by_magnitude = [p.reshape(q.shape) for p, q in zip(by_magnitude, ints, strict=True)]
+    weights, scales = quantize_weights(model)
+    old = pack_payload(model.cfg, by_magnitude, weights, scales, 1.0)
+    new = pack_model(model, zero_k=k)
+    assert trained.score(new) > trained.score(old)
+
+
+def test_an_over_budget_checkpoint_scores_a_coarser_step_beside_the_zeroing(trained):
+    """10 % over the budget: at the finest network step the checkpoint scores the zeroed
+    latents and then a coarser latent step, every payload within the budget, and keeps the
+    best it scored."""
+    model = trained.model
+    limit = int(0.9 * len(pack_model(model)))
+    seen: list[tuple[bytes, float]] = []
+
+    def evaluate(payload: bytes) -> float:
+        seen.append((payload, trained.score_sample(payload)))
+        return seen[-1][1]
+
+    result = fit_checkpoint(model, limit, evaluate)
+    assert len(seen) >= 2 and all(len(p) <= limit for p, _ in seen)
+    assert result.score == max(s for _, s in seen)
+    first, second = (unpack_payload(p, model.cfg) for p, _ in seen[:2])
+    assert first.latent_step == 1.0 and np.count_nonzero(
+        np.concatenate([q.ravel() for q in first.latents])
+    ) < sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+    assert second.latent_step > 1.0
