@@ -1,6 +1,6 @@
 """Fitting an over-budget grid model into its bytes (issue 24): the zeroed latents are the ones
-that cost the voxels least (a coarse level's latent spans many voxels), and a checkpoint scores
-a coarser latent step beside the zeroing and keeps the better."""
+that cost the voxels least (a coarse level's latent spans many voxels), a checkpoint stores a
+coarser latent step, and the final fit scores both and keeps the better."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from napari_moec.families.grid.config import GridConfig
 from napari_moec.families.grid.fit import (
+    fit_budget,
     fit_checkpoint,
     pack_model,
     quantize_latents,
@@ -90,23 +91,38 @@ def test_level_weighted_zeroing_decodes_better_than_zeroing_the_smallest(trained
     assert trained.score(new) > trained.score(old)
 
 
-def test_an_over_budget_checkpoint_scores_a_coarser_step_beside_the_zeroing(trained):
-    """10 % over the budget: at the finest network step the checkpoint scores the zeroed
-    latents and then a coarser latent step, every payload within the budget, and keeps the
-    best it scored."""
+def _recording(trained, seen: list):
+    def evaluate(payload: bytes) -> float:
+        seen.append((payload, trained.score(payload)))
+        return seen[-1][1]
+
+    return evaluate
+
+
+def test_an_over_budget_checkpoint_stores_a_coarser_latent_step(trained):
+    """10 % over the budget: a checkpoint's first payload is a coarser latent step that fills
+    the budget within 1 %, every payload it scored fits, and it keeps the best it scored."""
     model = trained.model
     limit = int(0.9 * len(pack_model(model)))
     seen: list[tuple[bytes, float]] = []
-
-    def evaluate(payload: bytes) -> float:
-        seen.append((payload, trained.score_sample(payload)))
-        return seen[-1][1]
-
-    result = fit_checkpoint(model, limit, evaluate)
-    assert len(seen) >= 2 and all(len(p) <= limit for p, _ in seen)
+    result = fit_checkpoint(model, limit, _recording(trained, seen))
+    assert seen and all(len(p) <= limit for p, _ in seen)
     assert result.score == max(s for _, s in seen)
+    first = unpack_payload(seen[0][0], model.cfg)
+    assert first.latent_step > 1.0 and len(seen[0][0]) >= 0.99 * limit
+
+
+def test_the_final_fit_scores_the_zeroing_and_a_coarser_step(trained):
+    """The final fit over the budget scores both ways at the finest network step: the
+    zeroed latents (step 1, fewer nonzero latents) and a coarser step; it keeps the best."""
+    model = trained.model
+    limit = int(0.9 * len(pack_model(model)))
+    seen: list[tuple[bytes, float]] = []
+    result = fit_budget(model, limit, _recording(trained, seen))
+    assert all(len(p) <= limit for p, _ in seen)
+    assert result.score == max(s for _, s in seen)
+    nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
     first, second = (unpack_payload(p, model.cfg) for p, _ in seen[:2])
-    assert first.latent_step == 1.0 and np.count_nonzero(
-        np.concatenate([q.ravel() for q in first.latents])
-    ) < sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
+    assert first.latent_step == 1.0
+    assert sum(int(np.count_nonzero(q)) for q in first.latents) < nonzero
     assert second.latent_step > 1.0
