@@ -15,9 +15,9 @@ coarser network step stops the search as soon as it scores worse than the previo
 
 Why both over-budget candidates, and why the level weight (session 22,
 ``benchmarks/research/fit_over_budget.py``): a 144³ tile of the 512³ store whose latents had
-overshot its budget by 5-10 % stored 36.6 / 35.3 / 36.7 dB at steps 1,000 / 1,400 / 1,800
+overshot its budget by 5-10 % stored 36.9 / 35.6 / 37.1 dB at steps 1,000 / 1,400 / 1,800
 when the fit zeroed the latents of smallest ``|y|`` over all levels (a coarse level's small
-latent, which spans up to 48³ voxels, went as early as a fine one's), 39.2 / 39.2 / 40.3
+latent, which spans up to 48³ voxels, went as early as a fine one's), 39.2 / 39.4 / 40.5
 with the level weight, and 39.8 / 40.6 / 41.3 with a latent step of 1.07-1.13 (the plain
 rounding, over the budget: 39.7 / 40.1 / 41.1).
 
@@ -79,7 +79,7 @@ def quantize_latents(model: GridModel, zero_k: int = 0, step: float = 1.0) -> li
     cost the least error set to 0 (the fine rate knob): ranked by the squared error zeroing
     adds to a latent, ``y² - (y - q)²``, times the voxels one latent of its level spans (the
     decoder interpolates a latent into about that many voxels). Ranking by ``|y|`` alone
-    zeroed coarse latents as early as fine ones and cost 2.6-3.9 dB (module docstring)."""
+    zeroed coarse latents as early as fine ones and cost 2.3-3.8 dB (module docstring)."""
     step = float(np.float16(step))
     vals = [y.detach().cpu().double().numpy() / step for y in model.grids.latents]
     if model.grids.stored is not None:  # the latents no decoded voxel reads are stored as 0
