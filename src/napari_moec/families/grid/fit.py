@@ -22,10 +22,10 @@ with the level weight, and 39.8 / 40.6 / 41.3 with a latent step of 1.07-1.13 (t
 rounding, over the budget: 39.7 / 40.1 / 41.1).
 
 :func:`fit_checkpoint` is the training checkpoint's cheap form: per network step the
-payload of :func:`fit_candidates` (one pack when the plain rounding fits, which the
-controller aims at; else a few secant steps on the latent step, the zeroing only when no
-step up to 4 fits; no finer latent step for slack), scored by ``evaluate`` (the trainer's
-fixed sample), coarser network steps while they score better. Its files are real
+payloads of :func:`fit_candidates` (one pack when the plain rounding fits, which the
+controller aims at; else a few secant steps on the zeroed-latent count and on the latent
+step; no finer latent step for slack), scored by ``evaluate`` (the trainer's fixed sample),
+coarser network steps while they score better. Its files are real
 and within the budget, a little under it at worst; the final fit still runs the whole
 search above.
 
@@ -258,13 +258,14 @@ def fit_candidates(
 ) -> Iterator[FitResult]:
     """The checkpoint's payloads of at most ``limit`` bytes at ``network_step`` (module
     docstring), their ``score`` NaN (the caller scores them): the plain rounding when it
-    fits, else a coarser latent step that fits within 1 % of the budget
-    (:func:`_step_near_limit`), else the fewest zeroed latents that fit
-    (:func:`_zero_to_fit`), else a latent step up to 256. One candidate, not both: at the
-    checkpoints of an overshoot the coarser step scored as well as the better of the two
-    at steps 1,400 and 2,200 of the 512³ store's corner tile (40.73 / 41.68 dB; the zeroing
-    40.13 / 41.11) in 12 / 4 packs instead of 18 / 8 (0.33 / 0.13 CPU-s against 0.59 /
-    0.29, a step 16 ms, a checkpoint every 200); the final fit scores both.
+    fits, else the fewest zeroed latents that fit (:func:`_zero_to_fit`) and a coarser
+    latent step that fits within 1 % of the budget (:func:`_step_near_limit`), else a
+    latent step up to 256. Both, not the coarser step alone: that scored as well at two
+    noise-phase checkpoints of the 512³ store's corner tile in half the packs, but the
+    whole macaque as a store then decoded 46.07 / 46.25 dB (seeds 0 / 1) against 46.66 /
+    46.53 with both (5ba219d against 8cac23b, one run each; docs/benchmarks/notes.md,
+    session 22). The secant steps cost 0.59 / 0.29 CPU-s a checkpoint there against 0.88
+    for 8cac23b's bisection of the step (a step 16 ms, a checkpoint every 200 steps).
     Deterministic: the same weights give the same bytes. ``plain``: this model's plain
     rounding at ``network_step`` when the caller has packed it already (the trainer's rate
     calibration), so that the common case costs no pack. Nothing when nothing fits."""
@@ -273,15 +274,12 @@ def fit_candidates(
     if len(plain) <= limit:
         yield FitResult(float("nan"), plain, network_step, 1.0, 0)
         return
-    coarse = _step_near_limit(model, limit, network_step, plain)
-    if coarse is not None:
-        yield FitResult(float("nan"), coarse[0], network_step, coarse[1], 0)
-        return
     zeroed = _zero_to_fit(model, limit, network_step, plain)
     if zeroed is not None:
         yield FitResult(float("nan"), zeroed[1], network_step, 1.0, zeroed[0])
-        return
-    coarse = _coarser_step(model, limit, network_step)
+    coarse = _step_near_limit(model, limit, network_step, plain)
+    if coarse is None and zeroed is None:
+        coarse = _coarser_step(model, limit, network_step)
     if coarse is not None:
         yield FitResult(float("nan"), coarse[0], network_step, coarse[1], 0)
 
