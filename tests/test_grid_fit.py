@@ -99,14 +99,15 @@ def _recording(trained, seen: list):
     return evaluate
 
 
-def test_an_over_budget_checkpoint_scores_the_zeroing_and_a_coarser_step(trained):
-    """10 % over the budget: at the finest network step a checkpoint scores the zeroed
-    latents and then a coarser latent step that fills the budget within 1 %, every payload it
-    scored fits, and it keeps the best it scored."""
+@pytest.mark.parametrize("fit", [fit_checkpoint, fit_budget], ids=["checkpoint", "final"])
+def test_an_over_budget_fit_scores_the_zeroing_and_a_coarser_step(trained, fit):
+    """10 % over the budget: at the finest network step a checkpoint and the final fit score
+    the zeroed latents (step 1, fewer nonzero latents) and then a coarser latent step that
+    fills the budget within 1 %; every payload scored fits, and the best scored is kept."""
     model = trained.model
     limit = int(0.9 * len(pack_model(model)))
     seen: list[tuple[bytes, float]] = []
-    result = fit_checkpoint(model, limit, _recording(trained, seen))
+    result = fit(model, limit, _recording(trained, seen))
     assert all(len(p) <= limit for p, _ in seen)
     assert result.score == max(s for _, s in seen)
     nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
@@ -114,19 +115,3 @@ def test_an_over_budget_checkpoint_scores_the_zeroing_and_a_coarser_step(trained
     assert first.latent_step == 1.0
     assert sum(int(np.count_nonzero(q)) for q in first.latents) < nonzero
     assert second.latent_step > 1.0 and len(seen[1][0]) >= 0.99 * limit
-
-
-def test_the_final_fit_scores_the_zeroing_and_a_coarser_step(trained):
-    """The final fit over the budget scores both ways at the finest network step: the
-    zeroed latents (step 1, fewer nonzero latents) and a coarser step; it keeps the best."""
-    model = trained.model
-    limit = int(0.9 * len(pack_model(model)))
-    seen: list[tuple[bytes, float]] = []
-    result = fit_budget(model, limit, _recording(trained, seen))
-    assert all(len(p) <= limit for p, _ in seen)
-    assert result.score == max(s for _, s in seen)
-    nonzero = sum(int(np.count_nonzero(q)) for q in quantize_latents(model))
-    first, second = (unpack_payload(p, model.cfg) for p, _ in seen[:2])
-    assert first.latent_step == 1.0
-    assert sum(int(np.count_nonzero(q)) for q in first.latents) < nonzero
-    assert second.latent_step > 1.0

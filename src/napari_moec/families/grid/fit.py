@@ -260,12 +260,13 @@ def fit_candidates(
     docstring), their ``score`` NaN (the caller scores them): the plain rounding when it
     fits, else the fewest zeroed latents that fit (:func:`_zero_to_fit`) and a coarser
     latent step that fits within 1 % of the budget (:func:`_step_near_limit`), else a
-    latent step up to 256. Both, not the coarser step alone: that scored as well at two
-    noise-phase checkpoints of the 512³ store's corner tile in half the packs, but the
-    whole macaque as a store then decoded 46.07 / 46.25 dB (seeds 0 / 1) against 46.66 /
-    46.53 with both (5ba219d against 8cac23b, one run each; docs/benchmarks/notes.md,
-    session 22). The secant steps cost 0.59 / 0.29 CPU-s a checkpoint there against 0.88
-    for 8cac23b's bisection of the step (a step 16 ms, a checkpoint every 200 steps).
+    latent step up to 256. Both, not the coarser step alone, which scored as well at two
+    noise-phase checkpoints of the 512³ store's corner tile in half the packs: nothing says
+    it does in the rounding phase, and six runs of the whole macaque as a store could not
+    tell the two apart (46.07 / 46.25 dB at seeds 0 / 1 with the step alone, 46.66 / 46.53
+    and 46.50 / 46.21 with both; docs/benchmarks/notes.md, session 22). The secant steps
+    cost 0.59 / 0.29 CPU-s a checkpoint there (the bisection 0.88 at the first; a step
+    16 ms, a checkpoint every 200 steps).
     Deterministic: the same weights give the same bytes. ``plain``: this model's plain
     rounding at ``network_step`` when the caller has packed it already (the trainer's rate
     calibration), so that the common case costs no pack. Nothing when nothing fits."""
