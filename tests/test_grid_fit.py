@@ -60,7 +60,10 @@ def test_zeroing_ranks_by_the_error_it_adds_within_a_level():
 
 @pytest.fixture(scope="module")
 def trained(hipct):
-    """A hipct 256x grid trainer after 60 steps (one thread: the same weights every run)."""
+    """A hipct 256x grid trainer after 60 steps, on one thread while this module's tests use
+    it (the same weights every run; the thread count is restored after, as ``one_thread``
+    does for a single test)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     limit = hipct.nbytes // 256 - 60
     cfg = auto_config(hipct.shape, limit)
@@ -68,7 +71,8 @@ def trained(hipct):
     trainer = GridTrainer(Normalization.of(hipct).apply(hipct), cfg, limit, settings)
     for _ in range(60):
         trainer.advance()
-    return trainer
+    yield trainer
+    torch.set_num_threads(threads)
 
 
 def test_level_weighted_zeroing_decodes_better_than_zeroing_the_smallest(trained):
