@@ -170,7 +170,7 @@ def _step_near_limit(
     fills at least 99 % of it, found cheaply: secant steps on ``x`` against the payload's
     bytes from the plain rounding (``x = 0``), the first guess ``x = 0.1``; a checkpoint's
     overshoot wants 1.03-1.15. After ``tries`` packs, the finest step seen that fits, else
-    :func:`_coarser_step`'s bisection between the coarsest step seen over and 4."""
+    :func:`_coarser_step`'s bisection of steps up to 4 (None when even 4 was seen over)."""
     x0, b0 = 0.0, len(plain)
     x, best, over = 0.1, None, 0.0
     for _ in range(tries):
