@@ -15,7 +15,7 @@ Existing JSONs are kept (the run is skipped) unless ``--force``.
 Example::
 
     python benchmarks/rd.py --volumes hipct ct_head mri4d macaque \\
-        --ratios 16 64 256 1024 3000 6000 --steps 2000 --out benchmarks/out/rd
+        --ratios 16 64 256 1024 3000 6000 --steps auto --out benchmarks/out/rd
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_moec(name: str, vol: np.ndarray, ratio: float, args, folder: Path) -> di
     record["options"] = {
         "num_experts": args.experts,
         "top_k": args.top_k,
-        "steps": args.steps,
+        "steps": "auto" if args.steps is None else args.steps,
         "time_limit": args.time_limit,
         "seed": args.seed,
         "precision": args.precision,
@@ -140,6 +140,10 @@ def _ratio_tag(ratio) -> str:
     return "lossless" if ratio is None else f"{ratio:g}x"
 
 
+def _steps(text: str) -> int | None:
+    return None if text == "auto" else int(text)
+
+
 def json_path(out: Path, name: str, ratio, method: str) -> Path:
     return out / name / f"{name}_{_ratio_tag(ratio)}_{method}.json"
 
@@ -149,7 +153,12 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=list(VOLUMES))
     parser.add_argument("--ratios", nargs="+", type=float, default=[16, 64, 256, 1024, 3000, 6000])
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
-    parser.add_argument("--steps", type=int, default=2000, help="moec training steps")
+    parser.add_argument(
+        "--steps",
+        type=_steps,
+        default=None,
+        help="moec training steps, or 'auto' (the default: the library's, the family's choice)",
+    )
     parser.add_argument("--time-limit", type=float, default=None, help="moec seconds per run")
     parser.add_argument("--experts", type=int, default=None, help="default: the library's")
     parser.add_argument("--top-k", type=int, default=1)

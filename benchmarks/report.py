@@ -97,7 +97,10 @@ def _cell(record: dict | None) -> str:
 def _time_limited(record: dict) -> bool:
     """A napari-moec run that its time limit stopped before its steps were done."""
     report, options = record.get("report") or {}, record.get("options") or {}
-    return bool(options.get("time_limit")) and report.get("steps", 0) < options.get("steps", 0)
+    scheduled = options.get("steps")  # "auto": the count the run resolved is not recorded
+    if not options.get("time_limit") or not isinstance(scheduled, int):
+        return False
+    return report.get("steps", 0) < scheduled
 
 
 def _provenance(records: list[dict]) -> list[str]:
@@ -156,7 +159,7 @@ def rd_section(rd: dict, images: Path, doc_dir: Path) -> list[str]:
             ]
         moec = [records[k] for k in records if k[2] == "moec" and records[k]["status"] == "ok"]
         if moec:
-            steps = sorted({r["options"]["steps"] for r in moec})
+            steps = sorted({str(r["options"]["steps"]) for r in moec})
             lines += [f"napari-moec runs: {', '.join(map(str, steps))} training steps.", ""]
             limited = sorted(
                 {r["options"]["time_limit"] for r in moec if r["options"].get("time_limit")}

@@ -33,6 +33,13 @@ __all__ = [
 #: Stored precisions: float formats are written raw; ``intN`` are symmetric uniform
 #: quantizers with N-bit nominal levels whose integers are entropy coded.
 PRECISIONS = ("fp32", "fp16", "int8", "int6", "int4")
+#: What "auto" steps are (``TrainConfig.steps`` None; resolved by the model family, its
+#: ``auto_steps``: grid ``families/grid/sizing.py``, SIREN ``families/siren/family.py``;
+#: a store's by ``tiled.task.STORE_AUTO_STEPS``).
+AUTO_STEPS_HELP = (
+    "grid: 20,000, or 150 passes over a large volume's voxels (at most 40,000); siren: 2000; "
+    "a tiled store: 2000 times each tile's share of the voxels"
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,8 @@ class ArchConfig:
 class TrainConfig:
     """Training schedule (paper §3.5, §4.1).
 
-    The schedule runs until ``steps`` or ``time_limit`` seconds, whichever ends first; the
+    The schedule runs until ``steps`` (None: "auto", the model family's choice for the model it
+    sized, ``AUTO_STEPS_HELP``) or ``time_limit`` seconds, whichever ends first; the
     learning rate follows ``schedule`` from ``lr`` to ``lr * lr_final`` over it
     (:mod:`napari_moec.schedule`: "auto" picks warm-up + cosine for networks of width >= 21
     trained >= 1000 steps, exponential decay otherwise), the router freezes at
@@ -125,8 +133,15 @@ class TrainConfig:
     quantization in the loop (quantization-aware training, off by default).
     """
 
-    steps: int = option(
-        2000, "optimiser steps", lo=1, hi=10**9, ui="basic", label="Steps", ui_step=100
+    steps: int | None = option(
+        None,
+        "optimiser steps",
+        lo=1,
+        hi=10**9,
+        ui="basic",
+        label="Steps",
+        ui_step=100,
+        auto=AUTO_STEPS_HELP,
     )
     time_limit: float | None = option(
         None, "stop training after this many seconds", lo=0, open_lo=True, ui=None

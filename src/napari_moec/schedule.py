@@ -36,6 +36,7 @@ from .config import ModelConfig, TrainConfig
 __all__ = [
     "COSINE_MIN_STEPS",
     "COSINE_MIN_WIDTH",
+    "DEFAULT_STEPS",
     "EVAL_POINTS",
     "LossGuard",
     "Schedule",
@@ -47,6 +48,11 @@ __all__ = [
 #: Narrowest network width that gets the cosine schedule under "auto" (measured: widths 21,
 #: 35, 43 gain; width 20 is unstable at its peak lr).
 COSINE_MIN_WIDTH = 21
+#: The steps a SIREN run trains where the user leaves them to "auto" (``TrainConfig.steps``
+#: None; ``SirenFamily.auto_steps``): the paper's experts need ~80,000 V100 steps, far beyond a
+#: CPU's minutes; 2000 is this family's default since its first release, kept so that a SIREN
+#: run trains, and its files store, what they did.
+DEFAULT_STEPS = 2000
 #: Fewest steps a run needs for the cosine schedule under "auto" (measured: see above).
 COSINE_MIN_STEPS = 1000
 #: Voxels of the fixed set on which the last and the best-so-far weights are compared.
@@ -88,7 +94,8 @@ def resolve_schedule(train: TrainConfig, model: ModelConfig) -> Schedule:
     kind = train.schedule
     if kind == "auto":
         long_and_wide = (
-            model.hidden_features >= COSINE_MIN_WIDTH and train.steps >= COSINE_MIN_STEPS
+            model.hidden_features >= COSINE_MIN_WIDTH
+            and (DEFAULT_STEPS if train.steps is None else train.steps) >= COSINE_MIN_STEPS
         )
         kind = "cosine" if long_and_wide else "exponential"
     peak, final = _DEFAULTS[kind]

@@ -297,6 +297,9 @@ class Compressor:
             raise ConfigError(
                 f"target PSNR needs --model grid (model={self.plan.family!r} has no quality target)"
             )
+        if self.train_config.steps is None:  # "auto": the family's, for the model it sized
+            steps = self.family.auto_steps(self.plan.model)
+            self.train_config = replace(self.train_config, steps=steps)
         self.preview = preview or PreviewConfig()
         self.threads = check_threads(self.run_config.threads)
         #: The concrete MoE backend, "native" or "tutel"

@@ -339,6 +339,12 @@ class ModelFamily(Protocol):
         ...
 
     # -- building and training --------------------------------------------------------------
+    def auto_steps(self, config: Any) -> int:
+        """The optimiser steps a run of ``config`` trains where the user leaves ``steps`` to
+        "auto" (``TrainConfig.steps`` None; a time limit still ends it earlier): what this
+        family needs to come near its converged quality on the model's volume."""
+        ...
+
     def build(self, config: Any, *, generator: torch.Generator) -> torch.nn.Module:
         """A freshly initialised module on the CPU (the caller moves it), initialised from
         ``generator`` only: the same generator state gives the same module."""

@@ -54,7 +54,7 @@ from .store import (
     store_nbytes,
     write_metadata,
 )
-from .task import Signals, TileJob, TileResult, compress_tile
+from .task import Signals, TileJob, TileResult, compress_tile, store_schedule
 from .tiling import choose_margin, choose_tile
 
 __all__ = ["TiledCompressor", "compress_tiled"]
@@ -128,7 +128,7 @@ class TiledCompressor:
         hook=None,
     ) -> None:
         self.source = open_source(source, axes=axes, spacing=spacing, unit=unit)
-        self.train = train or TrainConfig()
+        self.train = store_schedule(train or TrainConfig())
         #: The PSNR every tile (so the store) reaches, or None: the ratio sets the size.
         self.target_psnr = self.train.target_psnr
         if ratio is None:

@@ -47,6 +47,7 @@ __all__ = [
     "TileResult",
     "TileStopped",
     "compress_tile",
+    "store_schedule",
     "tile_errors",
     "tile_schedule",
 ]
@@ -91,6 +92,21 @@ class TileJob:
     source: SourceRef | None = None
     signals: Signals | None = None
     hook: Callable | None = None
+
+
+#: A store's steps where the user leaves them to "auto" (``TrainConfig.steps`` None): each
+#: network tile trains this many times its share (:func:`tile_schedule`). Not the family's
+#: ``auto_steps`` for one file: a store's training is the job's steps times its network
+#: tiles, so its length is chosen for the volume's size (``--steps``, ``--time-limit``); 2000
+#: is what every measured store of docs/tiled.md that does not name its steps trained.
+STORE_AUTO_STEPS = 2000
+
+
+def store_schedule(config: TrainConfig) -> TrainConfig:
+    """``config`` with "auto" steps resolved for a store (:data:`STORE_AUTO_STEPS`)."""
+    if config.steps is not None:
+        return config
+    return replace(config, steps=STORE_AUTO_STEPS)
 
 
 def tile_schedule(config: TrainConfig, share: float) -> TrainConfig:

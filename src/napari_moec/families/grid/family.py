@@ -34,7 +34,7 @@ from .config import GridConfig
 from .decode import decode_region
 from .fit import fit_budget, fit_quality
 from .model import GridModel
-from .sizing import auto_config, predicted_payload_bytes
+from .sizing import auto_config, auto_steps, predicted_payload_bytes
 from .train import GridTrainer, TrainSettings
 
 __all__ = ["FAMILY", "GridFamily", "GridOptions"]
@@ -201,6 +201,9 @@ class GridFamily:
 
     def predict_payload_nbytes(self, config: GridConfig, quant) -> int:
         return predicted_payload_bytes(config)
+
+    def auto_steps(self, config: GridConfig) -> int:
+        return auto_steps(config)
 
     def build(self, config: GridConfig, *, generator: torch.Generator) -> GridModel:
         return GridModel(config, generator=generator)

@@ -17,7 +17,7 @@ from ...decode import evaluate, evaluate_with_labels
 from ...quantize import fake_quantize
 from ...rate import fit_payload
 from ...sampling import flat_index_coords
-from ...schedule import resolve_schedule
+from ...schedule import DEFAULT_STEPS, resolve_schedule
 from ..base import Fit, SizeRequest, StepStats, TilePolicy, TrainingTarget
 from .codec import CODEC
 from .moe import MoESiren
@@ -127,6 +127,9 @@ class SirenFamily:
 
     def predict_payload_nbytes(self, config: ModelConfig, quant: QuantConfig) -> int:
         return predict_payload_nbytes(config, quant)
+
+    def auto_steps(self, config: ModelConfig) -> int:
+        return DEFAULT_STEPS
 
     def build(self, config: ModelConfig, *, generator: torch.Generator) -> MoESiren:
         """The network initialised from ``generator``'s state (a CPU generator): ``nn.init``

@@ -1,0 +1,105 @@
+""" "auto" steps: a run that names no step count trains what its model family needs for the
+model it sized (``ModelFamily.auto_steps``), one step count given stays given, and a store's
+tiles keep their own default (``tiled.task.STORE_AUTO_STEPS``)."""
+
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from napari_moec import families
+from napari_moec.config import TrainConfig
+from napari_moec.families.grid.sizing import (
+    AUTO_MAX_STEPS,
+    AUTO_MIN_STEPS,
+    AUTO_PASSES,
+    auto_config,
+    auto_steps,
+)
+from napari_moec.families.grid.train import CPU_MAX_VOXELS
+from napari_moec.schedule import DEFAULT_STEPS
+from napari_moec.tiled import TiledCompressor
+from napari_moec.tiled.task import STORE_AUTO_STEPS, tile_schedule
+from napari_moec.training import Compressor
+
+from .conftest import smooth_volume
+
+MACAQUE = (128, 206, 168)  # the shared macaque T1's shape: more voxels than the floor covers
+
+
+def test_steps_are_left_to_the_family_by_default():
+    assert TrainConfig().steps is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((16, 16, 16), AUTO_MIN_STEPS),
+        ((64, 64, 64), AUTO_MIN_STEPS),
+        ((3, 25, 41, 33), AUTO_MIN_STEPS),
+        (MACAQUE, 1000 * math.ceil(AUTO_PASSES * math.prod(MACAQUE) / CPU_MAX_VOXELS / 1000)),
+        ((512, 512, 512), AUTO_MAX_STEPS),
+    ],
+)
+def test_grid_auto_steps_follow_the_volume_between_floor_and_cap(shape, expected):
+    assert auto_steps(auto_config(shape, 10_000)) == expected
+
+
+def test_grid_auto_steps_grow_with_the_voxels_and_pass_the_floor_on_large_volumes():
+    edges = [32, 64, 128, 160, 192, 224, 256, 320]
+    steps = [auto_steps(auto_config((n, n, n), 10_000)) for n in edges]
+    assert steps == sorted(steps)
+    assert steps[0] == AUTO_MIN_STEPS < steps[4] < AUTO_MAX_STEPS == steps[-1]
+    assert all(s % 1000 == 0 for s in steps)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"), [("grid", AUTO_MIN_STEPS), ("siren", DEFAULT_STEPS)]
+)
+def test_a_run_without_steps_trains_its_familys_auto_steps(model, expected):
+    volume = smooth_volume((24, 24, 24))
+    comp = Compressor(volume, 16, family=model)
+    family = families.get(model)
+    assert comp.train_config.steps == family.auto_steps(comp.plan.model) == expected
+    assert comp.train_config == replace(TrainConfig(), steps=expected)
+
+
+def test_a_time_limit_still_ends_an_auto_run_and_given_steps_stay_given():
+    volume = smooth_volume((24, 24, 24))
+    limited = Compressor(volume, 16, train=TrainConfig(time_limit=30.0), family="grid")
+    assert (limited.train_config.steps, limited.train_config.time_limit) == (AUTO_MIN_STEPS, 30.0)
+    given = Compressor(volume, 16, train=TrainConfig(steps=7), family="grid")
+    assert given.train_config.steps == 7
+
+
+def test_an_auto_run_trains_the_resolved_steps_to_the_end():
+    """The resolved count is what the loop runs and reports (a short floor, patched in)."""
+    volume = smooth_volume((16, 16, 16))
+    comp = Compressor(volume, 16, family="grid", train=TrainConfig(seed=1))
+    assert comp.train_config.steps == AUTO_MIN_STEPS
+    comp.train_config = replace(comp.train_config, steps=12)  # the floor, cut for a test
+    result = comp.fit()
+    assert result.report.steps == 12 and not result.report.stopped_early
+
+
+def test_a_store_without_steps_trains_its_tiles_the_store_default(tmp_path):
+    volume = smooth_volume((32, 32, 32))
+    job = TiledCompressor(volume, tmp_path / "s.ome.zarr", 16, tile=16, workers=1)
+    assert job.train == replace(TrainConfig(), steps=STORE_AUTO_STEPS)
+    assert tile_schedule(job.train, 0.5).steps == STORE_AUTO_STEPS // 2
+    given = TiledCompressor(volume, tmp_path / "t.ome.zarr", 16, tile=16, workers=1,
+                            train=TrainConfig(steps=30))  # fmt: skip
+    assert given.train.steps == 30
+
+
+def test_the_cli_help_says_what_auto_steps_are():
+    out = subprocess.run(
+        [sys.executable, "-m", "napari_moec.cli", "compress", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    assert "--steps N optimiser steps, in [1, 1000000000] (default: auto: grid: 20,000" in flat
