@@ -15,6 +15,8 @@ from napari_moec.families.grid.sizing import (
     AUTO_MAX_STEPS,
     AUTO_MIN_STEPS,
     AUTO_PASSES,
+    AUTO_STEP_LATENTS,
+    AUTO_WORK_STEPS,
     auto_config,
     auto_steps,
 )
@@ -45,6 +47,19 @@ def test_steps_are_left_to_the_family_by_default():
 )
 def test_grid_auto_steps_follow_the_volume_between_floor_and_cap(shape, expected):
     assert auto_steps(auto_config(shape, 10_000)) == expected
+
+
+def test_grid_auto_steps_shrink_where_the_latents_make_a_step_costly():
+    """The macaque at 16x: latents on its voxel lattice (5.1 M; a step ~5x one at 256x) train
+    the work cap's steps, not the 150 passes the same volume gets at 256x."""
+    heavy = auto_config(MACAQUE, math.prod(MACAQUE) * 4 // 16)
+    light = auto_config(MACAQUE, math.prod(MACAQUE) * 4 // 256)
+    assert heavy.latent_count > 10 * AUTO_STEP_LATENTS > light.latent_count
+    cap = AUTO_WORK_STEPS / (1 + heavy.latent_count / AUTO_STEP_LATENTS)
+    assert auto_steps(heavy) == 1000 * math.floor(cap / 1000) < AUTO_MIN_STEPS
+    assert auto_steps(light) > AUTO_MIN_STEPS  # the passes: its cap is not reached
+    widths = [auto_steps(auto_config(MACAQUE, b)) for b in (3_000, 70_000, 280_000, 1_100_000)]
+    assert widths == sorted(widths, reverse=True)
 
 
 def test_grid_auto_steps_grow_with_the_voxels_and_pass_the_floor_on_large_volumes():
@@ -103,3 +118,4 @@ def test_the_cli_help_says_what_auto_steps_are():
     ).stdout
     flat = " ".join(out.split())
     assert "--steps N optimiser steps, in [1, 1000000000] (default: auto: grid: 20,000" in flat
+    assert "fewer where the latent grids make a step costly; siren: 2000" in flat

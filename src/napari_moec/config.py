@@ -37,8 +37,9 @@ PRECISIONS = ("fp32", "fp16", "int8", "int6", "int4")
 #: ``auto_steps``: grid ``families/grid/sizing.py``, SIREN ``families/siren/family.py``;
 #: a store's by ``tiled.task.STORE_AUTO_STEPS``).
 AUTO_STEPS_HELP = (
-    "grid: 20,000, or 150 passes over a large volume's voxels (at most 40,000); siren: 2000; "
-    "a tiled store: 2000 times each tile's share of the voxels"
+    "grid: 20,000, or 150 passes over a large volume's voxels (at most 40,000), fewer where "
+    "the latent grids make a step costly; siren: 2000; a tiled store: 2000 times each tile's "
+    "share of the voxels"
 )
 
 

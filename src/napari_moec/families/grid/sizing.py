@@ -72,6 +72,8 @@ __all__ = [
     "AUTO_MAX_STEPS",
     "AUTO_MIN_STEPS",
     "AUTO_PASSES",
+    "AUTO_STEP_LATENTS",
+    "AUTO_WORK_STEPS",
     "LATTICE_BITS_PER_LATENT",
     "MIN_BITS_PER_LATENT",
     "ROUTED_GATE_HIDDEN",
@@ -109,10 +111,14 @@ _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nomi
 
 
 #: "auto" steps (:func:`auto_steps`): at least ``AUTO_MIN_STEPS``, else ``AUTO_PASSES`` passes
-#: of ``CPU_MAX_VOXELS``-voxel steps over the volume, at most ``AUTO_MAX_STEPS``.
+#: of ``CPU_MAX_VOXELS``-voxel steps over the volume, at most ``AUTO_MAX_STEPS``, and at most
+#: ``AUTO_WORK_STEPS / (1 + latents / AUTO_STEP_LATENTS)``: a step's cost grows with the
+#: latents its rate term covers.
 AUTO_MIN_STEPS = 20_000
 AUTO_PASSES = 150
 AUTO_MAX_STEPS = 40_000
+AUTO_WORK_STEPS = 80_000
+AUTO_STEP_LATENTS = 300_000
 
 
 def auto_steps(cfg: GridConfig) -> int:
@@ -134,20 +140,29 @@ def auto_steps(cfg: GridConfig) -> int:
     ==============  ===========  =====  =====  =====  =====  =====
 
     The library's 2000 steps (the SIREN family's default, which this family had kept) left
-    0.3-1.4 dB on the small volumes (up to 381 k voxels) and 3.8 dB on the macaque. Small volumes come near
-    their plateau by ~18,000 steps whatever their size (a step sees every voxel of a 64³
-    volume in 8 steps); a large volume needs passes over its voxels too (the macaque gained
-    1.3 dB from 45 to 89 passes and 0.23 from 89 to 177). So: ``AUTO_MIN_STEPS``, or
+    0.3-1.4 dB on the small volumes (up to 381 k voxels) and 3.8 dB on the macaque. Small
+    volumes come near their plateau by ~18,000 steps whatever their size (a step sees every
+    voxel of a 64³ volume in 8 steps); a large volume needs passes over its voxels too (the
+    macaque gained 1.3 dB from 45 to 89 passes and 0.23 from 89 to 177). So: ``AUTO_MIN_STEPS``, or
     ``AUTO_PASSES`` passes of a CPU step's voxels where that is more (the macaque: 21,000),
-    capped at ``AUTO_MAX_STEPS`` (a 256³ volume: 78 passes) so that a default run on a
-    volume of tens of millions of voxels still ends in minutes rather than hours on a
-    laptop's CPU; a time limit ends any run sooner. Counted in a CPU step's voxels on every
+    capped at ``AUTO_MAX_STEPS`` (a 256³ volume: 78 passes).
+
+    And capped by the step's cost: a step costs about 7 ms plus 24 ns a latent on 2 threads
+    of this 2-core EPYC (its rate term covers every latent; fitted to 5-minute runs: the
+    macaque's voxel lattice at 16x, 5.1 M latents, 128 ms; its 1/2 levels, 0.66 M, 22-24;
+    hipct 64x, 0.30 M, 14-16; ct_head 256x, 59 k, 9), so ``AUTO_WORK_STEPS`` steps of a
+    model whose latents cost nothing, ``1 + latents / AUTO_STEP_LATENTS`` times fewer as they
+    grow, bound every default run of one network to about 80,000 x 7 ms, ~9 minutes there,
+    where the passes alone gave the macaque at 16x 21,000 steps of 128 ms (45 minutes; now
+    4,000) and a 384³ volume at 16x 40,000 steps of ~200 ms (by that fit). The cap binds on no other
+    shared cell. A time limit ends any run sooner. Counted in a CPU step's voxels on every
     device: the same options train the same file anywhere (an accelerator's larger steps
     then pass over the volume more often, at about the same cost a step).
     """
     passes = AUTO_PASSES * math.prod(cfg.shape) / CPU_MAX_VOXELS
-    steps = max(AUTO_MIN_STEPS, 1000 * math.ceil(passes / 1000))
-    return min(steps, AUTO_MAX_STEPS)
+    steps = min(max(AUTO_MIN_STEPS, 1000 * math.ceil(passes / 1000)), AUTO_MAX_STEPS)
+    work = AUTO_WORK_STEPS / (1 + cfg.latent_count / AUTO_STEP_LATENTS)
+    return min(steps, max(1000, 1000 * math.floor(work / 1000)))
 
 
 def min_latent_bits(latent_count: int, first_level: int) -> float:
