@@ -159,8 +159,15 @@ def rd_section(rd: dict, images: Path, doc_dir: Path) -> list[str]:
             ]
         moec = [records[k] for k in records if k[2] == "moec" and records[k]["status"] == "ok"]
         if moec:
-            steps = sorted({str(r["options"]["steps"]) for r in moec})
-            lines += [f"napari-moec runs: {', '.join(map(str, steps))} training steps.", ""]
+            given = sorted({r["options"]["steps"] for r in moec if r["options"]["steps"] != "auto"})
+            trained = sorted(r["report"]["steps"] for r in moec if r["options"]["steps"] == "auto")
+            steps = [f"{n:,}" for n in given]
+            if trained:  # the library's default: the count each run resolved to, as trained
+                span = f"{trained[0]:,}" + (
+                    f"-{trained[-1]:,}" if trained[-1] != trained[0] else ""
+                )
+                steps.append(f"auto (the library's default: {span})")
+            lines += [f"napari-moec runs: {', '.join(steps)} training steps.", ""]
             limited = sorted(
                 {r["options"]["time_limit"] for r in moec if r["options"].get("time_limit")}
             )
