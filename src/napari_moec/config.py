@@ -34,7 +34,7 @@ __all__ = [
 #: quantizers with N-bit nominal levels whose integers are entropy coded.
 PRECISIONS = ("fp32", "fp16", "int8", "int6", "int4")
 #: What "auto" steps are (``TrainConfig.steps`` None; resolved by the model family, its
-#: ``auto_steps``: grid ``families/grid/sizing.py``, SIREN ``families/siren/family.py``;
+#: ``auto_steps``: grid ``families/grid/sizing.auto_steps``, SIREN ``schedule.DEFAULT_STEPS``;
 #: a store's by ``tiled.task.STORE_AUTO_STEPS``).
 AUTO_STEPS_HELP = (
     "grid: 20,000, or 150 passes over a large volume's voxels (at most 40,000), fewer where "
