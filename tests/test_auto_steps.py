@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from napari_moec import families
-from napari_moec.config import TrainConfig
+from napari_moec.config import AUTO_STEPS_HELP, TrainConfig
 from napari_moec.families.grid.sizing import (
     AUTO_MAX_STEPS,
     AUTO_MIN_STEPS,
@@ -58,8 +58,8 @@ def test_grid_auto_steps_shrink_where_the_latents_make_a_step_costly():
     cap = AUTO_WORK_STEPS / (1 + heavy.latent_count / AUTO_STEP_LATENTS)
     assert auto_steps(heavy) == 1000 * math.floor(cap / 1000) < AUTO_MIN_STEPS
     assert auto_steps(light) > AUTO_MIN_STEPS  # the passes: its cap is not reached
-    widths = [auto_steps(auto_config(MACAQUE, b)) for b in (3_000, 70_000, 280_000, 1_100_000)]
-    assert widths == sorted(widths, reverse=True)
+    by_budget = [auto_steps(auto_config(MACAQUE, b)) for b in (3_000, 70_000, 280_000, 1_100_000)]
+    assert by_budget == sorted(by_budget, reverse=True)
 
 
 def test_grid_auto_steps_grow_with_the_voxels_and_pass_the_floor_on_large_volumes():
@@ -107,6 +107,19 @@ def test_a_store_without_steps_trains_its_tiles_the_store_default(tmp_path):
     given = TiledCompressor(volume, tmp_path / "t.ome.zarr", 16, tile=16, workers=1,
                             train=TrainConfig(steps=30))  # fmt: skip
     assert given.train.steps == 30
+
+
+def test_the_auto_help_states_the_constants_it_describes():
+    """``config.AUTO_STEPS_HELP`` is written out (the config layer imports no family): it
+    must name the numbers the families and the store use."""
+    for number in (
+        f"grid: {AUTO_MIN_STEPS:,}",
+        f"{AUTO_PASSES} passes",
+        f"at most {AUTO_MAX_STEPS:,}",
+        f"siren: {DEFAULT_STEPS}",
+        f"a tiled store: {STORE_AUTO_STEPS} times",
+    ):
+        assert number in AUTO_STEPS_HELP
 
 
 def test_the_cli_help_says_what_auto_steps_are():
