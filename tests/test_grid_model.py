@@ -115,6 +115,53 @@ def test_region_equals_slice_of_full_decode(shape, kw):
     assert np.array_equal(labels_only, full_labels[sl])
 
 
+@pytest.mark.parametrize(("shape", "kw"), [((80, 96, 72), {}), ((4, 40, 60, 56), {"top_k": 1})])
+def test_blocks_shared_among_worker_threads_decode_as_one_thread_does(shape, kw, monkeypatch):
+    """A region of >= 2 default blocks on a CPU with 2 torch threads is decoded a block a
+    worker thread (decode.PARALLEL_CHUNK_VOXELS): every block lands where the one-thread
+    decode puts it, the labels exactly, and the caller's thread count is unchanged."""
+    from napari_moec.families.grid import decode as decode_module
+
+    cfg = GridConfig(shape, num_levels=4, num_experts=3, **{"top_k": 2, **kw})
+    model = model_from_payload(unpack_payload(pack_model(_random_model(cfg)), cfg))
+    assert np.prod(shape) >= 2 * decode_module.CHUNK_VOXELS["cpu"]  # the pooled path
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, one_labels = decode_region(model, labels=True)
+        torch.set_num_threads(2)
+        calls = []
+        real = decode_module._in_workers
+        monkeypatch.setattr(decode_module, "_in_workers", lambda *a: (calls.append(a[2]), real(*a)))
+        pooled, pooled_labels = decode_region(model, labels=True)
+        assert calls == [2]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(pooled, one, atol=1e-5)
+    assert np.array_equal(pooled_labels, one_labels)
+    assert len(np.unique(one_labels)) > 1  # the router splits: the labels say something
+
+
+def test_a_worker_threads_error_reaches_the_caller(monkeypatch):
+
+    cfg = GridConfig((80, 96, 72), num_levels=3, num_experts=2)
+    model = model_from_payload(unpack_payload(pack_model(_random_model(cfg)), cfg))
+
+    def broken(*_):
+        raise RuntimeError("expert exploded")
+
+    monkeypatch.setattr(model.synth, "infer", broken)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="expert exploded"):
+            decode_region(model)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("shape", [(9, 6, 5), (3, 7, 4, 6)])
 def test_node_index_selectors_equal_the_identitys_rows_to_the_bit(shape):
     """A grid axis as fine as the voxels is gathered by node index (interp.Selector): the
