@@ -23,6 +23,7 @@ from pathlib import Path
 import tifffile
 import torch
 
+from napari_moec.families.grid.config import CONTEXTS
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.payload import unpack_payload
 from napari_moec.families.grid.sizing import auto_config
@@ -55,9 +56,7 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=1)
     ap.add_argument("--first-level", type=int, default=None, help="override auto sizing")
     ap.add_argument("--hidden", type=int, default=None, help="override auto sizing")
-    ap.add_argument(
-        "--context", choices=("cb", "lin", "none"), default=None, help="override the default"
-    )
+    ap.add_argument("--context", choices=CONTEXTS, default=None, help="override the default")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(

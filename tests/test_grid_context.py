@@ -167,13 +167,16 @@ def test_decode_ops_counts_the_extra_work():
     assert decode_ops("none", cb.grid_shapes) == (0, 2)
 
 
-def test_short_training_with_the_learned_context_fits_and_decodes():
+@pytest.mark.parametrize("context", ["lin", "cbc"])
+def test_short_training_with_a_context_model_fits_and_decodes(context):
     torch.set_num_threads(1)
     rng = np.random.default_rng(3)
     vol = np.tanh(rng.normal(size=(24, 28, 20)).cumsum(0).cumsum(2) / 30).astype(np.float32)
     limit = vol.nbytes // 64 - 60
-    cfg = auto_config(vol.shape, limit, context="lin")
-    assert cfg.context == "lin"
+    cfg = auto_config(vol.shape, limit, context=context)
+    assert cfg.context == context
+    grids = GridModel(cfg).grids
+    assert any(grids.use_cbc if context == "cbc" else grids.use_lin)  # levels coded so
     trainer = GridTrainer(vol, cfg, limit, TrainSettings(steps=40, checkpoint_every=20))
     best = drain(trainer.run())
     assert len(best.payload) <= limit

@@ -71,6 +71,27 @@ def test_todays_writer_gives_the_golden_bytes(golden):
     assert golden_grid_file() == golden
 
 
+def test_coarse_context_golden_file(golden):
+    """The golden integers coded with the coarse contexts (context 3, "cbc"): a pinned file
+    that today's writer reproduces, whose arrays are the checkerboard golden's to the bit
+    (the same integers, coded otherwise) in fewer bytes, decoding to the same voxels."""
+    data = (DATA / "golden_grid_cbc_v1.moec").read_bytes()
+    file_sha, arrays_sha = (
+        line.split()[0] for line in (DATA / "golden_grid_cbc_v1.sha256").read_text().splitlines()
+    )
+    assert hashlib.sha256(data).hexdigest() == file_sha
+    assert golden_grid_file("cbc") == data
+    header, weights = unpack(data)
+    assert header.model == golden_config("cbc") and header.model.context == "cbc"
+    assert arrays_digest(weights) == arrays_sha == ARRAYS_SHA
+    assert len(data) < len(golden)
+    values = nm.load(DATA / "golden_grid_cbc_v1.moec").decode()
+    reference = np.load(DATA / "golden_grid_v1_decoded.npy")
+    assert np.abs(values.astype(np.int64) - reference.astype(np.int64)).max() <= 1
+    pinned = np.load(DATA / "golden_grid_cbc_v1_decoded.npy").astype(np.int64)
+    assert np.abs(values.astype(np.int64) - pinned).max() <= 1  # float kernels: a level
+
+
 # -- hostile files -----------------------------------------------------------------------------
 
 

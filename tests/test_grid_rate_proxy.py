@@ -143,7 +143,7 @@ def _per_level_bits(grids, values, context, stored):
     return total
 
 
-@pytest.mark.parametrize("context", ["cb", "none", "lin"])
+@pytest.mark.parametrize("context", ["cb", "none", "lin", "cbc"])
 @pytest.mark.parametrize("stored", [False, True])
 def test_all_levels_in_one_pass_give_each_levels_bits_and_gradients(context, stored):
     """``LatentGrids.bits`` runs its slot levels through one call of the fused proxy (their
@@ -168,6 +168,7 @@ def test_all_levels_in_one_pass_give_each_levels_bits_and_gradients(context, sto
         grids.stored = [support_box(shape, g, cfg.kernel, box) for g in cfg.grid_shapes]
     assert any(grids.use_lin) == (context == "lin")
     assert any(u for u in grids.use_cb) == (context == "cb")
+    assert any(grids.use_cbc) == (context == "cbc")
     context_now = grids.context()
     noise = [torch.rand(y.shape, generator=gen) - 0.5 for y in grids.latents]
 

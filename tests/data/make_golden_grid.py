@@ -2,7 +2,7 @@
 training, so the same bytes come out on any machine (regenerate only when deliberately
 changing the grid payload: never for 1.0).
 
-    python tests/data/make_golden_grid.py
+    python tests/data/make_golden_grid.py [cbc]      (the default: cbc only; cb is pinned)
 
 golden_grid_v1.moec          the file: 12x14x10 uint16, 3 latent levels from full resolution
                              (the first, 1680 latents, uses checkerboard contexts), 2 experts
@@ -11,6 +11,8 @@ golden_grid_v1.sha256        sha256 of the file, then of its dequantized float32
                              (integers x float16 steps: exact on every platform)
 golden_grid_v1_decoded.npy   its decoded voxels; a decode may differ by 1 level (float kernels
                              round differently across CPUs and versions)
+golden_grid_cbc_v1.*         the same integers with the coarse contexts (``"cbc"``, context 3:
+                             the first level's even latents by the second level's buckets)
 
 The model's integers are drawn from ``numpy.random.default_rng(2026)``: smooth-ish latents
 (small integers, ~40% zero) and int8-range network weights, so the stream exercises every
@@ -30,20 +32,24 @@ SHAPE = (12, 14, 10)
 GRID = {"num_levels": 3, "first_level": 0, "hidden": 6, "num_experts": 2, "gate_hidden": 8}
 
 
-def golden_config():
+#: The golden files by context: the stem of their files.
+STEMS = {"cb": "golden_grid_v1", "cbc": "golden_grid_cbc_v1"}
+
+
+def golden_config(context: str = "cb"):
     from napari_moec.families.grid.config import GridConfig
 
-    return GridConfig(SHAPE, **GRID)
+    return GridConfig(SHAPE, **GRID, context=context)
 
 
-def golden_grid_file() -> bytes:
+def golden_grid_file(context: str = "cb") -> bytes:
     """The golden file's bytes, written by today's code from the seeded integers."""
     from napari_moec.config import QuantConfig
     from napari_moec.families.grid.config import mlp_layout
     from napari_moec.families.grid.payload import pack_payload
     from napari_moec.format import Header, frame
 
-    cfg = golden_config()
+    cfg = golden_config(context)
     rng = np.random.default_rng(2026)
     latents = []
     for g in cfg.grid_shapes:
@@ -83,13 +89,15 @@ if __name__ == "__main__":
     import napari_moec as nm
     from napari_moec.format import unpack
 
-    data = golden_grid_file()
-    path = HERE / "golden_grid_v1.moec"
-    path.write_bytes(data)
-    _, weights = unpack(data)
-    file_hash = hashlib.sha256(data).hexdigest()
-    (HERE / "golden_grid_v1.sha256").write_text(
-        f"{file_hash}  file\n{arrays_digest(weights)}  dequantized arrays\n"
-    )
-    np.save(HERE / "golden_grid_v1_decoded.npy", nm.load(path).decode())
-    print(len(data), file_hash)
+    for context in sys.argv[1:] or ["cbc"]:  # never "cb" again (format 1.0 is pinned)
+        stem = STEMS[context]
+        data = golden_grid_file(context)
+        path = HERE / f"{stem}.moec"
+        path.write_bytes(data)
+        _, weights = unpack(data)
+        file_hash = hashlib.sha256(data).hexdigest()
+        (HERE / f"{stem}.sha256").write_text(
+            f"{file_hash}  file\n{arrays_digest(weights)}  dequantized arrays\n"
+        )
+        np.save(HERE / f"{stem}_decoded.npy", nm.load(path).decode())
+        print(stem, len(data), file_hash)

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 KERNELS = ("linear", "cubic")
-CONTEXTS = ("none", "cb", "lin")
+CONTEXTS = ("none", "cb", "lin", "cbc")
 #: Stored latents at most: 64 MiB of int32 while decoding. A 256^3 volume with levels from 1/2
 #: has 2.4 M; ``sizing.auto_config`` raises ``first_level`` to stay below it.
 MAX_LATENTS = 1 << 24
@@ -65,9 +65,11 @@ class GridConfig:
         Hidden width of the router ``[coords, features] -> gate_hidden -> num_experts``. It
         reads the coordinates because every latent is 0 at initialisation, so a router that
         reads only the features sees identical voxels and collapses to one expert (REPORT.md 6).
-    context : {"none", "cb", "lin"}
+    context : {"none", "cb", "lin", "cbc"}
         Latent entropy model: factorized per level, checkerboard contexts (:mod:`.context`),
-        or the learned context model over the same ordering (:mod:`.learned`).
+        the learned context model over the same ordering (:mod:`.learned`), or checkerboard
+        contexts with the even latents conditioned on the next coarser level (``"cbc"``,
+        :mod:`.context`).
     """
 
     shape: tuple[int, ...]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .config import GridConfig, mlp_layout
-from .context import N_SLOTS, context_slots, even_mask, uses_cb
+from .context import coarse_slots, context_slots, even_mask, slot_count, uses_cb, uses_cbc
 from .interp import upsample
 from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
 from .rate import laplace_bits, slot_laplace_bits
@@ -46,7 +46,7 @@ class LatentContext:
     ``levels[i]`` the context slots of level ``i``, or for a learned-context level its
     neighbour sums ``(S, A)``; and, made once per context for the rate proxy's single pass
     (:meth:`LatentGrids.bits`), the slot levels' slots flattened and offset by
-    ``level * N_SLOTS`` (indices into the flattened scale table), of every latent and of the
+    ``level * slots a level`` (indices into the flattened scale table), of every latent and of the
     stored ones."""
 
     levels: list
@@ -54,9 +54,8 @@ class LatentContext:
 
     def flat_slots(self, grids: LatentGrids, stored: bool) -> torch.Tensor:
         if stored not in self._flat:
-            offset = [
-                c + i * N_SLOTS if not grids.use_lin[i] else c for i, c in enumerate(self.levels)
-            ]
+            n = grids.log_scale.shape[1]
+            offset = [c + i * n if not grids.use_lin[i] else c for i, c in enumerate(self.levels)]
             self._flat[stored] = grids.flat_levels(offset, stored)
         return self._flat[stored]
 
@@ -70,9 +69,11 @@ class LatentGrids(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.latents = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in cfg.grid_shapes])
-        self.use_cb = [uses_cb(cfg.context, g) for g in cfg.grid_shapes]
+        last = cfg.num_levels - 1
+        self.use_cb = [uses_cb(cfg.context, g, i == last) for i, g in enumerate(cfg.grid_shapes)]
+        self.use_cbc = [uses_cbc(cfg.context, g, i == last) for i, g in enumerate(cfg.grid_shapes)]
         self.use_lin = [uses_lin(cfg.context, g) for g in cfg.grid_shapes]
-        self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, N_SLOTS))
+        self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, slot_count(cfg.context)))
         # (alpha, c0, c1): log2 spread = c0 + c1 log2(1 + A), i.e. the coder's beta = 4 c0 + 8,
         # gamma = c1 (learned.py). In octaves, not spread indices, so that Adam's steps move
         # the scale as fast as ``log_scale`` (in indices 600 steps moved it 1.5 octaves and
@@ -121,7 +122,10 @@ class LatentGrids(nn.Module):
         """Context slot of every latent, from the rounded values (what the coder will see)."""
         out = []
         for i, (y, cb) in enumerate(zip(self.latents, self.use_cb, strict=True)):
-            if cb:
+            if self.use_cbc[i]:
+                coarse = torch.round(self.latents[i + 1]).abs()
+                out.append(coarse_slots(torch.round(y).abs(), getattr(self, f"even{i}"), coarse))
+            elif cb:
                 out.append(context_slots(torch.round(y).abs(), getattr(self, f"even{i}")))
             else:
                 out.append(torch.zeros(y.shape, dtype=torch.long, device=y.device))

@@ -25,7 +25,10 @@ then the odd ones of each context bucket, each in C order. With the learned cont
 follow in the stream as residuals ``q - mu`` in groups of equal predicted spread ``j``
 (ascending, C order), each coded with model ``learned.model_of(j)`` at radius ``R + 64``, no
 model byte stored. ``C`` is 0 for the other contexts, so their bytes are what they were
-before ``"lin"``.
+before ``"lin"``. With ``"cbc"`` (:func:`.context.coarse_slots`) the levels run coarsest
+first, and a level that has a coarser one has ten groups: its even latents by the bucket of
+the coarser level's ``sum |q|`` around them, then its odd ones as ``"cb"`` groups them; its
+coarsest level is coded as ``"cb"`` codes a level.
 A latent is ``integer * s``, a network weight ``integer * scale``.
 
 Reading checks every number before it sizes anything: the config (``GridConfig`` bounds the
@@ -47,7 +50,17 @@ import numpy as np
 from ... import entropy
 from ...errors import ConfigError, MoecFormatError
 from .config import GridConfig, mlp_layout
-from .context import N_SLOTS, context_slots, even_mask, uses_cb
+from .context import (
+    CBC_SLOTS,
+    N_SLOTS,
+    coarse_buckets,
+    coarse_slots,
+    context_slots,
+    even_mask,
+    level_order,
+    uses_cb,
+    uses_cbc,
+)
 from .learned import (
     LIN_FLOATS,
     MEAN_LIMIT,
@@ -90,12 +103,27 @@ class GridPayload:
         }
 
 
-def _groups(q: np.ndarray, cb: bool) -> list[np.ndarray]:
-    """Boolean masks of the symbol groups of one level, in coding order."""
-    if not cb:
+def _groups(q: np.ndarray, kind: str, coarse: np.ndarray | None = None) -> list[np.ndarray]:
+    """Boolean masks of the symbol groups of one level (:func:`_kind`), in coding order;
+    ``coarse``: the next coarser level's integers (``"cbc"``)."""
+    if kind == "one":
         return [np.ones(q.shape, dtype=bool)]
-    slots = context_slots(np.abs(q.astype(np.int64)), even_mask(q.shape))
+    mag, even = np.abs(q.astype(np.int64)), even_mask(q.shape)
+    if kind == "cbc":
+        slots = coarse_slots(mag, even, np.abs(coarse.astype(np.int64)))
+        return [slots == k for k in range(CBC_SLOTS)]
+    slots = context_slots(mag, even)
     return [slots == k for k in range(N_SLOTS)]
+
+
+def _kind(config: GridConfig, level: int) -> str:
+    """How a level is coded: ``"cbc"``, ``"cb"``, ``"lin"`` or ``"one"`` (one group)."""
+    g, coarsest = config.grid_shapes[level], level == config.num_levels - 1
+    if uses_cbc(config.context, g, coarsest):
+        return "cbc"
+    if uses_cb(config.context, g, coarsest):
+        return "cb"
+    return "lin" if uses_lin(config.context, g) else "one"
 
 
 def _lin_levels(config: GridConfig) -> list[int]:
@@ -104,7 +132,8 @@ def _lin_levels(config: GridConfig) -> list[int]:
 
 def side_bytes(config: GridConfig) -> int:
     """Bytes of a payload besides its ANS stream (what :func:`pack_payload` adds)."""
-    groups = sum(N_SLOTS if uses_cb(config.context, g) else 1 for g in config.grid_shapes)
+    count = {"cbc": CBC_SLOTS, "cb": N_SLOTS, "lin": 1, "one": 1}
+    groups = sum(count[_kind(config, i)] for i in range(config.num_levels))
     tensors = len(mlp_layout(config))
     lin = 2 * LIN_FLOATS * len(_lin_levels(config))
     return 2 + 2 * tensors + lin + groups + tensors + 2
@@ -149,8 +178,9 @@ def pack_payload(
     if radius > MAX_LEVEL:
         raise ConfigError(f"an integer of magnitude {radius} > {MAX_LEVEL} cannot be coded")
     tensors, models, radii, stored, lin_params = [], [], [], [], []
-    for q, g in zip(latents, config.grid_shapes, strict=True):
-        if uses_lin(config.context, g):
+    for i in level_order(config.context, config.num_levels):
+        q, kind = latents[i], _kind(config, i)
+        if kind == "lin":
             params = fit_level(q, radius)
             lin_params += params
             even = even_mask(q.shape)
@@ -164,7 +194,7 @@ def pack_payload(
                 models.append(model_of(k))
                 radii.append(radius + MEAN_LIMIT)
             continue
-        for m in _groups(q, uses_cb(config.context, g)):
+        for m in _groups(q, kind, latents[i + 1] if kind == "cbc" else None):
             tensors.append(q[m])
             models.append(entropy.choose_model(q[m], radius) if q[m].size else 0)
             radii.append(radius)
@@ -234,15 +264,26 @@ def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int, l
         cat = constriction.stream.model.Categorical(table, perfect=False)
         return coder.decode(cat, count).astype(np.int32) - r
 
-    latents = []
-    for g in config.grid_shapes:
+    latents: list[np.ndarray | None] = [None] * config.num_levels
+    for i in level_order(config.context, config.num_levels):  # "cbc": coarsest first
+        g, kind = config.grid_shapes[i], _kind(config, i)
         q = np.zeros(g, dtype=np.int32)
-        if uses_cb(config.context, g):  # pass 1: even latents; pass 2: odd, bucket by bucket
+        if kind == "cbc":  # even latents by the coarser level's buckets, then as "cb"
+            even, coarse = even_mask(g), np.abs(latents[i + 1].astype(np.int64))
+            buckets = coarse_buckets(g, coarse)
+            for k in range(N_SLOTS - 1):
+                mask = even & (buckets == k)
+                q[mask] = pull(int(mask.sum()))
+            slots = coarse_slots(np.abs(q.astype(np.int64)), even, coarse)
+            for k in range(N_SLOTS - 1, CBC_SLOTS):
+                mask = slots == k
+                q[mask] = pull(int(mask.sum()))
+        elif kind == "cb":  # pass 1: even latents; pass 2: odd, bucket by bucket
             even = even_mask(g)
             q[even] = pull(int(even.sum()))
-            for mask in _groups(q, True)[1:]:
+            for mask in _groups(q, "cb")[1:]:
                 q[mask] = pull(int(mask.sum()))
-        elif uses_lin(config.context, g):  # pass 1: even; pass 2: odd, predicted, by spread
+        elif kind == "lin":  # pass 1: even; pass 2: odd, predicted, by spread
             even = even_mask(g)
             q[even] = pull(int(even.sum()))
             mu, groups = _lin_parts(q, next(lin_iter), radius)
@@ -252,7 +293,7 @@ def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int, l
                 raise ValueError("a predicted latent is outside the stored radius")
         else:
             q[...] = pull(q.size).reshape(g)
-        latents.append(q)
+        latents[i] = q
     weights = [pull(math.prod(s)).reshape(s) for _, s in mlp_layout(config)]
     if not coder.is_empty():
         raise ValueError("the stream has trailing data")
