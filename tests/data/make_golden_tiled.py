@@ -59,8 +59,9 @@ def network_chunk(spec, index) -> bytes:
     # first_level pinned: the golden tiles were sized when the levels started at 1/2 (session
     # 12 lets the sizing start at the voxel lattice), and gate_hidden with the router 8 wide
     # (session 13 sizes routed models' gates 4 wide), and top-1 (session 15's "auto" top-k of
-    # a routed grid model is 2); this pins the bytes, not the sizing
-    options = GridOptions(num_experts=2, top_k=1, first_level=1, gate_hidden=8)
+    # a routed grid model is 2), and the checkerboard context (session 24's default is the
+    # coarse context, "cbc"); this pins the bytes, not the sizing
+    options = GridOptions(num_experts=2, top_k=1, first_level=1, gate_hidden=8, context="cb")
     config = tile_model_config(spec, index, BUDGET, None, options)
     model = family.build(config, generator=torch.Generator().manual_seed(sum(index)))
     with torch.no_grad():

@@ -50,7 +50,12 @@ class GridOptions:
     first_level: int | None = None
     gate_hidden: int | None = None
     kernel: str = "cubic"
-    context: str = "cb"
+    #: The latent entropy model. "cbc" (the checkerboard with the even latents conditioned on
+    #: the coarser level) measured at equal steps against "cb" (``benchmarks/grid_fill.py V R
+    #: --steps S --context cbc``, seed 0; docs/benchmarks.md, session 24): the macaque at 256x
+    #: 48.46 against 46.58 dB at 24,000 steps, ct_head 64x 35.48 / 35.42 and hipct 64x 33.86 /
+    #: 33.80 at 20,000. ``GridConfig``'s own default stays "cb" (format 1.0's golden file).
+    context: str = "cbc"
 
 
 def as_grid_options(options) -> GridOptions:
