@@ -165,6 +165,8 @@ def test_decode_ops_counts_the_extra_work():
     assert ops_lin > ops_cb > 0
     assert calls_cb == 12 and 2 < calls_lin <= 2 * 128
     assert decode_ops("none", cb.grid_shapes) == (0, 2)
+    ops_cbc, calls_cbc = decode_ops("cbc", cb.grid_shapes)  # level 0 coarse, level 1 as "cb"
+    assert calls_cbc == 10 + 6 and ops_cbc > ops_cb
 
 
 @pytest.mark.parametrize("context", ["lin", "cbc"])

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import napari_moec
 import napari_moec.families.grid.codec as grid_codec
 from _common import load_volume
-from napari_moec.families.grid.context import CB_EDGES, context_slots, even_mask
+from napari_moec.families.grid.context import coarse_buckets, context_slots, even_mask
+from napari_moec.families.grid.family import GridOptions
 from napari_moec.format import unpack
 
 
@@ -53,22 +54,6 @@ def grouped_bits(values: np.ndarray, groups: np.ndarray) -> float:
     return sum(entropy_bits(values[groups == g]) for g in np.unique(groups))
 
 
-def coarse_sum(fine_shape: tuple[int, ...], coarse: np.ndarray) -> np.ndarray:
-    """``sum |q|`` of the coarser level over the 2^ndim nodes around each fine node (grids
-    share their corners: fine node i sits at coarse coordinate i (m-1)/(n-1))."""
-    mag = np.abs(coarse.astype(np.int64))
-    lo_hi = []
-    for n, m in zip(fine_shape, coarse.shape, strict=True):
-        i = np.arange(n)
-        lo = (i * (m - 1)) // max(n - 1, 1)
-        lo_hi.append((lo, np.minimum(lo + 1, m - 1)))
-    total = np.zeros(fine_shape, np.int64)
-    for corner in np.ndindex(*(2,) * len(fine_shape)):
-        index = np.ix_(*[pair[c] for pair, c in zip(lo_hi, corner, strict=True)])
-        total += mag[index]
-    return total
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("volume")
@@ -77,7 +62,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     x = load_volume(args.volume)
-    c = napari_moec.compress(x, ratio=args.ratio, steps=args.steps, threads=args.threads)
+    # trained with the checkerboard (the default before session 24's "cbc"): the file whose
+    # even latents had no context, regrouped below
+    c = napari_moec.compress(
+        x, ratio=args.ratio, steps=args.steps, threads=args.threads,
+        arch=GridOptions(context="cb"),
+    )  # fmt: skip
     captured = {}
     weights_of = grid_codec.weights_of
     grid_codec.weights_of = lambda p: (captured.setdefault("p", p), weights_of(p))[1]
@@ -92,7 +82,7 @@ def main(argv=None) -> int:
             continue  # one group (today and here), or no coarser level
         even = even_mask(q.shape)
         cb = context_slots(np.abs(q), even)
-        coarse = np.digitize(coarse_sum(q.shape, latents[i + 1]), CB_EDGES)
+        coarse = coarse_buckets(q.shape, np.abs(latents[i + 1]))
         row = {
             "level": i,
             "shape": list(q.shape),

@@ -52,7 +52,7 @@ N_SLOTS = 2 + len(CB_EDGES)
 CBC_SLOTS = 2 * (1 + len(CB_EDGES))
 
 
-def uses_cb(context: str, grid_shape: tuple[int, ...], coarsest: bool = True) -> bool:
+def uses_cb(context: str, grid_shape: tuple[int, ...], coarsest: bool) -> bool:
     """Whether a level of ``grid_shape`` is coded with the checkerboard's six groups: a
     ``"cb"`` level, or the coarsest level of a ``"cbc"`` model (``coarsest``)."""
     big = math.prod(grid_shape) >= CB_MIN_LATENTS

@@ -169,18 +169,25 @@ def decode_ops(context: str, grid_shapes, latents=None, radius: int = 1) -> tupl
     2), 8 for the spread (add, frexp, 3 for the mantissa line, multiply-add, round, clip) and
     1 to add the mean back; its coder calls are 1 + the distinct spreads of the level (given
     the decoded integer ``latents`` and the payload's ``radius``: the encoder's fit is
-    repeated), else the bound 1 + 127. Levels without contexts: no operations, one call.
+    repeated), else the bound 1 + 127. Coarse contexts (``"cbc"``, a level with a coarser
+    one): the checkerboard's, plus ``d`` additions and 4 comparisons per latent of the level
+    (the coarser level's sums are formed on the whole grid) and 10 coder calls instead of 6.
+    Levels without contexts: no operations, one call.
     """
-    from .context import CB_EDGES, N_SLOTS, uses_cb
+    from .context import CB_EDGES, CBC_SLOTS, N_SLOTS, uses_cb, uses_cbc
 
     ops = calls = 0
     for i, g in enumerate(grid_shapes):
         g = tuple(g)
         n, d = math.prod(g), len(g)
         n_even = int(even_mask(g).sum())
-        if uses_cb(context, g):
+        coarsest = i == len(grid_shapes) - 1
+        if uses_cb(context, g, coarsest) or uses_cbc(context, g, coarsest):
             ops += n_even + (n - n_even) * (2 * d + len(CB_EDGES))
             calls += N_SLOTS
+            if uses_cbc(context, g, coarsest):
+                ops += n * (d + len(CB_EDGES))
+                calls += CBC_SLOTS - N_SLOTS
         elif uses_lin(context, g):
             ops += n_even + (n - n_even) * (4 * d + 4 + 8 + 1)
             if latents is None:

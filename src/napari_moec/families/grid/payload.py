@@ -268,20 +268,16 @@ def _decode(config: GridConfig, stream: bytes, models: list[int], radius: int, l
     for i in level_order(config.context, config.num_levels):  # "cbc": coarsest first
         g, kind = config.grid_shapes[i], _kind(config, i)
         q = np.zeros(g, dtype=np.int32)
-        if kind == "cbc":  # even latents by the coarser level's buckets, then as "cb"
-            even, coarse = even_mask(g), np.abs(latents[i + 1].astype(np.int64))
-            buckets = coarse_buckets(g, coarse)
-            for k in range(N_SLOTS - 1):
-                mask = even & (buckets == k)
-                q[mask] = pull(int(mask.sum()))
-            slots = coarse_slots(np.abs(q.astype(np.int64)), even, coarse)
-            for k in range(N_SLOTS - 1, CBC_SLOTS):
-                mask = slots == k
-                q[mask] = pull(int(mask.sum()))
-        elif kind == "cb":  # pass 1: even latents; pass 2: odd, bucket by bucket
+        if kind in ("cb", "cbc"):  # pass 1: even latents; pass 2: odd, bucket by bucket
             even = even_mask(g)
-            q[even] = pull(int(even.sum()))
-            for mask in _groups(q, "cb")[1:]:
+            if kind == "cbc":  # the even latents by the (decoded) coarser level's buckets
+                buckets = coarse_buckets(g, np.abs(latents[i + 1].astype(np.int64)))
+                for k in range(CBC_SLOTS - N_SLOTS + 1):
+                    mask = even & (buckets == k)
+                    q[mask] = pull(int(mask.sum()))
+            else:
+                q[even] = pull(int(even.sum()))
+            for mask in _groups(q, "cb")[1:]:  # "cbc"'s odd groups are "cb"'s
                 q[mask] = pull(int(mask.sum()))
         elif kind == "lin":  # pass 1: even; pass 2: odd, predicted, by spread
             even = even_mask(g)
