@@ -261,3 +261,41 @@ def test_the_balanced_start_fades_out_of_the_router_on_schedule():
     for part in (0.25, 0.5, 0.25):
         pieces.fade_cones(part)
     torch.testing.assert_close(pieces.gate[2].weight, drawn.gate[2].weight)
+
+
+def test_a_dense_start_trains_expert_0_in_every_experts_place_then_routes():
+    """``dense_until`` (sparse upcycling): until that share of the schedule expert 0 alone
+    fits every voxel, its weights and Adam moments copied into the other experts after each
+    step, so the model at any step is a routed model that decodes as expert 0 (top-2: the
+    gate weights sum to one) and the router is untouched (no gradient, no fade); from there
+    the router and the experts train as in a routed run and the experts part."""
+    rng = np.random.default_rng(3)
+    vol = np.tanh(rng.normal(size=(20, 24, 18)).cumsum(0) / 8).astype(np.float32)
+    cfg = GridConfig(shape=vol.shape, num_levels=3, num_experts=4, top_k=2, gate_hidden=4)
+    settings = TrainSettings(steps=20, checkpoint_every=20, dense_until=0.5)
+    trainer = GridTrainer(vol, cfg, 4000, settings, seed=0)
+    synth = trainer.model.synth
+    gate_before = [p.detach().clone() for p in synth.gate.parameters()]
+    weight_before = synth.experts[0].weight.detach().clone()
+    for _ in range(10):  # progress 0 .. 9/20, all < 0.5
+        step = trainer.step()
+        np.testing.assert_array_equal(step.load, [1.0, 0.0, 0.0, 0.0])
+        for layer in synth.experts:
+            for p in (layer.weight, layer.bias):
+                assert torch.equal(p[1:], p[0:1].expand_as(p[1:]))
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    m = trainer.opt.state[p][moment]
+                    assert torch.equal(m[1:], m[0:1].expand_as(m[1:]))
+    assert not torch.equal(synth.experts[0].weight, weight_before)  # expert 0 trained
+    for p, before in zip(synth.gate.parameters(), gate_before, strict=True):
+        assert torch.equal(p, before)  # the router waited, cones and all
+    with torch.no_grad():
+        f = trainer.model.grids.features(trainer.model.grids.quantized("hard"), trainer.full)
+        coords = trainer._batch()[1]
+        routed = synth(f, coords)[0]
+        alone = synth(f, coords, dense=True)[0]
+    torch.testing.assert_close(routed, alone, atol=1e-6, rtol=0)
+    loads = [trainer.step().load for _ in range(10)]  # progress 0.5 on: routed
+    assert max(float(load[1:].sum()) for load in loads) > 0.2  # other experts take voxels
+    assert not torch.equal(synth.experts[0].weight[1], synth.experts[0].weight[0])
+    assert not torch.equal(synth.gate[2].weight, gate_before[2])

@@ -75,6 +75,7 @@ def main() -> None:
     fixed = {} if args.first_level is None else {"first_level": args.first_level}
     fixed |= {k: int(v) for k, v in (item.split("=", 1) for item in args.config)}
     top_k = top_k_of(GridOptions(num_experts=args.experts))
+    fixed.setdefault("context", GridOptions().context)  # the family's entropy model
     cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k, **fixed)
     settings = TrainSettings(steps=10**9, time_limit=args.seconds, max_voxels=args.max_voxels)
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.train)}
@@ -99,6 +100,7 @@ def main() -> None:
         "first_level": cfg.first_level,
         "hidden": cfg.hidden,
         "expert_layers": cfg.expert_layers,
+        "context": cfg.context,
         "latents": cfg.latent_count,
         "train_overrides": overrides,
         "psnr": round(psnr(vol, norm.invert(values, vol.dtype)), 3),

@@ -344,6 +344,14 @@ class Synthesis(nn.Module):
             self.gate[2].weight.sub_(fraction * self.cone_weight)
             self.gate[2].bias.sub_(fraction * self.cone_bias)
 
+    @torch.no_grad()
+    def copy_first_expert(self) -> None:
+        """Every expert's weights set to expert 0's (the dense start's upcycling: a model
+        whose experts are equal decodes, under top-k with k >= 2, as expert 0 alone)."""
+        for layer in self.experts:
+            layer.weight[1:] = layer.weight[0]
+            layer.bias[1:] = layer.bias[0]
+
     def stored(self) -> dict[str, torch.Tensor]:
         """The stored tensors by ``config.mlp_layout`` name (same order)."""
         params = dict(self.named_parameters())
@@ -373,18 +381,25 @@ class Synthesis(nn.Module):
         return route(rows, self.cfg.top_k, probabilities)
 
     def forward(
-        self, f: torch.Tensor, coords: torch.Tensor | None = None, frozen_router: bool = False
+        self,
+        f: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        frozen_router: bool = False,
+        dense: bool = False,
     ):
         """Features (L, B), coordinates (B, ndim) -> value (B,), balance loss (scalar), load
-        (n,) and the top-1 expert (B,)."""
+        (n,) and the top-1 expert (B,). ``dense``: expert 0 on every voxel, no router (the
+        trainer's dense start)."""
         B, n, k = f.shape[1], self.cfg.num_experts, self.cfg.top_k
         dev = f.device
-        if self.gate is None:
+        if self.gate is None or dense:
             value = self._expert(0, f)[0] + self.decoder.bias
+            load = value.new_zeros(n)
+            load[0] = 1.0
             return (
                 value,
                 value.new_zeros(()),
-                value.new_ones(1),
+                load,
                 torch.zeros(B, dtype=torch.long, device=dev),
             )
         probs, weight, index = self._route(self.logits(f.detach() if frozen_router else f, coords))

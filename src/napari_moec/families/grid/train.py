@@ -122,6 +122,12 @@ class TrainSettings:
     # progress by which the router's balanced start has faded out (Synthesis.fade_cones;
     # 0.1, 0.25, 0.5 measured at 2000 steps: 0.25 won 17 of 18 cases); 0: the cones stay
     cone_fade: float = 0.25
+    # progress until which a routed model trains expert 0 alone on every voxel, its copies
+    # kept in the other experts, then routes from there (sparse upcycling); 0: routed from
+    # the start. The cones fade over ``cone_fade`` after it. Not the default: 0.3 measured
+    # (4 experts top-2, 5 minutes, 2 threads) ct_head 256x +0.21 dB, hipct 64x +0.00, at
+    # 16,000 steps +0.09 / -0.04 (notes.md, session 25): one cell's gain, unmeasured elsewhere.
+    dense_until: float = 0.0
     # steps; a real payload is packed and scored on a sample. A multiple of calibrate_every:
     # the checkpoint then reuses the calibration's pack of the same weights.
     checkpoint_every: int = 200
@@ -378,7 +384,10 @@ class GridTrainer:
         noisy = [y + u for y, u in zip(grids.latents, self._noise.draw(), strict=True)]
         phase = "noise" if progress < st.ste_at else "ste"
         synth_in = noisy if phase == "noise" else grids.quantized("ste")
-        value, aux, load, _ = self.model.synth(grids.features(synth_in, mats), coords, frozen)
+        dense = progress < st.dense_until and self.cfg.num_experts > 1
+        value, aux, load, _ = self.model.synth(
+            grids.features(synth_in, mats), coords, frozen, dense
+        )
         mse = torch.mean((value - tgt) ** 2)
         if self._context is None or self.step_count % self._control_every == 0:
             self._context = grids.context()
@@ -388,14 +397,16 @@ class GridTrainer:
         d_ref = mse_d if self._d_ema is None else self._d_ema
         self._d_ema = 0.9 * d_ref + 0.1 * mse_d
         loss = mse + self.rate.weight(d_ref, self.n_lat) * rate
-        if self.cfg.num_experts > 1 and not frozen:
+        if self.cfg.num_experts > 1 and not frozen and not dense:
             loss = loss + st.balance_weight * aux
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.step_count += 1
-        if st.cone_fade > 0 and self._faded < 1.0:
-            faded = min(progress / st.cone_fade, 1.0)
+        if dense:
+            self._copy_first_expert()
+        elif st.cone_fade > 0 and self._faded < 1.0:
+            faded = min(max(progress - st.dense_until, 0.0) / st.cone_fade, 1.0)
             self.model.synth.fade_cones(faded - self._faded)
             self._faded = faded
         every = self._control_every
@@ -421,6 +432,18 @@ class GridTrainer:
                         trusted=self.calibrated,
                     )
         return StepTensors(self.step_count, progress, mse_d, load.detach(), phase)
+
+    def _copy_first_expert(self) -> None:
+        """Expert 0's weights and Adam moments copied into every other expert, so the model
+        is at every step of the dense start the routed model it will continue as (a
+        checkpoint packs it, a stop keeps it)."""
+        self.model.synth.copy_first_expert()
+        for layer in self.model.synth.experts:
+            for p in (layer.weight, layer.bias):
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    state = self.opt.state.get(p, {}).get(moment)
+                    if state is not None:
+                        state[1:] = state[0]
 
     def _steer_quality(self, phase, mse_f, mats, coords, tgt, progress) -> float:
         """One controller step toward ``target_mse`` (module docstring)."""
