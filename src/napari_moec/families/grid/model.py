@@ -347,7 +347,8 @@ class Synthesis(nn.Module):
     @torch.no_grad()
     def copy_first_expert(self) -> None:
         """Every expert's weights set to expert 0's (the dense start's upcycling: a model
-        whose experts are equal decodes, under top-k with k >= 2, as expert 0 alone)."""
+        whose experts are equal decodes, under top-k with k >= 2, as expert 0 alone; under
+        top-1 the Switch gate scales it by the winner's probability)."""
         for layer in self.experts:
             layer.weight[1:] = layer.weight[0]
             layer.bias[1:] = layer.bias[0]
