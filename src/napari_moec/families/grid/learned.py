@@ -182,10 +182,11 @@ def decode_ops(context: str, grid_shapes, latents=None, radius: int = 1) -> tupl
         n, d = math.prod(g), len(g)
         n_even = int(even_mask(g).sum())
         coarsest = i == len(grid_shapes) - 1
-        if uses_cb(context, g, coarsest) or uses_cbc(context, g, coarsest):
+        cbc = uses_cbc(context, g, coarsest)
+        if cbc or uses_cb(context, g, coarsest):
             ops += n_even + (n - n_even) * (2 * d + len(CB_EDGES))
             calls += N_SLOTS
-            if uses_cbc(context, g, coarsest):
+            if cbc:
                 ops += n * (d + len(CB_EDGES))
                 calls += CBC_SLOTS - N_SLOTS
         elif uses_lin(context, g):
