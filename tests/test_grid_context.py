@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from napari_moec.errors import MoecFormatError
 from napari_moec.families.grid.config import GridConfig, mlp_layout
-from napari_moec.families.grid.context import even_mask
+from napari_moec.families.grid.context import CB_MIN_LATENTS, even_mask, level_kind
 from napari_moec.families.grid.decode import decode_region, model_from_payload
 from napari_moec.families.grid.learned import decode_ops, ell, fit_level
 from napari_moec.families.grid.model import GridModel
@@ -102,7 +102,7 @@ def test_training_proxy_follows_the_coder():
         for y, q in zip(model.grids.latents, latents, strict=True):
             y.copy_(torch.from_numpy(q.astype(np.float32)))
         for i, q in enumerate(latents):
-            if model.grids.use_lin[i]:
+            if model.grids.kinds[i] == "lin":
                 alpha, beta, gamma = fit_level(q, radius)
                 model.grids.ctx[i] = torch.tensor([alpha, (beta - 8) / 4, gamma])
             even = even_mask(q.shape)
@@ -169,6 +169,33 @@ def test_decode_ops_counts_the_extra_work():
     assert calls_cbc == 10 + 6 and ops_cbc > ops_cb
 
 
+def test_one_rule_says_how_every_level_is_coded():
+    """``level_kind`` is the one place a level's coder is decided; the payload, the rate
+    proxy's groups and the operation count all follow it (they decided it in three places)."""
+    small, big = (7, 8, 9), (8, 8, 8)  # 504 and 512 latents: the edge of CB_MIN_LATENTS
+    assert math.prod(small) < CB_MIN_LATENTS == math.prod(big)
+    for coarsest in (False, True):
+        for context in ("none", "cb", "lin", "cbc"):
+            assert level_kind(context, small, coarsest) == "one"
+        assert level_kind("none", big, coarsest) == "one"
+        assert level_kind("cb", big, coarsest) == "cb"
+        assert level_kind("lin", big, coarsest) == "lin"
+    assert level_kind("cbc", big, False) == "cbc" and level_kind("cbc", big, True) == "cb"
+    from napari_moec.families.grid.payload import _kind
+
+    for context in ("none", "cb", "lin", "cbc"):
+        cfg = GridConfig(shape=(40, 36, 33), num_levels=4, first_level=0, context=context)
+        grids = GridModel(cfg).grids
+        assert grids.kinds == [_kind(cfg, i) for i in range(cfg.num_levels)]
+        assert grids.kinds[-1] == "one"  # (40, 36, 33) at 1/8: 6 x 6 x 5 nodes
+        with torch.no_grad():
+            for y in grids.latents:
+                y.copy_(torch.randint(-3, 4, y.shape, generator=torch.Generator().manual_seed(0)))
+        # the proxy groups a level's latents (slots > 0) exactly where the coder does
+        for slots, kind in zip(grids.slots(), grids.kinds, strict=True):
+            assert bool((slots > 0).any()) == (kind in ("cb", "cbc")), kind
+
+
 @pytest.mark.parametrize("context", ["lin", "cbc"])
 def test_short_training_with_a_context_model_fits_and_decodes(context):
     torch.set_num_threads(1)
@@ -178,7 +205,7 @@ def test_short_training_with_a_context_model_fits_and_decodes(context):
     cfg = auto_config(vol.shape, limit, context=context)
     assert cfg.context == context
     grids = GridModel(cfg).grids
-    assert any(grids.use_cbc if context == "cbc" else grids.use_lin)  # levels coded so
+    assert context in grids.kinds  # levels coded so
     trainer = GridTrainer(vol, cfg, limit, TrainSettings(steps=40, checkpoint_every=20))
     best = drain(trainer.run())
     assert len(best.payload) <= limit

@@ -127,7 +127,7 @@ def _per_level_bits(grids, values, context, stored):
     for i, v in enumerate(values):
         box = grids.stored[i] if stored and grids.stored is not None else ...
         even = getattr(grids, f"even{i}")[box]
-        if not grids.use_lin[i]:
+        if grids.kinds[i] != "lin":
             slots = context.levels[i][box]
             total = total + laplace_bits(v[box], grids.log_scale[i][slots]).sum()
             continue
@@ -166,9 +166,9 @@ def test_all_levels_in_one_pass_give_each_levels_bits_and_gradients(context, sto
     if stored:
         box = ((2, 15), (0, 11), (5, 18))
         grids.stored = [support_box(shape, g, cfg.kernel, box) for g in cfg.grid_shapes]
-    assert any(grids.use_lin) == (context == "lin")
-    assert any(u for u in grids.use_cb) == (context == "cb")
-    assert any(grids.use_cbc) == (context == "cbc")
+    assert ("lin" in grids.kinds) == (context == "lin")
+    assert ("cb" in grids.kinds) == (context == "cb")
+    assert ("cbc" in grids.kinds) == (context == "cbc")
     context_now = grids.context()
     noise = [torch.rand(y.shape, generator=gen) - 0.5 for y in grids.latents]
 

@@ -37,10 +37,9 @@ __all__ = [
     "coarse_slots",
     "context_slots",
     "even_mask",
+    "level_kind",
     "level_order",
     "slot_count",
-    "uses_cb",
-    "uses_cbc",
 ]
 
 CB_EDGES = (1, 2, 4, 7)
@@ -52,17 +51,25 @@ N_SLOTS = 2 + len(CB_EDGES)
 CBC_SLOTS = 2 * (1 + len(CB_EDGES))
 
 
-def uses_cb(context: str, grid_shape: tuple[int, ...], coarsest: bool) -> bool:
-    """Whether a level of ``grid_shape`` is coded with the checkerboard's six groups: a
-    ``"cb"`` level, or the coarsest level of a ``"cbc"`` model (``coarsest``)."""
-    big = math.prod(grid_shape) >= CB_MIN_LATENTS
-    return big and (context == "cb" or (context == "cbc" and coarsest))
+def level_kind(context: str, grid_shape: tuple[int, ...], coarsest: bool) -> str:
+    """How a payload codes the latents of a level of ``grid_shape`` (``coarsest``: the
+    model's last level), and so which groups the rate proxy models:
 
+    * ``"cbc"``: the checkerboard's groups with the even latents grouped by the next coarser
+      level (every level of a ``"cbc"`` model but its coarsest);
+    * ``"cb"``: the checkerboard's six groups (a ``"cb"`` level, or a ``"cbc"`` model's
+      coarsest, which has no coarser level to read);
+    * ``"lin"``: the learned context (:mod:`.learned`);
+    * ``"one"``: one model for the level (context ``"none"``, or fewer than
+      ``CB_MIN_LATENTS`` latents, whose groups' model bytes would not pay).
 
-def uses_cbc(context: str, grid_shape: tuple[int, ...], coarsest: bool) -> bool:
-    """Whether a level is coded with coarse contexts for its even latents (``"cbc"``, not
-    the coarsest level, at least ``CB_MIN_LATENTS`` latents)."""
-    return context == "cbc" and not coarsest and math.prod(grid_shape) >= CB_MIN_LATENTS
+    The one place this is decided: the coder (``payload``), its operation count
+    (``learned.decode_ops``) and the rate proxy (``model.LatentGrids``) all ask it."""
+    if math.prod(grid_shape) < CB_MIN_LATENTS or context == "none":
+        return "one"
+    if context == "cbc":
+        return "cb" if coarsest else "cbc"
+    return context
 
 
 def slot_count(context: str) -> int:

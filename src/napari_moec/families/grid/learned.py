@@ -41,7 +41,7 @@ from functools import lru_cache
 import numpy as np
 
 from ... import entropy
-from .context import CB_MIN_LATENTS, even_mask
+from .context import CB_EDGES, CBC_SLOTS, N_SLOTS, even_mask, level_kind
 
 __all__ = [
     "LIN_FLOATS",
@@ -55,7 +55,6 @@ __all__ = [
     "neighbour_sums",
     "odd_groups",
     "predict",
-    "uses_lin",
 ]
 
 #: Float16 numbers stored per level with a learned context: alpha, beta, gamma.
@@ -68,11 +67,6 @@ MIN_SPREAD = -5
 #: Largest predicted mean magnitude: residuals are coded at radius ``R + MEAN_LIMIT``.
 MEAN_LIMIT = 64
 _GAMMAS = np.arange(17) / 4.0
-
-
-def uses_lin(context: str, grid_shape: tuple[int, ...]) -> bool:
-    """Whether a level of ``grid_shape`` is coded with the learned context (else one model)."""
-    return context == "lin" and math.prod(grid_shape) >= CB_MIN_LATENTS
 
 
 def neighbour_sums(values, even):
@@ -174,22 +168,20 @@ def decode_ops(context: str, grid_shapes, latents=None, radius: int = 1) -> tupl
     (the coarser level's sums are formed on the whole grid) and 10 coder calls instead of 6.
     Levels without contexts: no operations, one call.
     """
-    from .context import CB_EDGES, CBC_SLOTS, N_SLOTS, uses_cb, uses_cbc
-
     ops = calls = 0
     for i, g in enumerate(grid_shapes):
         g = tuple(g)
         n, d = math.prod(g), len(g)
         n_even = int(even_mask(g).sum())
         coarsest = i == len(grid_shapes) - 1
-        cbc = uses_cbc(context, g, coarsest)
-        if cbc or uses_cb(context, g, coarsest):
+        kind = level_kind(context, g, coarsest)
+        if kind in ("cb", "cbc"):
             ops += n_even + (n - n_even) * (2 * d + len(CB_EDGES))
             calls += N_SLOTS
-            if cbc:
+            if kind == "cbc":
                 ops += n * (d + len(CB_EDGES))
                 calls += CBC_SLOTS - N_SLOTS
-        elif uses_lin(context, g):
+        elif kind == "lin":
             ops += n_even + (n - n_even) * (4 * d + 4 + 8 + 1)
             if latents is None:
                 calls += 1 + MAX_SPREAD - MIN_SPREAD + 1

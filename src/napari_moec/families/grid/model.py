@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from .config import GridConfig, mlp_layout
-from .context import coarse_slots, context_slots, even_mask, slot_count, uses_cb, uses_cbc
+from .context import coarse_slots, context_slots, even_mask, level_kind, slot_count
 from .interp import upsample
-from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums, uses_lin
+from .learned import MAX_SPREAD, MEAN_LIMIT, MIN_SPREAD, neighbour_sums
 from .rate import laplace_bits, slot_laplace_bits
 from .routing import route
 
@@ -55,7 +55,9 @@ class LatentContext:
     def flat_slots(self, grids: LatentGrids, stored: bool) -> torch.Tensor:
         if stored not in self._flat:
             n = grids.log_scale.shape[1]
-            offset = [c + i * n if not grids.use_lin[i] else c for i, c in enumerate(self.levels)]
+            offset = [
+                c if grids.kinds[i] == "lin" else c + i * n for i, c in enumerate(self.levels)
+            ]
             self._flat[stored] = grids.flat_levels(offset, stored)
         return self._flat[stored]
 
@@ -70,9 +72,9 @@ class LatentGrids(nn.Module):
         self.cfg = cfg
         self.latents = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in cfg.grid_shapes])
         last = cfg.num_levels - 1
-        self.use_cb = [uses_cb(cfg.context, g, i == last) for i, g in enumerate(cfg.grid_shapes)]
-        self.use_cbc = [uses_cbc(cfg.context, g, i == last) for i, g in enumerate(cfg.grid_shapes)]
-        self.use_lin = [uses_lin(cfg.context, g) for g in cfg.grid_shapes]
+        #: How the payload codes each level (:func:`.context.level_kind`): the proxy models
+        #: the same groups.
+        self.kinds = [level_kind(cfg.context, g, i == last) for i, g in enumerate(cfg.grid_shapes)]
         self.log_scale = nn.Parameter(torch.zeros(cfg.num_levels, slot_count(cfg.context)))
         # (alpha, c0, c1): log2 spread = c0 + c1 log2(1 + A), i.e. the coder's beta = 4 c0 + 8,
         # gamma = c1 (learned.py). In octaves, not spread indices, so that Adam's steps move
@@ -81,7 +83,7 @@ class LatentGrids(nn.Module):
         # the spread of a Laplace of scale 1 (cb's start), half an octave per octave of A.
         self.ctx = (
             nn.Parameter(torch.tensor([[0.5, -0.78, 0.5]] * cfg.num_levels))
-            if any(self.use_lin)
+            if "lin" in self.kinds
             else None
         )
         for i, g in enumerate(cfg.grid_shapes):
@@ -121,11 +123,11 @@ class LatentGrids(nn.Module):
     def slots(self) -> list[torch.Tensor]:
         """Context slot of every latent, from the rounded values (what the coder will see)."""
         out = []
-        for i, (y, cb) in enumerate(zip(self.latents, self.use_cb, strict=True)):
-            if self.use_cbc[i]:
+        for i, (y, kind) in enumerate(zip(self.latents, self.kinds, strict=True)):
+            if kind == "cbc":
                 coarse = torch.round(self.latents[i + 1]).abs()
                 out.append(coarse_slots(torch.round(y).abs(), getattr(self, f"even{i}"), coarse))
-            elif cb:
+            elif kind == "cb":
                 out.append(context_slots(torch.round(y).abs(), getattr(self, f"even{i}")))
             else:
                 out.append(torch.zeros(y.shape, dtype=torch.long, device=y.device))
@@ -137,7 +139,7 @@ class LatentGrids(nn.Module):
         slots, or with the learned context the neighbour sums ``(S, A)``."""
         out = self.slots()
         for i, y in enumerate(self.latents):
-            if self.use_lin[i]:
+            if self.kinds[i] == "lin":
                 out[i] = neighbour_sums(torch.round(y), getattr(self, f"even{i}"))
         return LatentContext(out)
 
@@ -145,7 +147,7 @@ class LatentGrids(nn.Module):
     def _slot_levels(self) -> list[int]:
         """The levels whose model is a Laplace scale per (level, slot): all but the learned
         context's."""
-        return [i for i, lin in enumerate(self.use_lin) if not lin]
+        return [i for i, kind in enumerate(self.kinds) if kind != "lin"]
 
     def flat_levels(self, per_level: list[torch.Tensor], stored: bool) -> torch.Tensor:
         """The slot levels' tensors (their stored boxes with ``stored``), flattened and
@@ -180,7 +182,7 @@ class LatentGrids(nn.Module):
                 context.flat_slots(self, stored),
             )
         for i in range(len(values)):
-            if not self.use_lin[i]:
+            if self.kinds[i] != "lin":
                 continue
             v, c, even = values[i], context.levels[i], getattr(self, f"even{i}")
             if stored and self.stored is not None:

@@ -57,9 +57,8 @@ from .context import (
     coarse_slots,
     context_slots,
     even_mask,
+    level_kind,
     level_order,
-    uses_cb,
-    uses_cbc,
 )
 from .learned import (
     LIN_FLOATS,
@@ -69,7 +68,6 @@ from .learned import (
     neighbour_sums,
     odd_groups,
     predict,
-    uses_lin,
 )
 
 __all__ = ["GridPayload", "pack_payload", "side_bytes", "unpack_payload"]
@@ -117,17 +115,12 @@ def _groups(q: np.ndarray, kind: str, coarse: np.ndarray | None = None) -> list[
 
 
 def _kind(config: GridConfig, level: int) -> str:
-    """How a level is coded: ``"cbc"``, ``"cb"``, ``"lin"`` or ``"one"`` (one group)."""
-    g, coarsest = config.grid_shapes[level], level == config.num_levels - 1
-    if uses_cbc(config.context, g, coarsest):
-        return "cbc"
-    if uses_cb(config.context, g, coarsest):
-        return "cb"
-    return "lin" if uses_lin(config.context, g) else "one"
+    """How a level is coded (:func:`.context.level_kind`)."""
+    return level_kind(config.context, config.grid_shapes[level], level == config.num_levels - 1)
 
 
 def _lin_levels(config: GridConfig) -> list[int]:
-    return [i for i, g in enumerate(config.grid_shapes) if uses_lin(config.context, g)]
+    return [i for i in range(config.num_levels) if _kind(config, i) == "lin"]
 
 
 def side_bytes(config: GridConfig) -> int:
