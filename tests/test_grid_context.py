@@ -211,3 +211,50 @@ def test_short_training_with_a_context_model_fits_and_decodes(context):
     assert len(best.payload) <= limit
     values, _ = decode_region(model_from_payload(unpack_payload(best.payload, cfg)))
     assert np.isfinite(values).all() and -best.score < float(np.var(vol))
+
+
+@pytest.mark.parametrize("context", ["cb", "cbc", "lin"])
+def test_a_tiles_proxy_reads_the_zeros_stored_outside_its_box(context):
+    """A tile stores 0 for the latents outside its box (only margin voxels read them) and the
+    coder reads those zeros as the context of the latents at the box's faces: the rate proxy
+    now reads the same (it read the trained values there)."""
+    from napari_moec.families.grid.context import coarse_slots, context_slots
+    from napari_moec.families.grid.fit import quantize_latents
+    from napari_moec.families.grid.interp import support_box
+    from napari_moec.families.grid.learned import neighbour_sums
+
+    cfg = GridConfig(shape=(24, 22, 26), num_levels=3, first_level=0, context=context)
+    model = GridModel(cfg)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for y in model.grids.latents:
+            y.copy_(torch.round(torch.randn(y.shape, generator=gen) * 2.5))
+    grids = model.grids
+    box = ((3, 20), (2, 18), (4, 22))
+    grids.stored = [support_box(cfg.shape, g, cfg.kernel, box) for g in cfg.grid_shapes]
+    stored = [np.abs(q.astype(np.int64)) for q in quantize_latents(model)]  # zeros outside
+    signed = quantize_latents(model)
+    levels, unboxed = grids.context().levels, None
+    checked = 0
+    for i, kind in enumerate(grids.kinds):
+        even = even_mask(stored[i].shape)
+        if kind == "cbc":
+            expect = coarse_slots(stored[i], even, stored[i + 1])
+        elif kind == "cb":
+            expect = context_slots(stored[i], even)
+        elif kind == "lin":
+            s_sum, a_sum = neighbour_sums(signed[i].astype(np.float32), even)
+            np.testing.assert_array_equal(levels[i][0].numpy(), s_sum)
+            np.testing.assert_array_equal(levels[i][1].numpy(), a_sum)
+            checked += 1
+            continue
+        else:
+            continue
+        np.testing.assert_array_equal(levels[i].numpy(), expect)
+        checked += 1
+        if unboxed is None:  # the trained values outside the box move some contexts
+            grids.stored = None
+            unboxed = grids.context().levels
+            assert (unboxed[i].numpy() != expect).any()
+            grids.stored = [support_box(cfg.shape, g, cfg.kernel, box) for g in cfg.grid_shapes]
+    assert checked == 2  # levels 0 and 1; level 2 (7 x 7 x 8 nodes) is one group

@@ -120,27 +120,45 @@ class LatentGrids(nn.Module):
         raise ValueError(f"unknown quantization mode {mode!r}")
 
     @torch.no_grad()
-    def slots(self) -> list[torch.Tensor]:
-        """Context slot of every latent, from the rounded values (what the coder will see)."""
+    def rounded_as_stored(self) -> list[torch.Tensor]:
+        """Every level's latents rounded, as a payload stores them: a tile's latents outside
+        its stored box (:attr:`stored`) are stored as 0, and the coder reads those zeros as
+        context at the box's faces (the proxy read the trained values there)."""
         out = []
-        for i, (y, kind) in enumerate(zip(self.latents, self.kinds, strict=True)):
+        for i, y in enumerate(self.latents):
+            q = torch.round(y)
+            if self.stored is not None:
+                kept, box = q, self.stored[i]
+                q = torch.zeros_like(kept)
+                q[box] = kept[box]
+            out.append(q)
+        return out
+
+    @torch.no_grad()
+    def slots(self, rounded: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Context slot of every latent, from the rounded values as the coder will see them
+        (:meth:`rounded_as_stored`, or ``rounded``)."""
+        q = self.rounded_as_stored() if rounded is None else rounded
+        out = []
+        for i, kind in enumerate(self.kinds):
+            even = getattr(self, f"even{i}")
             if kind == "cbc":
-                coarse = torch.round(self.latents[i + 1]).abs()
-                out.append(coarse_slots(torch.round(y).abs(), getattr(self, f"even{i}"), coarse))
+                out.append(coarse_slots(q[i].abs(), even, q[i + 1].abs()))
             elif kind == "cb":
-                out.append(context_slots(torch.round(y).abs(), getattr(self, f"even{i}")))
+                out.append(context_slots(q[i].abs(), even))
             else:
-                out.append(torch.zeros(y.shape, dtype=torch.long, device=y.device))
+                out.append(torch.zeros(q[i].shape, dtype=torch.long, device=q[i].device))
         return out
 
     @torch.no_grad()
     def context(self) -> LatentContext:
-        """What the coder conditions each level on, from the rounded latents: the context
-        slots, or with the learned context the neighbour sums ``(S, A)``."""
-        out = self.slots()
-        for i, y in enumerate(self.latents):
-            if self.kinds[i] == "lin":
-                out[i] = neighbour_sums(torch.round(y), getattr(self, f"even{i}"))
+        """What the coder conditions each level on, from the rounded latents as stored: the
+        context slots, or with the learned context the neighbour sums ``(S, A)``."""
+        q = self.rounded_as_stored()
+        out = self.slots(q)
+        for i, kind in enumerate(self.kinds):
+            if kind == "lin":
+                out[i] = neighbour_sums(q[i], getattr(self, f"even{i}"))
         return LatentContext(out)
 
     @property
