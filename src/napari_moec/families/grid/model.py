@@ -120,25 +120,10 @@ class LatentGrids(nn.Module):
         raise ValueError(f"unknown quantization mode {mode!r}")
 
     @torch.no_grad()
-    def rounded_as_stored(self) -> list[torch.Tensor]:
-        """Every level's latents rounded, as a payload stores them: a tile's latents outside
-        its stored box (:attr:`stored`) are stored as 0, and the coder reads those zeros as
-        context at the box's faces (the proxy read the trained values there)."""
-        out = []
-        for i, y in enumerate(self.latents):
-            q = torch.round(y)
-            if self.stored is not None:
-                kept, box = q, self.stored[i]
-                q = torch.zeros_like(kept)
-                q[box] = kept[box]
-            out.append(q)
-        return out
-
-    @torch.no_grad()
     def slots(self, rounded: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Context slot of every latent, from the rounded values as the coder will see them
-        (:meth:`rounded_as_stored`, or ``rounded``)."""
-        q = self.rounded_as_stored() if rounded is None else rounded
+        """Context slot of every latent of ``rounded`` (default: the latents rounded, what
+        the coder of a whole file will see)."""
+        q = [torch.round(y) for y in self.latents] if rounded is None else rounded
         out = []
         for i, kind in enumerate(self.kinds):
             even = getattr(self, f"even{i}")
@@ -150,15 +135,42 @@ class LatentGrids(nn.Module):
                 out.append(torch.zeros(q[i].shape, dtype=torch.long, device=q[i].device))
         return out
 
-    @torch.no_grad()
-    def context(self) -> LatentContext:
-        """What the coder conditions each level on, from the rounded latents as stored: the
-        context slots, or with the learned context the neighbour sums ``(S, A)``."""
-        q = self.rounded_as_stored()
-        out = self.slots(q)
+    def _conditions(self, rounded: list[torch.Tensor]) -> list:
+        """Per level, the context slots of ``rounded``, or with the learned context its
+        neighbour sums ``(S, A)``."""
+        out = self.slots(rounded)
         for i, kind in enumerate(self.kinds):
             if kind == "lin":
-                out[i] = neighbour_sums(q[i], getattr(self, f"even{i}"))
+                out[i] = neighbour_sums(rounded[i], getattr(self, f"even{i}"))
+        return out
+
+    @torch.no_grad()
+    def context(self) -> LatentContext:
+        """What the coder conditions each level on, from the rounded latents: the context
+        slots, or with the learned context the neighbour sums ``(S, A)``.
+
+        A tile (:attr:`stored`) stores 0 for the latents outside its boxes, and the coder
+        reads those zeros as the context of the stored latents at a box's faces: the stored
+        latents get the contexts of the latents as stored. The others (margin latents, which
+        train with the rate term but are not stored) keep the contexts of their trained
+        neighbours, so their training is what it was."""
+        rounded = [torch.round(y) for y in self.latents]
+        out = self._conditions(rounded)
+        if self.stored is not None:
+            as_stored = []
+            for q, box in zip(rounded, self.stored, strict=True):
+                kept = torch.zeros_like(q)
+                kept[box] = q[box]
+                as_stored.append(kept)
+            for i, (cond, box) in enumerate(
+                zip(self._conditions(as_stored), self.stored, strict=True)
+            ):
+                for full, boxed in zip(
+                    out[i] if isinstance(out[i], tuple) else (out[i],),
+                    cond if isinstance(cond, tuple) else (cond,),
+                    strict=True,
+                ):
+                    full[box] = boxed[box]
         return LatentContext(out)
 
     @property
