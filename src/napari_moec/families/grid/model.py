@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,11 @@ class LatentContext:
             ]
             self._flat[stored] = grids.flat_levels(offset, stored)
         return self._flat[stored]
+
+
+def _parts(condition) -> tuple:
+    """A level's condition as a tuple of tensors: its slots, or its ``(S, A)`` sums."""
+    return condition if isinstance(condition, tuple) else (condition,)
 
 
 class LatentGrids(nn.Module):
@@ -119,6 +125,18 @@ class LatentGrids(nn.Module):
             return [torch.round(y).detach() for y in self.latents]
         raise ValueError(f"unknown quantization mode {mode!r}")
 
+    def as_stored(self, values: list) -> list:
+        """``values`` (one array or tensor a level) as a payload stores them: a tile's
+        latents outside its stored boxes (:attr:`stored`) are 0; without boxes, unchanged."""
+        if self.stored is None:
+            return values
+        out = []
+        for v, box in zip(values, self.stored, strict=True):
+            kept = np.zeros_like(v) if isinstance(v, np.ndarray) else torch.zeros_like(v)
+            kept[box] = v[box]
+            out.append(kept)
+        return out
+
     @torch.no_grad()
     def slots(self, rounded: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Context slot of every latent of ``rounded`` (default: the latents rounded, what
@@ -157,20 +175,10 @@ class LatentGrids(nn.Module):
         rounded = [torch.round(y) for y in self.latents]
         out = self._conditions(rounded)
         if self.stored is not None:
-            as_stored = []
-            for q, box in zip(rounded, self.stored, strict=True):
-                kept = torch.zeros_like(q)
-                kept[box] = q[box]
-                as_stored.append(kept)
-            for i, (cond, box) in enumerate(
-                zip(self._conditions(as_stored), self.stored, strict=True)
-            ):
-                for full, boxed in zip(
-                    out[i] if isinstance(out[i], tuple) else (out[i],),
-                    cond if isinstance(cond, tuple) else (cond,),
-                    strict=True,
-                ):
-                    full[box] = boxed[box]
+            as_stored = self._conditions(self.as_stored(rounded))
+            for full, boxed, box in zip(out, as_stored, self.stored, strict=True):
+                for f, b in zip(_parts(full), _parts(boxed), strict=True):
+                    f[box] = b[box]
         return LatentContext(out)
 
     @property
