@@ -21,11 +21,12 @@ import tifffile
 import zarr
 
 from napari_moec import compress_tiled, open_tiled
-from napari_moec.config import ArchConfig, TrainConfig
+from napari_moec.config import ArchConfig, RunConfig, TrainConfig
 from napari_moec.errors import ConfigError
 from napari_moec.generators import drain
 from napari_moec.tiled.cluster import WORKER_MALLOC, connect, default_shape
 from napari_moec.tiled.events import TiledStarted, TileFinished
+from napari_moec.tiled.placement import core_block
 from napari_moec.tiled.runner import TiledCompressor
 from napari_moec.tiled.store import RUN_STATE, existing_chunks
 from napari_moec.tiled.tiledecode import DECODE_COUNTS
@@ -303,14 +304,15 @@ def _affinity() -> list[set[int]]:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity: Linux")
-def test_pinned_workers_each_run_on_a_core_of_their_own():
+def test_pinned_workers_each_run_on_cores_of_their_own():
     """``pin``: every thread of worker i (and a task's thread, started later) may run on the
-    i-th allowed core only; unpinned workers keep this process's cores; more pinned workers
-    than cores is refused."""
+    i-th block of allowed cores only, as many as the worker's torch threads (one worker on a
+    2-core machine gets both: its 2 threads pinned to one core trained 77 steps in 300 s);
+    unpinned workers keep this process's cores; more pinned workers than cores is refused."""
     cores = sorted(os.sched_getaffinity(0))
-    workers = min(2, len(cores))
-    for pin in (False, True):
-        client, _ = connect(shape=default_shape("cpu", workers=workers, pin=pin))
+    for workers, pin in [(min(2, len(cores)), False), (min(2, len(cores)), True), (1, True)]:
+        shape = default_shape("cpu", workers=workers, pin=pin)
+        client, _ = connect(shape=shape)
         try:
             seen = client.run(_affinity)
             in_tasks = [client.submit(_affinity, pure=False, workers=[w]).result()
@@ -320,7 +322,9 @@ def test_pinned_workers_each_run_on_a_core_of_their_own():
                 (worker_cores,) = {frozenset(a) for a in threads + in_task}
                 allowed.append(worker_cores)
             if pin:
-                assert sorted(c for a in allowed for c in a) == cores[:workers]
+                assert all(len(a) == shape.torch_threads for a in allowed)
+                pinned = sorted(c for a in allowed for c in a)
+                assert pinned == cores[: workers * shape.torch_threads]
             else:
                 assert allowed == [frozenset(cores)] * workers
         finally:
@@ -329,6 +333,29 @@ def test_pinned_workers_each_run_on_a_core_of_their_own():
             cluster.close()
     with pytest.raises(ConfigError, match="one core per worker"):
         default_shape("cpu", workers=len(cores) + 1, pin=True)
+
+
+def test_pinned_cores_come_in_blocks_of_a_workers_threads():
+    """Worker i's cores are the i-th block of its thread count, wrapping when there are more
+    workers than blocks (a restarted worker keeps its name)."""
+    cores = [0, 1, 2, 3, 5, 7]
+    assert core_block(cores, 0, 1) == [0]
+    assert core_block(cores, 4, 1) == [5]
+    assert core_block(cores, 1, 2) == [2, 3]
+    assert core_block(cores, 2, 2) == [5, 7]
+    assert core_block(cores, 3, 2) == [0, 1]
+    assert core_block(cores, 1, 4) == [0, 1, 2, 3]  # one whole block of 4 in 6 cores
+    assert core_block(cores, 0, 9) == cores  # never more than there are
+
+
+def test_pinning_refuses_more_threads_than_a_worker_has_cores(volume, tmp_path):
+    """More torch threads a tile than a pinned worker's cores is refused before anything
+    starts: threads pinned to fewer cores wait for each other at every barrier."""
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match="need 2 cores a worker"):
+        TiledCompressor(volume, tmp_path / "p.ome.zarr", workers=cores, pin=True,
+                        run=RunConfig(threads=2))  # fmt: skip
+    assert not (tmp_path / "p.ome.zarr").exists()
 
 
 def test_report_splits_tile_time_and_memory(client, volume, tmp_path):

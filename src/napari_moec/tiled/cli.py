@@ -92,7 +92,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pin-workers",
         action="store_true",
-        help="pin each local worker to a core of its own (a machine running nothing else)",
+        help="pin each local worker to cores of its own, one per torch thread (a machine "
+        "running nothing else)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing store")
 

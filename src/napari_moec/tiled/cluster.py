@@ -42,7 +42,7 @@ WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 6
 class ClusterShape:
     """Workers, tiles at a time per worker, torch threads per tile, memory per worker, the
     workers' niceness (0: normal priority; 1-19: yield the CPU to other programs), and whether
-    each worker is pinned to a core of its own (:mod:`.placement`)."""
+    each worker is pinned to cores of its own, as many as its torch threads (:mod:`.placement`)."""
 
     workers: int
     threads_per_worker: int = 1
@@ -61,8 +61,8 @@ def _cores() -> int:
 
 def default_shape(device: str = "auto", workers: int | None = None, memory_limit="auto",
                   niceness: int = 0, pin: bool = False):  # fmt: skip
-    """The local cluster for this machine (``workers`` overrides the count; ``pin``: one
-    core per worker)."""
+    """The local cluster for this machine (``workers`` overrides the count; ``pin``: each
+    worker on cores of its own, one per torch thread)."""
     cores = _cores()
     check_int("niceness", niceness, 0, 19)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
@@ -109,7 +109,7 @@ def connect(client=None, scheduler: str | None = None, shape: ClusterShape | Non
     if shape.pin:
         from .placement import PinToCore
 
-        client.register_plugin(PinToCore())
+        client.register_plugin(PinToCore(shape.torch_threads))
     return client, True
 
 

@@ -92,7 +92,7 @@ class TiledCompressor:
         A Dask ``Client`` to use, or a scheduler address, or the size of the LocalCluster
         started for the run (default: one worker per core), how far its workers lower
         their CPU priority (0 to 19; napari's widget uses 10, to keep the viewer responsive)
-        and whether each is pinned to a core of its own (a machine running nothing else).
+        and whether each is pinned to cores of its own (a machine running nothing else).
     overwrite
         Replace an existing store at ``dest`` (an unfinished run of the same job resumes
         without it).
@@ -172,6 +172,14 @@ class TiledCompressor:
             )
         self.shape: ClusterShape = default_shape(self.run_config.device, workers, memory_limit,
                                                    niceness, pin)  # fmt: skip
+        threads = self.run_config.threads
+        if pin and threads is not None and threads > self.shape.torch_threads:
+            # Threads pinned to fewer cores wait for each other at every barrier (placement.py).
+            raise ConfigError(
+                f"pin: {threads} threads a tile need {threads} cores a worker, and "
+                f"{self.shape.workers} pinned workers here have {self.shape.torch_threads} "
+                "each: ask for fewer threads or workers, or do not pin"
+            )
         self.hook = hook
         self._stop = threading.Event()
         self._pause = threading.Event()
