@@ -136,3 +136,30 @@ def test_a_run_records_which_weights_it_kept(volume16):
     for _ in comp.run():
         pass
     assert comp.final_choice in ("last", "best")
+
+
+def test_the_loss_guard_watches_siren_training_and_not_the_grid_family(volume16, monkeypatch):
+    """ModelFamily.loss_guard: a grid run's MSE rises by design when its rate controller
+    tightens the rate (a store tile at its budget was rolled back and lr-halved to 32.7 dB
+    instead of 40.2), so the loop's guard watches SIREN training only; and a grid run decodes
+    the same with the option on or off."""
+    import napari_moec.training as training
+
+    watched = []
+
+    class Recording(LossGuard):
+        def observe(self, step, loss):
+            watched.append(step)
+            return super().observe(step, loss)
+
+    monkeypatch.setattr(training, "LossGuard", Recording)
+    grid = [
+        nm.compress(volume16, 8, arch=nm.ArchConfig(model="grid"),
+                    train=TrainConfig(steps=40, report_every=5, guard=guard)).decode()
+        for guard in (True, False)
+    ]  # fmt: skip
+    assert watched == []
+    np.testing.assert_array_equal(grid[0], grid[1])
+    nm.compress(volume16, 8, arch=nm.ArchConfig(model="siren"),
+                train=TrainConfig(steps=40, batch_size=1024, report_every=5))  # fmt: skip
+    assert watched == list(range(5, 41, 5))

@@ -191,7 +191,9 @@ class TrainConfig:
     )
     guard: bool = option(
         True,
-        "roll back to a recent snapshot and halve the lr when the training loss jumps",
+        "roll back to a recent snapshot and halve the lr when the training loss jumps "
+        "(siren; the grid family's loss rises by design under its rate control, and its "
+        "trainer keeps the best real file by checkpoints instead)",
         label="Loss guard",
     )
     balance_weight: float = option(

@@ -123,7 +123,8 @@ def train(
         quality["target_mse"] = quality_mse(cfg.target_psnr, volume.norm)
     trainer = family.trainer(model, config, quant, cfg, volume, device=device,
                              generator=generator, budget=budget, **quality)  # fmt: skip
-    guard = LossGuard(model, trainer.optimizer) if cfg.guard else None
+    guarded = cfg.guard and family.loss_guard  # (ModelFamily.loss_guard)
+    guard = LossGuard(model, trainer.optimizer) if guarded else None
     span = (volume.norm[1] - volume.norm[0]) ** 2  # PSNR of the normalised values
     experts = trainer.num_experts
     step, active = 0, 0.0

@@ -314,6 +314,14 @@ class ModelFamily(Protocol):
     #: counting-sort dispatch moves one scalar per assignment back, which Tutel's capacity-
     #: based dispatch/combine (built for wide expert outputs) would not make cheaper.
     tutel_routing: bool
+    #: Whether the training loop's loss guard (``TrainConfig.guard``,
+    #: :class:`~napari_moec.schedule.LossGuard`) watches this family's training loss. SIREN:
+    #: True (a routing collapse took a file from 31 to 20 dB; guarded, 32.16). Grid: False:
+    #: its training MSE rises by design whenever its rate controller tightens the rate (a tile
+    #: at its budget: lam 0.1 -> 1.5 in 400 steps, the MSE 4x), which the guard read as a
+    #: divergence, rolling back and halving the lr (one 128³ tile 32.7 dB guarded, 40.2
+    #: without, session 27); the grid trainer keeps its best real payload by checkpoints.
+    loss_guard: bool
     #: Tile and margin sizes a store chooses for this family ("auto").
     tile_policy: TilePolicy
     #: Whether a store judges this family's payloads on every voxel of the volume (what the

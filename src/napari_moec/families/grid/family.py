@@ -174,6 +174,7 @@ class GridFamily:
     judged_tile_fit = True
     tutel_routing = False
     judged_on_volume = True
+    loss_guard = False
     tile_policy = GRID_TILES
     codec = CODEC
 

@@ -116,6 +116,7 @@ class SirenFamily:
     judged_tile_fit = False
     tutel_routing = True
     judged_on_volume = False
+    loss_guard = True
     tile_policy = SIREN_TILES
     codec = CODEC
 
