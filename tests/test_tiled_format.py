@@ -306,7 +306,8 @@ def test_tile_and_margin_choices():
     assert choose_tile((128, 206, 168), "float32", 6000, policy=grid) == (128, 206, 168)
     # the macaque at 256x: 206 and 168 as 112 + 94 and 96 + 72, not 128 + 78 and 128 + 40
     assert choose_tile((128, 206, 168), "float32", 256, policy=grid) == (128, 112, 96)
-    assert choose_margin((128, 128, 128), policy=grid) == (16, 16, 16)
+    assert choose_margin((128, 128, 128), policy=grid) == (0, 0, 0)  # (GRID_TILES)
+    assert choose_margin((8, 128, 128, 128), policy=grid) == (0, 0, 0, 0)
     with pytest.raises(ConfigError):
         choose_tile((64, 64, 64), "uint16", 16, "big", policy=siren)
     with pytest.raises(ConfigError):

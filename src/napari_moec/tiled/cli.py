@@ -63,7 +63,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
         "--margin",
         type=_tile,
         default="auto",
-        help="context voxels each tile trains on beyond its faces (default: auto)",
+        help="context voxels each tile trains on beyond its faces (default: auto: SIREN 1/8 "
+        "of the edge, grid none)",
     )
     g.add_argument(
         "--allocation",

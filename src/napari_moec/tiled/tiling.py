@@ -5,10 +5,11 @@ family, docs/tiled.md): the smallest edge of ``policy.edges`` whose byte share a
 reaches ``policy.target_bytes`` (a SIREN tile needs about 4 kB to be worth training; a grid
 tile's cost is per latent, not per network, and it prefers large tiles), and a margin of
 ``policy.margin_fraction`` of the edge: the context a tile is trained on beyond its faces
-(seams, docs/tiled.md). An axis that the edge does not divide is split into as many tiles
-as the edge gives it, made as equal as multiples of :data:`ALIGN` allow (:func:`balanced_edge`):
-206 voxels with edge 128 become tiles of 112 and 94, not 128 and 78, and 130 voxels 80 and 50,
-not 128 and a 2-voxel sliver; the workers then get tiles of similar cost.
+(seams, docs/tiled.md; SIREN 1/8, grid none). An axis that the edge does not divide is split
+into as many tiles as the edge gives it, made as equal as multiples of :data:`ALIGN` allow
+(:func:`balanced_edge`): 206 voxels with edge 128 become tiles of 112 and 94, not 128 and 78,
+and 130 voxels 80 and 50, not 128 and a 2-voxel sliver; the workers then get tiles of similar
+cost.
 """
 
 from __future__ import annotations

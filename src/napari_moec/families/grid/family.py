@@ -152,17 +152,24 @@ class GridFamilyTrainer:
 #: as large as itself. Measured on the macaque mirrored to 256^3 at 256x (idle, 2 cores):
 #: eight 128^3 tiles (32 kB shares), 4000 steps a tile on 2 workers, 44.44 dB in 367 s; one
 #: 256^3 tile, 2000 steps on 2 threads, 43.01 dB in 203 s: about equal per CPU-second, and the
-#: smaller tiles keep every worker busy. The margin is SIREN's 1/8 (on the macaque at 256x,
-#: 1500 steps a tile, 128^3 tiles with 0, 4, 8 and 16 voxels of margin stored 33.68, 35.57,
-#: 36.01 and 40.41 dB: a tile's rate control lands better with more context).
+#: smaller tiles keep every worker busy. No margin (session 27, docs/tiled.md "Seams, margins
+#: and tile size"): a grid tile's decoder reads latents within a few voxels, and a margin
+#: costs a tile its steps (the stored box's second pass of contexts, ~15-20 % fewer steps in
+#: 140 s with 4 voxels or 16) and a share of its samples. The whole macaque at 256x, four
+#: tiles, 140 s a tile: margins 0 / 4 / 16 stored 47.26-47.36 / 46.61 / 46.78-47.00 dB (one
+#: file of the same time 47.19-47.40); the 512^3 mirror's 256^3 crop, eight 128^3 tiles,
+#: 1500 steps a tile, two tilings: 41.98 and 44.23 / 41.38 and 43.88 / 41.65 and 43.56 dB.
+#: What it costs: the two voxel layers at a face decode 0.53 dB under the same voxels mid-tile
+#: (0.18 with 4 voxels, 0.21 with 16). Session 12's margins (33.68 dB with none against 40.41
+#: with 16) were the loss guard's rollbacks, which no longer watch grid training.
 #: The difficulty split's exponent (tiled/allocate.py): 0.6, from the grid files' error falling
 #: as bytes^-0.4 to bytes^-0.7, and measured on the whole macaque at 256x (0.3 / 0.6 / 1.0:
 #: 45.62 / 45.88 / 45.79 dB, docs/tiled.md).
 GRID_TILES = TilePolicy(
     edges=(64, 96, 128, 192, 256),
     target_bytes=32768,
-    margin_fraction=1 / 8,
-    min_margin=2,
+    margin_fraction=0.0,
+    min_margin=0,
     difficulty_exponent=0.6,
 )
 
