@@ -462,7 +462,7 @@ def _allocation(runs) -> list[str]:
 
 #: Tags of the grid-family runs (sessions 9 to 12): their own section, with the wall time,
 #: memory split and overhead of each tile.
-GRID_TAGS = ("s9-grid", "s10-", "s11-", "s12-", "s13-", "s15-")
+GRID_TAGS = ("s9-grid", "s10-", "s11-", "s12-", "s13-", "s15-", "s27-")
 #: A grid step on an H200 (docs/benchmarks/gpu.md, second lease, code e633386): the macaque
 #: reflected to 256³, 400,000 voxels a step, 2.46 M latents, one network.
 GPU_STEP_S = 0.0174

@@ -158,7 +158,7 @@ class GridFamilyTrainer:
 #: 140 s with 4 voxels or 16) and a share of its samples. The whole macaque at 256x, four
 #: tiles, 140 s a tile: margins 0 / 4 / 16 stored 47.26-47.36 / 46.61 / 46.78-47.00 dB (one
 #: file of the same time 47.19-47.40); the 512^3 mirror's 256^3 crop, eight 128^3 tiles,
-#: 1500 steps a tile, two tilings: 41.98 and 44.23 / 41.38 and 43.88 / 41.65 and 43.56 dB.
+#: 1500 steps a tile, two tilings: 41.91 and 44.25 / 41.34 and 43.89 / 41.59 and 43.60 dB.
 #: What it costs: the two voxel layers at a face decode 0.53 dB under the same voxels mid-tile
 #: (0.18 with 4 voxels, 0.21 with 16). Session 12's margins (33.68 dB with none against 40.41
 #: with 16) were the loss guard's rollbacks, which no longer watch grid training.
