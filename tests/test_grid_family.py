@@ -173,10 +173,12 @@ def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
     (router, every expert, side bytes), and one level finer would not: before, a routed model
     was priced as one network, its levels overran the budget and the lean ladder left it 152
     latents of 1/16 at hipct 1024x where one network had 5,794. The gate is
-    ROUTED_GATE_HIDDEN wide unless chosen."""
+    ROUTED_GATE_HIDDEN wide unless chosen; its experts have ROUTED_SHALLOW_LAYERS layers
+    where that alone buys the latents a finer level, else two (one network's)."""
     from napari_moec.families.grid.payload import side_bytes
     from napari_moec.families.grid.sizing import (
         ROUTED_GATE_HIDDEN,
+        ROUTED_SHALLOW_LAYERS,
         auto_config,
         min_latent_bits,
         network_bytes,
@@ -187,7 +189,10 @@ def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
 
     for shape, payload in (((64, 64, 64), 452), ((94, 256, 256), 684), ((64, 64, 64), 8132)):
         cfg = auto_config(shape, payload, num_experts=experts)
-        assert cfg.gate_hidden == ROUTED_GATE_HIDDEN and cfg.expert_layers == 2
+        assert cfg.gate_hidden == ROUTED_GATE_HIDDEN
+        deep = auto_config(shape, payload, num_experts=experts, expert_layers=2)
+        shallow = auto_config(shape, payload, num_experts=experts, expert_layers=1)
+        assert cfg == (shallow if shallow.first_level < deep.first_level else deep)
         assert free_bits(cfg, payload) >= min_latent_bits(cfg.latent_count, cfg.first_level)
         if cfg.first_level > 0:
             finer = auto_config(
@@ -197,6 +202,13 @@ def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
                 finer.latent_count, finer.first_level
             )
     assert auto_config((64,) * 3, 452, num_experts=experts, gate_hidden=8).gate_hidden == 8
+    # hipct's 64x file: one layer buys the lattice (one network's level; two layers: 1/2)
+    lean = auto_config((64,) * 3, 8132, num_experts=experts)
+    assert (lean.expert_layers, lean.first_level) == (ROUTED_SHALLOW_LAYERS, 0)
+    assert auto_config((64,) * 3, 8132, num_experts=experts, expert_layers=2).first_level == 1
+    assert auto_config((64,) * 3, 8132).expert_layers == 2  # one network: two layers
+    # the macaque's 256x file: the same level either way, so two layers
+    assert auto_config((128, 206, 168), 69156, num_experts=experts).expert_layers == 2
     # through the family: hipct's 1024x file (512 bytes) keeps two layers 4 wide
     routed = FAMILY.size(
         _request(

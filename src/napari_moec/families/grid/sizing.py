@@ -11,7 +11,8 @@
   of the payload).
 * One expert unless asked (``num_experts``): the router's cost is measured in REPORT.md 6.
   A routed model's gate is ``ROUTED_GATE_HIDDEN`` wide, and the bytes its network takes
-  (router and every expert) are priced before the levels are chosen.
+  (router and every expert) are priced before the levels are chosen; its experts have one
+  layer where that buys the latents a finer level than two would (``ROUTED_SHALLOW_LAYERS``).
 
 The prototype used 1.0 bit per latent; at ct_head 1024x that chose levels from 1/8 and
 reached 24.24 dB in 60 s, while levels from 1/4 reached 25.82 (REPORT.md 1). 0.5 moves that
@@ -78,6 +79,7 @@ __all__ = [
     "LATTICE_BITS_PER_LATENT",
     "MIN_BITS_PER_LATENT",
     "ROUTED_GATE_HIDDEN",
+    "ROUTED_SHALLOW_LAYERS",
     "SMALL_GRID_BITS_PER_LATENT",
     "SMALL_GRID_LATENTS",
     "SMALL_GRID_MIN_BITS",
@@ -108,6 +110,17 @@ SMALL_GRID_MIN_BITS = 4096
 #: 2.1 dB: the random start's gain, not the width's; but that random start left a 40-step
 #: widget run with one label. notes.md, session 13.)
 ROUTED_GATE_HIDDEN = 4
+#: The layers of a routed model's experts where one layer buys its latents a finer level
+#: than two would (else two, as one network's). The experts are most of a routed network's
+#: bytes, and at 16 wide their second layer (16 x 16 an expert) is what kept the latents one
+#: level coarser than one network's at 64x. Measured in 5 minutes on 2 threads, 4 experts
+#: top-2 (``benchmarks/research/grid_equal_time.py V R --experts 4 --config
+#: expert_layers=1|2``; notes.md, session 28), one layer against two, PSNR in dB: where it
+#: moves the latents finer, hipct 64x 33.68 (the lattice) against 33.33 (1/2; session 25),
+#: ct_head 64x 35.81 / 35.76 (the same), mri4d 256x 28.87 (1/2) / 28.67 (1/4); where the levels
+#: stay, it only gives capacity away: the macaque at 256x 45.14 / 45.69, ct_head 256x 30.33
+#: (two layers 30.34, session 18), hipct 256x 31.57 (31.58, session 25).
+ROUTED_SHALLOW_LAYERS = 1
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
 
 
@@ -215,6 +228,14 @@ def auto_config(
     )
 
     routed = {"gate_hidden": ROUTED_GATE_HIDDEN} if overrides.get("num_experts", 1) > 1 else {}
+    if routed and "expert_layers" not in overrides:  # ROUTED_SHALLOW_LAYERS
+        deep, shallow = (
+            auto_config(
+                shape, payload_bytes, finest_level=finest_level, expert_layers=n, **overrides
+            )
+            for n in (GridConfig.expert_layers, ROUTED_SHALLOW_LAYERS)
+        )
+        return shallow if shallow.first_level < deep.first_level else deep
 
     def config(first: int) -> GridConfig:
         kw = {
