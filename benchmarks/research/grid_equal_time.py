@@ -74,7 +74,7 @@ def main() -> None:
     limit = int(vol.nbytes // args.ratio) - 60  # a 60-byte frame, as grid_fill.py
     fixed = {} if args.first_level is None else {"first_level": args.first_level}
     fixed |= {k: int(v) for k, v in (item.split("=", 1) for item in args.config)}
-    top_k = top_k_of(GridOptions(num_experts=args.experts))
+    top_k = fixed.pop("top_k", None) or top_k_of(GridOptions(num_experts=args.experts))
     fixed.setdefault("context", GridOptions().context)  # the family's entropy model
     cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k, **fixed)
     settings = TrainSettings(steps=10**9, time_limit=args.seconds, max_voxels=args.max_voxels)
@@ -96,6 +96,7 @@ def main() -> None:
         "ratio": args.ratio,
         "seconds": args.seconds,
         "experts": args.experts,
+        "top_k": cfg.top_k,
         "max_voxels": trainer.max_voxels,
         "first_level": cfg.first_level,
         "hidden": cfg.hidden,
