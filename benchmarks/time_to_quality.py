@@ -70,6 +70,8 @@ ARCH_VARIANTS = {
     # routed experts half as wide as the sizing's one network: a top-2 voxel then runs
     # about one 16-wide network's products
     "grid4_top2_h8": {"model": "grid", "num_experts": 4, "top_k": 2, "hidden_features": 8},
+    # routed experts wider than the sizing's 16 (session 28: the macaque's 69 kB payload)
+    "grid4_top2_h24": {"model": "grid", "num_experts": 4, "top_k": 2, "hidden_features": 24},
     # wider experts than the sizing's 16 (the network is ~1 % of a 69 kB macaque payload)
     "grid_h24": {"model": "grid", "hidden_features": 24},
     "grid_h32": {"model": "grid", "hidden_features": 32},
