@@ -202,7 +202,8 @@ def test_routed_models_are_sized_with_their_router_and_experts_priced(experts):
                 finer.latent_count, finer.first_level
             )
     assert auto_config((64,) * 3, 452, num_experts=experts, gate_hidden=8).gate_hidden == 8
-    # hipct's 64x file: one layer buys the lattice (one network's level; two layers: 1/2)
+    # a payload of 8,132 bytes for 64^3 (hipct 64x less a 60-byte frame): one layer buys
+    # the lattice, one network's level (two layers: 1/2)
     lean = auto_config((64,) * 3, 8132, num_experts=experts)
     assert (lean.expert_layers, lean.first_level) == (ROUTED_SHALLOW_LAYERS, 0)
     assert auto_config((64,) * 3, 8132, num_experts=experts, expert_layers=2).first_level == 1

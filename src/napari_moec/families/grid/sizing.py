@@ -120,6 +120,8 @@ ROUTED_GATE_HIDDEN = 4
 #: ct_head 64x 35.81 / 35.76 (the same), mri4d 256x 28.87 (1/2) / 28.67 (1/4); where the levels
 #: stay, it only gives capacity away: the macaque at 256x 45.14 / 45.69, ct_head 256x 30.33
 #: (two layers 30.34, session 18), hipct 256x 31.57 (31.58, session 25).
+#: (A hipct 64x file's own header leaves its payload 28 bytes short of the lattice: there it
+#: keeps two layers from 1/2.)
 ROUTED_SHALLOW_LAYERS = 1
 _NETWORK_BYTES = {16: 400, 8: 130, 4: 50}  # measured network + side bytes, nominal int8
 
