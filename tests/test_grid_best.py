@@ -11,7 +11,7 @@ import torch
 
 from napari_moec.config import RunConfig, TrainConfig
 from napari_moec.families.grid import train as grid_train
-from napari_moec.families.grid.fit import NETWORK_STEPS, fit_budget, fit_candidates
+from napari_moec.families.grid.fit import fit_budget, fit_candidates
 from napari_moec.families.grid.sizing import auto_config
 from napari_moec.families.grid.train import CHECKPOINT_VOXELS, GridTrainer, TrainSettings
 from napari_moec.generators import drain
@@ -107,7 +107,7 @@ def test_a_checkpoint_decodes_a_sample_not_the_volume(hipct, monkeypatch):
         trainer.advance()
     trainer.checkpoint()
     assert hipct.size >= 4 * CHECKPOINT_VOXELS
-    assert 1 <= len(decoded) <= len(NETWORK_STEPS)
+    assert 1 <= len(decoded) <= len(trainer.network_steps)
     assert all(CHECKPOINT_VOXELS // 2 < n <= CHECKPOINT_VOXELS for n in decoded)
     decoded.clear()
     trainer.final()  # the final choice decodes every voxel of each candidate

@@ -4,14 +4,20 @@ final fit score a coarser latent step beside the zeroing and keep the better."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from napari_moec.families.grid.config import GridConfig
+from napari_moec.families.grid.config import GridConfig, mlp_layout
 from napari_moec.families.grid.fit import (
+    FINE_NETWORK_STEPS,
+    NETWORK_PRECISION_SHARE,
+    NETWORK_STEPS,
     fit_budget,
     fit_checkpoint,
+    network_steps_for,
     pack_model,
     quantize_latents,
     quantize_weights,
@@ -119,3 +125,39 @@ def test_an_over_budget_fit_scores_the_zeroing_and_a_coarser_step(trained, fit):
     assert first.latent_step == 1.0
     assert sum(int(np.count_nonzero(q)) for q in first.latents) < nonzero
     assert second.latent_step > 1.0 and len(seen[1][0]) >= 0.99 * limit
+
+
+def test_network_steps_finer_than_int8_where_their_bits_cost_a_hundredth_of_the_payload():
+    cfg = auto_config((64, 64, 64), 32768)
+    weights = sum(int(np.prod(shape)) for _, shape in mlp_layout(cfg))
+    # step 0.25 costs 2 bits a weight more than nominal int8, 0.5 one bit
+    two_bits = math.ceil(weights * 2 / 8 / NETWORK_PRECISION_SHARE)
+    assert network_steps_for(cfg, two_bits) == (0.25, 0.5, *NETWORK_STEPS)
+    assert network_steps_for(cfg, two_bits - 1) == (0.5, *NETWORK_STEPS)
+    one_bit = math.ceil(weights / 8 / NETWORK_PRECISION_SHARE)
+    assert network_steps_for(cfg, one_bit - 1) == NETWORK_STEPS
+    assert FINE_NETWORK_STEPS == (0.25, 0.5) and NETWORK_STEPS[0] == 1.0
+
+
+def test_a_large_budget_trains_and_stores_the_network_finer_than_int8(hipct):
+    """hipct at 16x: the controller leaves the finer network its bytes, so a checkpoint's
+    plain rounding fits at step 0.25, and the stored integers are finer than int8's."""
+    norm = Normalization.of(hipct)
+    limit = hipct.nbytes // 16 - 60
+    cfg = auto_config(hipct.shape, limit)
+    trainer = GridTrainer(norm.apply(hipct), cfg, limit, TrainSettings(steps=40))
+    assert trainer.network_steps[0] == 0.25
+    assert trainer.target_bits() < 8 * (limit - len(pack_model(trainer.model)))
+    for _ in range(40):
+        trainer.advance()
+    result = trainer.checkpoint()
+    assert result.network_step == 0.25 and result.zeroed == 0 and len(result.payload) <= limit
+    stored = unpack_payload(result.payload, cfg)
+    assert max(int(np.abs(w).max()) for w in stored.weights) > 127
+    floats = trainer.model.synth.stored()
+    values = stored.weight_values()
+    for (name, value), scale in zip(values.items(), stored.scales, strict=True):
+        w = floats[name].detach().numpy()
+        assert np.abs(value - w).max() <= 0.5 * scale * (1 + 1e-6)  # within half a step
+        nominal = float(np.abs(w).max()) / 127  # int8's step; 0.25 of it unless it is
+        assert scale <= 0.2505 * nominal or scale == np.finfo(np.float16).tiny  # float16's floor

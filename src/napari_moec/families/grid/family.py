@@ -32,7 +32,7 @@ from ..base import TilePolicy
 from .codec import CODEC
 from .config import GridConfig
 from .decode import decode_region
-from .fit import fit_budget, fit_quality
+from .fit import fit_budget, fit_quality, network_steps_for
 from .model import GridModel
 from .sizing import auto_config, auto_steps, predicted_payload_bytes
 from .train import GridTrainer, TrainSettings
@@ -266,7 +266,7 @@ class GridFamily:
         from ..base import Fit
 
         score = (lambda data: -distortion(data)) if distortion else (lambda data: 0.0)
-        best = fit_budget(model, budget, score)
+        best = fit_budget(model, budget, score, network_steps_for(model.cfg, budget))
         saved = model.best_payload
         if (
             distortion

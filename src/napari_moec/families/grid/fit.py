@@ -3,7 +3,8 @@
 The training loop's rate control lands near the budget; this module makes the payload fit it
 *exactly* (never over, little under):
 
-1. for each network step (nominal int8 times 1, 1.5, 2, 3): pack with plain rounding;
+1. for each network step (nominal int8 times 1, 1.5, 2, 3, preceded by 0.25 and 0.5 where
+   their bits are cheap: :func:`network_steps_for`): pack with plain rounding;
 2. if that is over the budget, two candidates: zero the ``k`` nonzero latents that cost the
    least error (:func:`quantize_latents`: a latent's squared rounding error added by zeroing
    it, times the voxels one latent of its level spans), with ``k`` found by bisection (~14
@@ -40,6 +41,7 @@ the knobs are fine (one latent at a time), so the PSNR lands just above the targ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -48,21 +50,51 @@ import torch
 
 from ...errors import TrainingError
 from ...quantize import quantize
+from .config import GridConfig, mlp_layout
 from .model import GridModel
 from .payload import pack_payload
 
 __all__ = [
+    "FINE_NETWORK_STEPS",
+    "NETWORK_PRECISION_SHARE",
+    "NETWORK_STEPS",
     "FitResult",
     "fit_budget",
     "fit_candidates",
     "fit_checkpoint",
     "fit_quality",
+    "network_steps_for",
     "pack_model",
     "quantize_latents",
     "quantize_weights",
 ]
 
 NETWORK_STEPS = (1.0, 1.5, 2.0, 3.0)
+#: Network steps finer than nominal int8 (int9, int10), tried first where their bytes are
+#: cheap: at most ``NETWORK_PRECISION_SHARE`` of the payload (:func:`network_steps_for`).
+FINE_NETWORK_STEPS = (0.25, 0.5)
+NETWORK_PRECISION_SHARE = 0.01
+
+
+def network_steps_for(cfg: GridConfig, limit: int) -> tuple[float, ...]:
+    """The network steps a payload of ``cfg`` in ``limit`` bytes is fitted at, finest first:
+    ``NETWORK_STEPS``, preceded by the finest of ``FINE_NETWORK_STEPS`` (and those coarser)
+    whose extra bits over nominal int8 (``log2(1 / step)`` a weight) cost at most
+    ``NETWORK_PRECISION_SHARE`` of ``limit``.
+
+    Why. At high fidelity nominal int8 is what a file loses most to: the macaque at 256x,
+    one network 16 wide, 5 minutes (``benchmarks/research/network_precision.py``; notes.md,
+    session 29), its float network with the stored latents decoded 47.93 dB at the end of the
+    run, the int8 network 44.72 (and anything from 44.7 to 47.5 at the checkpoints of the
+    last 2,400 steps: the "jitter" of large volumes' checkpoints), the step 0.25 network
+    47.91 for 108 more bytes (0.16 % of the payload). Where the budget is small the bytes
+    are not cheap and the latents keep them.
+    """
+    weights = sum(math.prod(shape) for _, shape in mlp_layout(cfg))
+    for i, step in enumerate(FINE_NETWORK_STEPS):
+        if weights * math.log2(1.0 / step) / 8 <= NETWORK_PRECISION_SHARE * limit:
+            return (*FINE_NETWORK_STEPS[i:], *NETWORK_STEPS)
+    return NETWORK_STEPS
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,14 @@ from ...errors import TrainingError
 from ...sampling import lattice_sample
 from .config import GridConfig
 from .decode import decode_region, model_from_payload, region_coords
-from .fit import FitResult, fit_budget, fit_checkpoint, pack_model, quantize_weights
+from .fit import (
+    FitResult,
+    fit_budget,
+    fit_checkpoint,
+    network_steps_for,
+    pack_model,
+    quantize_weights,
+)
 from .interp import axis_matrices, support_box
 from .model import GridModel, LatentContext
 from .noise import LatentNoise
@@ -234,7 +241,10 @@ class GridTrainer:
         self._faded = 0.0  # how much of the router's balanced start is faded out
         self.best: FitResult | None = None  # the best checkpoint (score: on the sample)
         self.history: list[dict] = []
-        self._overhead = _overhead_bytes(self.model)
+        #: the network steps its payloads are fitted at, finest first (.fit.network_steps_for):
+        #: the controller aims the latents at the budget left by the finest
+        self.network_steps = network_steps_for(cfg, self.limit)
+        self._overhead = _overhead_bytes(self.model, self.network_steps[0])
         self._sample: tuple[list, list, np.ndarray] | None = None  # see sample()
         self._plain: tuple[int, bytes] | None = None  # (step, plain pack) of the calibration
         self.calibration = 1.0  # rate-proxy bits per real coded latent bit (see calibrate)
@@ -499,7 +509,7 @@ class GridTrainer:
         strided sampling, 1500 steps on a GPU). Measured every ``calibrate_every`` steps
         with one plain pack (no decoding); clamped to [0.25, 4].
         """
-        packed = pack_model(self.model)
+        packed = pack_model(self.model, self.network_steps[0])
         self._plain = (self.step_count, packed)  # this step's checkpoint may reuse it
         plain = len(packed)
         real_bits = 8.0 * max(plain - self._overhead, 1)
@@ -517,13 +527,15 @@ class GridTrainer:
         "Keeping the best"). Reads the weights only: a run's training does not depend on
         when it checkpoints."""
         if exact:
-            result = fit_budget(self.model, self.limit, self.score_sample)
+            result = fit_budget(self.model, self.limit, self.score_sample, self.network_steps)
         else:
             # The calibration packed these very weights at this step (the optimiser has not
             # moved since): its bytes are the plain rounding a checkpoint starts from.
             fresh = self._plain is not None and self._plain[0] == self.step_count
             plain = self._plain[1] if fresh else None
-            result = fit_checkpoint(self.model, self.limit, self.score_sample, plain=plain)
+            result = fit_checkpoint(
+                self.model, self.limit, self.score_sample, self.network_steps, plain=plain
+            )
         if self.best is None or result.score > self.best.score:
             self.best = result
             self.model.best_payload = result.payload  # a candidate of the final choice
@@ -534,7 +546,7 @@ class GridTrainer:
     def final(self) -> FitResult:
         """The file this run keeps: the exact budget fit of the current weights or the best
         checkpoint, whichever decodes better over the whole volume (``score``)."""
-        result = fit_budget(self.model, self.limit, self.score)
+        result = fit_budget(self.model, self.limit, self.score, self.network_steps)
         if self.best is not None:
             saved = self.score(self.best.payload)
             if saved > result.score:
