@@ -67,6 +67,7 @@ def main() -> None:
         help="override a float TrainSettings field (lr_latent=0.1); repeatable",
     )
     ap.add_argument("--trace", type=int, default=0, metavar="N", help="controller state every N")
+    ap.add_argument("--seed", type=int, default=0, help="the model's initialisation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     vol = load_volume(args.volume)
@@ -81,7 +82,7 @@ def main() -> None:
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.train)}
     settings = replace(settings, **overrides)
     t0 = time.perf_counter()
-    trainer = GridTrainer(norm.apply(vol), cfg, limit, settings)
+    trainer = GridTrainer(norm.apply(vol), cfg, limit, settings, seed=args.seed)
     trace = []
 
     def record(event) -> None:
@@ -103,6 +104,7 @@ def main() -> None:
         "expert_layers": cfg.expert_layers,
         "context": cfg.context,
         "latents": cfg.latent_count,
+        "seed": args.seed,
         "train_overrides": overrides,
         "psnr": round(psnr(vol, norm.invert(values, vol.dtype)), 3),
         "payload_bytes": len(best.payload),
