@@ -43,8 +43,9 @@ from napari_moec.metrics import psnr
 from napari_moec.sampling import Normalization
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a timed grid run (this script's; ``network_precision.py`` adds its own)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("volume")
     ap.add_argument("ratio", type=float)
     ap.add_argument("--seconds", type=float, default=300.0)
@@ -68,7 +69,12 @@ def main() -> None:
     )
     ap.add_argument("--trace", type=int, default=0, metavar="N", help="controller state every N")
     ap.add_argument("--seed", type=int, default=0, help="the model's initialisation")
-    args = ap.parse_args()
+    return ap
+
+
+def setup(args: argparse.Namespace):
+    """(volume, normalisation, payload limit, config, settings, settings overrides) of a timed
+    run from ``arguments``' options; torch's threads set."""
     torch.set_num_threads(args.threads)
     vol = load_volume(args.volume)
     norm = Normalization.of(vol)
@@ -81,6 +87,12 @@ def main() -> None:
     settings = TrainSettings(steps=10**9, time_limit=args.seconds, max_voxels=args.max_voxels)
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.train)}
     settings = replace(settings, **overrides)
+    return vol, norm, limit, cfg, settings, overrides
+
+
+def main() -> None:
+    args = arguments(__doc__.split("\n")[0]).parse_args()
+    vol, norm, limit, cfg, settings, overrides = setup(args)
     t0 = time.perf_counter()
     trainer = GridTrainer(norm.apply(vol), cfg, limit, settings, seed=args.seed)
     trace = []

@@ -11,12 +11,12 @@ Session 29 (docs/benchmarks/notes.md): on the macaque at 256x the int8 network c
 float network at the end, 44.72 with int8, 47.91 at step 0.25 for 108 more bytes): the
 "jitter" of large volumes' checkpoints, and why ``fit.network_steps_for`` tries finer steps
 first where their bytes are cheap. The run trains as the research script does (2 threads, the
-schedule compressed to the time limit); the reports cost it steps (three whole decodes each).
+schedule compressed to the time limit; its options, ``--config``, ``--train`` and ``--seed``
+among them); the reports cost it steps (three whole decodes each).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -27,36 +27,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import load_volume, provenance
+from grid_equal_time import arguments, setup
+
+from _common import provenance
 from napari_moec.families.grid.decode import decode_region, model_from_payload
-from napari_moec.families.grid.family import GridOptions, top_k_of
 from napari_moec.families.grid.fit import pack_model
 from napari_moec.families.grid.payload import unpack_payload
-from napari_moec.families.grid.sizing import auto_config
-from napari_moec.families.grid.train import GridTrainer, TrainSettings
+from napari_moec.families.grid.train import GridTrainer
 from napari_moec.metrics import psnr
-from napari_moec.sampling import Normalization
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("volume")
-    ap.add_argument("ratio", type=float)
-    ap.add_argument("--seconds", type=float, default=300.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--experts", type=int, default=1)
+    ap = arguments(__doc__.split("\n")[0])
     ap.add_argument("--from", dest="start", type=float, default=0.8, help="progress to report from")
     ap.add_argument("--every", type=int, default=200, help="steps between reports")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    vol = load_volume(args.volume)
-    norm = Normalization.of(vol)
-    limit = int(vol.nbytes // args.ratio) - 60  # a 60-byte frame, as grid_equal_time.py
-    opts = GridOptions(num_experts=args.experts)
-    cfg = auto_config(vol.shape, limit, num_experts=args.experts, top_k=top_k_of(opts),
-                      context=opts.context)  # fmt: skip
-    settings = TrainSettings(steps=10**9, time_limit=args.seconds)
-    trainer = GridTrainer(norm.apply(vol), cfg, limit, settings)
+    vol, norm, limit, cfg, settings, _ = setup(args)
+    trainer = GridTrainer(norm.apply(vol), cfg, limit, settings, seed=args.seed)
 
     def quality(values: np.ndarray) -> float:
         return round(psnr(vol, norm.invert(values, vol.dtype)), 3)
