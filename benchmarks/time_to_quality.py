@@ -53,6 +53,21 @@ VARIANTS = {
     "previous": {"schedule": "exponential", "guard": False},
     "cosine": {"schedule": "cosine"},
 }
+#: The variants the report's first table shows first, each family's default, and what they are.
+HEADLINE = {
+    "grid": "the grid family, one network (the library's and the CLI's default)",
+    "grid4_top2": "the grid family with the router on, 4 experts top-2 (the widget's default)",
+    "default": "the SIREN family's default",
+}
+#: The curves of each cell's plot (both families' defaults and the SIREN expert counts), each
+#: with one colour and label in every panel.
+PLOTTED = {
+    "grid": ("C0", "grid, one network"),
+    "grid4_top2": ("C1", "grid, 4 experts top-2"),
+    "default": ("C2", "SIREN default"),
+    "experts1": ("C3", "SIREN, 1 expert"),
+    "experts2": ("C4", "SIREN, 2 experts"),
+}
 #: Architecture levers at equal bytes (ArchConfig fields; training as ``default``).
 ARCH_VARIANTS = {
     "experts1": {"num_experts": 1},
@@ -215,7 +230,11 @@ def report(args) -> int:
         if r.get("options", {}).get("seconds", 300.0) != 300.0:
             continue  # the tables and plots compare five-minute runs (others: README, notes)
         cells.setdefault((r["volume"], r["target_ratio"]), {})[r["variant"]] = r
-    variants = [v for v in VARIANTS if any(v in c for c in cells.values())]  # schedules
+    # the headline: each family's default (the grid family one network and with the router
+    # on, the SIREN family's "default"), then any SIREN schedule variants that were run
+    heads = [v for v in HEADLINE if any(v in c for c in cells.values())]
+    variants = [v for v in VARIANTS if v != "default" and any(v in c for c in cells.values())]
+    shown = heads + variants
     lines = [
         "# Time to quality",
         "",
@@ -226,31 +245,31 @@ def report(args) -> int:
         "counted). Each run has a time budget that its schedule follows; intermediate points "
         'are snapshots of that run ("anytime" quality: a run given a shorter budget decays its '
         "learning rate sooner and usually ends higher than the same point of a longer run). "
-        "Classical: the best codec that fits the same budget (`docs/benchmarks.md`): lean "
-        "HEVC, H.264, JPEG 2000 (J2K), HEVC-ds2, downsampling, SZ3, ZFP, SPERR, TTHRESH.",
+        "Best codec: the best that fits the same budget (`docs/benchmarks.md`): lean "
+        "HEVC, H.264, JPEG 2000 (J2K), HEVC-ds2, downsampling, SZ3, ZFP, SPERR, TTHRESH. "
+        + " ".join(f"{v}: {HEADLINE[v]}." for v in heads),
         "",
-        "| volume | ratio | budget B | default width × experts | best classical | "
-        + " | ".join(f"{v}: 60 s / 150 s / end" for v in variants)
-        + " | default steps, machine | default − classical |",
-        "|---|---|---|---|---|" + "---|" * len(variants) + "---|---|",
+        "![time to quality](../images/time_to_quality.png)",
+        "",
+        "| volume | ratio | budget B | best codec | "
+        + " | ".join(f"{v}: 60 s / 150 s / end" for v in shown)
+        + " | grid steps, machine | grid − best | grid4_top2 − best |",
+        "|---|---|---|---|" + "---|" * len(shown) + "---|---|---|",
     ]
     for (volume, ratio), by_variant in sorted(cells.items()):
         classical = best_classical(volume, ratio)
-        any_run = by_variant.get("default") or next(iter(by_variant.values()))
-        shape = "–"
-        if "default" in by_variant:
-            shape = f"{any_run['model']['hidden_features']} × {any_run['model']['num_experts']}"
-        row = [volume, f"{ratio:g}x", f"{any_run['budget_bytes']:,}", shape]
+        any_run = next(iter(by_variant.values()))
+        row = [volume, f"{ratio:g}x", f"{any_run['budget_bytes']:,}"]
         row.append("–" if classical is None else f"{classical['psnr']:.2f} ({classical['method']})")
-        for v in variants:
+        for v in shown:
             r = by_variant.get(v)
             row.append("–" if r is None else " / ".join(_at(r, t) for t in (60, 150, None)))
-        d = by_variant.get("default")
-        row.append("–" if d is None else f"{_final(d)['steps']:,}, {_machine(d)}")
-        if d is not None and classical is not None:
-            row.append(f"{_final(d)['psnr'] - classical['psnr']:+.2f}")
-        else:
-            row.append("–")
+        g = by_variant.get("grid")
+        row.append("–" if g is None else f"{_final(g)['steps']:,}, {_machine(g)}")
+        for v in ("grid", "grid4_top2"):
+            r = by_variant.get(v)
+            ok = r is not None and classical is not None
+            row.append(f"{_final(r)['psnr'] - classical['psnr']:+.2f}" if ok else "–")
         lines.append("| " + " | ".join(row) + " |")
     levers = [(key, v, r) for key, by in sorted(cells.items()) for v, r in by.items()
               if v in ARCH_VARIANTS]  # fmt: skip
@@ -261,7 +280,7 @@ def report(args) -> int:
             "budget):",
             "",
             "| volume | ratio | variant | width / experts / top-k / layers | 60 s / 150 s / end "
-            "| steps | machine | − default | − best classical |",
+            "| steps | machine | − SIREN default | − best codec |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for (volume, ratio), v, r in levers:
@@ -308,8 +327,7 @@ def report(args) -> int:
             + (f". {r['note']}" if "note" in r else "")
         )
     DOC.write_text("\n".join(lines) + "\n")
-    experts = [v for v in ("experts1", "experts2") if any(v in c for c in cells.values())]
-    _plot(cells, variants + experts)
+    _plot(cells, [v for v in PLOTTED if any(v in c for c in cells.values())])
     print(DOC)
     return 0
 
@@ -352,7 +370,8 @@ def _plot(cells: dict, variants: list[str]) -> None:
             final = _final(r)
             xs = [p["train_seconds"] for p in pts] + [final["train_seconds"]]
             ys = [p["psnr"] for p in pts] + [final["psnr"]]
-            ax.plot(xs, ys, marker=".", label=v)
+            color, label = PLOTTED.get(v, (None, v))
+            ax.plot(xs, ys, marker=".", color=color, label=label)
         classical = best_classical(*key)
         if classical is not None:
             ax.axhline(classical["psnr"], color="k", ls=":", lw=1, label=f"{classical['method']}")
