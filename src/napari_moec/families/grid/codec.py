@@ -10,12 +10,10 @@ stored step, network tensors nominal int8 at a stored scale); a grid file stores
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ...errors import ConfigError, MoecFormatError
-from .config import GridConfig, mlp_layout
+from .config import GridConfig
 from .payload import side_bytes, unpack_payload
 
 __all__ = ["CODEC", "GridCodec", "weights_of"]
@@ -44,7 +42,7 @@ class GridCodec:
             raise MoecFormatError(f"invalid grid model: {exc}") from None
 
     def count_parameters(self, config: GridConfig) -> int:
-        return config.latent_count + sum(math.prod(s) for _, s in mlp_layout(config))
+        return config.latent_count + config.network_weight_count
 
     def describe(self, config: GridConfig) -> tuple[dict, str]:
         c = config

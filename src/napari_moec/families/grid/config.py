@@ -126,6 +126,11 @@ class GridConfig:
     def latent_count(self) -> int:
         return sum(math.prod(g) for g in self.grid_shapes)
 
+    @property
+    def network_weight_count(self) -> int:
+        """Scalars of the stored network (router, experts, decoder: :func:`mlp_layout`)."""
+        return sum(math.prod(s) for _, s in mlp_layout(self))
+
     def to_json(self) -> list[int]:
         """The header's ``"m"``: the fields of ``FIELDS`` as integers, in order."""
         return [self._code(name) for name, _, _ in FIELDS]

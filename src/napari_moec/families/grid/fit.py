@@ -50,7 +50,7 @@ import torch
 
 from ...errors import TrainingError
 from ...quantize import quantize
-from .config import GridConfig, mlp_layout
+from .config import GridConfig
 from .model import GridModel
 from .payload import pack_payload
 
@@ -90,9 +90,8 @@ def network_steps_for(cfg: GridConfig, limit: int) -> tuple[float, ...]:
     47.91 for 108 more bytes (0.16 % of the payload). Where the budget is small the bytes
     are not cheap and the latents keep them.
     """
-    weights = sum(math.prod(shape) for _, shape in mlp_layout(cfg))
     for i, step in enumerate(FINE_NETWORK_STEPS):
-        if weights * math.log2(1.0 / step) / 8 <= NETWORK_PRECISION_SHARE * limit:
+        if cfg.network_weight_count * math.log2(1.0 / step) / 8 <= NETWORK_PRECISION_SHARE * limit:
             return (*FINE_NETWORK_STEPS[i:], *NETWORK_STEPS)
     return NETWORK_STEPS
 

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 
-from .config import MAX_LATENTS, GridConfig, level_shapes, mlp_layout
+from .config import MAX_LATENTS, GridConfig, level_shapes
 from .payload import side_bytes
 from .train import CPU_MAX_VOXELS
 
@@ -288,4 +288,4 @@ def _counts(shape: tuple[int, ...], first: int) -> list[int]:
 
 def network_bytes(cfg: GridConfig) -> int:
     """Predicted coded bytes of the network at nominal int8 (~7 bits a weight, measured)."""
-    return math.ceil(sum(math.prod(s) for _, s in mlp_layout(cfg)) * 7 / 8)
+    return math.ceil(cfg.network_weight_count * 7 / 8)
