@@ -594,7 +594,7 @@ def _decoded_box(
     return box
 
 
-def _overhead_bytes(model: GridModel, network_step: float = 1.0) -> int:
+def _overhead_bytes(model: GridModel, network_step: float) -> int:
     """Payload bytes besides the latents' stream: side bytes and the coded network."""
     weights, scales = quantize_weights(model, network_step)
     zeros = [np.zeros(g, np.int32) for g in model.cfg.grid_shapes]
